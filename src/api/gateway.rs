@@ -1,0 +1,314 @@
+//! `unbind.v1.AccountGateway`: input validation, then the verification, fan-out and merge
+//! modules. Every error leaves through [`ApiError`].
+
+use std::{collections::HashSet, pin::Pin, sync::Arc};
+
+use futures::{Stream, StreamExt};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::{ApiError, deadline::deadline_of, tenant::tenant_of};
+use crate::{
+    clock::timestamp_from_ms,
+    domain::{E164, IdLastSix},
+    fanout::{
+        App, AppOutcome,
+        merge::{self, MergeContext},
+    },
+    proto::{
+        self, AppInfo, AppResult, CompleteVerificationRequest, CompleteVerificationResponse,
+        GetUnbindTicketsRequest, GetUnbindTicketsResponse, LinkedAccount, ListAppsRequest,
+        ListAppsResponse, ListLinkedAccountsRequest, ListLinkedAccountsResponse,
+        StartVerificationRequest, StartVerificationResponse, UnbindRequest, UnbindResponse,
+        account_gateway_server::AccountGateway, app_result::State,
+    },
+    registry::templates,
+    security::{CODE_LENGTH, OneTimeCode, Session},
+    server::Gateway,
+};
+
+/// The service; cheap to clone.
+#[derive(Clone)]
+pub struct GatewayService {
+    gateway: Arc<Gateway>,
+}
+
+impl GatewayService {
+    pub fn new(gateway: Arc<Gateway>) -> Self {
+        Self { gateway }
+    }
+
+    fn session<T>(&self, request: &Request<T>, token: &str) -> Result<Session, ApiError> {
+        let g = &self.gateway;
+        Ok(Session::verify(
+            &g.keys,
+            token,
+            tenant_of(request),
+            g.clock.now_ms(),
+        )?)
+    }
+
+    /// The apps a look-up asks: the named ones, or every enabled app.
+    fn selected_apps(&self, app_ids: &[String]) -> Result<Vec<Arc<App>>, ApiError> {
+        let catalog = &self.gateway.catalog;
+        if app_ids.is_empty() {
+            return Ok(catalog.enabled().cloned().collect());
+        }
+        if app_ids.len() > self.gateway.config.limits.max_app_ids {
+            return Err(ApiError::field(
+                "app_ids",
+                format!("at most {} app ids", self.gateway.config.limits.max_app_ids),
+            ));
+        }
+        let mut seen = HashSet::with_capacity(app_ids.len());
+        let mut apps = Vec::with_capacity(app_ids.len());
+        for (i, id) in app_ids.iter().enumerate() {
+            let field = format!("app_ids[{i}]");
+            let app = catalog.get(id).ok_or_else(|| ApiError::UnknownApp {
+                field: field.clone(),
+                app_id: id.chars().take(64).collect(),
+            })?;
+            if !seen.insert(app.id.clone()) {
+                return Err(ApiError::field(field, "duplicate app id"));
+            }
+            // A disabled app is in the catalog but not asked.
+            if app.enabled {
+                apps.push(Arc::clone(app));
+            }
+        }
+        Ok(apps)
+    }
+
+    /// Validates a look-up request and starts the fan-out.
+    fn start_lookup(
+        &self,
+        request: &Request<ListLinkedAccountsRequest>,
+    ) -> Result<(Session, Lookup), ApiError> {
+        let g = &self.gateway;
+        let body = request.get_ref();
+        let session = self.session(request, &body.session_token)?;
+        let apps = self.selected_apps(&body.app_ids)?;
+        let deadline = deadline_of(
+            request,
+            g.config.lookup.default_deadline,
+            g.config.lookup.max_deadline,
+        );
+        let number = g.keys.number_hash(&session.phone);
+        let asked = apps.len();
+        let outcomes = g
+            .fanout
+            .lookup(&session.phone, &number, apps, deadline, body.bypass_cache);
+        tracing::info!(number = %session.phone, apps = asked, "look-up started");
+        Ok((
+            session,
+            Lookup {
+                outcomes,
+                number,
+                summary_only: body.summary_only,
+                deliver_by_sms: body.deliver_by_sms,
+            },
+        ))
+    }
+}
+
+/// A look-up under way.
+struct Lookup {
+    outcomes: futures::stream::FuturesUnordered<futures::future::BoxFuture<'static, AppOutcome>>,
+    number: crate::security::NumberHash,
+    summary_only: bool,
+    deliver_by_sms: bool,
+}
+
+fn validate_phone(input: &str) -> Result<E164, ApiError> {
+    E164::parse(input).map_err(|_| ApiError::InvalidPhoneNumber {
+        field: "phone_number",
+    })
+}
+
+fn is_well_formed_id(id: &str, prefix: &str) -> bool {
+    id.strip_prefix(prefix)
+        .and_then(|rest| rest.strip_prefix('_'))
+        .is_some_and(|hex| hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+type AppResultStream = Pin<Box<dyn Stream<Item = Result<AppResult, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AccountGateway for GatewayService {
+    async fn start_verification(
+        &self,
+        request: Request<StartVerificationRequest>,
+    ) -> Result<Response<StartVerificationResponse>, Status> {
+        let tenant = tenant_of(&request);
+        let body = request.get_ref();
+        let phone = validate_phone(&body.phone_number)?;
+        let id = IdLastSix::parse(&body.id_last_six).map_err(|_| ApiError::InvalidIdLastSix {
+            field: "id_last_six",
+        })?;
+        let started = self
+            .gateway
+            .verifier
+            .start(tenant, &phone, &id)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(StartVerificationResponse {
+            verification_id: started.verification_id,
+            expires_at: Some(timestamp_from_ms(started.expires_ms)),
+            code_length: CODE_LENGTH,
+        }))
+    }
+
+    async fn complete_verification(
+        &self,
+        request: Request<CompleteVerificationRequest>,
+    ) -> Result<Response<CompleteVerificationResponse>, Status> {
+        let tenant = tenant_of(&request);
+        let body = request.get_ref();
+        if !is_well_formed_id(&body.verification_id, "ver") {
+            return Err(ApiError::field("verification_id", "not a verification id").into());
+        }
+        let code = OneTimeCode::parse(&body.code).ok_or(ApiError::InvalidCode)?;
+        let session = self
+            .gateway
+            .verifier
+            .complete(tenant, &body.verification_id, &code)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(CompleteVerificationResponse {
+            session_token: session.token(&self.gateway.keys),
+            expires_at: Some(timestamp_from_ms(session.expires_ms)),
+            phone_number: session.phone.masked_international(),
+        }))
+    }
+
+    async fn list_linked_accounts(
+        &self,
+        request: Request<ListLinkedAccountsRequest>,
+    ) -> Result<Response<ListLinkedAccountsResponse>, Status> {
+        let g = &self.gateway;
+        let (session, mut lookup) = self.start_lookup(&request)?;
+        let ctx = MergeContext {
+            keys: &g.keys,
+            number: &lookup.number,
+            holder_since_ms: session.holder_since_ms,
+        };
+        let mut outcomes = Vec::new();
+        while let Some(outcome) = lookup.outcomes.next().await {
+            outcomes.push(outcome);
+        }
+        // A stable order: catalog order, whatever order the apps answered in.
+        outcomes.sort_by_key(|o| o.app.position);
+        let mut accounts: Vec<LinkedAccount> = Vec::new();
+        let mut results = Vec::with_capacity(outcomes.len());
+        for outcome in &outcomes {
+            if let Ok(found) = &outcome.result {
+                accounts.extend(merge::linked_accounts(&ctx, outcome, found));
+            }
+            results.push(merge::app_result(outcome, Vec::new()));
+        }
+        let complete = results.iter().all(|r| r.state == State::Answered as i32);
+        let total_accounts = results.iter().map(|r| r.account_count).sum();
+        if lookup.deliver_by_sms {
+            let summary = merge::sms_summary(&results, &accounts);
+            g.registry.send_sms_detached(
+                session.phone.clone(),
+                templates::LOOKUP_SUMMARY,
+                [("summary".to_owned(), summary)].into(),
+            );
+        }
+        tracing::info!(number = %session.phone, total_accounts, complete, "look-up answered");
+        if lookup.summary_only {
+            accounts.clear();
+        }
+        Ok(Response::new(ListLinkedAccountsResponse {
+            accounts,
+            app_results: results,
+            total_accounts,
+            complete,
+            generated_at: Some(timestamp_from_ms(g.clock.now_ms())),
+        }))
+    }
+
+    type StreamLinkedAccountsStream = AppResultStream;
+
+    async fn stream_linked_accounts(
+        &self,
+        request: Request<ListLinkedAccountsRequest>,
+    ) -> Result<Response<Self::StreamLinkedAccountsStream>, Status> {
+        let (session, mut lookup) = self.start_lookup(&request)?;
+        let gateway = Arc::clone(&self.gateway);
+        let (tx, rx) = mpsc::channel(lookup.outcomes.len().max(1));
+        tokio::spawn(async move {
+            let ctx = MergeContext {
+                keys: &gateway.keys,
+                number: &lookup.number,
+                holder_since_ms: session.holder_since_ms,
+            };
+            let mut results = Vec::new();
+            let mut all_accounts = Vec::new();
+            while let Some(outcome) = lookup.outcomes.next().await {
+                let accounts = match (&outcome.result, lookup.summary_only) {
+                    (Ok(found), false) => merge::linked_accounts(&ctx, &outcome, found),
+                    _ => Vec::new(),
+                };
+                let result = merge::app_result(&outcome, accounts);
+                if lookup.deliver_by_sms {
+                    all_accounts.extend(result.accounts.iter().cloned());
+                    results.push(AppResult {
+                        accounts: Vec::new(),
+                        ..result.clone()
+                    });
+                }
+                if tx.send(Ok(result)).await.is_err() {
+                    // The caller went away; the adapter calls finish on their own and are cached.
+                    return;
+                }
+            }
+            if lookup.deliver_by_sms {
+                let summary = merge::sms_summary(&results, &all_accounts);
+                gateway.registry.send_sms_detached(
+                    session.phone.clone(),
+                    templates::LOOKUP_SUMMARY,
+                    [("summary".to_owned(), summary)].into(),
+                );
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn unbind(
+        &self,
+        _request: Request<UnbindRequest>,
+    ) -> Result<Response<UnbindResponse>, Status> {
+        Err(Status::unimplemented("unbinding is not available yet"))
+    }
+
+    async fn get_unbind_tickets(
+        &self,
+        _request: Request<GetUnbindTicketsRequest>,
+    ) -> Result<Response<GetUnbindTicketsResponse>, Status> {
+        Err(Status::unimplemented("unbinding is not available yet"))
+    }
+
+    async fn list_apps(
+        &self,
+        _request: Request<ListAppsRequest>,
+    ) -> Result<Response<ListAppsResponse>, Status> {
+        let apps = self
+            .gateway
+            .catalog
+            .all()
+            .iter()
+            .map(|app| AppInfo {
+                app_id: app.id.to_string(),
+                name: app.name.clone(),
+                category: app.category.clone(),
+                customer_service: app.customer_service.clone(),
+                enabled: app.enabled,
+                health: app.health() as i32,
+            })
+            .collect();
+        Ok(Response::new(proto::ListAppsResponse { apps }))
+    }
+}

@@ -1,0 +1,11 @@
+//! The gRPC surface: the `AccountGateway` service, the layers around it, and the one module
+//! (`error`) that turns every internal error into a status callers can act on.
+
+pub mod correlator;
+pub mod deadline;
+pub mod error;
+pub mod gateway;
+pub mod tenant;
+
+pub use error::ApiError;
+pub use gateway::GatewayService;

@@ -1,0 +1,318 @@
+//! `unbind-gateway demo`: the whole system in one process on loopback — the gateway, an embedded
+//! subscriber registry, and simulated apps — with SQLite in a data directory, no config needed.
+//! Development mode: plain text and throw-away secrets, and it says so.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use anyhow::Context;
+use chrono::{TimeZone, Utc};
+
+use crate::{
+    clock::Clock,
+    config::{
+        AppConfig, AppDefaults, CacheConfig, Config, LimitsConfig, LookupConfig, RegistryConfig,
+        StoreConfig, VerificationConfig,
+    },
+    registry::embedded::{
+        EmbeddedRegistry, EmbeddedRegistryOptions, Subscriber, write_subscribers,
+    },
+    security::random_id,
+    server,
+    simulator::{Behaviour, Latency, Simulator, SimulatorConfig},
+};
+
+/// Flags of `demo`.
+#[derive(clap::Args, Debug)]
+pub struct DemoArgs {
+    /// Where the gateway listens.
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+    /// Data directory (SQLite file, subscribers, sms.jsonl). Default: a new temporary directory.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Number of simulated apps.
+    #[arg(long, default_value_t = 200)]
+    pub apps: usize,
+    /// Seed of the simulated accounts.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+}
+
+/// The demo's subscribers: the first is the one the README walks through.
+pub fn demo_subscribers() -> Vec<Subscriber> {
+    let day = |y, m, d| {
+        Utc.with_ymd_and_hms(y, m, d, 0, 0, 0)
+            .single()
+            .unwrap_or_default()
+    };
+    vec![
+        Subscriber {
+            phone_number: "+8613800138000".into(),
+            id_last_six: "12345X".into(),
+            holder_since: day(2024, 3, 1),
+        },
+        Subscriber {
+            phone_number: "+8613900139000".into(),
+            id_last_six: "654321".into(),
+            holder_since: day(2019, 6, 15),
+        },
+        Subscriber {
+            phone_number: "+8618612345678".into(),
+            id_last_six: "00012X".into(),
+            holder_since: day(2025, 11, 1),
+        },
+    ]
+}
+
+/// What a [`Stack`] runs: the demo's defaults, adjustable for tests and benchmarks.
+pub struct StackOptions {
+    pub apps: usize,
+    pub seed: u64,
+    pub behaviour: Behaviour,
+    pub listen: SocketAddr,
+    /// SQLite file, subscribers and `sms.jsonl` go here.
+    pub data_dir: PathBuf,
+    /// Print each SMS on stdout (the demo's simulated handset).
+    pub echo_sms: bool,
+    /// Every app's timeout (default: `app_defaults`).
+    pub app_timeout: Option<Duration>,
+    /// A store other than the SQLite file in `data_dir`.
+    pub store_url: Option<String>,
+    pub clock: Clock,
+}
+
+impl StackOptions {
+    /// The demo's settings, with data in `data_dir`.
+    pub fn new(data_dir: PathBuf) -> Self {
+        Self {
+            apps: 200,
+            seed: 42,
+            behaviour: Behaviour {
+                latency: Latency::Uniform {
+                    min: Duration::from_millis(5),
+                    max: Duration::from_millis(60),
+                },
+                unbind_completion: Duration::from_secs(3),
+                ..Behaviour::default()
+            },
+            listen: ([127, 0, 0, 1], 0).into(),
+            data_dir,
+            echo_sms: false,
+            app_timeout: None,
+            store_url: None,
+            clock: Clock::system(),
+        }
+    }
+}
+
+/// The whole system in one process: simulated apps, the embedded registry and a gateway.
+pub struct Stack {
+    pub simulator: Simulator,
+    pub registry: EmbeddedRegistry,
+    pub gateway: Option<server::RunningGateway>,
+    pub config: Config,
+    pub clock: Clock,
+    pub sms_file: PathBuf,
+}
+
+impl Stack {
+    /// Starts everything; `tweak` adjusts the gateway config before it starts.
+    pub async fn start(
+        options: StackOptions,
+        tweak: impl FnOnce(&mut Config),
+    ) -> anyhow::Result<Self> {
+        let simulator = Simulator::start(SimulatorConfig {
+            apps: options.apps,
+            seed: options.seed,
+            behaviour: options.behaviour,
+            bind_ip: [127, 0, 0, 1].into(),
+            base_port: None,
+        })
+        .await
+        .context("cannot start the simulated apps")?;
+        let subscribers = demo_subscribers();
+        write_subscribers(&options.data_dir.join("subscribers.toml"), &subscribers)?;
+        let sms_file = options.data_dir.join("sms.jsonl");
+        let registry_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let registry = EmbeddedRegistry::start(
+            EmbeddedRegistryOptions {
+                subscribers,
+                sms_file: sms_file.clone(),
+                echo_sms: options.echo_sms,
+            },
+            registry_listener,
+        )
+        .await?;
+        let apps = simulator
+            .apps()
+            .into_iter()
+            .map(|a| AppConfig {
+                id: a.id,
+                name: a.name,
+                category: a.category,
+                customer_service: a.customer_service,
+                endpoint: a.endpoint,
+                timeout: options.app_timeout,
+                concurrency: None,
+                unbind_deadline: None,
+                enabled: true,
+            })
+            .collect();
+        let mut config = demo_config(
+            options.listen,
+            &options.data_dir,
+            &registry.endpoint(),
+            apps,
+        );
+        if let Some(url) = options.store_url {
+            config.store.url = url;
+        }
+        tweak(&mut config);
+        config.validate()?;
+        let mut stack = Self {
+            simulator,
+            registry,
+            gateway: None,
+            config,
+            clock: options.clock,
+            sms_file,
+        };
+        stack.restart_gateway().await?;
+        Ok(stack)
+    }
+
+    /// Starts the gateway, or stops and starts it again on the same store and secret.
+    pub async fn restart_gateway(&mut self) -> anyhow::Result<()> {
+        let listen = match self.gateway.take() {
+            Some(g) => {
+                let addr = g.addr;
+                g.stop().await?;
+                addr
+            }
+            None => self.config.listen,
+        };
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen}"))?;
+        self.gateway =
+            Some(server::start(self.config.clone(), self.clock.clone(), listener).await?);
+        Ok(())
+    }
+
+    /// The gateway's `http://` endpoint.
+    pub fn endpoint(&self) -> String {
+        self.gateway
+            .as_ref()
+            .map(|g| g.endpoint())
+            .unwrap_or_default()
+    }
+
+    /// Stops everything.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(g) = self.gateway.take() {
+            g.stop().await?;
+        }
+        self.registry.shutdown().await;
+        self.simulator.shutdown().await;
+        Ok(())
+    }
+}
+
+/// Runs the demo until Ctrl-C.
+pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    let (data_dir, _temp) = match &args.data_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            (dir.clone(), None)
+        }
+        None => {
+            let temp = tempfile::Builder::new().prefix("unbind-demo-").tempdir()?;
+            (temp.path().to_path_buf(), Some(temp))
+        }
+    };
+    let stack = Stack::start(
+        StackOptions {
+            apps: args.apps,
+            seed: args.seed,
+            listen: args.listen,
+            echo_sms: true,
+            ..StackOptions::new(data_dir.clone())
+        },
+        |_| {},
+    )
+    .await?;
+    println!(
+        "{}",
+        banner(&stack.endpoint(), args.apps, &data_dir, &stack.sms_file)
+    );
+    server::shutdown_signal().await;
+    stack.stop().await
+}
+
+/// The gateway config the demo runs with.
+pub fn demo_config(
+    listen: SocketAddr,
+    data_dir: &std::path::Path,
+    registry_endpoint: &str,
+    apps: Vec<AppConfig>,
+) -> Config {
+    Config {
+        listen,
+        development: true,
+        // A fresh secret per run: sessions do not outlive the demo.
+        signing_secret: Some(format!("{}{}", random_id("demo"), random_id("key"))),
+        signing_secret_file: None,
+        store: StoreConfig {
+            url: format!("sqlite://{}", data_dir.join("unbind.db").display()),
+            max_connections: 8,
+        },
+        registry: RegistryConfig {
+            endpoint: registry_endpoint.to_owned(),
+            timeout: Duration::from_secs(2),
+        },
+        cache: CacheConfig::default(),
+        lookup: LookupConfig::default(),
+        verification: VerificationConfig::default(),
+        limits: LimitsConfig::default(),
+        app_defaults: AppDefaults {
+            timeout: Duration::from_millis(1500),
+            ..AppDefaults::default()
+        },
+        apps,
+    }
+}
+
+fn banner(
+    endpoint: &str,
+    apps: usize,
+    data_dir: &std::path::Path,
+    sms_file: &std::path::Path,
+) -> String {
+    format!(
+        "\n\
+==========================================================================\n\
+  DEVELOPMENT MODE: plain-text gRPC, a throw-away signing key, simulated\n\
+  apps and registry. Never expose this process to a real network.\n\
+==========================================================================\n\
+\n\
+unbind-gateway demo is running\n\
+  gateway        {endpoint}\n\
+  simulated apps {apps}\n\
+  data dir       {data}\n\
+  SMS messages   printed here and appended to {sms}\n\
+\n\
+Try it in another terminal (the code arrives by \"SMS\" here):\n\
+  cargo run --release -- query --endpoint {endpoint}\n\
+    number: 13800138000   ID characters: 12345X   (holder since 2024-03-01;\n\
+    the number had a previous holder, whose accounts are shown apart)\n\
+\n\
+Or without typing:\n\
+  cargo run --release -- query --endpoint {endpoint} --phone 13800138000 \\\n\
+    --id-last-six 12345X --code-from-sms-file {sms}\n\
+\n\
+Press Ctrl-C to stop.\n",
+        data = data_dir.display(),
+        sms = sms_file.display(),
+    )
+}

@@ -1,0 +1,367 @@
+//! The gateway's configuration: one TOML file, read at start-up.
+//!
+//! Every table refuses unknown keys, durations are written the way people write them (`"800ms"`,
+//! `"5m"`, `"5d"`), and a bad file stops start-up with a message naming the key. Per-app settings
+//! fall back to `[app_defaults]`. See `README.md` for an annotated example.
+
+use std::{collections::HashSet, net::SocketAddr, path::Path, time::Duration};
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+
+use crate::domain::AppId;
+
+/// The whole configuration file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address the gRPC API listens on.
+    pub listen: SocketAddr,
+    /// Allow plain-text gRPC (no TLS). For development and the demo only.
+    #[serde(default)]
+    pub development: bool,
+    /// Secret all signing and hashing keys derive from (at least 32 characters). Replicas sharing
+    /// a database must share it. Prefer `signing_secret_file`.
+    #[serde(default)]
+    pub signing_secret: Option<String>,
+    /// File holding the signing secret.
+    #[serde(default)]
+    pub signing_secret_file: Option<std::path::PathBuf>,
+    pub store: StoreConfig,
+    pub registry: RegistryConfig,
+    #[serde(default)]
+    pub cache: CacheConfig,
+    #[serde(default)]
+    pub lookup: LookupConfig,
+    #[serde(default)]
+    pub verification: VerificationConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    #[serde(default)]
+    pub app_defaults: AppDefaults,
+    /// The app catalog.
+    #[serde(default)]
+    pub apps: Vec<AppConfig>,
+}
+
+/// Where state lives.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `sqlite://PATH` (created if missing) or `postgres://...`.
+    pub url: String,
+    /// Connections in the pool.
+    #[serde(default = "default_pool_size")]
+    pub max_connections: u32,
+}
+
+/// The carrier's subscriber registry.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryConfig {
+    pub endpoint: String,
+    #[serde(default = "default_registry_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+/// The look-up cache.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    /// How long an app's answer for a number is reused.
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+    /// Most (number, app) entries kept.
+    pub capacity: u64,
+}
+
+/// Fan-out look-ups.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LookupConfig {
+    /// Deadline when the caller sends no `grpc-timeout`.
+    #[serde(with = "humantime_serde")]
+    pub default_deadline: Duration,
+    /// Longest deadline honoured, whatever the caller asks.
+    #[serde(with = "humantime_serde")]
+    pub max_deadline: Duration,
+}
+
+/// Identity verification.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerificationConfig {
+    #[serde(with = "humantime_serde")]
+    pub code_ttl: Duration,
+    pub max_attempts: u32,
+    /// Verifications started per number per hour.
+    pub max_codes_per_hour: u32,
+    #[serde(with = "humantime_serde")]
+    pub session_ttl: Duration,
+}
+
+/// Request size limits.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest request message accepted, in bytes.
+    pub max_request_bytes: usize,
+    /// Most entries in a request's `app_ids`.
+    pub max_app_ids: usize,
+}
+
+/// Settings every app gets unless its catalog entry says otherwise.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppDefaults {
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Calls in flight to one app at once.
+    pub concurrency: usize,
+    /// Time an app has to finish an unbind.
+    #[serde(with = "humantime_serde")]
+    pub unbind_deadline: Duration,
+}
+
+/// One app in the catalog.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppConfig {
+    pub id: String,
+    pub name: String,
+    #[serde(default)]
+    pub category: String,
+    #[serde(default)]
+    pub customer_service: String,
+    /// The app's adapter, e.g. `http://10.0.0.5:7000`.
+    pub endpoint: String,
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    #[serde(default)]
+    pub concurrency: Option<usize>,
+    #[serde(default, with = "humantime_serde")]
+    pub unbind_deadline: Option<Duration>,
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+}
+
+fn default_pool_size() -> u32 {
+    16
+}
+fn default_registry_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_true() -> bool {
+    true
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            ttl: Duration::from_secs(600),
+            capacity: 1_000_000,
+        }
+    }
+}
+
+impl Default for LookupConfig {
+    fn default() -> Self {
+        Self {
+            default_deadline: Duration::from_secs(3),
+            max_deadline: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Default for VerificationConfig {
+    fn default() -> Self {
+        Self {
+            code_ttl: Duration::from_secs(300),
+            max_attempts: 5,
+            max_codes_per_hour: 5,
+            session_ttl: Duration::from_secs(600),
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_request_bytes: 256 * 1024,
+            max_app_ids: 2_000,
+        }
+    }
+}
+
+impl Default for AppDefaults {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(2),
+            concurrency: 64,
+            unbind_deadline: Duration::from_secs(5 * 24 * 3600),
+        }
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        Self::parse(&text).with_context(|| format!("invalid config file {}", path.display()))
+    }
+
+    /// Parses and validates config text.
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        let config: Config = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The signing secret, from the file or the inline value.
+    pub fn signing_secret(&self) -> anyhow::Result<Vec<u8>> {
+        let secret = match (&self.signing_secret, &self.signing_secret_file) {
+            (Some(_), Some(_)) => {
+                bail!("set only one of `signing_secret` and `signing_secret_file`")
+            }
+            (Some(s), None) => s.clone(),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .with_context(|| format!("`signing_secret_file`: cannot read {}", path.display()))?
+                .trim()
+                .to_owned(),
+            (None, None) => bail!("`signing_secret` or `signing_secret_file` is required"),
+        };
+        if secret.len() < 32 {
+            bail!("`signing_secret` must be at least 32 characters");
+        }
+        Ok(secret.into_bytes())
+    }
+
+    /// Checks what serde cannot: ids, endpoints, uniqueness, non-zero limits.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.signing_secret()?;
+        if !(self.store.url.starts_with("sqlite:") || self.store.url.starts_with("postgres:")) {
+            bail!("`store.url` must start with sqlite: or postgres:");
+        }
+        check_endpoint(&self.registry.endpoint, "registry.endpoint")?;
+        check_nonzero(self.registry.timeout, "registry.timeout")?;
+        check_nonzero(self.cache.ttl, "cache.ttl")?;
+        check_nonzero(self.lookup.default_deadline, "lookup.default_deadline")?;
+        if self.lookup.max_deadline < self.lookup.default_deadline {
+            bail!("`lookup.max_deadline` must not be shorter than `lookup.default_deadline`");
+        }
+        check_nonzero(self.verification.code_ttl, "verification.code_ttl")?;
+        check_nonzero(self.verification.session_ttl, "verification.session_ttl")?;
+        if self.verification.max_attempts == 0 {
+            bail!("`verification.max_attempts` must be at least 1");
+        }
+        if self.verification.max_codes_per_hour == 0 {
+            bail!("`verification.max_codes_per_hour` must be at least 1");
+        }
+        if self.limits.max_request_bytes < 1024 {
+            bail!("`limits.max_request_bytes` must be at least 1024");
+        }
+        check_nonzero(self.app_defaults.timeout, "app_defaults.timeout")?;
+        if self.app_defaults.concurrency == 0 {
+            bail!("`app_defaults.concurrency` must be at least 1");
+        }
+        let mut seen = HashSet::new();
+        for (i, app) in self.apps.iter().enumerate() {
+            let at = |key: &str| format!("apps[{i}].{key}");
+            AppId::parse(&app.id).map_err(|e| anyhow::anyhow!("`{}`: {e}", at("id")))?;
+            if !seen.insert(app.id.as_str()) {
+                bail!("`{}`: duplicate app id {:?}", at("id"), app.id);
+            }
+            if app.name.trim().is_empty() {
+                bail!("`{}` must not be empty", at("name"));
+            }
+            check_endpoint(&app.endpoint, &at("endpoint"))?;
+            if let Some(t) = app.timeout {
+                check_nonzero(t, &at("timeout"))?;
+            }
+            if app.concurrency == Some(0) {
+                bail!("`{}` must be at least 1", at("concurrency"));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_endpoint(endpoint: &str, key: &str) -> anyhow::Result<()> {
+    let uri: tonic::transport::Uri = endpoint
+        .parse()
+        .map_err(|e| anyhow::anyhow!("`{key}`: {endpoint:?} is not a URL: {e}"))?;
+    match uri.scheme_str() {
+        Some("http" | "https") if uri.host().is_some() => Ok(()),
+        _ => bail!("`{key}`: {endpoint:?} must be an http:// or https:// URL with a host"),
+    }
+}
+
+fn check_nonzero(d: Duration, key: &str) -> anyhow::Result<()> {
+    if d.is_zero() {
+        bail!("`{key}` must be longer than zero");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        listen = "127.0.0.1:50051"
+        development = true
+        signing_secret = "0123456789abcdef0123456789abcdef"
+        [store]
+        url = "sqlite://unbind.db"
+        [registry]
+        endpoint = "http://127.0.0.1:50052"
+        [[apps]]
+        id = "app-001"
+        name = "Sim Pay"
+        endpoint = "http://127.0.0.1:60000"
+        timeout = "800ms"
+    "#;
+
+    #[test]
+    fn parses_with_defaults_and_humane_durations() {
+        let c = Config::parse(MINIMAL).unwrap();
+        assert_eq!(c.apps[0].timeout, Some(Duration::from_millis(800)));
+        assert_eq!(c.cache.ttl, Duration::from_secs(600));
+        assert_eq!(
+            c.app_defaults.unbind_deadline,
+            Duration::from_secs(5 * 86400)
+        );
+        assert!(c.apps[0].enabled);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            (
+                MINIMAL.replace("timeout = \"800ms\"", "timeuot = \"800ms\""),
+                "timeuot",
+            ),
+            (MINIMAL.replace("\"800ms\"", "\"soon\""), "timeout"),
+            (MINIMAL.replace("app-001", "App 1"), "apps[0].id"),
+            (
+                MINIMAL.replace("http://127.0.0.1:60000", "nowhere"),
+                "apps[0].endpoint",
+            ),
+            (
+                MINIMAL.replace("0123456789abcdef0123456789abcdef", "short"),
+                "signing_secret",
+            ),
+            (
+                format!(
+                    "{MINIMAL}\n[[apps]]\nid = \"app-001\"\nname = \"x\"\nendpoint = \"http://a:1\""
+                ),
+                "duplicate",
+            ),
+        ];
+        for (text, key) in cases {
+            let err = format!("{:#}", Config::parse(&text).unwrap_err());
+            assert!(err.contains(key), "{key}: {err}");
+        }
+    }
+}

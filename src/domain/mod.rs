@@ -1,0 +1,10 @@
+//! Validated value types. Each can only hold a valid value, and none prints a secret through
+//! `Debug` or `Display`: a phone number prints masked, ID characters print as stars.
+
+mod app_id;
+mod id_last_six;
+mod phone;
+
+pub use app_id::{AppId, InvalidAppId};
+pub use id_last_six::{IdLastSix, InvalidIdLastSix};
+pub use phone::{E164, InvalidPhoneNumber};

@@ -1,0 +1,171 @@
+//! `E164`: a mobile phone number, parsed and normalised with the `phonenumber` crate.
+//!
+//! A bare 11-digit number starting with 1 is a Chinese mobile number (+86). Landlines, toll-free
+//! and other non-mobile numbers are refused: only a mobile number can receive the SMS code and be
+//! bound to app accounts. `Debug` and `Display` print the masked form (`138****8000`); the raw
+//! number is only reachable through [`E164::expose`], which is easy to grep for.
+
+use std::fmt;
+
+use phonenumber::{Mode, Type};
+
+/// Longest input we even try to parse; anything longer is not a phone number.
+const MAX_INPUT_LEN: usize = 32;
+
+/// A valid mobile number in E.164 form.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct E164 {
+    e164: String,
+    /// Length of the country code digits after the `+`, for masking.
+    country_code_len: usize,
+}
+
+/// The input was not a valid mobile number. Carries no copy of the input.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not a valid mobile phone number")]
+pub struct InvalidPhoneNumber;
+
+impl E164 {
+    /// Parses user input: E.164 (`+8613800138000`), or a bare 11-digit Chinese mobile number.
+    /// Spaces and dashes between digits are accepted.
+    pub fn parse(input: &str) -> Result<Self, InvalidPhoneNumber> {
+        let input = input.trim();
+        if input.is_empty() || input.len() > MAX_INPUT_LEN {
+            return Err(InvalidPhoneNumber);
+        }
+        if !input
+            .chars()
+            .all(|c| c.is_ascii_digit() || matches!(c, '+' | ' ' | '-'))
+        {
+            return Err(InvalidPhoneNumber);
+        }
+        let digits: String = input.chars().filter(char::is_ascii_digit).collect();
+        let candidate = if input.starts_with('+') {
+            format!("+{digits}")
+        } else if digits.len() == 11 && digits.starts_with('1') {
+            format!("+86{digits}")
+        } else {
+            return Err(InvalidPhoneNumber);
+        };
+        let number = phonenumber::parse(None, &candidate).map_err(|_| InvalidPhoneNumber)?;
+        if !phonenumber::is_valid(&number) {
+            return Err(InvalidPhoneNumber);
+        }
+        match number.number_type(&phonenumber::metadata::DATABASE) {
+            Type::Mobile | Type::FixedLineOrMobile => {}
+            _ => return Err(InvalidPhoneNumber),
+        }
+        let e164 = number.format().mode(Mode::E164).to_string();
+        let country_code_len = number.code().value().to_string().len();
+        Ok(Self {
+            e164,
+            country_code_len,
+        })
+    }
+
+    /// The raw E.164 string. Only for the wire to the registry and adapters, and the store.
+    pub fn expose(&self) -> &str {
+        &self.e164
+    }
+
+    /// The national number masked for display: first three digits, `****`, last four.
+    pub fn masked(&self) -> String {
+        let national = &self.e164[1 + self.country_code_len..];
+        mask_digits(national)
+    }
+
+    /// The masked number with its country code, e.g. `+86 138****8000`.
+    pub fn masked_international(&self) -> String {
+        format!(
+            "+{} {}",
+            &self.e164[1..1 + self.country_code_len],
+            self.masked()
+        )
+    }
+}
+
+/// Masks a digit string, keeping at most three leading and four trailing digits and always hiding
+/// at least four.
+fn mask_digits(digits: &str) -> String {
+    let n = digits.len();
+    if n <= 4 {
+        return "*".repeat(n);
+    }
+    let keep_tail = 4.min(n - 4);
+    let keep_head = 3.min(n - 4 - keep_tail);
+    let hidden = n - keep_head - keep_tail;
+    format!(
+        "{}{}{}",
+        &digits[..keep_head],
+        "*".repeat(hidden),
+        &digits[n - keep_tail..]
+    )
+}
+
+impl fmt::Debug for E164 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "E164({})", self.masked())
+    }
+}
+
+impl fmt::Display for E164 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.masked())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bare_chinese_mobile_means_plus_86() {
+        let n = E164::parse("13800138000").unwrap();
+        assert_eq!(n.expose(), "+8613800138000");
+        assert_eq!(n.masked(), "138****8000");
+        assert_eq!(n.masked_international(), "+86 138****8000");
+        assert_eq!(E164::parse("+86 138-0013-8000").unwrap(), n);
+    }
+
+    #[test]
+    fn debug_and_display_are_masked() {
+        let n = E164::parse("+8613800138000").unwrap();
+        assert_eq!(format!("{n}"), "138****8000");
+        assert_eq!(format!("{n:?}"), "E164(138****8000)");
+    }
+
+    #[test]
+    fn other_countries_mobile_numbers_parse() {
+        let n = E164::parse("+447911123456").unwrap();
+        assert_eq!(n.expose(), "+447911123456");
+        assert!(!n.masked().contains("7911123456"));
+    }
+
+    #[test]
+    fn rejects_non_mobile_and_malformed() {
+        for bad in [
+            "",
+            "   ",
+            "abc",
+            "1380013800a",
+            "1380013",
+            "138001380001",
+            "+861380013800012345678901234567890",
+            "+861088888888", // Beijing landline
+            "010-88888888",
+            "+8640088888888", // no such mobile
+            "23800138000",
+            "++8613800138000",
+        ] {
+            assert_eq!(E164::parse(bad), Err(InvalidPhoneNumber), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn masking_always_hides_at_least_four_digits() {
+        assert_eq!(mask_digits("1234"), "****");
+        assert_eq!(mask_digits("123456"), "****56");
+        assert_eq!(mask_digits("12345678"), "****5678");
+        assert_eq!(mask_digits("123456789"), "1****6789");
+    }
+}

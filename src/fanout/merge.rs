@@ -1,0 +1,136 @@
+//! Turning per-app answers into what the caller sees: ownership from the binding date, masked
+//! hints, sealed account refs, and each app's result line.
+
+use crate::{
+    clock::{ms_from_timestamp, timestamp_from_ms},
+    proto::{AdapterAccount, AppResult, LinkedAccount, app_result::State, linked_account},
+    security::{AccountRef, Keys, NumberHash, Ownership},
+};
+
+use super::{AppOutcome, CallError};
+
+/// What every account of one look-up shares.
+pub struct MergeContext<'a> {
+    pub keys: &'a Keys,
+    pub number: &'a NumberHash,
+    pub holder_since_ms: i64,
+}
+
+/// Longest hint passed through for the holder's own accounts.
+const MAX_HINT_CHARS: usize = 32;
+
+/// Masks a hint to its first and last character, e.g. `zhang` → `z***g`.
+pub fn mask_hint(hint: &str) -> String {
+    let chars: Vec<char> = hint.chars().filter(|c| !c.is_control()).collect();
+    match chars.as_slice() {
+        [first, .., last] if chars.len() >= 3 => format!("{first}***{last}"),
+        _ => "***".to_owned(),
+    }
+}
+
+fn to_proto(o: Ownership) -> linked_account::Ownership {
+    match o {
+        Ownership::CurrentHolder => linked_account::Ownership::CurrentHolder,
+        Ownership::PreviousHolder => linked_account::Ownership::PreviousHolder,
+        Ownership::Unknown => linked_account::Ownership::Unknown,
+    }
+}
+
+/// One app's accounts as the caller sees them.
+pub fn linked_accounts(
+    ctx: &MergeContext<'_>,
+    outcome: &AppOutcome,
+    accounts: &[AdapterAccount],
+) -> Vec<LinkedAccount> {
+    let app = &outcome.app;
+    accounts
+        .iter()
+        .map(|a| {
+            let bound_at_ms = a.bound_at.as_ref().map(ms_from_timestamp);
+            let ownership = Ownership::decide(bound_at_ms, ctx.holder_since_ms);
+            // A previous holder's account shows only app, masked hint and date; the adapter's
+            // hint is masked again in case the app masked too little.
+            let display_hint = match ownership {
+                Ownership::PreviousHolder | Ownership::Unknown => mask_hint(&a.display_hint),
+                Ownership::CurrentHolder => a.display_hint.chars().take(MAX_HINT_CHARS).collect(),
+            };
+            LinkedAccount {
+                app_id: app.id.to_string(),
+                app_name: app.name.clone(),
+                account_ref: AccountRef::new(app.id.as_str(), &a.account_id, ctx.number, ownership)
+                    .seal(ctx.keys),
+                display_hint,
+                bound_at: bound_at_ms.map(timestamp_from_ms),
+                ownership: to_proto(ownership) as i32,
+                unbind_supported: a.unbind_supported,
+                open_ticket: None,
+            }
+        })
+        .collect()
+}
+
+/// The result line of one app; `accounts` only in the stream.
+pub fn app_result(outcome: &AppOutcome, accounts: Vec<LinkedAccount>) -> AppResult {
+    let (state, account_count) = match &outcome.result {
+        Ok(a) => (State::Answered, a.len() as u32),
+        Err(CallError::TimedOut) => (State::TimedOut, 0),
+        Err(CallError::Unavailable) => (State::Unavailable, 0),
+        Err(CallError::Failed(_)) => (State::Failed, 0),
+    };
+    AppResult {
+        app_id: outcome.app.id.to_string(),
+        state: state as i32,
+        account_count,
+        from_cache: outcome.from_cache,
+        latency_ms: outcome.latency.as_millis().min(u128::from(u32::MAX)) as u32,
+        customer_service: outcome.app.customer_service.clone(),
+        accounts,
+        app_name: outcome.app.name.clone(),
+    }
+}
+
+/// A one-line summary for the holder's SMS.
+pub fn sms_summary(results: &[AppResult], accounts: &[LinkedAccount]) -> String {
+    let answered = results
+        .iter()
+        .filter(|r| r.state == State::Answered as i32)
+        .count();
+    let total: u32 = results.iter().map(|r| r.account_count).sum();
+    let with_accounts = results.iter().filter(|r| r.account_count > 0).count();
+    let previous = accounts
+        .iter()
+        .filter(|a| a.ownership == linked_account::Ownership::PreviousHolder as i32)
+        .count();
+    let mut text = format!("Your number is bound to {total} accounts in {with_accounts} apps");
+    if previous > 0 {
+        text.push_str(&format!(" ({previous} bound before you got the number)"));
+    }
+    text.push('.');
+    let missing = results.len() - answered;
+    if missing > 0 {
+        text.push_str(&format!(" {missing} apps did not answer; try again later."));
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hints_are_masked_to_first_and_last() {
+        assert_eq!(mask_hint("zhang"), "z***g");
+        assert_eq!(mask_hint("张三丰"), "张***丰");
+        assert_eq!(mask_hint("ab"), "***");
+        assert_eq!(mask_hint(""), "***");
+    }
+
+    #[test]
+    fn timestamps_round_trip() {
+        assert_eq!(
+            ms_from_timestamp(&timestamp_from_ms(1_709_251_200_123)),
+            1_709_251_200_123
+        );
+        assert_eq!(ms_from_timestamp(&timestamp_from_ms(-1)), -1);
+    }
+}

@@ -1,0 +1,92 @@
+//! Fan-out: ask every selected app concurrently, each within the smaller of its own timeout and
+//! the caller's deadline, through the cache; yield each app's outcome as it arrives.
+//!
+//! Per-app failures are data, never an error of the whole look-up: an app that missed the deadline
+//! is `TIMED_OUT`, one that could not be reached `UNAVAILABLE`, one that answered with an error
+//! `FAILED`.
+
+mod adapter;
+mod cache;
+mod catalog;
+pub mod merge;
+
+use std::{sync::Arc, time::Duration};
+
+use futures::{FutureExt, future::BoxFuture, stream::FuturesUnordered};
+use tokio::time::Instant;
+
+pub use adapter::{CallError, find_accounts};
+pub use cache::{Accounts, CacheKey, LookupCache};
+pub use catalog::{App, Catalog};
+
+use crate::{domain::E164, security::NumberHash};
+
+/// How one app's part of a look-up ended.
+pub struct AppOutcome {
+    pub app: Arc<App>,
+    pub result: Result<Accounts, CallError>,
+    pub from_cache: bool,
+    pub latency: Duration,
+}
+
+/// The fan-out engine.
+pub struct FanOut {
+    cache: LookupCache,
+}
+
+impl FanOut {
+    pub fn new(cache: LookupCache) -> Self {
+        Self { cache }
+    }
+
+    /// The cache, for invalidation and metrics.
+    pub fn cache(&self) -> &LookupCache {
+        &self.cache
+    }
+
+    /// Starts the look-up of `phone` at every app in `apps`; the outcomes arrive in the order the
+    /// apps answer, every one by `deadline`.
+    pub fn lookup(
+        &self,
+        phone: &E164,
+        number: &NumberHash,
+        apps: Vec<Arc<App>>,
+        deadline: Instant,
+        bypass_cache: bool,
+    ) -> FuturesUnordered<BoxFuture<'static, AppOutcome>> {
+        let started = Instant::now();
+        let short = number.short();
+        apps.into_iter()
+            .map(|app| {
+                let key = (short, app.id.clone());
+                if !bypass_cache {
+                    if let Some(accounts) = self.cache.cached(&key) {
+                        return futures::future::ready(AppOutcome {
+                            app,
+                            result: Ok(accounts),
+                            from_cache: true,
+                            latency: started.elapsed(),
+                        })
+                        .boxed();
+                    }
+                }
+                let call_deadline = deadline.min(started + app.timeout);
+                let call = self.cache.call(key, || {
+                    find_accounts(Arc::clone(&app), phone.clone(), call_deadline)
+                });
+                async move {
+                    let result = tokio::time::timeout_at(call_deadline, call)
+                        .await
+                        .unwrap_or(Err(CallError::TimedOut));
+                    AppOutcome {
+                        app,
+                        result,
+                        from_cache: false,
+                        latency: started.elapsed(),
+                    }
+                }
+                .boxed()
+            })
+            .collect()
+    }
+}

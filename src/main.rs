@@ -1,0 +1,70 @@
+//! The `unbind-gateway` command: `serve`, `demo`, `query`, `simulate-apps`.
+
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use unbind_gateway::{cli, clock::Clock, config::Config, server, simulator, telemetry};
+
+#[derive(Parser)]
+#[command(
+    name = "unbind-gateway",
+    version,
+    about = "Find and unbind every app account bound to a mobile number"
+)]
+struct Cli {
+    /// Log as JSON lines.
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway from a config file.
+    Serve {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Overrides `store.url` (e.g. postgres://...).
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: Option<String>,
+    },
+    /// Everything in one process on loopback: gateway, registry, simulated apps.
+    Demo(cli::demo::DemoArgs),
+    /// An interactive client: verify, list accounts, unbind.
+    Query(cli::query::QueryArgs),
+    /// Simulated app adapters alone.
+    SimulateApps(simulator::cli::SimulateAppsArgs),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve {
+            config,
+            database_url,
+        } => {
+            telemetry::init(cli.log_json);
+            let mut config = Config::load(&config)?;
+            if let Some(url) = database_url {
+                config.store.url = url;
+            }
+            let listener = tokio::net::TcpListener::bind(config.listen).await?;
+            let running = server::start(config, Clock::system(), listener).await?;
+            server::shutdown_signal().await;
+            running.stop().await
+        }
+        Command::Demo(args) => {
+            telemetry::init(cli.log_json);
+            cli::demo::run(args).await
+        }
+        Command::Query(args) => cli::query::run(args).await,
+        Command::SimulateApps(args) => {
+            telemetry::init(cli.log_json);
+            simulator::cli::run(args).await
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! The gateway's client for the carrier's `SubscriberRegistry`: one long-lived HTTP/2 channel,
+//! a timeout on every call.
+
+use std::{collections::HashMap, time::Duration};
+
+use chrono::{DateTime, Utc};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::{
+    clock::ms_from_timestamp,
+    domain::{E164, IdLastSix},
+    proto::{
+        SendSmsRequest, VerifySubscriberRequest,
+        subscriber_registry_client::SubscriberRegistryClient,
+    },
+};
+
+/// The registry could not be asked (unreachable, timed out, or answered with an error).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("subscriber registry call failed: {code:?}")]
+pub struct RegistryError {
+    pub code: tonic::Code,
+}
+
+/// A registry client. Cheap to clone.
+#[derive(Clone)]
+pub struct RegistryClient {
+    inner: SubscriberRegistryClient<Channel>,
+    timeout: Duration,
+}
+
+/// SMS templates the registry renders.
+pub mod templates {
+    /// Params: `code`, `minutes`.
+    pub const VERIFICATION_CODE: &str = "verification_code";
+    /// Params: `summary`.
+    pub const LOOKUP_SUMMARY: &str = "lookup_summary";
+    /// Params: `summary`.
+    pub const UNBIND_OUTCOME: &str = "unbind_outcome";
+}
+
+impl RegistryClient {
+    /// A client for `endpoint`; connects lazily and reconnects on its own.
+    pub fn new(endpoint: &str, timeout: Duration) -> anyhow::Result<Self> {
+        let channel = Endpoint::from_shared(endpoint.to_owned())?
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .tcp_nodelay(true)
+            .connect_lazy();
+        Ok(Self {
+            inner: SubscriberRegistryClient::new(channel),
+            timeout,
+        })
+    }
+
+    /// Checks the number against the ID characters: `Some(holder_since_ms)` when they match.
+    pub async fn verify(&self, phone: &E164, id: &IdLastSix) -> Result<Option<i64>, RegistryError> {
+        let mut request = tonic::Request::new(VerifySubscriberRequest {
+            phone_number: phone.expose().to_owned(),
+            id_last_six: id.expose().to_owned(),
+        });
+        request.set_timeout(self.timeout);
+        let answer = self
+            .inner
+            .clone()
+            .verify_subscriber(request)
+            .await
+            .map_err(|s| RegistryError { code: s.code() })?
+            .into_inner();
+        Ok(answer.matched.then(|| {
+            answer
+                .holder_since
+                .as_ref()
+                .map(ms_from_timestamp)
+                // A match without a date: treat every account as the holder's own.
+                .unwrap_or(0)
+        }))
+    }
+
+    /// Sends one SMS from a template.
+    pub async fn send_sms(
+        &self,
+        phone: &E164,
+        template: &str,
+        params: HashMap<String, String>,
+    ) -> Result<(), RegistryError> {
+        let mut request = tonic::Request::new(SendSmsRequest {
+            phone_number: phone.expose().to_owned(),
+            template: template.to_owned(),
+            params,
+        });
+        request.set_timeout(self.timeout);
+        self.inner
+            .clone()
+            .send_sms(request)
+            .await
+            .map_err(|s| RegistryError { code: s.code() })?;
+        Ok(())
+    }
+
+    /// Sends an SMS in the background, logging (without the number) if it fails. Used where the
+    /// caller's answer must not wait for, or reveal, the SMS.
+    pub fn send_sms_detached(
+        &self,
+        phone: E164,
+        template: &'static str,
+        params: HashMap<String, String>,
+    ) {
+        let client = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = client.send_sms(&phone, template, params).await {
+                tracing::warn!(number = %phone, template, error = %e, "SMS not sent");
+            }
+        });
+    }
+}
+
+/// Formats a holder-since time for people.
+pub fn format_date(ms: i64) -> String {
+    DateTime::<Utc>::from_timestamp_millis(ms)
+        .map(|d| d.format("%Y-%m-%d").to_string())
+        .unwrap_or_default()
+}

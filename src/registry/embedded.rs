@@ -1,0 +1,727 @@
+//! An embedded `unbind.v1.SubscriberRegistry` for the demo and the tests: the real-name record
+//! comes from a TOML file of subscribers, and "sent" SMS messages are appended to a JSON-lines file
+//! (and, if asked, shown on the terminal as the simulated handset's screen).
+//!
+//! The subscribers file:
+//! ```toml
+//! [[subscribers]]
+//! phone_number = "+8613800138000"
+//! id_last_six = "12345X"
+//! holder_since = "2024-03-01"     # a date (midnight UTC) or an RFC 3339 time
+//! ```
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::{Context as _, bail};
+use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWriteExt as _;
+use tokio::net::TcpListener;
+use tokio::sync::{Mutex, oneshot};
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{Request, Response, Status};
+
+use crate::proto::subscriber_registry_server::{SubscriberRegistry, SubscriberRegistryServer};
+use crate::proto::{
+    SendSmsRequest, SendSmsResponse, VerifySubscriberRequest, VerifySubscriberResponse,
+};
+
+/// One holder of a number, as the carrier's real-name record knows them.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Subscriber {
+    /// E.164.
+    pub phone_number: String,
+    /// The last six characters of the holder's national ID: five digits, then a digit or `X`.
+    pub id_last_six: String,
+    /// When the current holder got the number.
+    pub holder_since: DateTime<Utc>,
+}
+
+/// Never shows the number in full nor any ID character, so a subscriber can be logged by mistake
+/// without leaking them.
+impl std::fmt::Debug for Subscriber {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscriber")
+            .field("phone_number", &mask_phone_number(&self.phone_number))
+            .field("id_last_six", &"******")
+            .field("holder_since", &self.holder_since)
+            .finish()
+    }
+}
+
+/// The subscribers file as written.
+#[derive(Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct SubscribersFile {
+    #[serde(default)]
+    subscribers: Vec<SubscriberEntry>,
+}
+
+#[derive(Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct SubscriberEntry {
+    phone_number: String,
+    id_last_six: String,
+    /// A string ("2024-03-01" or RFC 3339), or a TOML date / date-time written without quotes.
+    holder_since: toml::Value,
+}
+
+/// Reads a subscribers file. Errors name the file and the problem (never the ID characters, and
+/// the number only masked).
+pub fn load_subscribers(path: &Path) -> anyhow::Result<Vec<Subscriber>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the subscribers file {}", path.display()))?;
+    parse_subscribers(&text).with_context(|| format!("in the subscribers file {}", path.display()))
+}
+
+/// Parses the text of a subscribers file.
+fn parse_subscribers(text: &str) -> anyhow::Result<Vec<Subscriber>> {
+    // The TOML error's own rendering quotes the offending line, which may hold a number or ID
+    // characters: report only its message and position.
+    let file: SubscribersFile = toml::from_str(text).map_err(|e| {
+        let at = e
+            .span()
+            .map(|span| {
+                let (line, column) = line_and_column(text, span.start);
+                format!("line {line}, column {column}: ")
+            })
+            .unwrap_or_default();
+        anyhow::anyhow!("{at}{}", e.message().trim_end())
+    })?;
+
+    let mut subscribers = Vec::with_capacity(file.subscribers.len());
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for (index, entry) in file.subscribers.into_iter().enumerate() {
+        let n = index + 1;
+        if !is_e164(&entry.phone_number) {
+            bail!("subscriber {n}: phone_number must be in E.164 form, e.g. +8613800138000");
+        }
+        let id_last_six = entry.id_last_six.to_ascii_uppercase();
+        if !is_id_last_six(&id_last_six) {
+            bail!("subscriber {n}: id_last_six must be five digits then a digit or X");
+        }
+        let holder_since = parse_holder_since(&entry.holder_since)
+            .with_context(|| format!("subscriber {n}: holder_since"))?;
+        if let Some(first) = seen.insert(entry.phone_number.clone(), n) {
+            bail!(
+                "subscriber {n}: {} is already listed as subscriber {first}",
+                mask_phone_number(&entry.phone_number)
+            );
+        }
+        subscribers.push(Subscriber {
+            phone_number: entry.phone_number,
+            id_last_six,
+            holder_since,
+        });
+    }
+    Ok(subscribers)
+}
+
+/// Writes a subscribers file that [`load_subscribers`] reads back. The file is replaced atomically
+/// (written beside it, then renamed), so a reader never sees half of it.
+pub fn write_subscribers(path: &Path, subscribers: &[Subscriber]) -> anyhow::Result<()> {
+    let text = render_subscribers(subscribers)?;
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let mut file = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("creating a file in {}", dir.display()))?;
+    std::io::Write::write_all(&mut file, text.as_bytes())
+        .and_then(|()| file.as_file().sync_all())
+        .with_context(|| format!("writing the subscribers file {}", path.display()))?;
+    file.persist(path)
+        .with_context(|| format!("writing the subscribers file {}", path.display()))?;
+    Ok(())
+}
+
+fn render_subscribers(subscribers: &[Subscriber]) -> anyhow::Result<String> {
+    let file = SubscribersFile {
+        subscribers: subscribers
+            .iter()
+            .map(|s| SubscriberEntry {
+                phone_number: s.phone_number.clone(),
+                id_last_six: s.id_last_six.clone(),
+                holder_since: toml::Value::String(format_holder_since(s.holder_since)),
+            })
+            .collect(),
+    };
+    let body = toml::to_string(&file).context("rendering the subscribers file")?;
+    Ok(format!(
+        "# Subscribers of the embedded registry: number (E.164), last six ID characters, and\n\
+         # since when the holder has had the number (a date, or an RFC 3339 time).\n\n{body}"
+    ))
+}
+
+/// One SMS the embedded registry "sent": a line of the SMS file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SmsRecord {
+    /// E.164.
+    pub phone_number: String,
+    pub text: String,
+    /// RFC 3339.
+    pub sent_at: String,
+}
+
+/// Reads the SMS file (one JSON object a line; blank lines are skipped). A missing file holds no
+/// messages yet.
+pub fn read_sms_file(path: &Path) -> anyhow::Result<Vec<SmsRecord>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => {
+            return Err(e).with_context(|| format!("reading the SMS file {}", path.display()));
+        }
+    };
+    text.lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(|(index, line)| {
+            serde_json::from_str(line)
+                .with_context(|| format!("in the SMS file {}, line {}", path.display(), index + 1))
+        })
+        .collect()
+}
+
+/// What the embedded registry knows and where it "sends" SMS.
+#[derive(Clone, Debug)]
+pub struct EmbeddedRegistryOptions {
+    pub subscribers: Vec<Subscriber>,
+    /// Every SMS is appended here as a JSON line (the file is created if missing).
+    pub sms_file: PathBuf,
+    /// Also print each SMS on stdout, as the simulated handset's screen.
+    pub echo_sms: bool,
+}
+
+/// A running embedded registry.
+#[derive(Debug)]
+pub struct EmbeddedRegistry {
+    addr: SocketAddr,
+    state: Arc<RegistryState>,
+    shutdown: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+impl EmbeddedRegistry {
+    /// Serves the registry on `listener` until [`EmbeddedRegistry::shutdown`].
+    pub async fn start(
+        options: EmbeddedRegistryOptions,
+        listener: TcpListener,
+    ) -> anyhow::Result<EmbeddedRegistry> {
+        let addr = listener
+            .local_addr()
+            .context("reading the registry's listening address")?;
+        // Create the SMS file now, so a bad path fails the start rather than the first SMS, and
+        // so the file exists for whoever tails it.
+        open_for_append(&options.sms_file)
+            .await
+            .with_context(|| format!("opening the SMS file {}", options.sms_file.display()))?;
+
+        let mut by_number = HashMap::with_capacity(options.subscribers.len());
+        for subscriber in options.subscribers {
+            by_number.insert(subscriber.phone_number.clone(), subscriber);
+        }
+        let state = Arc::new(RegistryState {
+            by_number,
+            sms_file: options.sms_file,
+            echo_sms: options.echo_sms,
+            sms_lock: Mutex::new(()),
+            verify_calls: AtomicU64::new(0),
+            sms_calls: AtomicU64::new(0),
+            next_message: AtomicU64::new(1),
+        });
+
+        let (shutdown, signal) = oneshot::channel::<()>();
+        let service = SubscriberRegistryServer::new(RegistryService {
+            state: Arc::clone(&state),
+        });
+        let task = tokio::spawn(async move {
+            let result = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                    let _ = signal.await;
+                })
+                .await;
+            if let Err(error) = result {
+                tracing::warn!(%error, "embedded registry server failed");
+            }
+        });
+        tracing::info!(%addr, "embedded subscriber registry serving");
+        Ok(EmbeddedRegistry {
+            addr,
+            state,
+            shutdown,
+            task,
+        })
+    }
+
+    /// `http://IP:PORT`, with loopback standing in for an unspecified listening address.
+    pub fn endpoint(&self) -> String {
+        let ip = match self.addr.ip() {
+            IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+            ip => ip,
+        };
+        format!("http://{}", SocketAddr::new(ip, self.addr.port()))
+    }
+
+    /// `VerifySubscriber` calls so far.
+    pub fn verify_calls(&self) -> u64 {
+        self.state.verify_calls.load(Ordering::Relaxed)
+    }
+
+    /// `SendSms` calls so far.
+    pub fn sms_calls(&self) -> u64 {
+        self.state.sms_calls.load(Ordering::Relaxed)
+    }
+
+    /// Stops serving; in-flight calls finish first.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(());
+        if let Err(error) = self.task.await {
+            tracing::warn!(%error, "embedded registry task ended abnormally");
+        }
+    }
+}
+
+#[derive(Debug)]
+struct RegistryState {
+    by_number: HashMap<String, Subscriber>,
+    sms_file: PathBuf,
+    echo_sms: bool,
+    /// Serializes appends, so concurrent messages never interleave within a line.
+    sms_lock: Mutex<()>,
+    verify_calls: AtomicU64,
+    sms_calls: AtomicU64,
+    next_message: AtomicU64,
+}
+
+struct RegistryService {
+    state: Arc<RegistryState>,
+}
+
+#[tonic::async_trait]
+impl SubscriberRegistry for RegistryService {
+    async fn verify_subscriber(
+        &self,
+        request: Request<VerifySubscriberRequest>,
+    ) -> Result<Response<VerifySubscriberResponse>, Status> {
+        self.state.verify_calls.fetch_add(1, Ordering::Relaxed);
+        let request = request.into_inner();
+        let offered = request.id_last_six.to_ascii_uppercase();
+        let subscriber = self.state.by_number.get(&request.phone_number);
+        // Compare against a stand-in when the number is unknown, so an unknown number costs the
+        // same work as a known one with the wrong characters.
+        let expected = subscriber.map_or("\0\0\0\0\0\0", |s| s.id_last_six.as_str());
+        let same = constant_time_eq(offered.as_bytes(), expected.as_bytes());
+        let holder_since = match subscriber {
+            Some(s) if same => Some(timestamp(s.holder_since)),
+            _ => None,
+        };
+        tracing::debug!(matched = holder_since.is_some(), "VerifySubscriber");
+        Ok(Response::new(VerifySubscriberResponse {
+            matched: holder_since.is_some(),
+            holder_since,
+        }))
+    }
+
+    async fn send_sms(
+        &self,
+        request: Request<SendSmsRequest>,
+    ) -> Result<Response<SendSmsResponse>, Status> {
+        let state = &self.state;
+        state.sms_calls.fetch_add(1, Ordering::Relaxed);
+        let request = request.into_inner();
+        if !is_e164(&request.phone_number) {
+            return Err(Status::invalid_argument(
+                "phone_number must be in E.164 form, e.g. +8613800138000",
+            ));
+        }
+        let text = render_sms(&request.template, &request.params)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+
+        let record = SmsRecord {
+            phone_number: request.phone_number,
+            text,
+            sent_at: Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
+        };
+        let mut line = serde_json::to_string(&record)
+            .map_err(|_| Status::internal("could not record the SMS"))?;
+        line.push('\n');
+        {
+            let _guard = state.sms_lock.lock().await;
+            append(&state.sms_file, line.as_bytes()).await.map_err(|error| {
+                tracing::error!(%error, file = %state.sms_file.display(), "could not append to the SMS file");
+                Status::internal("could not record the SMS")
+            })?;
+            if state.echo_sms {
+                // The simulated handset's screen, not a log line: it shows what the holder would
+                // read, code included.
+                println!(
+                    "SMS to {}: {}",
+                    mask_phone_number(&record.phone_number),
+                    record.text
+                );
+            }
+        }
+
+        let n = state.next_message.fetch_add(1, Ordering::Relaxed);
+        let message_id = format!("sms-{n:06}-{:08x}", rand::random::<u32>());
+        tracing::debug!(template = %request.template, %message_id, "SendSms");
+        Ok(Response::new(SendSmsResponse { message_id }))
+    }
+}
+
+/// Why a template could not be rendered; the message names the template or parameter, never a
+/// value.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+enum RenderError {
+    #[error("unknown SMS template `{0}`")]
+    UnknownTemplate(String),
+    #[error("SMS template `{template}` needs the parameter `{param}`")]
+    MissingParam {
+        template: &'static str,
+        param: &'static str,
+    },
+}
+
+/// The text of an SMS from its template and parameters.
+fn render_sms(template: &str, params: &HashMap<String, String>) -> Result<String, RenderError> {
+    let param = |template: &'static str, name: &'static str| {
+        params
+            .get(name)
+            .map(String::as_str)
+            .ok_or(RenderError::MissingParam {
+                template,
+                param: name,
+            })
+    };
+    match template {
+        "verification_code" => {
+            let code = param("verification_code", "code")?;
+            let minutes = param("verification_code", "minutes")?;
+            Ok(format!(
+                "[unbind] Your verification code is {code}. It expires in {minutes} minutes. Never share it."
+            ))
+        }
+        "lookup_summary" => Ok(format!("[unbind] {}", param("lookup_summary", "summary")?)),
+        "unbind_outcome" => Ok(format!("[unbind] {}", param("unbind_outcome", "summary")?)),
+        other => Err(RenderError::UnknownTemplate(truncate(other, 64))),
+    }
+}
+
+async fn open_for_append(path: &Path) -> std::io::Result<tokio::fs::File> {
+    tokio::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .await
+}
+
+/// Appends and flushes, reopening the file each time so it may be moved or truncated while the
+/// registry runs.
+async fn append(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut file = open_for_append(path).await?;
+    file.write_all(bytes).await?;
+    file.flush().await
+}
+
+/// Compares two byte strings in time that depends only on their lengths, never on where they
+/// differ. A plain `==` stops at the first differing byte, which would let a caller who can time
+/// the answer guess the ID characters one at a time. (The `subtle` crate is not used here; this
+/// fold is the same idea.)
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        // The length (six) is public; only the characters are secret.
+        return false;
+    }
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    // Keep the optimiser from turning the fold back into an early-exit comparison.
+    std::hint::black_box(diff) == 0
+}
+
+/// "2024-03-01", or an RFC 3339 time; a TOML date or date-time written without quotes is also
+/// accepted.
+fn parse_holder_since(value: &toml::Value) -> anyhow::Result<DateTime<Utc>> {
+    let text = match value {
+        toml::Value::String(s) => s.trim().to_owned(),
+        toml::Value::Datetime(dt) => dt.to_string(),
+        _ => bail!("must be a date like \"2024-03-01\" or an RFC 3339 time"),
+    };
+    if let Ok(date) = NaiveDate::parse_from_str(&text, "%Y-%m-%d") {
+        return Ok(date.and_time(chrono::NaiveTime::MIN).and_utc());
+    }
+    DateTime::parse_from_rfc3339(&text)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "`{}` is neither a date like \"2024-03-01\" nor an RFC 3339 time",
+                truncate(&text, 40)
+            )
+        })
+}
+
+/// A date when the time is midnight UTC, else RFC 3339: what a person would write.
+fn format_holder_since(t: DateTime<Utc>) -> String {
+    if t.time() == chrono::NaiveTime::MIN {
+        t.format("%Y-%m-%d").to_string()
+    } else {
+        t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+    }
+}
+
+fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0),
+    }
+}
+
+/// E.164: a '+' then up to 15 digits, the first not 0.
+fn is_e164(number: &str) -> bool {
+    let digits = number.strip_prefix('+').unwrap_or("");
+    (1..=15).contains(&digits.len())
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && !digits.starts_with('0')
+}
+
+/// Five digits then a digit or `X` (already upper-cased).
+fn is_id_last_six(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    bytes.len() == 6
+        && bytes[..5].iter().all(u8::is_ascii_digit)
+        && (bytes[5].is_ascii_digit() || bytes[5] == b'X')
+}
+
+/// `+8613800138000` → `138****8000`: the first three and last four national digits. Numbers too
+/// short to mask that way show only `****`.
+fn mask_phone_number(number: &str) -> String {
+    let digits = number.strip_prefix('+').unwrap_or(number);
+    // The country code is stripped when the number parses; otherwise all digits count as national.
+    let national = phonenumber::parse(None, number)
+        .ok()
+        .and_then(|parsed| {
+            let code = parsed.code().value().to_string();
+            digits.strip_prefix(code.as_str()).map(str::to_owned)
+        })
+        .unwrap_or_else(|| digits.to_owned());
+    if national.len() >= 8 && national.is_ascii() {
+        format!("{}****{}", &national[..3], &national[national.len() - 4..])
+    } else {
+        "****".to_owned()
+    }
+}
+
+/// 1-based line and column of a byte offset.
+fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+/// At most `max` characters, so a caller cannot make an error message arbitrarily large.
+fn truncate(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn renders_the_three_templates() {
+        assert_eq!(
+            render_sms(
+                "verification_code",
+                &params(&[("code", "123456"), ("minutes", "5")])
+            ),
+            Ok("[unbind] Your verification code is 123456. It expires in 5 minutes. Never share it.".to_owned())
+        );
+        assert_eq!(
+            render_sms(
+                "lookup_summary",
+                &params(&[("summary", "7 accounts in 5 apps")])
+            ),
+            Ok("[unbind] 7 accounts in 5 apps".to_owned())
+        );
+        assert_eq!(
+            render_sms(
+                "unbind_outcome",
+                &params(&[("summary", "Sim Pay 1: unbound")])
+            ),
+            Ok("[unbind] Sim Pay 1: unbound".to_owned())
+        );
+    }
+
+    #[test]
+    fn unknown_templates_and_missing_params_are_errors() {
+        assert_eq!(
+            render_sms("marketing", &params(&[])),
+            Err(RenderError::UnknownTemplate("marketing".to_owned()))
+        );
+        assert_eq!(
+            render_sms("verification_code", &params(&[("code", "123456")])),
+            Err(RenderError::MissingParam {
+                template: "verification_code",
+                param: "minutes"
+            })
+        );
+    }
+
+    #[test]
+    fn parses_dates_times_and_normalises_x() {
+        let text = r#"
+            [[subscribers]]
+            phone_number = "+8613800138000"
+            id_last_six = "12345x"
+            holder_since = "2024-03-01"
+
+            [[subscribers]]
+            phone_number = "+8613900139000"
+            id_last_six = "654321"
+            holder_since = "2019-07-15T08:30:00+08:00"
+
+            [[subscribers]]
+            phone_number = "+8613700137000"
+            id_last_six = "000001"
+            holder_since = 2020-01-02
+        "#;
+        let subscribers = parse_subscribers(text).expect("a valid file");
+        assert_eq!(subscribers.len(), 3);
+        assert_eq!(subscribers[0].id_last_six, "12345X");
+        assert_eq!(
+            subscribers[0].holder_since.to_rfc3339(),
+            "2024-03-01T00:00:00+00:00"
+        );
+        assert_eq!(
+            subscribers[1].holder_since.to_rfc3339(),
+            "2019-07-15T00:30:00+00:00"
+        );
+        assert_eq!(
+            subscribers[2].holder_since.to_rfc3339(),
+            "2020-01-02T00:00:00+00:00"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_that_do_not_quote_the_line() {
+        let text = "[[subscribers]]\nphone_number = \"+8613800138000\"\nid_last_six = \"12345X\"\nholder_since = \"2024-03-01\"\nnickname = \"zhang\"\n";
+        let error = format!("{:#}", parse_subscribers(text).expect_err("an error"));
+        assert!(error.contains("nickname"), "{error}");
+        assert!(error.contains("line 2"), "{error}");
+        assert!(!error.contains("12345X"), "{error}");
+        assert!(!error.contains("13800138000"), "{error}");
+    }
+
+    #[test]
+    fn invalid_entries_are_errors_without_secrets() {
+        let bad_id = "[[subscribers]]\nphone_number = \"+8613800138000\"\nid_last_six = \"12345Y\"\nholder_since = \"2024-03-01\"\n";
+        let error = format!("{:#}", parse_subscribers(bad_id).expect_err("an error"));
+        assert!(error.contains("subscriber 1: id_last_six"), "{error}");
+        assert!(!error.contains("12345Y"), "{error}");
+
+        let bad_number = "[[subscribers]]\nphone_number = \"13800138000\"\nid_last_six = \"123456\"\nholder_since = \"2024-03-01\"\n";
+        assert!(parse_subscribers(bad_number).is_err());
+
+        let bad_date = "[[subscribers]]\nphone_number = \"+8613800138000\"\nid_last_six = \"123456\"\nholder_since = \"last year\"\n";
+        let error = format!("{:#}", parse_subscribers(bad_date).expect_err("an error"));
+        assert!(error.contains("holder_since"), "{error}");
+
+        let duplicate = "[[subscribers]]\nphone_number = \"+8613800138000\"\nid_last_six = \"123456\"\nholder_since = \"2024-03-01\"\n[[subscribers]]\nphone_number = \"+8613800138000\"\nid_last_six = \"654321\"\nholder_since = \"2024-03-01\"\n";
+        let error = format!("{:#}", parse_subscribers(duplicate).expect_err("an error"));
+        assert!(error.contains("138****8000"), "{error}");
+    }
+
+    #[test]
+    fn load_errors_name_the_file() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let path = dir.path().join("subscribers.toml");
+        std::fs::write(&path, "[[subscribers]]\nphone_number = 5\n").expect("written");
+        let error = format!("{:#}", load_subscribers(&path).expect_err("an error"));
+        assert!(error.contains("subscribers.toml"), "{error}");
+        let missing = dir.path().join("missing.toml");
+        let error = format!("{:#}", load_subscribers(&missing).expect_err("an error"));
+        assert!(error.contains("missing.toml"), "{error}");
+    }
+
+    #[test]
+    fn write_then_load_round_trips() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let path = dir.path().join("subscribers.toml");
+        let subscribers = vec![
+            Subscriber {
+                phone_number: "+8613800138000".to_owned(),
+                id_last_six: "12345X".to_owned(),
+                holder_since: parse_holder_since(&toml::Value::String("2024-03-01".into()))
+                    .expect("a date"),
+            },
+            Subscriber {
+                phone_number: "+8613900139000".to_owned(),
+                id_last_six: "654321".to_owned(),
+                holder_since: parse_holder_since(&toml::Value::String(
+                    "2019-07-15T08:30:00Z".into(),
+                ))
+                .expect("a time"),
+            },
+        ];
+        write_subscribers(&path, &subscribers).expect("written");
+        let text = std::fs::read_to_string(&path).expect("readable");
+        assert!(text.contains("holder_since = \"2024-03-01\""), "{text}");
+        assert_eq!(load_subscribers(&path).expect("loads"), subscribers);
+    }
+
+    #[test]
+    fn constant_time_comparison() {
+        assert!(constant_time_eq(b"12345X", b"12345X"));
+        assert!(!constant_time_eq(b"12345X", b"12345Y"));
+        assert!(!constant_time_eq(b"02345X", b"12345X"));
+        assert!(!constant_time_eq(b"12345", b"12345X"));
+    }
+
+    #[test]
+    fn masks_numbers() {
+        assert_eq!(mask_phone_number("+8613800138000"), "138****8000");
+        assert_eq!(mask_phone_number("+12025550123"), "202****0123");
+        assert_eq!(mask_phone_number("+861"), "****");
+        let subscriber = Subscriber {
+            phone_number: "+8613800138000".to_owned(),
+            id_last_six: "12345X".to_owned(),
+            holder_since: Utc::now(),
+        };
+        let shown = format!("{subscriber:?}");
+        assert!(
+            !shown.contains("12345X") && !shown.contains("13800138000"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn sms_file_reading_skips_blank_lines_and_names_bad_lines() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let path = dir.path().join("sms.jsonl");
+        assert!(read_sms_file(&path).expect("missing is empty").is_empty());
+        std::fs::write(
+            &path,
+            "{\"phone_number\":\"+8613800138000\",\"text\":\"hi\",\"sent_at\":\"2026-01-01T00:00:00Z\"}\n\nnot json\n",
+        )
+        .expect("written");
+        let error = format!("{:#}", read_sms_file(&path).expect_err("an error"));
+        assert!(error.contains("line 3"), "{error}");
+    }
+}

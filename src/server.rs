@@ -1,0 +1,183 @@
+//! Assembling and running the gateway: the shared state ([`Gateway`]), the tonic server with
+//! health, reflection and the correlator layer, background housekeeping, and graceful shutdown
+//! (in-flight requests finish; new connections are refused).
+
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tonic::transport::{Server, server::TcpIncoming};
+
+use crate::{
+    api::{GatewayService, correlator::CorrelatorLayer},
+    clock::Clock,
+    config::Config,
+    fanout::{Catalog, FanOut, LookupCache},
+    proto::{FILE_DESCRIPTOR_SET, account_gateway_server::AccountGatewayServer},
+    registry::RegistryClient,
+    security::Keys,
+    store::Store,
+    verification::Verifier,
+};
+
+/// Everything a request handler needs, shared by all of them.
+pub struct Gateway {
+    pub config: Config,
+    pub keys: Arc<Keys>,
+    pub clock: Clock,
+    pub store: Store,
+    pub registry: RegistryClient,
+    pub verifier: Verifier,
+    pub catalog: Arc<Catalog>,
+    pub fanout: FanOut,
+}
+
+impl Gateway {
+    /// Connects the store (running migrations), builds the catalog and the clients.
+    pub async fn build(config: Config, clock: Clock) -> anyhow::Result<Arc<Self>> {
+        let keys = Arc::new(Keys::derive(&config.signing_secret()?));
+        let store = Store::connect(&config.store.url, config.store.max_connections).await?;
+        let registry = RegistryClient::new(&config.registry.endpoint, config.registry.timeout)
+            .context("registry.endpoint")?;
+        let verifier = Verifier::new(
+            store.clone(),
+            registry.clone(),
+            Arc::clone(&keys),
+            clock.clone(),
+            config.verification.clone(),
+        );
+        let catalog = Arc::new(Catalog::new(&config.apps, &config.app_defaults)?);
+        let fanout = FanOut::new(LookupCache::new(config.cache.ttl, config.cache.capacity));
+        Ok(Arc::new(Self {
+            config,
+            keys,
+            clock,
+            store,
+            registry,
+            verifier,
+            catalog,
+            fanout,
+        }))
+    }
+}
+
+/// A gateway serving on a listener.
+pub struct RunningGateway {
+    pub addr: SocketAddr,
+    pub gateway: Arc<Gateway>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningGateway {
+    /// `http://ADDR`, for clients.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops taking requests, lets in-flight ones finish, and waits.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let result = (&mut self.task).await.context("gateway task panicked")?;
+        self.gateway.store.close().await;
+        result
+    }
+}
+
+/// Builds the gateway and serves it on `listener` until [`RunningGateway::stop`].
+pub async fn start(
+    config: Config,
+    clock: Clock,
+    listener: TcpListener,
+) -> anyhow::Result<RunningGateway> {
+    if !config.development {
+        anyhow::bail!(
+            "TLS listeners are not available in this build yet: set `development = true` to serve plain text"
+        );
+    }
+    let gateway = Gateway::build(config, clock).await?;
+    let addr = listener.local_addr()?;
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(serve(Arc::clone(&gateway), listener, async {
+        let _ = rx.await;
+    }));
+    Ok(RunningGateway {
+        addr,
+        gateway,
+        shutdown: Some(tx),
+        task,
+    })
+}
+
+/// Serves the gRPC API until `shutdown` resolves.
+pub async fn serve(
+    gateway: Arc<Gateway>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<AccountGatewayServer<GatewayService>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let max_request = gateway.config.limits.max_request_bytes;
+    let service = AccountGatewayServer::new(GatewayService::new(Arc::clone(&gateway)))
+        .max_decoding_message_size(max_request);
+    let housekeeping = tokio::spawn(housekeeping(Arc::clone(&gateway)));
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    tracing::info!(addr = ?incoming.local_addr().ok(), apps = gateway.catalog.all().len(), "gateway serving");
+    let result = Server::builder()
+        .layer(CorrelatorLayer)
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(service)
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await;
+    housekeeping.abort();
+    health
+        .set_not_serving::<AccountGatewayServer<GatewayService>>()
+        .await;
+    tracing::info!("gateway stopped");
+    Ok(result?)
+}
+
+/// Periodic clean-up: expired verifications.
+async fn housekeeping(gateway: Arc<Gateway>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tick.tick().await;
+        match gateway.verifier.purge().await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(purged = n, "expired verifications deleted"),
+            Err(e) => tracing::warn!(error = %e, "could not purge verifications"),
+        }
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutdown signal received");
+}

@@ -1,0 +1,191 @@
+//! Verification rows: started by `StartVerification`, consumed by `CompleteVerification`, possibly
+//! on another replica. Every state change is a conditional `UPDATE`, so two concurrent attempts
+//! can never both use a code or exceed the allowed tries.
+
+use super::Store;
+
+/// The life of a verification.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VerificationState {
+    /// A code may be entered.
+    Pending,
+    /// The code was used; a session was issued.
+    Used,
+    /// Too many wrong codes.
+    Failed,
+    /// A newer verification for the same number replaced this one.
+    Superseded,
+}
+
+impl VerificationState {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Used => "used",
+            Self::Failed => "failed",
+            Self::Superseded => "superseded",
+        }
+    }
+
+    fn parse(s: &str) -> Self {
+        match s {
+            "pending" => Self::Pending,
+            "used" => Self::Used,
+            "superseded" => Self::Superseded,
+            // Anything unexpected is treated as dead.
+            _ => Self::Failed,
+        }
+    }
+}
+
+/// What `StartVerification` writes.
+pub struct NewVerification<'a> {
+    pub id: &'a str,
+    pub number_hash: &'a str,
+    pub sealed_number: &'a str,
+    pub tenant: &'a str,
+    pub code_digest: &'a str,
+    pub holder_since: Option<i64>,
+    pub created_at: i64,
+    pub expires_at: i64,
+}
+
+/// A stored verification.
+#[derive(Debug)]
+pub struct VerificationRow {
+    pub id: String,
+    pub number_hash: String,
+    pub sealed_number: String,
+    pub tenant: String,
+    pub code_digest: String,
+    pub holder_since: Option<i64>,
+    pub expires_at: i64,
+    pub attempts: i64,
+    pub state: VerificationState,
+}
+
+type RawRow = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    Option<i64>,
+    i64,
+    i64,
+    String,
+);
+
+impl Store {
+    /// Records a new verification and supersedes the number's older pending ones, unless the
+    /// number already started `max_per_window` verifications since `window_start`; then nothing
+    /// is kept and `false` is returned.
+    pub async fn start_verification(
+        &self,
+        v: &NewVerification<'_>,
+        window_start: i64,
+        max_per_window: u32,
+    ) -> sqlx::Result<bool> {
+        // Insert first and count after, so concurrent starts cannot both slip under the limit.
+        sqlx::query(
+            "INSERT INTO verifications (id, number_hash, sealed_number, tenant, code_digest, \
+             holder_since, created_at, expires_at, attempts, state) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, 'pending')",
+        )
+        .bind(v.id)
+        .bind(v.number_hash)
+        .bind(v.sealed_number)
+        .bind(v.tenant)
+        .bind(v.code_digest)
+        .bind(v.holder_since)
+        .bind(v.created_at)
+        .bind(v.expires_at)
+        .execute(self.pool())
+        .await?;
+        let (count,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM verifications WHERE number_hash = $1 AND created_at >= $2",
+        )
+        .bind(v.number_hash)
+        .bind(window_start)
+        .fetch_one(self.pool())
+        .await?;
+        if count > i64::from(max_per_window) {
+            sqlx::query("DELETE FROM verifications WHERE id = $1")
+                .bind(v.id)
+                .execute(self.pool())
+                .await?;
+            return Ok(false);
+        }
+        sqlx::query(
+            "UPDATE verifications SET state = 'superseded' \
+             WHERE number_hash = $1 AND state = 'pending' AND id <> $2",
+        )
+        .bind(v.number_hash)
+        .bind(v.id)
+        .execute(self.pool())
+        .await?;
+        Ok(true)
+    }
+
+    /// Reads one verification.
+    pub async fn verification(&self, id: &str) -> sqlx::Result<Option<VerificationRow>> {
+        let row: Option<RawRow> = sqlx::query_as(
+            "SELECT id, number_hash, sealed_number, tenant, code_digest, holder_since, \
+             expires_at, attempts, state FROM verifications WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(row.map(|r| VerificationRow {
+            id: r.0,
+            number_hash: r.1,
+            sealed_number: r.2,
+            tenant: r.3,
+            code_digest: r.4,
+            holder_since: r.5,
+            expires_at: r.6,
+            attempts: r.7,
+            state: VerificationState::parse(&r.8),
+        }))
+    }
+
+    /// Counts one wrong code. Returns the attempts now used, or `None` when the verification was
+    /// no longer pending. The attempt that reaches `max_attempts` kills the verification.
+    pub async fn record_wrong_code(
+        &self,
+        id: &str,
+        max_attempts: u32,
+    ) -> sqlx::Result<Option<i64>> {
+        let row: Option<(i64,)> = sqlx::query_as(
+            "UPDATE verifications SET attempts = attempts + 1, \
+             state = CASE WHEN attempts + 1 >= $2 THEN 'failed' ELSE state END \
+             WHERE id = $1 AND state = 'pending' RETURNING attempts",
+        )
+        .bind(id)
+        .bind(i64::from(max_attempts))
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(row.map(|r| r.0))
+    }
+
+    /// Marks a verification used. `false` if it was no longer pending (used concurrently,
+    /// superseded, failed).
+    pub async fn consume_verification(&self, id: &str) -> sqlx::Result<bool> {
+        let done =
+            sqlx::query("UPDATE verifications SET state = $2 WHERE id = $1 AND state = 'pending'")
+                .bind(id)
+                .bind(VerificationState::Used.as_str())
+                .execute(self.pool())
+                .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Deletes verifications that expired before `before`; returns how many.
+    pub async fn purge_verifications(&self, before: i64) -> sqlx::Result<u64> {
+        let done = sqlx::query("DELETE FROM verifications WHERE expires_at < $1")
+            .bind(before)
+            .execute(self.pool())
+            .await?;
+        Ok(done.rows_affected())
+    }
+}

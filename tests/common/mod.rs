@@ -1,0 +1,208 @@
+//! The test harness: simulated apps, the embedded registry and a gateway, all real gRPC servers on
+//! loopback, with a real SQLite file (or PostgreSQL) and a clock tests can move forward.
+
+#![allow(dead_code)]
+
+use std::{path::PathBuf, time::Duration};
+
+use tokio::time::Instant;
+use tonic::transport::Channel;
+use unbind_gateway::{
+    api::error::reason_of,
+    cli::demo::{Stack, StackOptions},
+    clock::Clock,
+    config::Config,
+    proto::{
+        CompleteVerificationRequest, StartVerificationRequest,
+        account_gateway_client::AccountGatewayClient,
+    },
+    registry::embedded::read_sms_file,
+    simulator::{Behaviour, Simulator},
+};
+
+/// The demo subscriber: number, ID characters, holder since 2024-03-01.
+pub const PHONE: &str = "+8613800138000";
+pub const PHONE_BARE: &str = "13800138000";
+pub const ID_LAST_SIX: &str = "12345X";
+/// Another subscriber in the demo registry.
+pub const OTHER_PHONE: &str = "+8613900139000";
+pub const OTHER_ID: &str = "654321";
+
+pub struct Options {
+    pub apps: usize,
+    pub behaviour: Behaviour,
+    pub app_timeout: Duration,
+    /// `None`: a SQLite file in the test's directory.
+    pub store_url: Option<String>,
+    pub tweak: fn(&mut Config),
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            apps: 5,
+            behaviour: Behaviour::default(),
+            app_timeout: Duration::from_secs(2),
+            store_url: None,
+            tweak: |_| {},
+        }
+    }
+}
+
+/// A [`Stack`] in a temporary directory, with test helpers.
+pub struct Harness {
+    pub stack: Stack,
+    pub simulator: Simulator,
+    pub sms_file: PathBuf,
+    pub clock: Clock,
+    pub dir: tempfile::TempDir,
+}
+
+impl Harness {
+    pub async fn start(options: Options) -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let tweak = options.tweak;
+        let stack = Stack::start(
+            StackOptions {
+                apps: options.apps,
+                behaviour: options.behaviour,
+                app_timeout: Some(options.app_timeout),
+                store_url: options.store_url,
+                ..StackOptions::new(dir.path().to_path_buf())
+            },
+            tweak,
+        )
+        .await
+        .unwrap();
+        Harness {
+            simulator: stack.simulator.clone(),
+            sms_file: stack.sms_file.clone(),
+            clock: stack.clock.clone(),
+            stack,
+            dir,
+        }
+    }
+
+    /// Stops and starts the gateway on the same store and secret.
+    pub async fn restart_gateway(&mut self) {
+        self.stack.restart_gateway().await.unwrap();
+    }
+
+    pub fn endpoint(&self) -> String {
+        self.stack.endpoint()
+    }
+
+    pub async fn client(&self) -> AccountGatewayClient<Channel> {
+        AccountGatewayClient::connect(self.endpoint())
+            .await
+            .unwrap()
+    }
+
+    /// The codes sent to `phone` so far, oldest first.
+    pub fn codes_sent_to(&self, phone: &str) -> Vec<String> {
+        read_sms_file(&self.sms_file)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|m| m.phone_number == phone)
+            .filter_map(|m| {
+                let (_, rest) = m.text.split_once("code is ")?;
+                Some(rest.chars().take_while(char::is_ascii_digit).collect())
+            })
+            .collect()
+    }
+
+    /// Waits (with a deadline) until `phone` has received `n` codes; returns the newest.
+    pub async fn wait_for_code(&self, phone: &str, n: usize) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let codes = self.codes_sent_to(phone);
+            if codes.len() >= n {
+                return codes[n - 1].clone();
+            }
+            assert!(Instant::now() < deadline, "no SMS code arrived");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Starts a verification; returns its id.
+    pub async fn start_verification(&self, phone: &str, id: &str) -> String {
+        self.client()
+            .await
+            .start_verification(StartVerificationRequest {
+                phone_number: phone.into(),
+                id_last_six: id.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .verification_id
+    }
+
+    /// A full verification of the demo subscriber (or another); returns the session token.
+    pub async fn session_for(&self, phone: &str, id: &str) -> String {
+        let before = self.codes_sent_to(phone).len();
+        let verification_id = self.start_verification(phone, id).await;
+        let code = self.wait_for_code(phone, before + 1).await;
+        self.client()
+            .await
+            .complete_verification(CompleteVerificationRequest {
+                verification_id,
+                code,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .session_token
+    }
+
+    pub async fn session(&self) -> String {
+        self.session_for(PHONE, ID_LAST_SIX).await
+    }
+
+    pub async fn stop(self) {
+        self.stack.stop().await.unwrap();
+    }
+}
+
+/// Asserts a status's code and `ErrorInfo` reason.
+#[track_caller]
+pub fn assert_error(status: &tonic::Status, code: tonic::Code, reason: &str) {
+    assert_eq!(status.code(), code, "{status:?}");
+    assert_eq!(reason_of(status).as_deref(), Some(reason), "{status:?}");
+}
+
+/// The `BadRequest` field violations of a status.
+pub fn bad_fields(status: &tonic::Status) -> Vec<String> {
+    use tonic_types::StatusExt;
+    status
+        .get_error_details()
+        .bad_request()
+        .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
+        .unwrap_or_default()
+}
+
+/// A fresh, empty PostgreSQL database for one test, from `DATABASE_URL`. Outside CI, without
+/// `DATABASE_URL`, returns `None` after printing why; under `CI=true` a missing database fails.
+pub async fn fresh_postgres_database() -> Option<String> {
+    let Ok(base) = std::env::var("DATABASE_URL") else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true but DATABASE_URL is not set: PostgreSQL tests must run in CI"
+        );
+        eprintln!("skipping the PostgreSQL part: DATABASE_URL is not set");
+        return None;
+    };
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(&base)
+        .await
+        .expect("DATABASE_URL is set but PostgreSQL is unreachable");
+    let name = format!("unbind_test_{:016x}", rand::random::<u64>());
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let (prefix, _) = base
+        .rsplit_once('/')
+        .expect("DATABASE_URL names a database");
+    Some(format!("{prefix}/{name}"))
+}

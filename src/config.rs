@@ -38,6 +38,8 @@ pub struct Config {
     #[serde(default)]
     pub limits: LimitsConfig,
     #[serde(default)]
+    pub unbind: UnbindConfig,
+    #[serde(default)]
     pub app_defaults: AppDefaults,
     /// The app catalog.
     #[serde(default)]
@@ -108,6 +110,50 @@ pub struct LimitsConfig {
     pub max_request_bytes: usize,
     /// Most entries in a request's `app_ids`.
     pub max_app_ids: usize,
+}
+
+/// Unbind tickets and the worker that carries them to the apps.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UnbindConfig {
+    /// Most account refs in one `Unbind` request.
+    pub max_refs_per_request: usize,
+    /// How long a worker holds a claimed ticket before another replica may take it over.
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+    /// How often an idle worker looks for due tickets (new local tickets wake it at once).
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// How often an `ACCEPTED` ticket is polled with `GetUnbindStatus`.
+    #[serde(with = "humantime_serde")]
+    pub status_poll_interval: Duration,
+    /// First retry delay after a transient failure; doubles each attempt up to `retry_max`.
+    #[serde(with = "humantime_serde")]
+    pub retry_base: Duration,
+    #[serde(with = "humantime_serde")]
+    pub retry_max: Duration,
+    /// Randomise retry delays (between half and all of the delay) so retries spread out.
+    pub retry_jitter: bool,
+    /// Tickets a replica works on at once.
+    pub worker_concurrency: usize,
+    /// Run the worker in this process.
+    pub worker: bool,
+}
+
+impl Default for UnbindConfig {
+    fn default() -> Self {
+        Self {
+            max_refs_per_request: 100,
+            lease: Duration::from_secs(30),
+            poll_interval: Duration::from_millis(250),
+            status_poll_interval: Duration::from_secs(2),
+            retry_base: Duration::from_millis(500),
+            retry_max: Duration::from_secs(300),
+            retry_jitter: true,
+            worker_concurrency: 256,
+            worker: true,
+        }
+    }
 }
 
 /// Settings every app gets unless its catalog entry says otherwise.
@@ -260,6 +306,21 @@ impl Config {
         }
         if self.limits.max_request_bytes < 1024 {
             bail!("`limits.max_request_bytes` must be at least 1024");
+        }
+        check_nonzero(self.unbind.lease, "unbind.lease")?;
+        check_nonzero(self.unbind.poll_interval, "unbind.poll_interval")?;
+        check_nonzero(
+            self.unbind.status_poll_interval,
+            "unbind.status_poll_interval",
+        )?;
+        check_nonzero(self.unbind.retry_base, "unbind.retry_base")?;
+        if self.unbind.retry_max < self.unbind.retry_base {
+            bail!("`unbind.retry_max` must not be shorter than `unbind.retry_base`");
+        }
+        if self.unbind.max_refs_per_request == 0 || self.unbind.worker_concurrency == 0 {
+            bail!(
+                "`unbind.max_refs_per_request` and `unbind.worker_concurrency` must be at least 1"
+            );
         }
         check_nonzero(self.app_defaults.timeout, "app_defaults.timeout")?;
         if self.app_defaults.concurrency == 0 {

@@ -7,6 +7,7 @@
 //! - `store`: the SQLite / PostgreSQL store and its migrations;
 //! - `verification`: proving who the person is (registry check + SMS code → session);
 //! - `fanout`: the app catalog, adapter calls, the cache and the merge into one answer;
+//! - `unbind`: durable unbind tickets and the worker that carries them to the apps;
 //! - `api`: the gRPC services, and the one module that maps errors to statuses;
 //! - `registry`: the carrier's subscriber registry (client, and an embedded file-backed one);
 //! - `simulator`: simulated app adapters for the demo, tests and benchmarks;
@@ -27,4 +28,5 @@ pub mod server;
 pub mod simulator;
 pub mod store;
 pub mod telemetry;
+pub mod unbind;
 pub mod verification;

@@ -15,8 +15,9 @@ use crate::{
     fanout::{Catalog, FanOut, LookupCache},
     proto::{FILE_DESCRIPTOR_SET, account_gateway_server::AccountGatewayServer},
     registry::RegistryClient,
-    security::Keys,
+    security::{Keys, random_id},
     store::Store,
+    unbind::{Unbinder, worker::Worker},
     verification::Verifier,
 };
 
@@ -30,6 +31,7 @@ pub struct Gateway {
     pub verifier: Verifier,
     pub catalog: Arc<Catalog>,
     pub fanout: FanOut,
+    pub unbinder: Unbinder,
 }
 
 impl Gateway {
@@ -48,6 +50,13 @@ impl Gateway {
         );
         let catalog = Arc::new(Catalog::new(&config.apps, &config.app_defaults)?);
         let fanout = FanOut::new(LookupCache::new(config.cache.ttl, config.cache.capacity));
+        let unbinder = Unbinder::new(
+            store.clone(),
+            Arc::clone(&keys),
+            clock.clone(),
+            Arc::clone(&catalog),
+            config.unbind.clone(),
+        );
         Ok(Arc::new(Self {
             config,
             keys,
@@ -57,7 +66,23 @@ impl Gateway {
             verifier,
             catalog,
             fanout,
+            unbinder,
         }))
+    }
+
+    /// This replica's ticket worker.
+    pub fn worker(&self) -> Worker {
+        Worker {
+            store: self.store.clone(),
+            keys: Arc::clone(&self.keys),
+            clock: self.clock.clone(),
+            catalog: Arc::clone(&self.catalog),
+            registry: self.registry.clone(),
+            cache: Arc::clone(self.fanout.cache()),
+            config: self.config.unbind.clone(),
+            wake: Arc::clone(&self.unbinder.wake),
+            owner: random_id("worker"),
+        }
     }
 }
 
@@ -129,6 +154,12 @@ pub async fn serve(
     let service = AccountGatewayServer::new(GatewayService::new(Arc::clone(&gateway)))
         .max_decoding_message_size(max_request);
     let housekeeping = tokio::spawn(housekeeping(Arc::clone(&gateway)));
+    let (stop_worker, worker_stopped) = tokio::sync::watch::channel(false);
+    let worker = gateway
+        .config
+        .unbind
+        .worker
+        .then(|| tokio::spawn(Arc::new(gateway.worker()).run(worker_stopped)));
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     tracing::info!(addr = ?incoming.local_addr().ok(), apps = gateway.catalog.all().len(), "gateway serving");
     let result = Server::builder()
@@ -142,12 +173,19 @@ pub async fn serve(
     health
         .set_not_serving::<AccountGatewayServer<GatewayService>>()
         .await;
+    // Requests are done; let the worker finish or release the tickets it holds.
+    let _ = stop_worker.send(true);
+    if let Some(worker) = worker {
+        let _ = worker.await;
+    }
     tracing::info!("gateway stopped");
     Ok(result?)
 }
 
-/// Periodic clean-up: expired verifications.
+/// Periodic clean-up: expired verifications, and idempotency keys older than 48 hours (kept at
+/// least 24, as promised).
 async fn housekeeping(gateway: Arc<Gateway>) {
+    const KEY_RETENTION_MS: i64 = 48 * 3_600_000;
     let mut tick = tokio::time::interval(Duration::from_secs(60));
     loop {
         tick.tick().await;
@@ -155,6 +193,10 @@ async fn housekeeping(gateway: Arc<Gateway>) {
             Ok(0) => {}
             Ok(n) => tracing::debug!(purged = n, "expired verifications deleted"),
             Err(e) => tracing::warn!(error = %e, "could not purge verifications"),
+        }
+        let before = gateway.clock.now_ms() - KEY_RETENTION_MS;
+        if let Err(e) = gateway.store.purge_unbind_requests(before).await {
+            tracing::warn!(error = %e, "could not purge idempotency keys");
         }
     }
 }

@@ -19,7 +19,7 @@ use unbind_gateway::proto::{
 use unbind_gateway::registry::embedded::{
     EmbeddedRegistry, EmbeddedRegistryOptions, Subscriber, read_sms_file,
 };
-use unbind_gateway::simulator::{Behaviour, Simulator, SimulatorConfig, accounts_for};
+use unbind_gateway::simulator::{Behaviour, Latency, Simulator, SimulatorConfig, accounts_for};
 
 const PHONE: &str = "+8613800138000";
 
@@ -291,7 +291,12 @@ async fn errors_and_stalls_follow_the_behaviour() {
         .find_accounts(request)
         .await
         .expect_err("never answering");
-    assert_eq!(error.code(), Code::DeadlineExceeded);
+    // tonic's server ends a call whose `grpc-timeout` passed with CANCELLED; the client's own
+    // timer would say DEADLINE_EXCEEDED. Either way the deadline ended it.
+    assert!(
+        matches!(error.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{error:?}"
+    );
 
     // Stopping an app with a stalled call in flight does not hang.
     let stalled = tokio::spawn({
@@ -491,4 +496,51 @@ async fn embedded_registry_round_trip() {
     assert!(chrono::DateTime::parse_from_rfc3339(&messages[0].sent_at).is_ok());
 
     registry.shutdown().await;
+}
+
+/// The simulator keeps time with `tokio::time`, so tests that pause the clock get long latencies
+/// and completion delays without waiting for them.
+#[tokio::test(start_paused = true)]
+async fn latency_and_completion_follow_a_paused_clock() {
+    let sim = start(
+        1,
+        Behaviour {
+            latency: Latency::Fixed(Duration::from_secs(30)),
+            unbind_completion: Duration::from_secs(3600),
+            ..Behaviour::default()
+        },
+    )
+    .await;
+    let (app_id, phone, account_id) = unbindable(&sim);
+    // No client-side timeouts: with the clock paused they would fire as soon as the runtime idles.
+    let channel = Endpoint::from_shared(sim.apps()[0].endpoint.clone())
+        .expect("a valid endpoint")
+        .connect_lazy();
+    let mut client = AppAdapterClient::new(channel);
+
+    let started = Instant::now();
+    client
+        .find_accounts(find(&phone))
+        .await
+        .expect("FindAccounts answers");
+    assert!(started.elapsed() >= Duration::from_secs(30));
+
+    let accepted = client
+        .unbind_account(unbind("key-p", &account_id, &phone))
+        .await
+        .expect("UnbindAccount answers")
+        .into_inner();
+    assert_eq!(accepted.state, State::Accepted as i32);
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    let status = client
+        .get_unbind_status(GetUnbindStatusRequest {
+            vendor_ref: accepted.vendor_ref,
+            idempotency_key: String::new(),
+        })
+        .await
+        .expect("GetUnbindStatus answers")
+        .into_inner();
+    assert_eq!(status.state, State::Done as i32);
+    assert_eq!(sim.stats(&app_id).unbind_keys, ["key-p"]);
+    sim.shutdown().await;
 }

@@ -8,7 +8,9 @@ use std::{collections::HashMap, time::Duration};
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::{proto::ErrorReason, security::SessionError, verification::VerifyError};
+use crate::{
+    proto::ErrorReason, security::SessionError, unbind::UnbindError, verification::VerifyError,
+};
 
 /// The `ErrorInfo.domain` of every error.
 pub const ERROR_DOMAIN: &str = "unbind-gateway";
@@ -36,6 +38,14 @@ pub enum ApiError {
     MaxCodesExceeded { retry_after: Duration },
     #[error("missing, expired or invalid session token")]
     InvalidSession,
+    #[error("`{field}` is not an account ref this gateway issued")]
+    InvalidAccountRef { field: String },
+    #[error("`{field}` is an account ref of another number")]
+    ForeignAccountRef { field: String },
+    #[error("`{field}`: the app does not support unbinding this account")]
+    UnbindNotSupported { field: String },
+    #[error("this idempotency_key was used with a different request")]
+    IdempotencyKeyReused,
     #[error("{what} is unavailable: try again")]
     Unavailable { what: &'static str },
     #[error("internal error")]
@@ -65,6 +75,10 @@ impl ApiError {
             Self::VerificationFailed => (Code::FailedPrecondition, R::VerificationFailed),
             Self::MaxCodesExceeded { .. } => (Code::ResourceExhausted, R::MaxCodesExceeded),
             Self::InvalidSession => (Code::Unauthenticated, R::InvalidSession),
+            Self::InvalidAccountRef { .. } => (Code::InvalidArgument, R::InvalidAccountRef),
+            Self::ForeignAccountRef { .. } => (Code::PermissionDenied, R::InvalidAccountRef),
+            Self::UnbindNotSupported { .. } => (Code::FailedPrecondition, R::InvalidField),
+            Self::IdempotencyKeyReused => (Code::AlreadyExists, R::IdempotencyKeyReused),
             Self::Unavailable { .. } => (Code::Unavailable, R::ServiceUnavailable),
             Self::Internal => (Code::Internal, R::Internal),
         }
@@ -80,7 +94,11 @@ impl ApiError {
                 metadata.insert("field".to_owned(), (*field).to_owned());
                 details.add_bad_request_violation(*field, self.to_string());
             }
-            Self::InvalidField { field, .. } | Self::UnknownApp { field, .. } => {
+            Self::InvalidField { field, .. }
+            | Self::UnknownApp { field, .. }
+            | Self::InvalidAccountRef { field }
+            | Self::ForeignAccountRef { field }
+            | Self::UnbindNotSupported { field } => {
                 metadata.insert("field".to_owned(), field.clone());
                 details.add_bad_request_violation(field.clone(), self.to_string());
             }
@@ -120,11 +138,45 @@ impl From<VerifyError> for ApiError {
             VerifyError::Registry(_) => Self::Unavailable {
                 what: "the subscriber registry",
             },
-            VerifyError::Store(e) => {
-                tracing::error!(error = %e, "store error during verification");
-                Self::Unavailable { what: "the store" }
-            }
+            VerifyError::Store(e) => Self::store(e),
         }
+    }
+}
+
+impl From<UnbindError> for ApiError {
+    fn from(e: UnbindError) -> Self {
+        let at = |index: usize| format!("account_refs[{index}]");
+        match e {
+            UnbindError::Empty => {
+                Self::field("account_refs", "at least one account ref is required")
+            }
+            UnbindError::TooMany { max } => Self::field(
+                "account_refs",
+                format!("at most {max} account refs per request"),
+            ),
+            UnbindError::Duplicate { index } => Self::field(at(index), "duplicate account ref"),
+            UnbindError::Forged { index } => Self::InvalidAccountRef { field: at(index) },
+            UnbindError::Foreign { index } => Self::ForeignAccountRef { field: at(index) },
+            UnbindError::UnknownApp { index, app_id } => Self::UnknownApp {
+                field: at(index),
+                app_id,
+            },
+            UnbindError::NotSupported { index } => Self::UnbindNotSupported { field: at(index) },
+            UnbindError::BadKey => Self::field(
+                "idempotency_key",
+                "required: 1 to 128 visible ASCII characters, the same on every retry",
+            ),
+            UnbindError::KeyReused => Self::IdempotencyKeyReused,
+            UnbindError::Store(e) => Self::store(e),
+        }
+    }
+}
+
+impl ApiError {
+    /// A store failure: logged here, reported as unavailable.
+    pub fn store(e: sqlx::Error) -> Self {
+        tracing::error!(error = %e, "store error");
+        Self::Unavailable { what: "the store" }
     }
 }
 

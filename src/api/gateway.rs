@@ -1,7 +1,11 @@
 //! `unbind.v1.AccountGateway`: input validation, then the verification, fan-out and merge
 //! modules. Every error leaves through [`ApiError`].
 
-use std::{collections::HashSet, pin::Pin, sync::Arc};
+use std::{
+    collections::{HashMap, HashSet},
+    pin::Pin,
+    sync::Arc,
+};
 
 use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
@@ -21,7 +25,7 @@ use crate::{
         GetUnbindTicketsRequest, GetUnbindTicketsResponse, LinkedAccount, ListAppsRequest,
         ListAppsResponse, ListLinkedAccountsRequest, ListLinkedAccountsResponse,
         StartVerificationRequest, StartVerificationResponse, UnbindRequest, UnbindResponse,
-        account_gateway_server::AccountGateway, app_result::State,
+        UnbindTicket, account_gateway_server::AccountGateway, app_result::State,
     },
     registry::templates,
     security::{CODE_LENGTH, OneTimeCode, Session},
@@ -80,8 +84,9 @@ impl GatewayService {
         Ok(apps)
     }
 
-    /// Validates a look-up request and starts the fan-out.
-    fn start_lookup(
+    /// Validates a look-up request, starts the fan-out, and reads the number's open tickets
+    /// meanwhile.
+    async fn start_lookup(
         &self,
         request: &Request<ListLinkedAccountsRequest>,
     ) -> Result<(Session, Lookup), ApiError> {
@@ -100,11 +105,20 @@ impl GatewayService {
             .fanout
             .lookup(&session.phone, &number, apps, deadline, body.bypass_cache);
         tracing::info!(number = %session.phone, apps = asked, "look-up started");
+        let open_tickets = if body.summary_only {
+            HashMap::new()
+        } else {
+            g.unbinder
+                .open_tickets(&session)
+                .await
+                .map_err(ApiError::store)?
+        };
         Ok((
             session,
             Lookup {
                 outcomes,
                 number,
+                open_tickets,
                 summary_only: body.summary_only,
                 deliver_by_sms: body.deliver_by_sms,
             },
@@ -116,6 +130,7 @@ impl GatewayService {
 struct Lookup {
     outcomes: futures::stream::FuturesUnordered<futures::future::BoxFuture<'static, AppOutcome>>,
     number: crate::security::NumberHash,
+    open_tickets: HashMap<String, UnbindTicket>,
     summary_only: bool,
     deliver_by_sms: bool,
 }
@@ -131,6 +146,9 @@ fn is_well_formed_id(id: &str, prefix: &str) -> bool {
         .and_then(|rest| rest.strip_prefix('_'))
         .is_some_and(|hex| hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
 }
+
+/// Most ids in one `GetUnbindTickets`.
+const MAX_TICKET_IDS: usize = 1_000;
 
 type AppResultStream = Pin<Box<dyn Stream<Item = Result<AppResult, Status>> + Send>>;
 
@@ -187,11 +205,12 @@ impl AccountGateway for GatewayService {
         request: Request<ListLinkedAccountsRequest>,
     ) -> Result<Response<ListLinkedAccountsResponse>, Status> {
         let g = &self.gateway;
-        let (session, mut lookup) = self.start_lookup(&request)?;
+        let (session, mut lookup) = self.start_lookup(&request).await?;
         let ctx = MergeContext {
             keys: &g.keys,
             number: &lookup.number,
             holder_since_ms: session.holder_since_ms,
+            open_tickets: &lookup.open_tickets,
         };
         let mut outcomes = Vec::new();
         while let Some(outcome) = lookup.outcomes.next().await {
@@ -236,7 +255,7 @@ impl AccountGateway for GatewayService {
         &self,
         request: Request<ListLinkedAccountsRequest>,
     ) -> Result<Response<Self::StreamLinkedAccountsStream>, Status> {
-        let (session, mut lookup) = self.start_lookup(&request)?;
+        let (session, mut lookup) = self.start_lookup(&request).await?;
         let gateway = Arc::clone(&self.gateway);
         let (tx, rx) = mpsc::channel(lookup.outcomes.len().max(1));
         tokio::spawn(async move {
@@ -244,6 +263,7 @@ impl AccountGateway for GatewayService {
                 keys: &gateway.keys,
                 number: &lookup.number,
                 holder_since_ms: session.holder_since_ms,
+                open_tickets: &lookup.open_tickets,
             };
             let mut results = Vec::new();
             let mut all_accounts = Vec::new();
@@ -279,16 +299,69 @@ impl AccountGateway for GatewayService {
 
     async fn unbind(
         &self,
-        _request: Request<UnbindRequest>,
+        request: Request<UnbindRequest>,
     ) -> Result<Response<UnbindResponse>, Status> {
-        Err(Status::unimplemented("unbinding is not available yet"))
+        let body = request.get_ref();
+        let session = self.session(&request, &body.session_token)?;
+        let unbinder = &self.gateway.unbinder;
+        let rows = unbinder
+            .unbind(&session, &body.account_refs, &body.idempotency_key)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(UnbindResponse {
+            tickets: unbinder.to_proto(&rows),
+        }))
     }
 
     async fn get_unbind_tickets(
         &self,
-        _request: Request<GetUnbindTicketsRequest>,
+        request: Request<GetUnbindTicketsRequest>,
     ) -> Result<Response<GetUnbindTicketsResponse>, Status> {
-        Err(Status::unimplemented("unbinding is not available yet"))
+        let body = request.get_ref();
+        let unbinder = &self.gateway.unbinder;
+        let rows = if body.ticket_ids.is_empty() {
+            if body.session_token.is_empty() {
+                return Err(ApiError::field(
+                    "session_token",
+                    "give a session_token (the holder's tickets) or ticket_ids",
+                )
+                .into());
+            }
+            let session = self.session(&request, &body.session_token)?;
+            unbinder
+                .tickets_of(&session)
+                .await
+                .map_err(ApiError::store)?
+        } else {
+            if body.ticket_ids.len() > MAX_TICKET_IDS {
+                return Err(ApiError::field(
+                    "ticket_ids",
+                    format!("at most {MAX_TICKET_IDS} ticket ids"),
+                )
+                .into());
+            }
+            if let Some(i) = body
+                .ticket_ids
+                .iter()
+                .position(|id| !is_well_formed_id(id, "tkt"))
+            {
+                return Err(ApiError::field(format!("ticket_ids[{i}]"), "not a ticket id").into());
+            }
+            let mut rows = unbinder
+                .tickets_by_ids(tenant_of(&request), &body.ticket_ids)
+                .await
+                .map_err(ApiError::store)?;
+            // With a session too, only that holder's tickets.
+            if !body.session_token.is_empty() {
+                let session = self.session(&request, &body.session_token)?;
+                let number = self.gateway.keys.number_hash(&session.phone).hex();
+                rows.retain(|t| t.number_hash == number);
+            }
+            rows
+        };
+        Ok(Response::new(GetUnbindTicketsResponse {
+            tickets: unbinder.to_proto(&rows),
+        }))
     }
 
     async fn list_apps(

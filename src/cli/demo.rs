@@ -11,10 +11,14 @@ use crate::{
     clock::Clock,
     config::{
         AppConfig, AppDefaults, CacheConfig, Config, LimitsConfig, LookupConfig, RegistryConfig,
-        StoreConfig, VerificationConfig,
+        StoreConfig, UnbindConfig, VerificationConfig,
+    },
+    proto::{
+        CompleteVerificationRequest, StartVerificationRequest,
+        account_gateway_client::AccountGatewayClient,
     },
     registry::embedded::{
-        EmbeddedRegistry, EmbeddedRegistryOptions, Subscriber, write_subscribers,
+        EmbeddedRegistry, EmbeddedRegistryOptions, Subscriber, read_sms_file, write_subscribers,
     },
     security::random_id,
     server,
@@ -207,6 +211,60 @@ impl Stack {
             .unwrap_or_default()
     }
 
+    /// The verification codes `phone` (E.164) has received so far, oldest first.
+    pub fn codes_sent_to(&self, phone: &str) -> Vec<String> {
+        read_sms_file(&self.sms_file)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|m| m.phone_number == phone)
+            .filter_map(|m| {
+                let (_, rest) = m.text.split_once("code is ")?;
+                Some(rest.chars().take_while(char::is_ascii_digit).collect())
+            })
+            .collect()
+    }
+
+    /// Waits up to 10 s until `phone` has received `n` codes; returns the `n`th.
+    pub async fn wait_for_code(&self, phone: &str, n: usize) -> anyhow::Result<String> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(code) = self
+                .codes_sent_to(phone)
+                .into_iter()
+                .nth(n.saturating_sub(1))
+            {
+                return Ok(code);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                anyhow::bail!("no SMS code arrived");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// A full verification through the gateway (code read from the SMS file): a session token.
+    pub async fn verified_session(&self, phone: &str, id_last_six: &str) -> anyhow::Result<String> {
+        let mut client = AccountGatewayClient::connect(self.endpoint()).await?;
+        let before = self.codes_sent_to(phone).len();
+        let verification_id = client
+            .start_verification(StartVerificationRequest {
+                phone_number: phone.to_owned(),
+                id_last_six: id_last_six.to_owned(),
+            })
+            .await?
+            .into_inner()
+            .verification_id;
+        let code = self.wait_for_code(phone, before + 1).await?;
+        Ok(client
+            .complete_verification(CompleteVerificationRequest {
+                verification_id,
+                code,
+            })
+            .await?
+            .into_inner()
+            .session_token)
+    }
+
     /// Stops everything.
     pub async fn stop(mut self) -> anyhow::Result<()> {
         if let Some(g) = self.gateway.take() {
@@ -275,6 +333,7 @@ pub fn demo_config(
         lookup: LookupConfig::default(),
         verification: VerificationConfig::default(),
         limits: LimitsConfig::default(),
+        unbind: UnbindConfig::default(),
         app_defaults: AppDefaults {
             timeout: Duration::from_millis(1500),
             ..AppDefaults::default()

@@ -1004,7 +1004,11 @@ async fn connect(endpoint: &str) -> anyhow::Result<AccountGatewayClient<Channel>
 /// Runs `unbind-gateway query`. Any failed call is printed as "error: <code>: <message>" (plus
 /// the gateway's reason) and returned as an error, so the process exits non-zero.
 pub async fn run(args: QueryArgs) -> anyhow::Result<()> {
-    let interactive = std::io::stdin().is_terminal();
+    run_with(args, std::io::stdin().is_terminal()).await
+}
+
+/// `run`, with whether to ask questions (stdin is a terminal) decided by the caller.
+async fn run_with(args: QueryArgs, interactive: bool) -> anyhow::Result<()> {
     let out = Printer { json: args.json };
     let mut client = connect(&args.endpoint).await?;
 
@@ -1835,6 +1839,378 @@ mod tests {
         );
         assert_eq!(normalise_endpoint(" http://gw:1 ").unwrap(), "http://gw:1");
         assert!(normalise_endpoint("https://gw:1").is_err());
+    }
+
+    /// A scripted gateway on 127.0.0.1:0 that records what `run` sends it.
+    #[derive(Default)]
+    struct FakeGateway {
+        seen: std::sync::Mutex<Seen>,
+        /// The status CompleteVerification fails with, if any.
+        fail_complete: Option<Code>,
+    }
+
+    #[derive(Default)]
+    struct Seen {
+        phone: String,
+        id_last_six: String,
+        code: String,
+        app_ids: Vec<String>,
+        lookup_timeout: Option<String>,
+        streamed: bool,
+        unbind: Option<UnbindRequest>,
+        polls: usize,
+    }
+
+    const SESSION: &str = "session-token-secret";
+
+    fn fake_accounts() -> Vec<LinkedAccount> {
+        vec![
+            account(
+                "app-2",
+                "Sim Bank 2",
+                "z***g",
+                Ownership::PreviousHolder,
+                true,
+            ),
+            account(
+                "app-10",
+                "Sim Bank 10",
+                "l***i",
+                Ownership::CurrentHolder,
+                true,
+            ),
+            account(
+                "app-10",
+                "Sim Bank 10",
+                "w***u",
+                Ownership::PreviousHolder,
+                true,
+            ),
+            account(
+                "app-10",
+                "Sim Bank 10",
+                "q***n",
+                Ownership::PreviousHolder,
+                false,
+            ),
+        ]
+    }
+
+    fn fake_results() -> Vec<AppResult> {
+        vec![
+            result("app-2", "Sim Bank 2", State::Answered, 1),
+            result("app-10", "Sim Bank 10", State::Answered, 3),
+            result("app-3", "Sim Slow 3", State::TimedOut, 0),
+        ]
+    }
+
+    fn session_ok(token: &str) -> Result<(), Status> {
+        if token == SESSION {
+            Ok(())
+        } else {
+            Err(Status::unauthenticated("invalid session"))
+        }
+    }
+
+    #[tonic::async_trait]
+    impl crate::proto::account_gateway_server::AccountGateway for FakeGateway {
+        async fn start_verification(
+            &self,
+            request: Request<StartVerificationRequest>,
+        ) -> Result<tonic::Response<crate::proto::StartVerificationResponse>, Status> {
+            let request = request.into_inner();
+            let mut seen = self.seen.lock().unwrap();
+            seen.phone = request.phone_number;
+            seen.id_last_six = request.id_last_six;
+            Ok(tonic::Response::new(
+                crate::proto::StartVerificationResponse {
+                    verification_id: "v1".to_owned(),
+                    expires_at: ts(JAN_2023),
+                    code_length: 6,
+                },
+            ))
+        }
+
+        async fn complete_verification(
+            &self,
+            request: Request<CompleteVerificationRequest>,
+        ) -> Result<tonic::Response<CompleteVerificationResponse>, Status> {
+            self.seen.lock().unwrap().code = request.into_inner().code;
+            if let Some(code) = self.fail_complete {
+                let details =
+                    ErrorDetails::with_error_info("INVALID_CODE", "unbind-gateway", HashMap::new());
+                return Err(Status::with_error_details(code, "wrong code", details));
+            }
+            Ok(tonic::Response::new(CompleteVerificationResponse {
+                session_token: SESSION.to_owned(),
+                expires_at: ts(JAN_2023),
+                phone_number: "+86 138****8000".to_owned(),
+            }))
+        }
+
+        async fn list_linked_accounts(
+            &self,
+            request: Request<ListLinkedAccountsRequest>,
+        ) -> Result<tonic::Response<ListLinkedAccountsResponse>, Status> {
+            let timeout = request
+                .metadata()
+                .get("grpc-timeout")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let request = request.into_inner();
+            session_ok(&request.session_token)?;
+            let mut seen = self.seen.lock().unwrap();
+            seen.app_ids = request.app_ids;
+            seen.lookup_timeout = timeout;
+            Ok(tonic::Response::new(ListLinkedAccountsResponse {
+                accounts: fake_accounts(),
+                app_results: fake_results(),
+                total_accounts: 4,
+                complete: false,
+                generated_at: ts(JAN_2023),
+            }))
+        }
+
+        type StreamLinkedAccountsStream =
+            tokio_stream::Iter<std::vec::IntoIter<Result<AppResult, Status>>>;
+
+        async fn stream_linked_accounts(
+            &self,
+            request: Request<ListLinkedAccountsRequest>,
+        ) -> Result<tonic::Response<Self::StreamLinkedAccountsStream>, Status> {
+            session_ok(&request.get_ref().session_token)?;
+            self.seen.lock().unwrap().streamed = true;
+            let accounts = fake_accounts();
+            let results: Vec<Result<AppResult, Status>> = fake_results()
+                .into_iter()
+                .map(|mut r| {
+                    r.accounts = accounts
+                        .iter()
+                        .filter(|a| a.app_id == r.app_id)
+                        .cloned()
+                        .collect();
+                    Ok(r)
+                })
+                .collect();
+            Ok(tonic::Response::new(tokio_stream::iter(results)))
+        }
+
+        async fn unbind(
+            &self,
+            request: Request<UnbindRequest>,
+        ) -> Result<tonic::Response<crate::proto::UnbindResponse>, Status> {
+            let request = request.into_inner();
+            session_ok(&request.session_token)?;
+            let tickets = request
+                .account_refs
+                .iter()
+                .enumerate()
+                .map(|(i, r)| UnbindTicket {
+                    account_ref: r.clone(),
+                    ..ticket(&format!("t{i}"), "app-10", TicketState::Queued)
+                })
+                .collect();
+            self.seen.lock().unwrap().unbind = Some(request);
+            Ok(tonic::Response::new(crate::proto::UnbindResponse {
+                tickets,
+            }))
+        }
+
+        async fn get_unbind_tickets(
+            &self,
+            request: Request<GetUnbindTicketsRequest>,
+        ) -> Result<tonic::Response<crate::proto::GetUnbindTicketsResponse>, Status> {
+            let request = request.into_inner();
+            session_ok(&request.session_token)?;
+            let mut seen = self.seen.lock().unwrap();
+            seen.polls += 1;
+            // First poll: one done, one accepted; second poll: both done.
+            let tickets = request
+                .ticket_ids
+                .iter()
+                .enumerate()
+                .map(|(i, id)| {
+                    let state = if i == 0 || seen.polls > 1 {
+                        TicketState::Completed
+                    } else {
+                        TicketState::Accepted
+                    };
+                    ticket(id, "app-10", state)
+                })
+                .collect();
+            Ok(tonic::Response::new(
+                crate::proto::GetUnbindTicketsResponse { tickets },
+            ))
+        }
+
+        async fn list_apps(
+            &self,
+            _request: Request<crate::proto::ListAppsRequest>,
+        ) -> Result<tonic::Response<crate::proto::ListAppsResponse>, Status> {
+            Err(Status::unimplemented("not in this fake"))
+        }
+    }
+
+    /// Serves `gateway` on a free loopback port; returns its endpoint and the shared state.
+    async fn serve(gateway: FakeGateway) -> (String, std::sync::Arc<FakeGateway>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let gateway = std::sync::Arc::new(gateway);
+        let service =
+            crate::proto::account_gateway_server::AccountGatewayServer::from_arc(gateway.clone());
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        (endpoint, gateway)
+    }
+
+    fn args(endpoint: &str, extra: &[&str]) -> QueryArgs {
+        let mut argv = vec!["query", "--endpoint", endpoint];
+        argv.extend_from_slice(extra);
+        Cli::try_parse_from(argv).unwrap().args
+    }
+
+    #[tokio::test]
+    async fn scripted_run_reads_the_sms_file_unbinds_previous_and_watches() {
+        let (endpoint, gateway) = serve(FakeGateway::default()).await;
+        let dir = tempfile::tempdir().unwrap();
+        let sms = dir.path().join("sms.jsonl");
+        // An older code for the number is already there: it must not be used.
+        std::fs::write(
+            &sms,
+            "{\"phone_number\":\"+8613800138000\",\"text\":\"code is 111111\",\"sent_at\":\"a\"}\n",
+        )
+        .unwrap();
+        let writer = {
+            let sms = sms.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let mut file = std::fs::OpenOptions::new().append(true).open(&sms).unwrap();
+                writeln!(
+                    file,
+                    "{{\"phone_number\":\"+8613800138000\",\"text\":\"Your code is 424242.\",\"sent_at\":\"b\"}}"
+                )
+                .unwrap();
+            })
+        };
+        let sms_arg = sms.display().to_string();
+        let args = args(
+            &endpoint,
+            &[
+                "--phone",
+                "13800138000",
+                "--id-last-six",
+                "12345X",
+                "--code-from-sms-file",
+                &sms_arg,
+                "--apps",
+                "app-2, app-10",
+                "--deadline",
+                "2s",
+                "--unbind",
+                "previous",
+                "--watch",
+            ],
+        );
+        run_with(args, false).await.unwrap();
+        writer.await.unwrap();
+
+        let seen = gateway.seen.lock().unwrap();
+        assert_eq!(seen.phone, "13800138000");
+        assert_eq!(seen.id_last_six, "12345X");
+        assert_eq!(seen.code, "424242");
+        assert_eq!(seen.app_ids, ["app-2", "app-10"]);
+        assert_eq!(seen.lookup_timeout.as_deref(), Some("2000000u"));
+        assert!(!seen.streamed);
+        let unbind = seen.unbind.as_ref().unwrap();
+        // Table order is Sim Bank 2, then Sim Bank 10: previous holders' accounts that can be
+        // unbound are rows 1 and 3; row 4 cannot be unbound.
+        assert_eq!(unbind.account_refs, ["ref-app-2-z***g", "ref-app-10-w***u"]);
+        assert_eq!(unbind.idempotency_key.len(), 32);
+        assert!(
+            unbind
+                .idempotency_key
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit())
+        );
+        assert_eq!(seen.polls, 2, "polled until every ticket finished");
+    }
+
+    #[tokio::test]
+    async fn streamed_run_with_rows_and_json() {
+        let (endpoint, gateway) = serve(FakeGateway::default()).await;
+        let args = args(
+            &endpoint,
+            &[
+                "--phone",
+                "13800138000",
+                "--id-last-six",
+                "12345X",
+                "--code",
+                "123456",
+                "--stream",
+                "--json",
+                "--unbind",
+                "2",
+            ],
+        );
+        run_with(args, false).await.unwrap();
+        let seen = gateway.seen.lock().unwrap();
+        assert!(seen.streamed);
+        assert_eq!(seen.code, "123456");
+        // Row 2 is Sim Bank 10's first account; no --watch, so no polling.
+        let unbind = seen.unbind.as_ref().unwrap();
+        assert_eq!(unbind.account_refs, ["ref-app-10-l***i"]);
+        assert_eq!(seen.polls, 0);
+    }
+
+    #[tokio::test]
+    async fn failed_verification_is_an_error_and_nothing_is_listed() {
+        let gateway = FakeGateway {
+            fail_complete: Some(Code::InvalidArgument),
+            ..Default::default()
+        };
+        let (endpoint, gateway) = serve(gateway).await;
+        let args = args(
+            &endpoint,
+            &[
+                "--phone",
+                "13800138000",
+                "--id-last-six",
+                "12345X",
+                "--code",
+                "000000",
+            ],
+        );
+        let err = run_with(args, false).await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "CompleteVerification failed: INVALID_ARGUMENT"
+        );
+        assert!(gateway.seen.lock().unwrap().app_ids.is_empty());
+    }
+
+    #[tokio::test]
+    async fn unknown_row_is_an_error_before_anything_is_unbound() {
+        let (endpoint, gateway) = serve(FakeGateway::default()).await;
+        let args = args(
+            &endpoint,
+            &[
+                "--phone",
+                "13800138000",
+                "--id-last-six",
+                "12345X",
+                "--code",
+                "123456",
+                "--unbind",
+                "9",
+            ],
+        );
+        let err = run_with(args, false).await.unwrap_err();
+        assert!(err.to_string().contains("no row 9"), "{err}");
+        assert!(gateway.seen.lock().unwrap().unbind.is_none());
     }
 
     #[derive(Parser)]

@@ -33,9 +33,11 @@ impl E164 {
         if input.is_empty() || input.len() > MAX_INPUT_LEN {
             return Err(InvalidPhoneNumber);
         }
-        if !input
+        // Digits, with spaces or dashes between them, and at most one leading '+'.
+        let body = input.strip_prefix('+').unwrap_or(input);
+        if !body
             .chars()
-            .all(|c| c.is_ascii_digit() || matches!(c, '+' | ' ' | '-'))
+            .all(|c| c.is_ascii_digit() || matches!(c, ' ' | '-'))
         {
             return Err(InvalidPhoneNumber);
         }

@@ -1,9 +1,13 @@
 //! Turning per-app answers into what the caller sees: ownership from the binding date, masked
 //! hints, sealed account refs, and each app's result line.
 
+use std::collections::HashMap;
+
 use crate::{
     clock::{ms_from_timestamp, timestamp_from_ms},
-    proto::{AdapterAccount, AppResult, LinkedAccount, app_result::State, linked_account},
+    proto::{
+        AdapterAccount, AppResult, LinkedAccount, UnbindTicket, app_result::State, linked_account,
+    },
     security::{AccountRef, Keys, NumberHash, Ownership},
 };
 
@@ -14,6 +18,8 @@ pub struct MergeContext<'a> {
     pub keys: &'a Keys,
     pub number: &'a NumberHash,
     pub holder_since_ms: i64,
+    /// Open unbind tickets of this number, by account key.
+    pub open_tickets: &'a HashMap<String, UnbindTicket>,
 }
 
 /// Longest hint passed through for the holder's own accounts.
@@ -54,16 +60,30 @@ pub fn linked_accounts(
                 Ownership::PreviousHolder | Ownership::Unknown => mask_hint(&a.display_hint),
                 Ownership::CurrentHolder => a.display_hint.chars().take(MAX_HINT_CHARS).collect(),
             };
+            let open_ticket = if ctx.open_tickets.is_empty() {
+                None
+            } else {
+                let key = ctx
+                    .keys
+                    .account_key(ctx.number, app.id.as_str(), &a.account_id);
+                ctx.open_tickets.get(&key).cloned()
+            };
             LinkedAccount {
                 app_id: app.id.to_string(),
                 app_name: app.name.clone(),
-                account_ref: AccountRef::new(app.id.as_str(), &a.account_id, ctx.number, ownership)
-                    .seal(ctx.keys),
+                account_ref: AccountRef::new(
+                    app.id.as_str(),
+                    &a.account_id,
+                    ctx.number,
+                    ownership,
+                    a.unbind_supported,
+                )
+                .seal(ctx.keys),
                 display_hint,
                 bound_at: bound_at_ms.map(timestamp_from_ms),
                 ownership: to_proto(ownership) as i32,
                 unbind_supported: a.unbind_supported,
-                open_ticket: None,
+                open_ticket,
             }
         })
         .collect()

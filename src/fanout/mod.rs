@@ -31,16 +31,18 @@ pub struct AppOutcome {
 
 /// The fan-out engine.
 pub struct FanOut {
-    cache: LookupCache,
+    cache: Arc<LookupCache>,
 }
 
 impl FanOut {
     pub fn new(cache: LookupCache) -> Self {
-        Self { cache }
+        Self {
+            cache: Arc::new(cache),
+        }
     }
 
     /// The cache, for invalidation and metrics.
-    pub fn cache(&self) -> &LookupCache {
+    pub fn cache(&self) -> &Arc<LookupCache> {
         &self.cache
     }
 

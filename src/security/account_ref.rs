@@ -40,11 +40,20 @@ pub struct AccountRef {
     pub number: String,
     #[serde(rename = "o")]
     pub ownership: Ownership,
+    /// Whether the app said this account can be unbound.
+    #[serde(rename = "u")]
+    pub unbind_supported: bool,
 }
 
 impl AccountRef {
     /// A ref for an account of `app_id` shown for the number hashed as `number`.
-    pub fn new(app_id: &str, account_id: &str, number: &NumberHash, ownership: Ownership) -> Self {
+    pub fn new(
+        app_id: &str,
+        account_id: &str,
+        number: &NumberHash,
+        ownership: Ownership,
+        unbind_supported: bool,
+    ) -> Self {
         let mut hex = number.hex();
         hex.truncate(32);
         Self {
@@ -52,6 +61,7 @@ impl AccountRef {
             account_id: account_id.to_owned(),
             number: hex,
             ownership,
+            unbind_supported,
         }
     }
 
@@ -89,7 +99,13 @@ mod tests {
         let k = Keys::derive(&[4; 32]);
         let a = k.number_hash(&E164::parse("13800138000").unwrap());
         let b = k.number_hash(&E164::parse("13900139000").unwrap());
-        let r = AccountRef::new("app-001", "acct-secret-42", &a, Ownership::PreviousHolder);
+        let r = AccountRef::new(
+            "app-001",
+            "acct-secret-42",
+            &a,
+            Ownership::PreviousHolder,
+            true,
+        );
         let sealed = r.seal(&k);
         assert!(!sealed.contains("acct-secret-42"));
         let opened = AccountRef::open(&k, &sealed).unwrap();

@@ -32,6 +32,18 @@ impl std::fmt::Debug for Keys {
 pub struct NumberHash([u8; 32]);
 
 impl NumberHash {
+    /// Parses the hex form back (for cache invalidation from a stored ticket).
+    pub fn from_hex(hex: &str) -> Option<Self> {
+        if hex.len() != 64 {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (i, byte) in out.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+        }
+        Some(Self(out))
+    }
+
     /// Lower-case hex, for the store and logs.
     pub fn hex(&self) -> String {
         hex(&self.0)
@@ -60,6 +72,17 @@ impl Keys {
             number: hmac_label(secret, b"unbind-gateway/v1/number-hash"),
             code: hmac_label(secret, b"unbind-gateway/v1/one-time-code"),
         }
+    }
+
+    /// A keyed digest naming one account of one app bound to one number, so the store can find
+    /// an account's open ticket without holding the account id in the clear.
+    pub fn account_key(&self, number: &NumberHash, app_id: &str, account_id: &str) -> String {
+        let mut data = Vec::with_capacity(32 + app_id.len() + account_id.len() + 2);
+        data.extend_from_slice(&number.0);
+        data.extend_from_slice(app_id.as_bytes());
+        data.push(0);
+        data.extend_from_slice(account_id.as_bytes());
+        hex(&hmac_label(&self.number, &data))
     }
 
     /// The keyed hash of a phone number.
@@ -100,5 +123,12 @@ mod tests {
         assert_ne!(a.number_hash(&n), b.number_hash(&n));
         assert_eq!(a.number_hash(&n).hex().len(), 64);
         assert!(!format!("{:?}", a.number_hash(&n)).contains("13800138000"));
+        let h = a.number_hash(&n);
+        assert_eq!(NumberHash::from_hex(&h.hex()), Some(h));
+        assert_eq!(NumberHash::from_hex("zz"), None);
+        assert_ne!(
+            a.account_key(&h, "app-1", "x"),
+            a.account_key(&h, "app-1", "y")
+        );
     }
 }

@@ -28,9 +28,11 @@ use service::{AppState, SimulatedAdapter};
 
 use crate::proto::app_adapter_server::AppAdapterServer;
 
-/// How long `stop_app` lets in-flight calls finish before it drops the server outright. The
-/// listening socket is closed before this wait starts, so new connections are refused either way.
-const STOP_GRACE: Duration = Duration::from_secs(10);
+/// How long `stop_app` waits for the app's connections to close before it drops the server
+/// outright. In-flight calls are interrupted at once, so only a client that never finishes its
+/// HTTP/2 handshake takes this long; the listening socket is closed before the wait starts, so
+/// new connections are refused either way.
+const STOP_GRACE: Duration = Duration::from_secs(2);
 
 /// How long a simulated app waits before it answers.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -142,7 +144,9 @@ struct Inner {
     by_id: HashMap<String, usize>,
 }
 
-/// The simulated apps. Cloning gives another handle to the same apps.
+/// The simulated apps. Cloning gives another handle to the same apps. Dropping the last handle
+/// closes every app's port too, but only [`Simulator::shutdown`] also ends stalled calls and waits
+/// until the servers have stopped.
 #[derive(Clone)]
 pub struct Simulator {
     inner: Arc<Inner>,

@@ -242,7 +242,11 @@ impl AppState {
                     first_state,
                     vendor_ref,
                     detail: detail.to_owned(),
-                    done_at: Some(now + completion),
+                    // A completion so far off that the clock cannot hold it never comes.
+                    done_at: Some(
+                        now.checked_add(completion)
+                            .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600)),
+                    ),
                 }
             }
         };

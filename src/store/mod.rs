@@ -5,6 +5,7 @@
 //! same behaviour tests run against both. Migrations (`migrations/`) run at start-up; on
 //! PostgreSQL sqlx takes an advisory lock, so replicas starting together do not race.
 
+mod tickets;
 mod verifications;
 
 use std::{str::FromStr, time::Duration};
@@ -15,6 +16,7 @@ use sqlx::{
     any::{AnyConnectOptions, AnyPoolOptions},
 };
 
+pub use tickets::{CreateOutcome, NewTicket, TicketEvent, TicketRow, TicketState};
 pub use verifications::{NewVerification, VerificationRow, VerificationState};
 
 /// Which database is behind the store.

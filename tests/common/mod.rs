@@ -5,18 +5,13 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use tokio::time::Instant;
 use tonic::transport::Channel;
 use unbind_gateway::{
     api::error::reason_of,
     cli::demo::{Stack, StackOptions},
     clock::Clock,
     config::Config,
-    proto::{
-        CompleteVerificationRequest, StartVerificationRequest,
-        account_gateway_client::AccountGatewayClient,
-    },
-    registry::embedded::read_sms_file,
+    proto::{StartVerificationRequest, account_gateway_client::AccountGatewayClient},
     simulator::{Behaviour, Simulator},
 };
 
@@ -100,28 +95,12 @@ impl Harness {
 
     /// The codes sent to `phone` so far, oldest first.
     pub fn codes_sent_to(&self, phone: &str) -> Vec<String> {
-        read_sms_file(&self.sms_file)
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|m| m.phone_number == phone)
-            .filter_map(|m| {
-                let (_, rest) = m.text.split_once("code is ")?;
-                Some(rest.chars().take_while(char::is_ascii_digit).collect())
-            })
-            .collect()
+        self.stack.codes_sent_to(phone)
     }
 
     /// Waits (with a deadline) until `phone` has received `n` codes; returns the newest.
     pub async fn wait_for_code(&self, phone: &str, n: usize) -> String {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let codes = self.codes_sent_to(phone);
-            if codes.len() >= n {
-                return codes[n - 1].clone();
-            }
-            assert!(Instant::now() < deadline, "no SMS code arrived");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        self.stack.wait_for_code(phone, n).await.unwrap()
     }
 
     /// Starts a verification; returns its id.
@@ -140,19 +119,7 @@ impl Harness {
 
     /// A full verification of the demo subscriber (or another); returns the session token.
     pub async fn session_for(&self, phone: &str, id: &str) -> String {
-        let before = self.codes_sent_to(phone).len();
-        let verification_id = self.start_verification(phone, id).await;
-        let code = self.wait_for_code(phone, before + 1).await;
-        self.client()
-            .await
-            .complete_verification(CompleteVerificationRequest {
-                verification_id,
-                code,
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .session_token
+        self.stack.verified_session(phone, id).await.unwrap()
     }
 
     pub async fn session(&self) -> String {

@@ -1,0 +1,452 @@
+//! Unbind tickets: creation (idempotent, one open ticket per account), claiming by workers
+//! (leases; `FOR UPDATE SKIP LOCKED` on PostgreSQL so replicas never claim the same ticket), and
+//! fenced transitions: a worker can only move a ticket it still holds the lease on, and every
+//! transition is written to `ticket_events` in the same transaction.
+
+use sqlx::{Row, any::AnyRow};
+
+use super::{Backend, Store};
+
+/// Where a ticket is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TicketState {
+    /// Created; not yet sent to the app.
+    Queued,
+    /// Sent (or being sent, or to be sent again after a transient failure).
+    Sent,
+    /// The app accepted it and finishes later; polled.
+    Accepted,
+    /// Unbound.
+    Completed,
+    /// The app refused.
+    Rejected,
+    /// Gave up: permanent error, or transient errors until the due date.
+    Failed,
+}
+
+impl TicketState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Sent => "sent",
+            Self::Accepted => "accepted",
+            Self::Completed => "completed",
+            Self::Rejected => "rejected",
+            Self::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "queued" => Self::Queued,
+            "sent" => Self::Sent,
+            "accepted" => Self::Accepted,
+            "completed" => Self::Completed,
+            "rejected" => Self::Rejected,
+            _ => Self::Failed,
+        }
+    }
+
+    /// Still under way.
+    pub fn is_open(self) -> bool {
+        matches!(self, Self::Queued | Self::Sent | Self::Accepted)
+    }
+}
+
+/// A ticket to create.
+pub struct NewTicket {
+    pub id: String,
+    pub number_hash: String,
+    pub sealed_number: String,
+    pub app_id: String,
+    pub sealed_account_id: String,
+    pub account_key: String,
+    pub account_ref: String,
+    pub reason: String,
+    pub due_at: i64,
+}
+
+/// A stored ticket.
+#[derive(Clone, Debug)]
+pub struct TicketRow {
+    pub id: String,
+    pub tenant: String,
+    pub number_hash: String,
+    pub sealed_number: String,
+    pub app_id: String,
+    pub sealed_account_id: String,
+    pub account_key: String,
+    pub account_ref: String,
+    pub reason: String,
+    pub state: TicketState,
+    pub detail: String,
+    pub vendor_ref: String,
+    pub attempts: i64,
+    pub next_attempt_at: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub due_at: i64,
+}
+
+/// One recorded transition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TicketEvent {
+    pub at: i64,
+    pub from: TicketState,
+    pub to: TicketState,
+    pub cause: String,
+}
+
+/// What `create_tickets` did.
+#[derive(Debug)]
+pub enum CreateOutcome {
+    /// New tickets (or the already-open ticket of an account), in request order.
+    Created(Vec<TicketRow>),
+    /// The same key with the same request: the tickets of the first time.
+    Replayed(Vec<TicketRow>),
+    /// The same key with a different request.
+    KeyReused,
+}
+
+const COLUMNS: &str = "id, tenant, number_hash, sealed_number, app_id, sealed_account_id, \
+    account_key, account_ref, reason, state, detail, vendor_ref, attempts, next_attempt_at, \
+    created_at, updated_at, due_at";
+
+const OPEN: &str = "('queued', 'sent', 'accepted')";
+
+fn from_row(row: &AnyRow) -> sqlx::Result<TicketRow> {
+    Ok(TicketRow {
+        id: row.try_get("id")?,
+        tenant: row.try_get("tenant")?,
+        number_hash: row.try_get("number_hash")?,
+        sealed_number: row.try_get("sealed_number")?,
+        app_id: row.try_get("app_id")?,
+        sealed_account_id: row.try_get("sealed_account_id")?,
+        account_key: row.try_get("account_key")?,
+        account_ref: row.try_get("account_ref")?,
+        reason: row.try_get("reason")?,
+        state: TicketState::parse(&row.try_get::<String, _>("state")?),
+        detail: row.try_get("detail")?,
+        vendor_ref: row.try_get("vendor_ref")?,
+        attempts: row.try_get("attempts")?,
+        next_attempt_at: row.try_get("next_attempt_at")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        due_at: row.try_get("due_at")?,
+    })
+}
+
+/// `$first, $first+1, ...` for an `IN (...)` list of `n` values.
+fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl Store {
+    /// Creates the tickets of one `Unbind` request in one transaction, idempotently per
+    /// (tenant, key). An account that already has an open ticket keeps it (no second ticket).
+    pub async fn create_tickets(
+        &self,
+        tenant: &str,
+        idempotency_key: &str,
+        fingerprint: &str,
+        tickets: &[NewTicket],
+        now: i64,
+    ) -> sqlx::Result<CreateOutcome> {
+        let mut tx = self.pool().begin().await?;
+        // Written first, so this transaction holds the write lock from its first statement
+        // (SQLite) and a concurrent replay waits for it (PostgreSQL).
+        let claimed_key = sqlx::query(
+            "INSERT INTO unbind_requests (tenant, idempotency_key, fingerprint, ticket_ids, created_at) \
+             VALUES ($1, $2, $3, '', $4) ON CONFLICT DO NOTHING",
+        )
+        .bind(tenant)
+        .bind(idempotency_key)
+        .bind(fingerprint)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if !claimed_key {
+            let (stored, ids): (String, String) = sqlx::query_as(
+                "SELECT fingerprint, ticket_ids FROM unbind_requests \
+                 WHERE tenant = $1 AND idempotency_key = $2",
+            )
+            .bind(tenant)
+            .bind(idempotency_key)
+            .fetch_one(&mut *tx)
+            .await?;
+            tx.rollback().await?;
+            if stored != fingerprint {
+                return Ok(CreateOutcome::KeyReused);
+            }
+            let ids: Vec<String> = ids
+                .split(',')
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect();
+            return Ok(CreateOutcome::Replayed(self.tickets_by_ids(&ids).await?));
+        }
+        let mut ids = Vec::with_capacity(tickets.len());
+        for t in tickets {
+            let inserted = sqlx::query(&format!(
+                "INSERT INTO tickets ({COLUMNS}) VALUES \
+                 ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'queued', '', '', 0, $10, $10, $10, $11) \
+                 ON CONFLICT DO NOTHING"
+            ))
+            .bind(&t.id)
+            .bind(tenant)
+            .bind(&t.number_hash)
+            .bind(&t.sealed_number)
+            .bind(&t.app_id)
+            .bind(&t.sealed_account_id)
+            .bind(&t.account_key)
+            .bind(&t.account_ref)
+            .bind(&t.reason)
+            .bind(now)
+            .bind(t.due_at)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                == 1;
+            if inserted {
+                insert_event(
+                    &mut tx,
+                    &t.id,
+                    now,
+                    TicketState::Queued,
+                    TicketState::Queued,
+                    "created",
+                )
+                .await?;
+                ids.push(t.id.clone());
+            } else {
+                let (id,): (String,) = sqlx::query_as(&format!(
+                    "SELECT id FROM tickets WHERE account_key = $1 AND state IN {OPEN}"
+                ))
+                .bind(&t.account_key)
+                .fetch_one(&mut *tx)
+                .await?;
+                ids.push(id);
+            }
+        }
+        sqlx::query(
+            "UPDATE unbind_requests SET ticket_ids = $3 WHERE tenant = $1 AND idempotency_key = $2",
+        )
+        .bind(tenant)
+        .bind(idempotency_key)
+        .bind(ids.join(","))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(CreateOutcome::Created(self.tickets_by_ids(&ids).await?))
+    }
+
+    /// Tickets by id, in the order asked (unknown ids are left out).
+    pub async fn tickets_by_ids(&self, ids: &[String]) -> sqlx::Result<Vec<TicketRow>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT {COLUMNS} FROM tickets WHERE id IN ({})",
+            placeholders(1, ids.len())
+        );
+        let mut query = sqlx::query(&sql);
+        for id in ids {
+            query = query.bind(id);
+        }
+        let rows = query.fetch_all(self.pool()).await?;
+        let mut tickets: Vec<TicketRow> = rows.iter().map(from_row).collect::<Result<_, _>>()?;
+        tickets.sort_by_key(|t| ids.iter().position(|id| *id == t.id));
+        Ok(tickets)
+    }
+
+    /// A number's tickets created since `since`, newest first.
+    pub async fn tickets_for_number(
+        &self,
+        number_hash: &str,
+        since: i64,
+    ) -> sqlx::Result<Vec<TicketRow>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM tickets WHERE number_hash = $1 AND created_at >= $2 \
+             ORDER BY created_at DESC, id LIMIT 1000"
+        ))
+        .bind(number_hash)
+        .bind(since)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(from_row).collect()
+    }
+
+    /// Claims up to `limit` open tickets that are due, for `owner`, until `lease_until`. Queued
+    /// ones become `sent` (the worker is about to send them); every claimed ticket that will be
+    /// sent counts an attempt.
+    pub async fn claim_tickets(
+        &self,
+        owner: &str,
+        now: i64,
+        lease_until: i64,
+        limit: i64,
+    ) -> sqlx::Result<Vec<TicketRow>> {
+        let lock = match self.backend() {
+            Backend::Postgres => "FOR UPDATE SKIP LOCKED",
+            Backend::Sqlite => "",
+        };
+        let rows = sqlx::query(&format!(
+            "UPDATE tickets SET lease_owner = $1, lease_until = $2, \
+             attempts = CASE WHEN state IN ('queued', 'sent') THEN attempts + 1 ELSE attempts END, \
+             state = CASE WHEN state = 'queued' THEN 'sent' ELSE state END, \
+             updated_at = CASE WHEN state = 'queued' THEN $3 ELSE updated_at END \
+             WHERE id IN (SELECT id FROM tickets WHERE state IN {OPEN} AND next_attempt_at <= $3 \
+             AND (lease_until IS NULL OR lease_until < $3) ORDER BY next_attempt_at LIMIT $4 {lock}) \
+             RETURNING {COLUMNS}"
+        ))
+        .bind(owner)
+        .bind(lease_until)
+        .bind(now)
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?;
+        let tickets: Vec<TicketRow> = rows.iter().map(from_row).collect::<Result<_, _>>()?;
+        // The queued → sent transitions: the first attempt of a ticket now `sent`.
+        let first_sends: Vec<&TicketRow> = tickets
+            .iter()
+            .filter(|t| t.state == TicketState::Sent && t.attempts == 1 && t.updated_at == now)
+            .collect();
+        if !first_sends.is_empty() {
+            let values = (0..first_sends.len())
+                .map(|i| format!("(${}, $1, 'queued', 'sent', 'claimed by worker')", i + 2))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!(
+                "INSERT INTO ticket_events (ticket_id, at, from_state, to_state, cause) VALUES {values}"
+            );
+            let mut query = sqlx::query(&sql).bind(now);
+            for t in &first_sends {
+                query = query.bind(&t.id);
+            }
+            query.execute(self.pool()).await?;
+        }
+        Ok(tickets)
+    }
+
+    /// Moves a ticket `owner` holds to `to` (recording the transition if the state changes),
+    /// schedules its next attempt, and releases the lease. `false` if the lease was lost.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn finish_attempt(
+        &self,
+        ticket: &TicketRow,
+        owner: &str,
+        to: TicketState,
+        detail: &str,
+        vendor_ref: &str,
+        next_attempt_at: i64,
+        now: i64,
+        cause: &str,
+    ) -> sqlx::Result<bool> {
+        let mut tx = self.pool().begin().await?;
+        let moved = sqlx::query(
+            "UPDATE tickets SET state = $3, detail = $4, vendor_ref = $5, next_attempt_at = $6, \
+             updated_at = CASE WHEN state = $3 THEN updated_at ELSE $7 END, \
+             lease_owner = NULL, lease_until = NULL \
+             WHERE id = $1 AND lease_owner = $2",
+        )
+        .bind(&ticket.id)
+        .bind(owner)
+        .bind(to.as_str())
+        .bind(detail)
+        .bind(vendor_ref)
+        .bind(next_attempt_at)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if !moved {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        if to != ticket.state {
+            insert_event(&mut tx, &ticket.id, now, ticket.state, to, cause).await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Releases every lease `owner` holds (graceful shutdown), so another worker takes over now.
+    pub async fn release_leases(&self, owner: &str) -> sqlx::Result<u64> {
+        Ok(sqlx::query(
+            "UPDATE tickets SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = $1",
+        )
+        .bind(owner)
+        .execute(self.pool())
+        .await?
+        .rows_affected())
+    }
+
+    /// A ticket's transitions, oldest first.
+    pub async fn ticket_events(&self, ticket_id: &str) -> sqlx::Result<Vec<TicketEvent>> {
+        let rows: Vec<(i64, String, String, String)> = sqlx::query_as(
+            "SELECT at, from_state, to_state, cause FROM ticket_events WHERE ticket_id = $1 ORDER BY at",
+        )
+        .bind(ticket_id)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(at, from, to, cause)| TicketEvent {
+                at,
+                from: TicketState::parse(&from),
+                to: TicketState::parse(&to),
+                cause,
+            })
+            .collect())
+    }
+
+    /// Forgets idempotency keys older than `before` (kept at least 24 hours).
+    pub async fn purge_unbind_requests(&self, before: i64) -> sqlx::Result<u64> {
+        Ok(
+            sqlx::query("DELETE FROM unbind_requests WHERE created_at < $1")
+                .bind(before)
+                .execute(self.pool())
+                .await?
+                .rows_affected(),
+        )
+    }
+
+    /// Open tickets, for metrics and tests.
+    pub async fn count_tickets_by_state(&self) -> sqlx::Result<Vec<(TicketState, i64)>> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT state, COUNT(*) FROM tickets GROUP BY state")
+                .fetch_all(self.pool())
+                .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(s, n)| (TicketState::parse(&s), n))
+            .collect())
+    }
+}
+
+async fn insert_event(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    ticket_id: &str,
+    at: i64,
+    from: TicketState,
+    to: TicketState,
+    cause: &str,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO ticket_events (ticket_id, at, from_state, to_state, cause) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(ticket_id)
+    .bind(at)
+    .bind(from.as_str())
+    .bind(to.as_str())
+    .bind(cause)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,260 @@
+//! Unbinding: turning the account refs a person ticked into durable tickets (one per account, in
+//! one transaction, idempotent per key), reading tickets back, and — in `worker` — carrying each
+//! ticket to its app and back until it is final.
+
+pub mod worker;
+
+use std::{collections::HashMap, sync::Arc};
+
+use sha2::{Digest, Sha256};
+use tokio::sync::Notify;
+
+use crate::{
+    clock::{Clock, timestamp_from_ms},
+    config::UnbindConfig,
+    fanout::Catalog,
+    proto::{UnbindTicket, unbind_ticket},
+    security::{AccountRef, Keys, Ownership, Purpose, Session, random_id},
+    store::{CreateOutcome, NewTicket, Store, TicketRow, TicketState},
+};
+
+/// Why an `Unbind` request was refused. `index` is the position in `account_refs`.
+#[derive(Debug, thiserror::Error)]
+pub enum UnbindError {
+    #[error("no account refs")]
+    Empty,
+    #[error("more than {max} account refs")]
+    TooMany { max: usize },
+    #[error("duplicate account ref")]
+    Duplicate { index: usize },
+    #[error("forged or altered account ref")]
+    Forged { index: usize },
+    #[error("account ref of another number")]
+    Foreign { index: usize },
+    #[error("app no longer in the catalog")]
+    UnknownApp { index: usize, app_id: String },
+    #[error("the app does not support unbinding this account")]
+    NotSupported { index: usize },
+    #[error("idempotency key missing or malformed")]
+    BadKey,
+    #[error("idempotency key reused with a different request")]
+    KeyReused,
+    #[error("store: {0}")]
+    Store(#[from] sqlx::Error),
+}
+
+/// Longest idempotency key accepted.
+const MAX_KEY_LEN: usize = 128;
+
+/// Creates and reads tickets.
+pub struct Unbinder {
+    store: Store,
+    keys: Arc<Keys>,
+    clock: Clock,
+    catalog: Arc<Catalog>,
+    config: UnbindConfig,
+    /// Wakes this replica's worker when tickets are created here.
+    pub(crate) wake: Arc<Notify>,
+}
+
+impl Unbinder {
+    pub fn new(
+        store: Store,
+        keys: Arc<Keys>,
+        clock: Clock,
+        catalog: Arc<Catalog>,
+        config: UnbindConfig,
+    ) -> Self {
+        Self {
+            store,
+            keys,
+            clock,
+            catalog,
+            config,
+            wake: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Creates one ticket per account ref (or returns those of an earlier identical request).
+    pub async fn unbind(
+        &self,
+        session: &Session,
+        account_refs: &[String],
+        idempotency_key: &str,
+    ) -> Result<Vec<TicketRow>, UnbindError> {
+        let key = idempotency_key.trim();
+        if key.is_empty() || key.len() > MAX_KEY_LEN || !key.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(UnbindError::BadKey);
+        }
+        if account_refs.is_empty() {
+            return Err(UnbindError::Empty);
+        }
+        if account_refs.len() > self.config.max_refs_per_request {
+            return Err(UnbindError::TooMany {
+                max: self.config.max_refs_per_request,
+            });
+        }
+        let number = self.keys.number_hash(&session.phone);
+        let number_hex = number.hex();
+        let sealed_number = self
+            .keys
+            .seal(Purpose::StoredNumber, session.phone.expose().as_bytes());
+        let now = self.clock.now_ms();
+        let mut seen = HashMap::with_capacity(account_refs.len());
+        let mut tickets = Vec::with_capacity(account_refs.len());
+        for (index, sealed) in account_refs.iter().enumerate() {
+            let account =
+                AccountRef::open(&self.keys, sealed).ok_or(UnbindError::Forged { index })?;
+            if !account.is_for(&number) {
+                return Err(UnbindError::Foreign { index });
+            }
+            let account_key = self
+                .keys
+                .account_key(&number, &account.app_id, &account.account_id);
+            if seen.insert(account_key.clone(), index).is_some() {
+                return Err(UnbindError::Duplicate { index });
+            }
+            let app = self
+                .catalog
+                .get(&account.app_id)
+                .ok_or_else(|| UnbindError::UnknownApp {
+                    index,
+                    app_id: account.app_id.clone(),
+                })?;
+            if !account.unbind_supported {
+                return Err(UnbindError::NotSupported { index });
+            }
+            let reason = match account.ownership {
+                Ownership::PreviousHolder => "NUMBER_RECYCLED",
+                Ownership::CurrentHolder | Ownership::Unknown => "HOLDER_REQUEST",
+            };
+            tickets.push(NewTicket {
+                id: random_id("tkt"),
+                number_hash: number_hex.clone(),
+                sealed_number: sealed_number.clone(),
+                app_id: account.app_id.clone(),
+                sealed_account_id: self
+                    .keys
+                    .seal(Purpose::StoredNumber, account.account_id.as_bytes()),
+                account_key,
+                account_ref: sealed.clone(),
+                reason: reason.to_owned(),
+                due_at: now + app.unbind_deadline.as_millis() as i64,
+            });
+        }
+        let fingerprint = fingerprint(&number_hex, tickets.iter().map(|t| t.account_key.as_str()));
+        match self
+            .store
+            .create_tickets(&session.tenant, key, &fingerprint, &tickets, now)
+            .await?
+        {
+            CreateOutcome::Created(rows) => {
+                tracing::info!(number = %session.phone, tickets = rows.len(), "unbind tickets created");
+                self.wake.notify_one();
+                Ok(rows)
+            }
+            CreateOutcome::Replayed(rows) => Ok(rows),
+            CreateOutcome::KeyReused => Err(UnbindError::KeyReused),
+        }
+    }
+
+    /// The holder's tickets: those of the session's number since the holder got it.
+    pub async fn tickets_of(&self, session: &Session) -> Result<Vec<TicketRow>, sqlx::Error> {
+        let number = self.keys.number_hash(&session.phone).hex();
+        let rows = self
+            .store
+            .tickets_for_number(&number, session.holder_since_ms)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .filter(|t| t.tenant == session.tenant)
+            .collect())
+    }
+
+    /// Tickets by id, only those of `tenant`.
+    pub async fn tickets_by_ids(
+        &self,
+        tenant: &str,
+        ids: &[String],
+    ) -> Result<Vec<TicketRow>, sqlx::Error> {
+        let rows = self.store.tickets_by_ids(ids).await?;
+        Ok(rows.into_iter().filter(|t| t.tenant == tenant).collect())
+    }
+
+    /// Open tickets of the session's number, by account key (for `open_ticket` in look-ups).
+    pub async fn open_tickets(
+        &self,
+        session: &Session,
+    ) -> Result<HashMap<String, UnbindTicket>, sqlx::Error> {
+        let now = self.clock.now_ms();
+        Ok(self
+            .tickets_of(session)
+            .await?
+            .into_iter()
+            .filter(|t| t.state.is_open())
+            .map(|t| (t.account_key.clone(), to_proto(&t, now)))
+            .collect())
+    }
+
+    /// Tickets as the caller sees them.
+    pub fn to_proto(&self, rows: &[TicketRow]) -> Vec<UnbindTicket> {
+        let now = self.clock.now_ms();
+        rows.iter().map(|t| to_proto(t, now)).collect()
+    }
+}
+
+/// What makes two `Unbind` requests "the same": the number and the set of accounts.
+fn fingerprint<'a>(number_hex: &str, account_keys: impl Iterator<Item = &'a str>) -> String {
+    let mut keys: Vec<&str> = account_keys.collect();
+    keys.sort_unstable();
+    let mut hasher = Sha256::new();
+    hasher.update(number_hex.as_bytes());
+    for k in keys {
+        hasher.update(b"\0");
+        hasher.update(k.as_bytes());
+    }
+    hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn state_to_proto(s: TicketState) -> unbind_ticket::State {
+    match s {
+        TicketState::Queued => unbind_ticket::State::Queued,
+        TicketState::Sent => unbind_ticket::State::Sent,
+        TicketState::Accepted => unbind_ticket::State::Accepted,
+        TicketState::Completed => unbind_ticket::State::Completed,
+        TicketState::Rejected => unbind_ticket::State::Rejected,
+        TicketState::Failed => unbind_ticket::State::Failed,
+    }
+}
+
+/// A stored ticket as the caller sees it.
+pub fn to_proto(t: &TicketRow, now_ms: i64) -> UnbindTicket {
+    UnbindTicket {
+        ticket_id: t.id.clone(),
+        app_id: t.app_id.clone(),
+        account_ref: t.account_ref.clone(),
+        state: state_to_proto(t.state) as i32,
+        detail: t.detail.clone(),
+        created_at: Some(timestamp_from_ms(t.created_at)),
+        updated_at: Some(timestamp_from_ms(t.updated_at)),
+        due_at: Some(timestamp_from_ms(t.due_at)),
+        overdue: t.state.is_open() && now_ms > t.due_at,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprint_ignores_order_but_not_content() {
+        let a = fingerprint("n", ["x", "y"].into_iter());
+        assert_eq!(a, fingerprint("n", ["y", "x"].into_iter()));
+        assert_ne!(a, fingerprint("n", ["x"].into_iter()));
+        assert_ne!(a, fingerprint("m", ["x", "y"].into_iter()));
+    }
+}

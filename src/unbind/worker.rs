@@ -1,0 +1,433 @@
+//! The ticket worker: each replica runs one. It claims due tickets (a lease in the store, so a
+//! crashed replica's tickets are taken over when the lease runs out), sends each to its app with
+//! the ticket's own idempotency key, polls accepted ones, retries transient failures with
+//! exponential backoff until the due date, and records every transition.
+//!
+//! A ticket is never lost: it is in the store before `Unbind` answers, and it leaves the open
+//! states only through a recorded transition. It is never sent under two keys: the key is the
+//! ticket id, whoever sends it and however often. A worker that lost its lease cannot record
+//! anything (every write is fenced on the lease owner).
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use rand::Rng;
+use tokio::{
+    sync::{Notify, Semaphore, watch},
+    task::JoinSet,
+};
+use tonic::Code;
+
+use crate::{
+    clock::Clock,
+    config::UnbindConfig,
+    domain::{AppId, E164},
+    fanout::{App, Catalog, LookupCache},
+    proto::{
+        GetUnbindStatusRequest, UnbindAccountRequest, UnbindAccountResponse,
+        unbind_account_request::Reason, unbind_account_response::State as AppState,
+    },
+    registry::{RegistryClient, templates},
+    security::{Keys, NumberHash, Purpose, random_id},
+    store::{Store, TicketRow, TicketState},
+};
+
+/// Everything the worker needs.
+pub struct Worker {
+    pub(crate) store: Store,
+    pub(crate) keys: Arc<Keys>,
+    pub(crate) clock: Clock,
+    pub(crate) catalog: Arc<Catalog>,
+    pub(crate) registry: RegistryClient,
+    pub(crate) cache: Arc<LookupCache>,
+    pub(crate) config: UnbindConfig,
+    pub(crate) wake: Arc<Notify>,
+    /// This worker's lease-owner name, unique per process.
+    pub(crate) owner: String,
+}
+
+/// What one attempt decided.
+struct Decision {
+    to: TicketState,
+    detail: String,
+    vendor_ref: String,
+    next_attempt_at: i64,
+    cause: String,
+}
+
+/// Delay before retry number `attempts` (1-based): `base * 2^(attempts-1)`, capped at `max`;
+/// with jitter, uniformly between half of it and all of it.
+pub fn backoff(attempts: i64, base: Duration, max: Duration, jitter: bool) -> Duration {
+    let exp = u32::try_from(attempts.saturating_sub(1).clamp(0, 30)).unwrap_or(30);
+    let delay = base.saturating_mul(1u32 << exp).min(max);
+    if jitter && !delay.is_zero() {
+        let half = delay / 2;
+        half + Duration::from_nanos(rand::rng().random_range(0..=half.as_nanos() as u64))
+    } else {
+        delay
+    }
+}
+
+/// Whether an app's error is worth retrying.
+fn transient(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unavailable
+            | Code::DeadlineExceeded
+            | Code::Cancelled
+            | Code::ResourceExhausted
+            | Code::Aborted
+            | Code::Internal
+            | Code::Unknown
+    )
+}
+
+impl Worker {
+    /// Runs until `shutdown` turns true; then stops claiming, waits a little for in-flight
+    /// tickets, and releases every lease it still holds so another replica carries on at once.
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let permits = Arc::new(Semaphore::new(self.config.worker_concurrency));
+        let mut tasks = JoinSet::new();
+        tracing::info!(owner = %self.owner, "unbind worker started");
+        while !*shutdown.borrow() {
+            while tasks.try_join_next().is_some() {}
+            let free = permits.available_permits();
+            let claimed = if free == 0 {
+                Ok(Vec::new())
+            } else {
+                let now = self.clock.now_ms();
+                let lease_until = now + self.config.lease.as_millis() as i64;
+                self.store
+                    .claim_tickets(&self.owner, now, lease_until, free as i64)
+                    .await
+            };
+            match claimed {
+                Ok(tickets) if !tickets.is_empty() => {
+                    for ticket in tickets {
+                        let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
+                            break;
+                        };
+                        let worker = Arc::clone(&self);
+                        tasks.spawn(async move {
+                            worker.process(ticket).await;
+                            drop(permit);
+                        });
+                    }
+                    // Claim again at once: more may be due.
+                    continue;
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "could not claim tickets"),
+            }
+            tokio::select! {
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(self.config.poll_interval) => {}
+                _ = shutdown.changed() => {}
+                Some(_) = tasks.join_next(), if !tasks.is_empty() && permits.available_permits() == 0 => {}
+            }
+        }
+        // Give in-flight tickets a moment; whatever is left is released for others.
+        let grace = tokio::time::sleep(Duration::from_secs(5));
+        tokio::pin!(grace);
+        loop {
+            tokio::select! {
+                next = tasks.join_next() => if next.is_none() { break },
+                () = &mut grace => { tasks.abort_all(); break }
+            }
+        }
+        match self.store.release_leases(&self.owner).await {
+            Ok(n) => tracing::info!(released = n, "unbind worker stopped"),
+            Err(e) => tracing::warn!(error = %e, "could not release ticket leases"),
+        }
+    }
+
+    /// One attempt on one claimed ticket.
+    async fn process(&self, ticket: TicketRow) {
+        let decision = self.attempt(&ticket).await;
+        let now = self.clock.now_ms();
+        match self
+            .store
+            .finish_attempt(
+                &ticket,
+                &self.owner,
+                decision.to,
+                &decision.detail,
+                &decision.vendor_ref,
+                decision.next_attempt_at,
+                now,
+                &decision.cause,
+            )
+            .await
+        {
+            Ok(true) => {
+                tracing::debug!(ticket = %ticket.id, app = %ticket.app_id, from = ticket.state.as_str(), to = decision.to.as_str(), "ticket attempt recorded");
+                if decision.to != ticket.state && !decision.to.is_open() {
+                    self.after_final(&ticket, decision.to, &decision.detail);
+                }
+            }
+            Ok(false) => {
+                tracing::warn!(ticket = %ticket.id, "lease lost; another worker has the ticket")
+            }
+            Err(e) => {
+                tracing::warn!(ticket = %ticket.id, error = %e, "could not record a ticket attempt; it will be retried when the lease runs out")
+            }
+        }
+    }
+
+    async fn attempt(&self, ticket: &TicketRow) -> Decision {
+        let now = self.clock.now_ms();
+        let Some(app) = self.catalog.get(&ticket.app_id).cloned() else {
+            return self.give_up(ticket, "the app is no longer integrated");
+        };
+        let (Some(phone), Some(account_id)) = (
+            self.open_sealed(&ticket.sealed_number),
+            self.open_sealed(&ticket.sealed_account_id),
+        ) else {
+            return self.give_up(ticket, "the ticket cannot be read with this gateway's key");
+        };
+        let answer = match ticket.state {
+            TicketState::Accepted => self.poll_status(&app, ticket).await,
+            _ => self.send(&app, ticket, &phone, &account_id).await,
+        };
+        match answer {
+            Ok(answer) => match AppState::try_from(answer.state).unwrap_or(AppState::Unspecified) {
+                AppState::Done => self.decide(
+                    ticket,
+                    TicketState::Completed,
+                    clip(&answer.detail, "unbound"),
+                    answer.vendor_ref,
+                    now,
+                    "app: done",
+                ),
+                AppState::Accepted => {
+                    let next = now + self.config.status_poll_interval.as_millis() as i64;
+                    Decision {
+                        to: TicketState::Accepted,
+                        detail: clip(&answer.detail, "accepted by the app"),
+                        vendor_ref: pick(answer.vendor_ref, &ticket.vendor_ref),
+                        next_attempt_at: next,
+                        cause: "app: accepted".into(),
+                    }
+                }
+                AppState::Rejected => self.decide(
+                    ticket,
+                    TicketState::Rejected,
+                    clip(&answer.detail, "refused by the app"),
+                    answer.vendor_ref,
+                    now,
+                    "app: rejected",
+                ),
+                AppState::Unspecified => {
+                    self.retry(ticket, "the app answered without a state", now)
+                }
+            },
+            Err(status)
+                if ticket.state == TicketState::Accepted && status.code() == Code::NotFound =>
+            {
+                // The app forgot the unbind it accepted: send it again, with the same key.
+                Decision {
+                    to: TicketState::Sent,
+                    detail: "the app lost track of the unbind; sending it again".into(),
+                    vendor_ref: String::new(),
+                    next_attempt_at: now,
+                    cause: "app: status not found".into(),
+                }
+            }
+            Err(status) if transient(status.code()) => self.retry(
+                ticket,
+                &format!("app unreachable or failing ({:?})", status.code()),
+                now,
+            ),
+            Err(status) => self.give_up(
+                ticket,
+                &format!("the app refused the request ({:?})", status.code()),
+            ),
+        }
+    }
+
+    async fn send(
+        &self,
+        app: &App,
+        ticket: &TicketRow,
+        phone: &str,
+        account_id: &str,
+    ) -> Result<UnbindAccountResponse, tonic::Status> {
+        let reason = if ticket.reason == "NUMBER_RECYCLED" {
+            Reason::NumberRecycled
+        } else {
+            Reason::HolderRequest
+        };
+        let mut request = tonic::Request::new(UnbindAccountRequest {
+            request_id: random_id("req"),
+            idempotency_key: ticket.id.clone(),
+            account_id: account_id.to_owned(),
+            phone_number: phone.to_owned(),
+            reason: reason as i32,
+        });
+        request.set_timeout(app.timeout);
+        tokio::time::timeout(app.timeout, app.client().unbind_account(request))
+            .await
+            .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("unbind call timed out")))
+            .map(tonic::Response::into_inner)
+    }
+
+    async fn poll_status(
+        &self,
+        app: &App,
+        ticket: &TicketRow,
+    ) -> Result<UnbindAccountResponse, tonic::Status> {
+        let mut request = tonic::Request::new(GetUnbindStatusRequest {
+            vendor_ref: ticket.vendor_ref.clone(),
+            idempotency_key: ticket.id.clone(),
+        });
+        request.set_timeout(app.timeout);
+        tokio::time::timeout(app.timeout, app.client().get_unbind_status(request))
+            .await
+            .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("status call timed out")))
+            .map(tonic::Response::into_inner)
+    }
+
+    fn decide(
+        &self,
+        ticket: &TicketRow,
+        to: TicketState,
+        detail: String,
+        vendor_ref: String,
+        now: i64,
+        cause: &str,
+    ) -> Decision {
+        Decision {
+            to,
+            detail,
+            vendor_ref: pick(vendor_ref, &ticket.vendor_ref),
+            next_attempt_at: now,
+            cause: cause.into(),
+        }
+    }
+
+    /// A transient failure: try again later, unless the due date has passed (an accepted ticket
+    /// keeps being polled: the app has it, it is only overdue).
+    fn retry(&self, ticket: &TicketRow, why: &str, now: i64) -> Decision {
+        if now >= ticket.due_at && ticket.state != TicketState::Accepted {
+            return self.give_up(ticket, &format!("{why}; gave up at the due date"));
+        }
+        let c = &self.config;
+        let delay = backoff(
+            ticket.attempts.max(1),
+            c.retry_base,
+            c.retry_max,
+            c.retry_jitter,
+        );
+        Decision {
+            to: ticket.state,
+            detail: why.to_owned(),
+            vendor_ref: ticket.vendor_ref.clone(),
+            next_attempt_at: now + delay.as_millis() as i64,
+            cause: format!("retry: {why}"),
+        }
+    }
+
+    fn give_up(&self, ticket: &TicketRow, why: &str) -> Decision {
+        Decision {
+            to: TicketState::Failed,
+            detail: why.to_owned(),
+            vendor_ref: ticket.vendor_ref.clone(),
+            next_attempt_at: self.clock.now_ms(),
+            cause: format!("failed: {why}"),
+        }
+    }
+
+    fn open_sealed(&self, sealed: &str) -> Option<String> {
+        String::from_utf8(self.keys.open(Purpose::StoredNumber, sealed)?).ok()
+    }
+
+    /// On a final state: forget the cached answer, and tell the holder by SMS.
+    fn after_final(&self, ticket: &TicketRow, state: TicketState, detail: &str) {
+        if let (Some(number), Ok(app_id)) = (
+            NumberHash::from_hex(&ticket.number_hash),
+            AppId::parse(&ticket.app_id),
+        ) {
+            self.cache.invalidate(&(number.short(), app_id));
+        }
+        let Some(phone) = self
+            .open_sealed(&ticket.sealed_number)
+            .and_then(|p| E164::parse(&p).ok())
+        else {
+            return;
+        };
+        let app = self.catalog.get(&ticket.app_id);
+        let name = app
+            .map(|a| a.name.as_str())
+            .unwrap_or(ticket.app_id.as_str());
+        let summary = match state {
+            TicketState::Completed => format!("Your number was unbound from an account at {name}."),
+            TicketState::Rejected => {
+                format!("{name} refused to unbind an account from your number: {detail}")
+            }
+            _ => {
+                let line = app.map(|a| a.customer_service.as_str()).unwrap_or_default();
+                format!(
+                    "We could not unbind an account at {name} from your number. Contact {name} customer service {line}."
+                )
+            }
+        };
+        self.registry.send_sms_detached(
+            phone,
+            templates::UNBIND_OUTCOME,
+            HashMap::from([("summary".to_owned(), summary)]),
+        );
+    }
+}
+
+/// The app's text, bounded, or a default.
+fn clip(detail: &str, default: &str) -> String {
+    let d: String = detail
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(200)
+        .collect();
+    if d.trim().is_empty() {
+        default.to_owned()
+    } else {
+        d
+    }
+}
+
+fn pick(new: String, old: &str) -> String {
+    if new.is_empty() { old.to_owned() } else { new }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_without_jitter() {
+        let base = Duration::from_millis(500);
+        let max = Duration::from_secs(60);
+        let d: Vec<_> = (1..=9)
+            .map(|a| backoff(a, base, max, false).as_millis())
+            .collect();
+        assert_eq!(d, [500, 1000, 2000, 4000, 8000, 16000, 32000, 60000, 60000]);
+        assert_eq!(backoff(1000, base, max, false), max);
+    }
+
+    #[test]
+    fn jitter_stays_between_half_and_all() {
+        for a in 1..10 {
+            let full = backoff(
+                a,
+                Duration::from_millis(100),
+                Duration::from_secs(10),
+                false,
+            );
+            let j = backoff(a, Duration::from_millis(100), Duration::from_secs(10), true);
+            assert!(j >= full / 2 && j <= full, "{j:?} vs {full:?}");
+        }
+    }
+
+    #[test]
+    fn only_transient_codes_are_retried() {
+        assert!(transient(Code::Unavailable) && transient(Code::DeadlineExceeded));
+        assert!(!transient(Code::InvalidArgument) && !transient(Code::PermissionDenied));
+    }
+}

@@ -1,0 +1,551 @@
+//! Unbinding through the real gRPC surface against simulated apps: durable tickets, idempotency,
+//! the worker's paths (done at once, accepted then polled, app down then back, refused, transient
+//! failures until the due date), open tickets in look-ups, and every caller error. The main flow
+//! runs on SQLite and on PostgreSQL.
+
+mod common;
+
+use std::{collections::HashSet, time::Duration};
+
+use common::*;
+use tokio::time::Instant;
+use tonic::Code;
+use unbind_gateway::{
+    proto::{
+        GetUnbindTicketsRequest, LinkedAccount, ListLinkedAccountsRequest, UnbindRequest,
+        UnbindTicket, linked_account::Ownership, unbind_ticket::State,
+    },
+    security::{AccountRef, Keys, Ownership as RefOwnership},
+    simulator::Behaviour,
+};
+
+fn fast_worker(c: &mut unbind_gateway::config::Config) {
+    c.unbind.poll_interval = Duration::from_millis(20);
+    c.unbind.status_poll_interval = Duration::from_millis(50);
+    c.unbind.retry_base = Duration::from_millis(50);
+    c.unbind.retry_max = Duration::from_millis(200);
+    c.unbind.retry_jitter = false;
+}
+
+async fn accounts(h: &Harness, token: &str) -> Vec<LinkedAccount> {
+    h.client()
+        .await
+        .list_linked_accounts(ListLinkedAccountsRequest {
+            session_token: token.into(),
+            bypass_cache: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .accounts
+}
+
+fn unbindable(accounts: &[LinkedAccount], ownership: Ownership) -> Vec<LinkedAccount> {
+    accounts
+        .iter()
+        .filter(|a| a.unbind_supported && a.ownership == ownership as i32)
+        .cloned()
+        .collect()
+}
+
+async fn unbind(
+    h: &Harness,
+    token: &str,
+    refs: Vec<String>,
+    key: &str,
+) -> Result<Vec<UnbindTicket>, tonic::Status> {
+    h.client()
+        .await
+        .unbind(UnbindRequest {
+            session_token: token.into(),
+            account_refs: refs,
+            idempotency_key: key.into(),
+        })
+        .await
+        .map(|r| r.into_inner().tickets)
+}
+
+async fn tickets(h: &Harness, ids: &[String]) -> Vec<UnbindTicket> {
+    h.client()
+        .await
+        .get_unbind_tickets(GetUnbindTicketsRequest {
+            ticket_ids: ids.to_vec(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .tickets
+}
+
+/// Waits until every ticket is in one of `states`; returns them.
+async fn wait_for(h: &Harness, ids: &[String], states: &[State]) -> Vec<UnbindTicket> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = tickets(h, ids).await;
+        if now.len() == ids.len()
+            && now
+                .iter()
+                .all(|t| states.iter().any(|s| *s as i32 == t.state))
+        {
+            return now;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "tickets did not reach {states:?}: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn ids(tickets: &[UnbindTicket]) -> Vec<String> {
+    tickets.iter().map(|t| t.ticket_id.clone()).collect()
+}
+
+async fn unbind_previous_holders_accounts(h: &Harness) {
+    let token = h.session().await;
+    let before = accounts(h, &token).await;
+    let previous = unbindable(&before, Ownership::PreviousHolder);
+    assert!(!previous.is_empty());
+    let refs: Vec<String> = previous.iter().map(|a| a.account_ref.clone()).collect();
+    let created = unbind(h, &token, refs.clone(), "key-1").await.unwrap();
+    assert_eq!(created.len(), previous.len());
+    for (t, a) in created.iter().zip(&previous) {
+        assert_eq!(t.app_id, a.app_id);
+        assert_eq!(t.account_ref, a.account_ref);
+        let created_at = t.created_at.as_ref().unwrap().seconds;
+        assert_eq!(t.due_at.as_ref().unwrap().seconds - created_at, 5 * 86400);
+        assert!(!t.overdue);
+    }
+    let done = wait_for(h, &ids(&created), &[State::Completed]).await;
+    assert!(done.iter().all(|t| !t.overdue));
+    // Each app saw each ticket once, under the ticket's own key.
+    for t in &created {
+        let stats = h.simulator.stats(&t.app_id);
+        assert!(stats.unbind_keys.contains(&t.ticket_id));
+    }
+    // The unbound accounts are gone from a fresh look-up (cache invalidated), the rest remain.
+    let after = accounts(h, &token).await;
+    assert_eq!(after.len(), before.len() - previous.len());
+    assert!(unbindable(&after, Ownership::PreviousHolder).is_empty());
+    // Replaying the request returns the same tickets, now completed.
+    let replay = unbind(h, &token, refs, "key-1").await.unwrap();
+    assert_eq!(ids(&replay), ids(&created));
+    assert!(replay.iter().all(|t| t.state == State::Completed as i32));
+    // The holder heard about each outcome by SMS.
+    let sms = unbind_gateway::registry::embedded::read_sms_file(&h.sms_file).unwrap();
+    let outcomes = sms
+        .iter()
+        .filter(|m| m.text.contains("was unbound"))
+        .count();
+    assert!(outcomes <= created.len());
+}
+
+#[tokio::test]
+async fn previous_holders_accounts_are_unbound_and_disappear() {
+    let h = Harness::start(Options {
+        apps: 30,
+        tweak: fast_worker,
+        ..Options::default()
+    })
+    .await;
+    unbind_previous_holders_accounts(&h).await;
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn unbinding_works_the_same_on_postgres() {
+    let Some(url) = fresh_postgres_database().await else {
+        return;
+    };
+    let h = Harness::start(Options {
+        apps: 30,
+        store_url: Some(url),
+        tweak: fast_worker,
+        ..Options::default()
+    })
+    .await;
+    unbind_previous_holders_accounts(&h).await;
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn every_transition_is_recorded_with_its_cause() {
+    let h = Harness::start(Options {
+        apps: 10,
+        tweak: fast_worker,
+        ..Options::default()
+    })
+    .await;
+    let token = h.session().await;
+    let all = accounts(&h, &token).await;
+    let one = unbindable(&all, Ownership::CurrentHolder)
+        .into_iter()
+        .next()
+        .unwrap();
+    let created = unbind(&h, &token, vec![one.account_ref], "k")
+        .await
+        .unwrap();
+    wait_for(&h, &ids(&created), &[State::Completed]).await;
+    let store = &h.stack.gateway.as_ref().unwrap().gateway.store;
+    let events = store.ticket_events(&created[0].ticket_id).await.unwrap();
+    let path: Vec<_> = events
+        .iter()
+        .map(|e| (e.from.as_str(), e.to.as_str()))
+        .collect();
+    assert_eq!(
+        path,
+        [
+            ("queued", "queued"),
+            ("queued", "sent"),
+            ("sent", "completed")
+        ]
+    );
+    assert!(events.iter().all(|e| !e.cause.is_empty() && e.at > 0));
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn accepted_tickets_are_polled_until_done_and_show_in_look_ups() {
+    let h = Harness::start(Options {
+        apps: 10,
+        behaviour: Behaviour {
+            unbind_completion: Duration::from_millis(600),
+            ..Behaviour::default()
+        },
+        tweak: fast_worker,
+        ..Options::default()
+    })
+    .await;
+    let token = h.session().await;
+    let all = accounts(&h, &token).await;
+    let target = unbindable(&all, Ownership::CurrentHolder)
+        .into_iter()
+        .next()
+        .unwrap();
+    let created = unbind(&h, &token, vec![target.account_ref.clone()], "k1")
+        .await
+        .unwrap();
+    let accepted = wait_for(&h, &ids(&created), &[State::Accepted, State::Completed]).await;
+    if accepted[0].state == State::Accepted as i32 {
+        // While under way, the account carries its open ticket.
+        let listed = accounts(&h, &token).await;
+        let shown = listed
+            .iter()
+            .find(|a| a.app_id == target.app_id && a.display_hint == target.display_hint)
+            .unwrap();
+        assert_eq!(
+            shown.open_ticket.as_ref().unwrap().ticket_id,
+            created[0].ticket_id
+        );
+        // Another key for the same account gets the open ticket, not a second one.
+        let again = unbind(&h, &token, vec![shown.account_ref.clone()], "k2")
+            .await
+            .unwrap();
+        assert_eq!(again[0].ticket_id, created[0].ticket_id);
+    }
+    wait_for(&h, &ids(&created), &[State::Completed]).await;
+    assert_eq!(
+        h.simulator.stats(&target.app_id).unbind_keys,
+        vec![created[0].ticket_id.clone()]
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn tickets_complete_after_a_down_app_comes_back() {
+    let h = Harness::start(Options {
+        apps: 5,
+        tweak: fast_worker,
+        ..Options::default()
+    })
+    .await;
+    let token = h.session().await;
+    let all = accounts(&h, &token).await;
+    let target = all.iter().find(|a| a.unbind_supported).unwrap().clone();
+    h.simulator.stop_app(&target.app_id).await;
+    let created = unbind(&h, &token, vec![target.account_ref.clone()], "k")
+        .await
+        .unwrap();
+    // It is sent, fails, and waits to be retried; never lost, never failed before the due date.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let t = &tickets(&h, &ids(&created)).await[0];
+        assert!(
+            t.state == State::Queued as i32 || t.state == State::Sent as i32,
+            "{t:?}"
+        );
+        if t.state == State::Sent as i32 && t.detail.contains("unreachable") {
+            break;
+        }
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    h.simulator.start_app(&target.app_id).await.unwrap();
+    wait_for(&h, &ids(&created), &[State::Completed]).await;
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn refused_and_given_up_tickets_end_rejected_and_failed() {
+    let h = Harness::start(Options {
+        apps: 5,
+        tweak: fast_worker,
+        ..Options::default()
+    })
+    .await;
+    let token = h.session().await;
+    // A ref for an account the app does not hold (made with the gateway's own key, as only the
+    // operator could): the app refuses it.
+    let keys = Keys::derive(&h.stack.config.signing_secret().unwrap());
+    let number = keys.number_hash(&unbind_gateway::domain::E164::parse(PHONE).unwrap());
+    let ghost = AccountRef::new(
+        "app-001",
+        "acct-ghost",
+        &number,
+        RefOwnership::CurrentHolder,
+        true,
+    )
+    .seal(&keys);
+    let rejected = unbind(&h, &token, vec![ghost], "k1").await.unwrap();
+    let rejected = wait_for(&h, &ids(&rejected), &[State::Rejected]).await;
+    assert!(
+        rejected[0].detail.contains("no such account"),
+        "{:?}",
+        rejected[0]
+    );
+
+    // An app failing every call: retried until the due date, then failed.
+    h.simulator.set_behaviour(
+        "app-002",
+        Behaviour {
+            error_rate: 1.0,
+            ..Behaviour::default()
+        },
+    );
+    let real = accounts(&h, &token)
+        .await
+        .into_iter()
+        .find(|a| a.app_id == "app-002" && a.unbind_supported);
+    let Some(real) = real else {
+        h.stop().await;
+        return;
+    };
+    let failing = unbind(&h, &token, vec![real.account_ref], "k2")
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while h.simulator.stats("app-002").unbind_calls < 2 {
+        assert!(Instant::now() < deadline, "no retry");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        tickets(&h, &ids(&failing)).await[0].state,
+        State::Sent as i32
+    );
+    h.clock.advance(Duration::from_secs(5 * 86400 + 60));
+    let failed = wait_for(&h, &ids(&failing), &[State::Failed]).await;
+    assert!(failed[0].detail.contains("due date"), "{:?}", failed[0]);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn an_open_ticket_past_its_due_date_is_overdue() {
+    let h = Harness::start(Options {
+        apps: 5,
+        behaviour: Behaviour {
+            unbind_completion: Duration::from_secs(3600),
+            ..Behaviour::default()
+        },
+        tweak: fast_worker,
+        ..Options::default()
+    })
+    .await;
+    let token = h.session().await;
+    let target = accounts(&h, &token)
+        .await
+        .into_iter()
+        .find(|a| a.unbind_supported)
+        .unwrap();
+    let created = unbind(&h, &token, vec![target.account_ref], "k")
+        .await
+        .unwrap();
+    wait_for(&h, &ids(&created), &[State::Accepted]).await;
+    h.clock.advance(Duration::from_secs(5 * 86400 + 1));
+    let t = &tickets(&h, &ids(&created)).await[0];
+    assert!(t.overdue && t.state == State::Accepted as i32);
+    // By session: the holder's tickets.
+    let mine = h
+        .client()
+        .await
+        .get_unbind_tickets(GetUnbindTicketsRequest {
+            session_token: h.session().await,
+            ..Default::default()
+        })
+        .await;
+    // (the first session expired with the clock; a new one sees the same ticket)
+    assert_eq!(ids(&mine.unwrap().into_inner().tickets), ids(&created));
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn the_same_key_with_another_request_is_refused() {
+    let h = Harness::start(Options {
+        apps: 20,
+        tweak: fast_worker,
+        ..Options::default()
+    })
+    .await;
+    let token = h.session().await;
+    let all: Vec<_> = accounts(&h, &token)
+        .await
+        .into_iter()
+        .filter(|a| a.unbind_supported)
+        .collect();
+    assert!(all.len() >= 2);
+    unbind(&h, &token, vec![all[0].account_ref.clone()], "same")
+        .await
+        .unwrap();
+    let err = unbind(&h, &token, vec![all[1].account_ref.clone()], "same")
+        .await
+        .unwrap_err();
+    assert_error(&err, Code::AlreadyExists, "IDEMPOTENCY_KEY_REUSED");
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn bad_unbind_requests_are_refused_and_write_nothing() {
+    let h = Harness::start(Options {
+        apps: 30,
+        tweak: |c| {
+            fast_worker(c);
+            c.unbind.max_refs_per_request = 3;
+        },
+        ..Options::default()
+    })
+    .await;
+    let token = h.session().await;
+    let mine: Vec<_> = accounts(&h, &token).await;
+    let supported: Vec<String> = mine
+        .iter()
+        .filter(|a| a.unbind_supported)
+        .map(|a| a.account_ref.clone())
+        .collect();
+    let other_token = h.session_for(OTHER_PHONE, OTHER_ID).await;
+    let foreign = accounts(&h, &other_token)
+        .await
+        .into_iter()
+        .find(|a| a.unbind_supported)
+        .unwrap()
+        .account_ref;
+    let mut forged = supported[0].clone().into_bytes();
+    forged[20] = if forged[20] == b'A' { b'B' } else { b'A' };
+    let forged = String::from_utf8(forged).unwrap();
+
+    let long_key = "k".repeat(200);
+    let cases: Vec<(Vec<String>, &str, Code, &str, &str)> = vec![
+        (
+            vec![],
+            "k",
+            Code::InvalidArgument,
+            "INVALID_FIELD",
+            "account_refs",
+        ),
+        (
+            supported[..4].to_vec(),
+            "k",
+            Code::InvalidArgument,
+            "INVALID_FIELD",
+            "account_refs",
+        ),
+        (
+            vec![supported[0].clone(), supported[0].clone()],
+            "k",
+            Code::InvalidArgument,
+            "INVALID_FIELD",
+            "account_refs[1]",
+        ),
+        (
+            vec![supported[0].clone(), forged],
+            "k",
+            Code::InvalidArgument,
+            "INVALID_ACCOUNT_REF",
+            "account_refs[1]",
+        ),
+        (
+            vec!["not-a-ref".into()],
+            "k",
+            Code::InvalidArgument,
+            "INVALID_ACCOUNT_REF",
+            "account_refs[0]",
+        ),
+        (
+            vec![foreign],
+            "k",
+            Code::PermissionDenied,
+            "INVALID_ACCOUNT_REF",
+            "account_refs[0]",
+        ),
+        (
+            vec![supported[0].clone()],
+            "",
+            Code::InvalidArgument,
+            "INVALID_FIELD",
+            "idempotency_key",
+        ),
+        (
+            vec![supported[0].clone()],
+            &long_key,
+            Code::InvalidArgument,
+            "INVALID_FIELD",
+            "idempotency_key",
+        ),
+    ];
+    for (refs, key, code, reason, field) in cases {
+        let err = unbind(&h, &token, refs, key).await.unwrap_err();
+        assert_error(&err, code, reason);
+        assert_eq!(bad_fields(&err), [field]);
+    }
+    if let Some(unsupported) = mine.iter().find(|a| !a.unbind_supported) {
+        let err = unbind(&h, &token, vec![unsupported.account_ref.clone()], "k")
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::FailedPrecondition);
+    }
+    let err = unbind(&h, "forged-session", vec![supported[0].clone()], "k")
+        .await
+        .unwrap_err();
+    assert_error(&err, Code::Unauthenticated, "INVALID_SESSION");
+    // Nothing was written.
+    let mine = h
+        .client()
+        .await
+        .get_unbind_tickets(GetUnbindTicketsRequest {
+            session_token: token.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .tickets;
+    assert!(mine.is_empty());
+    // And the key "k" is still free for a real request.
+    unbind(&h, &token, vec![supported[0].clone()], "k")
+        .await
+        .unwrap();
+    // Ticket look-ups validate their ids too.
+    let err = h
+        .client()
+        .await
+        .get_unbind_tickets(GetUnbindTicketsRequest {
+            ticket_ids: vec!["nope".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_error(&err, Code::InvalidArgument, "INVALID_FIELD");
+    let unique: HashSet<_> = supported.iter().collect();
+    assert_eq!(unique.len(), supported.len());
+    h.stop().await;
+}

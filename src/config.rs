@@ -136,6 +136,9 @@ pub struct UnbindConfig {
     pub retry_jitter: bool,
     /// Tickets a replica works on at once.
     pub worker_concurrency: usize,
+    /// Outcomes for one number within this window share one SMS.
+    #[serde(with = "humantime_serde")]
+    pub sms_window: Duration,
     /// Run the worker in this process.
     pub worker: bool,
 }
@@ -151,6 +154,7 @@ impl Default for UnbindConfig {
             retry_max: Duration::from_secs(300),
             retry_jitter: true,
             worker_concurrency: 256,
+            sms_window: Duration::from_secs(2),
             worker: true,
         }
     }

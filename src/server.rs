@@ -17,7 +17,7 @@ use crate::{
     registry::RegistryClient,
     security::{Keys, random_id},
     store::Store,
-    unbind::{Unbinder, worker::Worker},
+    unbind::{Unbinder, notify::OutcomeNotifier, worker::Worker},
     verification::Verifier,
 };
 
@@ -77,8 +77,8 @@ impl Gateway {
             keys: Arc::clone(&self.keys),
             clock: self.clock.clone(),
             catalog: Arc::clone(&self.catalog),
-            registry: self.registry.clone(),
             cache: Arc::clone(self.fanout.cache()),
+            notifier: OutcomeNotifier::start(self.registry.clone(), self.config.unbind.sms_window),
             config: self.config.unbind.clone(),
             wake: Arc::clone(&self.unbinder.wake),
             owner: random_id("worker"),

@@ -25,6 +25,7 @@ fn fast_worker(c: &mut unbind_gateway::config::Config) {
     c.unbind.retry_base = Duration::from_millis(50);
     c.unbind.retry_max = Duration::from_millis(200);
     c.unbind.retry_jitter = false;
+    c.unbind.sms_window = Duration::from_millis(50);
 }
 
 async fn accounts(h: &Harness, token: &str) -> Vec<LinkedAccount> {

@@ -83,6 +83,8 @@ pub struct StackOptions {
     /// A store other than the SQLite file in `data_dir`.
     pub store_url: Option<String>,
     pub clock: Clock,
+    /// The registry's subscribers.
+    pub subscribers: Vec<Subscriber>,
 }
 
 impl StackOptions {
@@ -105,6 +107,7 @@ impl StackOptions {
             app_timeout: None,
             store_url: None,
             clock: Clock::system(),
+            subscribers: demo_subscribers(),
         }
     }
 }
@@ -134,7 +137,7 @@ impl Stack {
         })
         .await
         .context("cannot start the simulated apps")?;
-        let subscribers = demo_subscribers();
+        let subscribers = options.subscribers;
         write_subscribers(&options.data_dir.join("subscribers.toml"), &subscribers)?;
         let sms_file = options.data_dir.join("sms.jsonl");
         let registry_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -274,6 +277,22 @@ impl Stack {
         self.simulator.shutdown().await;
         Ok(())
     }
+}
+
+/// `n` more subscribers for load tests: `+86137000000NN`, ID characters `1NNNNN` (the index,
+/// zero-padded), holders since 2020-01-01.
+pub fn numbered_subscribers(n: usize) -> Vec<Subscriber> {
+    let since = Utc
+        .with_ymd_and_hms(2020, 1, 1, 0, 0, 0)
+        .single()
+        .unwrap_or_default();
+    (0..n)
+        .map(|i| Subscriber {
+            phone_number: format!("+86137{:08}", i),
+            id_last_six: format!("1{:05}", i % 100_000),
+            holder_since: since,
+        })
+        .collect()
 }
 
 /// Runs the demo until Ctrl-C.

@@ -16,7 +16,7 @@ use sqlx::{
     any::{AnyConnectOptions, AnyPoolOptions},
 };
 
-pub use tickets::{CreateOutcome, NewTicket, TicketEvent, TicketRow, TicketState};
+pub use tickets::{CreateOutcome, Finished, NewTicket, TicketEvent, TicketRow, TicketState};
 pub use verifications::{NewVerification, VerificationRow, VerificationState};
 
 /// Which database is behind the store.
@@ -90,6 +90,27 @@ impl Store {
     /// Closes every connection.
     pub async fn close(&self) {
         self.pool.close().await;
+    }
+
+    /// Creates a new, empty PostgreSQL database beside the one `base_url` names, and returns its
+    /// URL. For tests and benchmarks that each want a clean database.
+    pub async fn create_postgres_database(base_url: &str, name: &str) -> anyhow::Result<String> {
+        use sqlx::Connection;
+        anyhow::ensure!(
+            name.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
+            "database names here are lower-case letters, digits and _"
+        );
+        let mut conn = sqlx::PgConnection::connect(base_url)
+            .await
+            .context("cannot reach PostgreSQL")?;
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await?;
+        let (prefix, _) = base_url
+            .rsplit_once('/')
+            .context("the PostgreSQL URL must name a database")?;
+        Ok(format!("{prefix}/{name}"))
     }
 
     pub(crate) fn pool(&self) -> &sqlx::AnyPool {

@@ -88,6 +88,16 @@ pub struct TicketRow {
     pub due_at: i64,
 }
 
+/// The outcome of one attempt, to record.
+pub struct Finished<'a> {
+    pub ticket: &'a TicketRow,
+    pub to: TicketState,
+    pub detail: &'a str,
+    pub vendor_ref: &'a str,
+    pub next_attempt_at: i64,
+    pub cause: &'a str,
+}
+
 /// One recorded transition.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TicketEvent {
@@ -333,47 +343,76 @@ impl Store {
         Ok(tickets)
     }
 
-    /// Moves a ticket `owner` holds to `to` (recording the transition if the state changes),
-    /// schedules its next attempt, and releases the lease. `false` if the lease was lost.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn finish_attempt(
+    /// Records the outcome of attempts on tickets `owner` holds, in one transaction: each ticket
+    /// moves to its new state (the transition written to `ticket_events` when the state
+    /// changes), gets its next attempt time, and is released. Returns the ids recorded; a ticket
+    /// whose lease was lost meanwhile is left alone.
+    pub async fn finish_attempts(
         &self,
-        ticket: &TicketRow,
         owner: &str,
-        to: TicketState,
-        detail: &str,
-        vendor_ref: &str,
-        next_attempt_at: i64,
+        finished: &[Finished<'_>],
         now: i64,
-        cause: &str,
-    ) -> sqlx::Result<bool> {
-        let mut tx = self.pool().begin().await?;
-        let moved = sqlx::query(
-            "UPDATE tickets SET state = $3, detail = $4, vendor_ref = $5, next_attempt_at = $6, \
-             updated_at = CASE WHEN state = $3 THEN updated_at ELSE $7 END, \
-             lease_owner = NULL, lease_until = NULL \
-             WHERE id = $1 AND lease_owner = $2",
-        )
-        .bind(&ticket.id)
-        .bind(owner)
-        .bind(to.as_str())
-        .bind(detail)
-        .bind(vendor_ref)
-        .bind(next_attempt_at)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
-        if !moved {
-            tx.rollback().await?;
-            return Ok(false);
+    ) -> sqlx::Result<Vec<String>> {
+        let mut recorded = Vec::with_capacity(finished.len());
+        if finished.is_empty() {
+            return Ok(recorded);
         }
-        if to != ticket.state {
-            insert_event(&mut tx, &ticket.id, now, ticket.state, to, cause).await?;
+        let mut tx = self.pool().begin().await?;
+        // One statement per chunk: a join against a VALUES list both dialects accept.
+        for chunk in finished.chunks(200) {
+            let values = (0..chunk.len())
+                .map(|i| {
+                    let p = 3 + i * 5;
+                    format!("(${p}, ${}, ${}, ${}, ${})", p + 1, p + 2, p + 3, p + 4)
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!(
+                "UPDATE tickets SET state = v.column2, detail = v.column3, vendor_ref = v.column4, \
+                 next_attempt_at = v.column5, \
+                 updated_at = CASE WHEN tickets.state = v.column2 THEN tickets.updated_at ELSE $2 END, \
+                 lease_owner = NULL, lease_until = NULL \
+                 FROM (VALUES {values}) AS v \
+                 WHERE tickets.id = v.column1 AND tickets.lease_owner = $1 RETURNING id"
+            );
+            let mut query = sqlx::query_as::<_, (String,)>(&sql).bind(owner).bind(now);
+            for f in chunk {
+                query = query
+                    .bind(&f.ticket.id)
+                    .bind(f.to.as_str())
+                    .bind(f.detail)
+                    .bind(f.vendor_ref)
+                    .bind(f.next_attempt_at);
+            }
+            recorded.extend(query.fetch_all(&mut *tx).await?.into_iter().map(|(id,)| id));
+        }
+        let transitions: Vec<&Finished<'_>> = finished
+            .iter()
+            .filter(|f| f.to != f.ticket.state && recorded.contains(&f.ticket.id))
+            .collect();
+        for chunk in transitions.chunks(200) {
+            let values = (0..chunk.len())
+                .map(|i| {
+                    let p = 2 + i * 4;
+                    format!("(${p}, $1, ${}, ${}, ${})", p + 1, p + 2, p + 3)
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!(
+                "INSERT INTO ticket_events (ticket_id, at, from_state, to_state, cause) VALUES {values}"
+            );
+            let mut query = sqlx::query(&sql).bind(now);
+            for f in chunk {
+                query = query
+                    .bind(&f.ticket.id)
+                    .bind(f.ticket.state.as_str())
+                    .bind(f.to.as_str())
+                    .bind(f.cause);
+            }
+            query.execute(&mut *tx).await?;
         }
         tx.commit().await?;
-        Ok(true)
+        Ok(recorded)
     }
 
     /// Releases every lease `owner` holds (graceful shutdown), so another worker takes over now.

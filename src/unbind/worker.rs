@@ -8,11 +8,11 @@
 //! ticket id, whoever sends it and however often. A worker that lost its lease cannot record
 //! anything (every write is fenced on the lease owner).
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use rand::Rng;
 use tokio::{
-    sync::{Notify, Semaphore, watch},
+    sync::{Notify, Semaphore, mpsc, watch},
     task::JoinSet,
 };
 use tonic::Code;
@@ -26,10 +26,11 @@ use crate::{
         GetUnbindStatusRequest, UnbindAccountRequest, UnbindAccountResponse,
         unbind_account_request::Reason, unbind_account_response::State as AppState,
     },
-    registry::{RegistryClient, templates},
     security::{Keys, NumberHash, Purpose, random_id},
-    store::{Store, TicketRow, TicketState},
+    store::{Finished, Store, TicketRow, TicketState},
 };
+
+use super::notify::{Outcome, OutcomeNotifier};
 
 /// Everything the worker needs.
 pub struct Worker {
@@ -37,8 +38,8 @@ pub struct Worker {
     pub(crate) keys: Arc<Keys>,
     pub(crate) clock: Clock,
     pub(crate) catalog: Arc<Catalog>,
-    pub(crate) registry: RegistryClient,
     pub(crate) cache: Arc<LookupCache>,
+    pub(crate) notifier: OutcomeNotifier,
     pub(crate) config: UnbindConfig,
     pub(crate) wake: Arc<Notify>,
     /// This worker's lease-owner name, unique per process.
@@ -81,11 +82,17 @@ fn transient(code: Code) -> bool {
     )
 }
 
+/// Most outcomes recorded in one store transaction.
+const MAX_BATCH: usize = 512;
+
 impl Worker {
     /// Runs until `shutdown` turns true; then stops claiming, waits a little for in-flight
-    /// tickets, and releases every lease it still holds so another replica carries on at once.
+    /// tickets, records their outcomes, and releases every lease it still holds so another
+    /// replica carries on at once.
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let permits = Arc::new(Semaphore::new(self.config.worker_concurrency));
+        let (done_tx, done_rx) = mpsc::channel(self.config.worker_concurrency.max(16));
+        let recorder = tokio::spawn(Arc::clone(&self).record_outcomes(done_rx));
         let mut tasks = JoinSet::new();
         tracing::info!(owner = %self.owner, "unbind worker started");
         while !*shutdown.borrow() {
@@ -107,8 +114,12 @@ impl Worker {
                             break;
                         };
                         let worker = Arc::clone(&self);
+                        let done = done_tx.clone();
                         tasks.spawn(async move {
-                            worker.process(ticket).await;
+                            let decision = worker.attempt(&ticket).await;
+                            // The lease stays ours until the recorder writes the outcome, so no
+                            // one else claims the ticket meanwhile.
+                            let _ = done.send((ticket, decision)).await;
                             drop(permit);
                         });
                     }
@@ -134,42 +145,56 @@ impl Worker {
                 () = &mut grace => { tasks.abort_all(); break }
             }
         }
+        drop(done_tx);
+        let _ = recorder.await;
         match self.store.release_leases(&self.owner).await {
             Ok(n) => tracing::info!(released = n, "unbind worker stopped"),
             Err(e) => tracing::warn!(error = %e, "could not release ticket leases"),
         }
     }
 
-    /// One attempt on one claimed ticket.
-    async fn process(&self, ticket: TicketRow) {
-        let decision = self.attempt(&ticket).await;
-        let now = self.clock.now_ms();
-        match self
-            .store
-            .finish_attempt(
-                &ticket,
-                &self.owner,
-                decision.to,
-                &decision.detail,
-                &decision.vendor_ref,
-                decision.next_attempt_at,
-                now,
-                &decision.cause,
-            )
-            .await
-        {
-            Ok(true) => {
-                tracing::debug!(ticket = %ticket.id, app = %ticket.app_id, from = ticket.state.as_str(), to = decision.to.as_str(), "ticket attempt recorded");
-                if decision.to != ticket.state && !decision.to.is_open() {
-                    self.after_final(&ticket, decision.to, &decision.detail);
+    /// Writes attempt outcomes in batches (one transaction for whatever arrived together), then
+    /// does what final states call for.
+    async fn record_outcomes(self: Arc<Self>, mut done: mpsc::Receiver<(TicketRow, Decision)>) {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        while done.recv_many(&mut batch, MAX_BATCH).await > 0 {
+            let finished: Vec<Finished<'_>> = batch
+                .iter()
+                .map(|(ticket, d)| Finished {
+                    ticket,
+                    to: d.to,
+                    detail: &d.detail,
+                    vendor_ref: &d.vendor_ref,
+                    next_attempt_at: d.next_attempt_at,
+                    cause: &d.cause,
+                })
+                .collect();
+            match self
+                .store
+                .finish_attempts(&self.owner, &finished, self.clock.now_ms())
+                .await
+            {
+                Ok(recorded) => {
+                    if recorded.len() < finished.len() {
+                        tracing::warn!(
+                            lost = finished.len() - recorded.len(),
+                            "leases lost; other workers have those tickets"
+                        );
+                    }
+                    for (ticket, d) in &batch {
+                        if d.to != ticket.state && !d.to.is_open() && recorded.contains(&ticket.id)
+                        {
+                            self.after_final(ticket, d.to, &d.detail);
+                        }
+                    }
+                }
+                // The tickets stay leased to us until the lease runs out; then they are retried
+                // (with the same idempotency key).
+                Err(e) => {
+                    tracing::warn!(tickets = finished.len(), error = %e, "could not record ticket attempts")
                 }
             }
-            Ok(false) => {
-                tracing::warn!(ticket = %ticket.id, "lease lost; another worker has the ticket")
-            }
-            Err(e) => {
-                tracing::warn!(ticket = %ticket.id, error = %e, "could not record a ticket attempt; it will be retried when the lease runs out")
-            }
+            batch.clear();
         }
     }
 
@@ -356,25 +381,20 @@ impl Worker {
         };
         let app = self.catalog.get(&ticket.app_id);
         let name = app
-            .map(|a| a.name.as_str())
-            .unwrap_or(ticket.app_id.as_str());
-        let summary = match state {
-            TicketState::Completed => format!("Your number was unbound from an account at {name}."),
-            TicketState::Rejected => {
-                format!("{name} refused to unbind an account from your number: {detail}")
-            }
-            _ => {
-                let line = app.map(|a| a.customer_service.as_str()).unwrap_or_default();
-                format!(
-                    "We could not unbind an account at {name} from your number. Contact {name} customer service {line}."
-                )
-            }
+            .map(|a| a.name.clone())
+            .unwrap_or_else(|| ticket.app_id.clone());
+        let outcome = match state {
+            TicketState::Completed => Outcome::Unbound { app: name },
+            TicketState::Rejected => Outcome::Refused {
+                app: name,
+                detail: detail.to_owned(),
+            },
+            _ => Outcome::GaveUp {
+                app: name,
+                customer_service: app.map(|a| a.customer_service.clone()).unwrap_or_default(),
+            },
         };
-        self.registry.send_sms_detached(
-            phone,
-            templates::UNBIND_OUTCOME,
-            HashMap::from([("summary".to_owned(), summary)]),
-        );
+        self.notifier.notify(phone, outcome);
     }
 }
 

@@ -8,7 +8,7 @@ use std::{path::PathBuf, time::Duration};
 use tonic::transport::Channel;
 use unbind_gateway::{
     api::error::reason_of,
-    cli::demo::{Stack, StackOptions},
+    cli::demo::{Stack, StackOptions, demo_subscribers, numbered_subscribers},
     clock::Clock,
     config::Config,
     proto::{StartVerificationRequest, account_gateway_client::AccountGatewayClient},
@@ -29,6 +29,8 @@ pub struct Options {
     pub app_timeout: Duration,
     /// `None`: a SQLite file in the test's directory.
     pub store_url: Option<String>,
+    /// Subscribers beyond the demo's: `numbered_subscribers(n)`.
+    pub extra_subscribers: usize,
     pub tweak: fn(&mut Config),
 }
 
@@ -39,6 +41,7 @@ impl Default for Options {
             behaviour: Behaviour::default(),
             app_timeout: Duration::from_secs(2),
             store_url: None,
+            extra_subscribers: 0,
             tweak: |_| {},
         }
     }
@@ -63,6 +66,10 @@ impl Harness {
                 behaviour: options.behaviour,
                 app_timeout: Some(options.app_timeout),
                 store_url: options.store_url,
+                subscribers: demo_subscribers()
+                    .into_iter()
+                    .chain(numbered_subscribers(options.extra_subscribers))
+                    .collect(),
                 ..StackOptions::new(dir.path().to_path_buf())
             },
             tweak,
@@ -159,17 +166,10 @@ pub async fn fresh_postgres_database() -> Option<String> {
         eprintln!("skipping the PostgreSQL part: DATABASE_URL is not set");
         return None;
     };
-    use sqlx::Connection;
-    let mut conn = sqlx::PgConnection::connect(&base)
-        .await
-        .expect("DATABASE_URL is set but PostgreSQL is unreachable");
     let name = format!("unbind_test_{:016x}", rand::random::<u64>());
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    let (prefix, _) = base
-        .rsplit_once('/')
-        .expect("DATABASE_URL names a database");
-    Some(format!("{prefix}/{name}"))
+    Some(
+        unbind_gateway::store::Store::create_postgres_database(&base, &name)
+            .await
+            .expect("DATABASE_URL is set but a database cannot be created"),
+    )
 }

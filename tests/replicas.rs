@@ -1,0 +1,151 @@
+//! Several gateway replicas on one PostgreSQL database: a verification started on one completes
+//! on the other, and 1,000 tickets created through both are each sent to their app exactly once
+//! (counted by the simulated apps), none stuck. Skips outside CI without `DATABASE_URL`.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use tokio::time::Instant;
+use unbind_gateway::{
+    cli::demo::numbered_subscribers,
+    proto::{
+        CompleteVerificationRequest, GetUnbindTicketsRequest, ListLinkedAccountsRequest,
+        StartVerificationRequest, UnbindRequest, account_gateway_client::AccountGatewayClient,
+        unbind_ticket::State,
+    },
+    server,
+};
+
+type Client = AccountGatewayClient<tonic::transport::Channel>;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_share_verifications_and_send_each_ticket_exactly_once() {
+    let Some(url) = fresh_postgres_database().await else {
+        return;
+    };
+    let h = Harness::start(Options {
+        apps: 200,
+        store_url: Some(url),
+        extra_subscribers: 12,
+        app_timeout: Duration::from_secs(5),
+        tweak: |c| {
+            c.unbind.poll_interval = Duration::from_millis(20);
+            c.unbind.retry_base = Duration::from_millis(50);
+            c.unbind.retry_max = Duration::from_millis(200);
+            c.lookup.default_deadline = Duration::from_secs(10);
+        },
+        ..Options::default()
+    })
+    .await;
+    // The second replica: same config (database, secret), its own listener and worker.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let b = server::start(h.stack.config.clone(), h.clock.clone(), listener)
+        .await
+        .unwrap();
+    let mut replicas: [Client; 2] = [
+        h.client().await,
+        Client::connect(b.endpoint()).await.unwrap(),
+    ];
+
+    let mut created = Vec::new();
+    for (i, subscriber) in numbered_subscribers(12).iter().enumerate() {
+        if created.len() >= 1000 {
+            break;
+        }
+        // Start on one replica, complete on the other.
+        let before = h.codes_sent_to(&subscriber.phone_number).len();
+        let verification_id = replicas[i % 2]
+            .start_verification(StartVerificationRequest {
+                phone_number: subscriber.phone_number.clone(),
+                id_last_six: subscriber.id_last_six.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .verification_id;
+        let code = h.wait_for_code(&subscriber.phone_number, before + 1).await;
+        let token = replicas[(i + 1) % 2]
+            .complete_verification(CompleteVerificationRequest {
+                verification_id,
+                code,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .session_token;
+        let accounts = replicas[i % 2]
+            .list_linked_accounts(ListLinkedAccountsRequest {
+                session_token: token.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(accounts.complete);
+        let refs: Vec<String> = accounts
+            .accounts
+            .iter()
+            .filter(|a| a.unbind_supported)
+            .map(|a| a.account_ref.clone())
+            .take(1000 - created.len())
+            .collect();
+        for (j, chunk) in refs.chunks(100).enumerate() {
+            let tickets = replicas[j % 2]
+                .unbind(UnbindRequest {
+                    session_token: token.clone(),
+                    account_refs: chunk.to_vec(),
+                    idempotency_key: format!("{i}-{j}"),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .tickets;
+            created.extend(tickets);
+        }
+    }
+    assert_eq!(created.len(), 1000);
+
+    // Every ticket reaches COMPLETED.
+    let ids: Vec<String> = created.iter().map(|t| t.ticket_id.clone()).collect();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let tickets = replicas[0]
+            .get_unbind_tickets(GetUnbindTicketsRequest {
+                ticket_ids: ids.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .tickets;
+        assert_eq!(tickets.len(), 1000, "no ticket is lost");
+        let open = tickets
+            .iter()
+            .filter(|t| t.state != State::Completed as i32)
+            .count();
+        if open == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{open} tickets still open");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Each sent exactly once, under its own key.
+    let apps = h.simulator.apps();
+    let calls: u64 = apps
+        .iter()
+        .map(|a| h.simulator.stats(&a.id).unbind_calls)
+        .sum();
+    assert_eq!(calls, 1000, "each ticket sent exactly once");
+    for t in &created {
+        assert!(
+            h.simulator
+                .stats(&t.app_id)
+                .unbind_keys
+                .contains(&t.ticket_id)
+        );
+    }
+    b.stop().await.unwrap();
+    h.stop().await;
+}

@@ -94,4 +94,45 @@ fn query_against_the_demo_lists_all_200_apps() {
         .filter_map(|v| v.get("app_id").and_then(|a| a.as_str()).map(str::to_owned))
         .collect();
     assert_eq!(app_ids.len(), 200, "{text}");
+
+    // Then unbind every previous holder's account and watch the tickets complete.
+    let output = Command::new(bin)
+        .args([
+            "query",
+            "--endpoint",
+            &format!("http://{listen}"),
+            "--phone",
+            "13800138000",
+            "--id-last-six",
+            "12345X",
+            "--code-from-sms-file",
+        ])
+        .arg(&sms)
+        .args(["--json", "--unbind", "previous", "--watch"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "unbind failed: {}\n{stdout}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mut last_state = std::collections::HashMap::new();
+    for v in stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+    {
+        if v["type"] == "ticket" {
+            last_state.insert(
+                v["ticket_id"].as_str().unwrap().to_owned(),
+                v["state"].as_str().unwrap().to_owned(),
+            );
+        }
+    }
+    assert!(last_state.len() > 100, "{stdout}");
+    assert!(
+        last_state.values().all(|s| s == "COMPLETED"),
+        "{last_state:?}"
+    );
 }

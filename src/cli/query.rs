@@ -1003,6 +1003,9 @@ async fn connect(endpoint: &str) -> anyhow::Result<AccountGatewayClient<Channel>
 
 /// Runs `unbind-gateway query`. Any failed call is printed as "error: <code>: <message>" (plus
 /// the gateway's reason) and returned as an error, so the process exits non-zero.
+/// Most account refs sent in one `Unbind` request (the gateway's default limit).
+const UNBIND_CHUNK: usize = 100;
+
 pub async fn run(args: QueryArgs) -> anyhow::Result<()> {
     run_with(args, std::io::stdin().is_terminal()).await
 }
@@ -1115,20 +1118,27 @@ async fn run_with(args: QueryArgs, interactive: bool) -> anyhow::Result<()> {
         .iter()
         .map(|a| (a.app_id.clone(), a.app_name.clone()))
         .collect();
-    let tickets = client
-        .unbind(UnbindRequest {
-            session_token: session.clone(),
-            account_refs: resolved
-                .chosen
-                .iter()
-                .map(|&i| rows[i].account_ref.clone())
-                .collect(),
-            idempotency_key: format!("{:032x}", rand::random::<u128>()),
-        })
-        .await
-        .map_err(|s| report("Unbind", &s))?
-        .into_inner()
-        .tickets;
+    // The gateway takes at most UNBIND_CHUNK refs per request: send them in chunks, each with
+    // its own idempotency key (a retry of a chunk would reuse its key).
+    let refs: Vec<String> = resolved
+        .chosen
+        .iter()
+        .map(|&i| rows[i].account_ref.clone())
+        .collect();
+    let batch_key = format!("{:032x}", rand::random::<u128>());
+    let mut tickets = Vec::with_capacity(refs.len());
+    for (n, chunk) in refs.chunks(UNBIND_CHUNK).enumerate() {
+        let answer = client
+            .unbind(UnbindRequest {
+                session_token: session.clone(),
+                account_refs: chunk.to_vec(),
+                idempotency_key: format!("{batch_key}-{n}"),
+            })
+            .await
+            .map_err(|s| report("Unbind", &s))?
+            .into_inner();
+        tickets.extend(answer.tickets);
+    }
     if args.json {
         for ticket in &tickets {
             out.json_line(&ticket_json(ticket));
@@ -2128,13 +2138,11 @@ mod tests {
         // Table order is Sim Bank 2, then Sim Bank 10: previous holders' accounts that can be
         // unbound are rows 1 and 3; row 4 cannot be unbound.
         assert_eq!(unbind.account_refs, ["ref-app-2-z***g", "ref-app-10-w***u"]);
-        assert_eq!(unbind.idempotency_key.len(), 32);
-        assert!(
-            unbind
-                .idempotency_key
-                .bytes()
-                .all(|b| b.is_ascii_hexdigit())
-        );
+        // A random batch key plus the chunk number.
+        let (batch, chunk) = unbind.idempotency_key.split_once('-').unwrap();
+        assert_eq!(batch.len(), 32);
+        assert!(batch.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_eq!(chunk, "0");
         assert_eq!(seen.polls, 2, "polled until every ticket finished");
     }
 

@@ -68,7 +68,7 @@ pub struct RegistryConfig {
 
 /// The look-up cache.
 #[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct CacheConfig {
     /// How long an app's answer for a number is reused.
     #[serde(with = "humantime_serde")]
@@ -79,7 +79,7 @@ pub struct CacheConfig {
 
 /// Fan-out look-ups.
 #[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct LookupConfig {
     /// Deadline when the caller sends no `grpc-timeout`.
     #[serde(with = "humantime_serde")]
@@ -91,7 +91,7 @@ pub struct LookupConfig {
 
 /// Identity verification.
 #[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct VerificationConfig {
     #[serde(with = "humantime_serde")]
     pub code_ttl: Duration,
@@ -104,7 +104,7 @@ pub struct VerificationConfig {
 
 /// Request size limits.
 #[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     /// Largest request message accepted, in bytes.
     pub max_request_bytes: usize,
@@ -162,7 +162,7 @@ impl Default for UnbindConfig {
 
 /// Settings every app gets unless its catalog entry says otherwise.
 #[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct AppDefaults {
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,

@@ -28,7 +28,7 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
         /// Overrides `store.url` (e.g. postgres://...).
-        #[arg(long, env = "DATABASE_URL")]
+        #[arg(long)]
         database_url: Option<String>,
     },
     /// Everything in one process on loopback: gateway, registry, simulated apps.

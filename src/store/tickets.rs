@@ -91,6 +91,8 @@ pub struct TicketRow {
 /// The outcome of one attempt, to record.
 pub struct Finished<'a> {
     pub ticket: &'a TicketRow,
+    /// The lease the ticket was claimed under.
+    pub lease: &'a str,
     pub to: TicketState,
     pub detail: &'a str,
     pub vendor_ref: &'a str,
@@ -291,12 +293,14 @@ impl Store {
         rows.iter().map(from_row).collect()
     }
 
-    /// Claims up to `limit` open tickets that are due, for `owner`, until `lease_until`. Queued
-    /// ones become `sent` (the worker is about to send them); every claimed ticket that will be
+    /// Claims up to `limit` open tickets that are due, until `lease_until`, under `lease` (a
+    /// token unique to this claim, so a late write from an older claim of the same worker cannot
+    /// overwrite a newer one). Queued tickets become `sent` (the worker is about to send them),
+    /// with the transition recorded in the same transaction; every claimed ticket that will be
     /// sent counts an attempt.
     pub async fn claim_tickets(
         &self,
-        owner: &str,
+        lease: &str,
         now: i64,
         lease_until: i64,
         limit: i64,
@@ -305,6 +309,7 @@ impl Store {
             Backend::Postgres => "FOR UPDATE SKIP LOCKED",
             Backend::Sqlite => "",
         };
+        let mut tx = self.pool().begin().await?;
         let rows = sqlx::query(&format!(
             "UPDATE tickets SET lease_owner = $1, lease_until = $2, \
              attempts = CASE WHEN state IN ('queued', 'sent') THEN attempts + 1 ELSE attempts END, \
@@ -314,17 +319,18 @@ impl Store {
              AND (lease_until IS NULL OR lease_until < $3) ORDER BY next_attempt_at LIMIT $4 {lock}) \
              RETURNING {COLUMNS}"
         ))
-        .bind(owner)
+        .bind(lease)
         .bind(lease_until)
         .bind(now)
         .bind(limit)
-        .fetch_all(self.pool())
+        .fetch_all(&mut *tx)
         .await?;
         let tickets: Vec<TicketRow> = rows.iter().map(from_row).collect::<Result<_, _>>()?;
-        // The queued → sent transitions: the first attempt of a ticket now `sent`.
+        // The queued → sent transitions: a ticket is `sent` with its first attempt only when this
+        // claim moved it (a re-claimed `sent` ticket has more attempts).
         let first_sends: Vec<&TicketRow> = tickets
             .iter()
-            .filter(|t| t.state == TicketState::Sent && t.attempts == 1 && t.updated_at == now)
+            .filter(|t| t.state == TicketState::Sent && t.attempts == 1)
             .collect();
         if !first_sends.is_empty() {
             let values = (0..first_sends.len())
@@ -338,18 +344,18 @@ impl Store {
             for t in &first_sends {
                 query = query.bind(&t.id);
             }
-            query.execute(self.pool()).await?;
+            query.execute(&mut *tx).await?;
         }
+        tx.commit().await?;
         Ok(tickets)
     }
 
-    /// Records the outcome of attempts on tickets `owner` holds, in one transaction: each ticket
-    /// moves to its new state (the transition written to `ticket_events` when the state
-    /// changes), gets its next attempt time, and is released. Returns the ids recorded; a ticket
-    /// whose lease was lost meanwhile is left alone.
+    /// Records the outcome of attempts, in one transaction: each ticket moves to its new state
+    /// (the transition written to `ticket_events` when the state changes), gets its next attempt
+    /// time, and is released. Each write is fenced on the lease it was claimed under; returns the
+    /// ids recorded, leaving alone any ticket whose lease was lost meanwhile.
     pub async fn finish_attempts(
         &self,
-        owner: &str,
         finished: &[Finished<'_>],
         now: i64,
     ) -> sqlx::Result<Vec<String>> {
@@ -362,27 +368,35 @@ impl Store {
         for chunk in finished.chunks(200) {
             let values = (0..chunk.len())
                 .map(|i| {
-                    let p = 3 + i * 5;
-                    format!("(${p}, ${}, ${}, ${}, ${})", p + 1, p + 2, p + 3, p + 4)
+                    let p = 2 + i * 6;
+                    format!(
+                        "(${p}, ${}, ${}, ${}, ${}, ${})",
+                        p + 1,
+                        p + 2,
+                        p + 3,
+                        p + 4,
+                        p + 5
+                    )
                 })
                 .collect::<Vec<_>>()
                 .join(", ");
             let sql = format!(
                 "UPDATE tickets SET state = v.column2, detail = v.column3, vendor_ref = v.column4, \
                  next_attempt_at = v.column5, \
-                 updated_at = CASE WHEN tickets.state = v.column2 THEN tickets.updated_at ELSE $2 END, \
+                 updated_at = CASE WHEN tickets.state = v.column2 THEN tickets.updated_at ELSE $1 END, \
                  lease_owner = NULL, lease_until = NULL \
                  FROM (VALUES {values}) AS v \
-                 WHERE tickets.id = v.column1 AND tickets.lease_owner = $1 RETURNING id"
+                 WHERE tickets.id = v.column1 AND tickets.lease_owner = v.column6 RETURNING id"
             );
-            let mut query = sqlx::query_as::<_, (String,)>(&sql).bind(owner).bind(now);
+            let mut query = sqlx::query_as::<_, (String,)>(&sql).bind(now);
             for f in chunk {
                 query = query
                     .bind(&f.ticket.id)
                     .bind(f.to.as_str())
                     .bind(f.detail)
                     .bind(f.vendor_ref)
-                    .bind(f.next_attempt_at);
+                    .bind(f.next_attempt_at)
+                    .bind(f.lease);
             }
             recorded.extend(query.fetch_all(&mut *tx).await?.into_iter().map(|(id,)| id));
         }
@@ -416,11 +430,12 @@ impl Store {
     }
 
     /// Releases every lease `owner` holds (graceful shutdown), so another worker takes over now.
+    /// Leases are named `OWNER/N` (see [`Store::claim_tickets`]).
     pub async fn release_leases(&self, owner: &str) -> sqlx::Result<u64> {
         Ok(sqlx::query(
-            "UPDATE tickets SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = $1",
+            "UPDATE tickets SET lease_owner = NULL, lease_until = NULL WHERE lease_owner LIKE $1",
         )
-        .bind(owner)
+        .bind(format!("{owner}/%"))
         .execute(self.pool())
         .await?
         .rows_affected())

@@ -94,17 +94,22 @@ impl Worker {
         let (done_tx, done_rx) = mpsc::channel(self.config.worker_concurrency.max(16));
         let recorder = tokio::spawn(Arc::clone(&self).record_outcomes(done_rx));
         let mut tasks = JoinSet::new();
+        let mut claims: u64 = 0;
         tracing::info!(owner = %self.owner, "unbind worker started");
         while !*shutdown.borrow() {
             while tasks.try_join_next().is_some() {}
             let free = permits.available_permits();
+            // Each claim gets its own lease name, so a write from an older claim can never land
+            // on a ticket this worker claimed again since.
+            claims += 1;
+            let lease: Arc<str> = format!("{}/{claims}", self.owner).into();
             let claimed = if free == 0 {
                 Ok(Vec::new())
             } else {
                 let now = self.clock.now_ms();
                 let lease_until = now + self.config.lease.as_millis() as i64;
                 self.store
-                    .claim_tickets(&self.owner, now, lease_until, free as i64)
+                    .claim_tickets(&lease, now, lease_until, free as i64)
                     .await
             };
             match claimed {
@@ -115,11 +120,12 @@ impl Worker {
                         };
                         let worker = Arc::clone(&self);
                         let done = done_tx.clone();
+                        let lease = Arc::clone(&lease);
                         tasks.spawn(async move {
                             let decision = worker.attempt(&ticket).await;
                             // The lease stays ours until the recorder writes the outcome, so no
                             // one else claims the ticket meanwhile.
-                            let _ = done.send((ticket, decision)).await;
+                            let _ = done.send((ticket, lease, decision)).await;
                             drop(permit);
                         });
                     }
@@ -155,13 +161,17 @@ impl Worker {
 
     /// Writes attempt outcomes in batches (one transaction for whatever arrived together), then
     /// does what final states call for.
-    async fn record_outcomes(self: Arc<Self>, mut done: mpsc::Receiver<(TicketRow, Decision)>) {
+    async fn record_outcomes(
+        self: Arc<Self>,
+        mut done: mpsc::Receiver<(TicketRow, Arc<str>, Decision)>,
+    ) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         while done.recv_many(&mut batch, MAX_BATCH).await > 0 {
             let finished: Vec<Finished<'_>> = batch
                 .iter()
-                .map(|(ticket, d)| Finished {
+                .map(|(ticket, lease, d)| Finished {
                     ticket,
+                    lease,
                     to: d.to,
                     detail: &d.detail,
                     vendor_ref: &d.vendor_ref,
@@ -171,7 +181,7 @@ impl Worker {
                 .collect();
             match self
                 .store
-                .finish_attempts(&self.owner, &finished, self.clock.now_ms())
+                .finish_attempts(&finished, self.clock.now_ms())
                 .await
             {
                 Ok(recorded) => {
@@ -181,7 +191,7 @@ impl Worker {
                             "leases lost; other workers have those tickets"
                         );
                     }
-                    for (ticket, d) in &batch {
+                    for (ticket, _, d) in &batch {
                         if d.to != ticket.state && !d.to.is_open() && recorded.contains(&ticket.id)
                         {
                             self.after_final(ticket, d.to, &d.detail);

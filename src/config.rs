@@ -4,7 +4,12 @@
 //! `"5m"`, `"5d"`), and a bad file stops start-up with a message naming the key. Per-app settings
 //! fall back to `[app_defaults]`. See `README.md` for an annotated example.
 
-use std::{collections::HashSet, net::SocketAddr, path::Path, time::Duration};
+use std::{
+    collections::HashSet,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use anyhow::{Context, bail};
 use serde::Deserialize;
@@ -27,6 +32,15 @@ pub struct Config {
     /// File holding the signing secret.
     #[serde(default)]
     pub signing_secret_file: Option<std::path::PathBuf>,
+    /// The gateway's own TLS listener; required unless `development`.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// How the gateway connects to adapters and the registry over `https://`.
+    #[serde(default)]
+    pub outbound_tls: Option<OutboundTlsConfig>,
+    /// The institutions allowed to call, identified by their client certificates.
+    #[serde(default)]
+    pub tenants: Vec<TenantConfig>,
     pub store: StoreConfig,
     pub registry: RegistryConfig,
     #[serde(default)]
@@ -40,10 +54,80 @@ pub struct Config {
     #[serde(default)]
     pub unbind: UnbindConfig,
     #[serde(default)]
+    pub audit: AuditConfig,
+    #[serde(default)]
     pub app_defaults: AppDefaults,
     /// The app catalog.
     #[serde(default)]
     pub apps: Vec<AppConfig>,
+}
+
+/// The listener's certificate, and the CA that signs tenants' client certificates.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Verifies tenants' client certificates (mTLS). Required unless `development`.
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+}
+
+/// The gateway as a TLS client of adapters and the registry.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboundTlsConfig {
+    /// CA that signs adapters' and the registry's server certificates (each app may override).
+    pub ca: PathBuf,
+    /// The client certificate the gateway presents.
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+}
+
+/// One calling institution.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    /// The name in its client certificate (URI SAN `urn:unbind-gateway:tenant:NAME`, or CN).
+    pub name: String,
+    pub role: Role,
+    /// Sustained requests per second allowed (token bucket).
+    #[serde(default = "default_tenant_rate")]
+    pub requests_per_second: f64,
+    /// Requests allowed in a burst.
+    #[serde(default = "default_tenant_burst")]
+    pub burst: u32,
+}
+
+/// What a tenant may call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Everything, including the recycled-number push.
+    Carrier,
+    /// Verification, look-up, unbind.
+    Portal,
+    /// `CheckNumberRecycled` only.
+    App,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Carrier => "carrier",
+            Self::Portal => "portal",
+            Self::App => "app",
+        }
+    }
+}
+
+fn default_tenant_rate() -> f64 {
+    100.0
+}
+fn default_tenant_burst() -> u32 {
+    200
 }
 
 /// Where state lives.
@@ -64,6 +148,9 @@ pub struct RegistryConfig {
     pub endpoint: String,
     #[serde(default = "default_registry_timeout", with = "humantime_serde")]
     pub timeout: Duration,
+    /// The name in the registry's certificate, if not the endpoint's host.
+    #[serde(default)]
+    pub tls_server_name: Option<String>,
 }
 
 /// The look-up cache.
@@ -110,6 +197,23 @@ pub struct LimitsConfig {
     pub max_request_bytes: usize,
     /// Most entries in a request's `app_ids`.
     pub max_app_ids: usize,
+}
+
+/// The audit trail.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// How long audit records are kept.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            retention: Duration::from_secs(180 * 86400),
+        }
+    }
 }
 
 /// Unbind tickets and the worker that carries them to the apps.
@@ -193,6 +297,12 @@ pub struct AppConfig {
     pub unbind_deadline: Option<Duration>,
     #[serde(default = "default_true")]
     pub enabled: bool,
+    /// CA for this adapter's certificate, if not `outbound_tls.ca`.
+    #[serde(default)]
+    pub tls_ca: Option<PathBuf>,
+    /// The name in the adapter's certificate, if not the endpoint's host.
+    #[serde(default)]
+    pub tls_server_name: Option<String>,
 }
 
 fn default_pool_size() -> u32 {
@@ -290,6 +400,40 @@ impl Config {
     /// Checks what serde cannot: ids, endpoints, uniqueness, non-zero limits.
     pub fn validate(&self) -> anyhow::Result<()> {
         self.signing_secret()?;
+        if !self.development {
+            let Some(tls) = &self.tls else {
+                bail!(
+                    "`tls` is required unless `development = true` (plain text is for development only)"
+                );
+            };
+            if tls.client_ca.is_none() {
+                bail!(
+                    "`tls.client_ca` is required unless `development = true`: client certificates identify tenants"
+                );
+            }
+            if self.tenants.is_empty() {
+                bail!("`tenants` must list at least one tenant unless `development = true`");
+            }
+        }
+        let mut names = HashSet::new();
+        for (i, t) in self.tenants.iter().enumerate() {
+            AppId::parse(&t.name).map_err(|_| {
+                anyhow::anyhow!(
+                    "`tenants[{i}].name`: 1 to 64 characters of a-z, 0-9, '.', '_', '-'"
+                )
+            })?;
+            if !names.insert(t.name.as_str()) {
+                bail!("`tenants[{i}].name`: duplicate tenant {:?}", t.name);
+            }
+            if !(t.requests_per_second > 0.0 && t.requests_per_second.is_finite()) || t.burst == 0 {
+                bail!("`tenants[{i}]`: requests_per_second and burst must be positive");
+            }
+        }
+        if let Some(out) = &self.outbound_tls {
+            if out.cert.is_some() != out.key.is_some() {
+                bail!("`outbound_tls.cert` and `outbound_tls.key` go together");
+            }
+        }
         if !(self.store.url.starts_with("sqlite:") || self.store.url.starts_with("postgres:")) {
             bail!("`store.url` must start with sqlite: or postgres:");
         }

@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod audit;
 pub mod cli;
 pub mod clock;
 pub mod config;
@@ -28,5 +29,6 @@ pub mod server;
 pub mod simulator;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod unbind;
 pub mod verification;

@@ -35,6 +35,8 @@ enum Command {
     Demo(cli::demo::DemoArgs),
     /// An interactive client: verify, list accounts, unbind.
     Query(cli::query::QueryArgs),
+    /// List audit records (numbers are hashed before the search).
+    Audit(cli::audit::AuditArgs),
     /// Simulated app adapters alone.
     SimulateApps(simulator::cli::SimulateAppsArgs),
 }
@@ -62,6 +64,7 @@ async fn main() -> anyhow::Result<()> {
             cli::demo::run(args).await
         }
         Command::Query(args) => cli::query::run(args).await,
+        Command::Audit(args) => cli::audit::run(args).await,
         Command::SimulateApps(args) => {
             telemetry::init(cli.log_json);
             simulator::cli::run(args).await

@@ -9,7 +9,8 @@ use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tonic::transport::{Server, server::TcpIncoming};
 
 use crate::{
-    api::{GatewayService, correlator::CorrelatorLayer},
+    api::{GatewayService, correlator::CorrelatorLayer, tenant::Tenants},
+    audit::AuditLog,
     clock::Clock,
     config::Config,
     fanout::{Catalog, FanOut, LookupCache},
@@ -32,6 +33,8 @@ pub struct Gateway {
     pub catalog: Arc<Catalog>,
     pub fanout: FanOut,
     pub unbinder: Unbinder,
+    pub tenants: Tenants,
+    pub audit: AuditLog,
 }
 
 impl Gateway {
@@ -39,16 +42,33 @@ impl Gateway {
     pub async fn build(config: Config, clock: Clock) -> anyhow::Result<Arc<Self>> {
         let keys = Arc::new(Keys::derive(&config.signing_secret()?));
         let store = Store::connect(&config.store.url, config.store.max_connections).await?;
-        let registry = RegistryClient::new(&config.registry.endpoint, config.registry.timeout)
-            .context("registry.endpoint")?;
+        let registry_tls = crate::tls::client_config(
+            &config.registry.endpoint,
+            config.outbound_tls.as_ref(),
+            None,
+            config.registry.tls_server_name.as_deref(),
+        )
+        .context("registry")?;
+        let registry = RegistryClient::new(
+            &config.registry.endpoint,
+            config.registry.timeout,
+            registry_tls,
+        )
+        .context("registry.endpoint")?;
+        let audit = AuditLog::start(store.clone(), clock.clone());
         let verifier = Verifier::new(
             store.clone(),
+            audit.clone(),
             registry.clone(),
             Arc::clone(&keys),
             clock.clone(),
             config.verification.clone(),
         );
-        let catalog = Arc::new(Catalog::new(&config.apps, &config.app_defaults)?);
+        let catalog = Arc::new(Catalog::new(
+            &config.apps,
+            &config.app_defaults,
+            config.outbound_tls.as_ref(),
+        )?);
         let fanout = FanOut::new(LookupCache::new(config.cache.ttl, config.cache.capacity));
         let unbinder = Unbinder::new(
             store.clone(),
@@ -57,7 +77,10 @@ impl Gateway {
             Arc::clone(&catalog),
             config.unbind.clone(),
         );
+        let tenants = Tenants::new(&config.tenants, config.development);
         Ok(Arc::new(Self {
+            audit,
+            tenants,
             config,
             keys,
             clock,
@@ -117,11 +140,7 @@ pub async fn start(
     clock: Clock,
     listener: TcpListener,
 ) -> anyhow::Result<RunningGateway> {
-    if !config.development {
-        anyhow::bail!(
-            "TLS listeners are not available in this build yet: set `development = true` to serve plain text"
-        );
-    }
+    config.validate()?;
     let gateway = Gateway::build(config, clock).await?;
     let addr = listener.local_addr()?;
     let (tx, rx) = oneshot::channel::<()>();
@@ -162,7 +181,12 @@ pub async fn serve(
         .then(|| tokio::spawn(Arc::new(gateway.worker()).run(worker_stopped)));
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     tracing::info!(addr = ?incoming.local_addr().ok(), apps = gateway.catalog.all().len(), "gateway serving");
-    let result = Server::builder()
+    let mut builder = Server::builder();
+    match &gateway.config.tls {
+        Some(tls) => builder = builder.tls_config(crate::tls::server_config(tls)?)?,
+        None => tracing::warn!("DEVELOPMENT MODE: serving plain-text gRPC without TLS"),
+    }
+    let result = builder
         .layer(CorrelatorLayer)
         .add_service(health_service)
         .add_service(reflection)
@@ -178,6 +202,7 @@ pub async fn serve(
     if let Some(worker) = worker {
         let _ = worker.await;
     }
+    gateway.audit.flush().await;
     tracing::info!("gateway stopped");
     Ok(result?)
 }
@@ -194,9 +219,17 @@ async fn housekeeping(gateway: Arc<Gateway>) {
             Ok(n) => tracing::debug!(purged = n, "expired verifications deleted"),
             Err(e) => tracing::warn!(error = %e, "could not purge verifications"),
         }
-        let before = gateway.clock.now_ms() - KEY_RETENTION_MS;
-        if let Err(e) = gateway.store.purge_unbind_requests(before).await {
+        let now = gateway.clock.now_ms();
+        if let Err(e) = gateway
+            .store
+            .purge_unbind_requests(now - KEY_RETENTION_MS)
+            .await
+        {
             tracing::warn!(error = %e, "could not purge idempotency keys");
+        }
+        let retention = gateway.config.audit.retention.as_millis() as i64;
+        if let Err(e) = gateway.store.purge_audit(now - retention).await {
+            tracing::warn!(error = %e, "could not purge old audit records");
         }
     }
 }

@@ -36,6 +36,17 @@ pub struct Correlator<S> {
     inner: S,
 }
 
+/// The request's correlator, if acceptable (for the audit trail); empty otherwise.
+pub fn correlator_of<T>(request: &tonic::Request<T>) -> String {
+    request
+        .metadata()
+        .get(CORRELATOR)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|c| c.is_ascii_graphic()))
+        .unwrap_or_default()
+        .to_owned()
+}
+
 /// A correlator we are willing to echo and log: short, visible ASCII.
 fn acceptable(value: &HeaderValue) -> bool {
     let b = value.as_bytes();

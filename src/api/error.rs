@@ -46,6 +46,10 @@ pub enum ApiError {
     UnbindNotSupported { field: String },
     #[error("this idempotency_key was used with a different request")]
     IdempotencyKeyReused,
+    #[error("permission denied: {why}")]
+    PermissionDenied { why: String },
+    #[error("too many requests from this tenant: slow down")]
+    RateLimited { retry_after: Duration },
     #[error("{what} is unavailable: try again")]
     Unavailable { what: &'static str },
     #[error("internal error")]
@@ -79,6 +83,8 @@ impl ApiError {
             Self::ForeignAccountRef { .. } => (Code::PermissionDenied, R::InvalidAccountRef),
             Self::UnbindNotSupported { .. } => (Code::FailedPrecondition, R::InvalidField),
             Self::IdempotencyKeyReused => (Code::AlreadyExists, R::IdempotencyKeyReused),
+            Self::PermissionDenied { .. } => (Code::PermissionDenied, R::PermissionDenied),
+            Self::RateLimited { .. } => (Code::ResourceExhausted, R::RateLimited),
             Self::Unavailable { .. } => (Code::Unavailable, R::ServiceUnavailable),
             Self::Internal => (Code::Internal, R::Internal),
         }
@@ -105,7 +111,7 @@ impl ApiError {
             Self::InvalidCode => {
                 details.add_bad_request_violation("code", self.to_string());
             }
-            Self::MaxCodesExceeded { retry_after } => {
+            Self::MaxCodesExceeded { retry_after } | Self::RateLimited { retry_after } => {
                 details.set_retry_info(Some(*retry_after));
             }
             _ => {}

@@ -12,8 +12,14 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::{ApiError, deadline::deadline_of, tenant::tenant_of};
+use super::{
+    ApiError,
+    correlator::correlator_of,
+    deadline::deadline_of,
+    tenant::{Action, Tenant},
+};
 use crate::{
+    audit::{AuditLog, Entry},
     clock::timestamp_from_ms,
     domain::{E164, IdLastSix},
     fanout::{
@@ -43,12 +49,17 @@ impl GatewayService {
         Self { gateway }
     }
 
-    fn session<T>(&self, request: &Request<T>, token: &str) -> Result<Session, ApiError> {
+    /// Identifies the calling tenant, checks its role and rate.
+    fn admit<T>(&self, request: &Request<T>) -> Result<Arc<Tenant>, ApiError> {
+        self.gateway.tenants.admit(request, Action::Holder)
+    }
+
+    fn session(&self, tenant: &Tenant, token: &str) -> Result<Session, ApiError> {
         let g = &self.gateway;
         Ok(Session::verify(
             &g.keys,
             token,
-            tenant_of(request),
+            &tenant.name,
             g.clock.now_ms(),
         )?)
     }
@@ -90,9 +101,32 @@ impl GatewayService {
         &self,
         request: &Request<ListLinkedAccountsRequest>,
     ) -> Result<(Session, Lookup), ApiError> {
+        let tenant = self.admit(request)?;
+        let correlator = correlator_of(request);
+        match self.begin_lookup(request, &tenant).await {
+            Ok((session, lookup)) => Ok((
+                session,
+                Lookup {
+                    tenant,
+                    correlator,
+                    ..lookup
+                },
+            )),
+            Err(e) => {
+                self.audit_failure(&tenant, "", "lookup", &correlator, &e);
+                Err(e)
+            }
+        }
+    }
+
+    async fn begin_lookup(
+        &self,
+        request: &Request<ListLinkedAccountsRequest>,
+        tenant: &Arc<Tenant>,
+    ) -> Result<(Session, Lookup), ApiError> {
         let g = &self.gateway;
         let body = request.get_ref();
-        let session = self.session(request, &body.session_token)?;
+        let session = self.session(tenant, &body.session_token)?;
         let apps = self.selected_apps(&body.app_ids)?;
         let deadline = deadline_of(
             request,
@@ -121,9 +155,54 @@ impl GatewayService {
                 open_tickets,
                 summary_only: body.summary_only,
                 deliver_by_sms: body.deliver_by_sms,
+                tenant: Arc::clone(tenant),
+                correlator: String::new(),
             },
         ))
     }
+
+    /// Audits a request that failed.
+    fn audit_failure(
+        &self,
+        tenant: &Tenant,
+        number_hash: &str,
+        action: &str,
+        correlator: &str,
+        e: &ApiError,
+    ) {
+        self.gateway.audit.record(Entry {
+            tenant: &tenant.name,
+            number_hash,
+            action,
+            apps: String::new(),
+            outcome: e.code_and_reason().1.as_str_name().to_owned(),
+            correlator,
+        });
+    }
+}
+
+/// Audits a finished look-up.
+fn audit_lookup(audit: &AuditLog, lookup: &Lookup, action: &str, results: &[AppResult]) {
+    let answered = results
+        .iter()
+        .filter(|r| r.state == State::Answered as i32)
+        .count();
+    let total: u32 = results.iter().map(|r| r.account_count).sum();
+    audit.record(Entry {
+        tenant: &lookup.tenant.name,
+        number_hash: &lookup.number.hex(),
+        action,
+        apps: format!("{} asked, {answered} answered", results.len()),
+        outcome: format!(
+            "{total} accounts, {}",
+            if answered == results.len() {
+                "complete"
+            } else {
+                "incomplete"
+            }
+        ),
+        correlator: &lookup.correlator,
+    });
 }
 
 /// A look-up under way.
@@ -133,6 +212,8 @@ struct Lookup {
     open_tickets: HashMap<String, UnbindTicket>,
     summary_only: bool,
     deliver_by_sms: bool,
+    tenant: Arc<Tenant>,
+    correlator: String,
 }
 
 fn validate_phone(input: &str) -> Result<E164, ApiError> {
@@ -158,7 +239,7 @@ impl AccountGateway for GatewayService {
         &self,
         request: Request<StartVerificationRequest>,
     ) -> Result<Response<StartVerificationResponse>, Status> {
-        let tenant = tenant_of(&request);
+        let tenant = self.admit(&request)?;
         let body = request.get_ref();
         let phone = validate_phone(&body.phone_number)?;
         let id = IdLastSix::parse(&body.id_last_six).map_err(|_| ApiError::InvalidIdLastSix {
@@ -167,7 +248,7 @@ impl AccountGateway for GatewayService {
         let started = self
             .gateway
             .verifier
-            .start(tenant, &phone, &id)
+            .start(&tenant.name, &correlator_of(&request), &phone, &id)
             .await
             .map_err(ApiError::from)?;
         Ok(Response::new(StartVerificationResponse {
@@ -181,7 +262,7 @@ impl AccountGateway for GatewayService {
         &self,
         request: Request<CompleteVerificationRequest>,
     ) -> Result<Response<CompleteVerificationResponse>, Status> {
-        let tenant = tenant_of(&request);
+        let tenant = self.admit(&request)?;
         let body = request.get_ref();
         if !is_well_formed_id(&body.verification_id, "ver") {
             return Err(ApiError::field("verification_id", "not a verification id").into());
@@ -190,7 +271,12 @@ impl AccountGateway for GatewayService {
         let session = self
             .gateway
             .verifier
-            .complete(tenant, &body.verification_id, &code)
+            .complete(
+                &tenant.name,
+                &correlator_of(&request),
+                &body.verification_id,
+                &code,
+            )
             .await
             .map_err(ApiError::from)?;
         Ok(Response::new(CompleteVerificationResponse {
@@ -237,6 +323,7 @@ impl AccountGateway for GatewayService {
             );
         }
         tracing::info!(number = %session.phone, total_accounts, complete, "look-up answered");
+        audit_lookup(&g.audit, &lookup, "lookup", &results);
         if lookup.summary_only {
             accounts.clear();
         }
@@ -267,12 +354,17 @@ impl AccountGateway for GatewayService {
             };
             let mut results = Vec::new();
             let mut all_accounts = Vec::new();
+            let mut audit_results = Vec::new();
             while let Some(outcome) = lookup.outcomes.next().await {
                 let accounts = match (&outcome.result, lookup.summary_only) {
                     (Ok(found), false) => merge::linked_accounts(&ctx, &outcome, found),
                     _ => Vec::new(),
                 };
                 let result = merge::app_result(&outcome, accounts);
+                audit_results.push(AppResult {
+                    accounts: Vec::new(),
+                    ..result.clone()
+                });
                 if lookup.deliver_by_sms {
                     all_accounts.extend(result.accounts.iter().cloned());
                     results.push(AppResult {
@@ -282,9 +374,16 @@ impl AccountGateway for GatewayService {
                 }
                 if tx.send(Ok(result)).await.is_err() {
                     // The caller went away; the adapter calls finish on their own and are cached.
+                    audit_lookup(
+                        &gateway.audit,
+                        &lookup,
+                        "lookup.stream.abandoned",
+                        &audit_results,
+                    );
                     return;
                 }
             }
+            audit_lookup(&gateway.audit, &lookup, "lookup.stream", &audit_results);
             if lookup.deliver_by_sms {
                 let summary = merge::sms_summary(&results, &all_accounts);
                 gateway.registry.send_sms_detached(
@@ -301,13 +400,32 @@ impl AccountGateway for GatewayService {
         &self,
         request: Request<UnbindRequest>,
     ) -> Result<Response<UnbindResponse>, Status> {
+        let tenant = self.admit(&request)?;
+        let correlator = correlator_of(&request);
         let body = request.get_ref();
-        let session = self.session(&request, &body.session_token)?;
+        let session = self
+            .session(&tenant, &body.session_token)
+            .inspect_err(|e| {
+                self.audit_failure(&tenant, "", "unbind", &correlator, e);
+            })?;
+        let number_hash = self.gateway.keys.number_hash(&session.phone).hex();
         let unbinder = &self.gateway.unbinder;
         let rows = unbinder
             .unbind(&session, &body.account_refs, &body.idempotency_key)
             .await
-            .map_err(ApiError::from)?;
+            .map_err(ApiError::from)
+            .inspect_err(|e| self.audit_failure(&tenant, &number_hash, "unbind", &correlator, e))?;
+        let mut apps: Vec<&str> = rows.iter().map(|t| t.app_id.as_str()).collect();
+        apps.sort_unstable();
+        apps.dedup();
+        self.gateway.audit.record(Entry {
+            tenant: &tenant.name,
+            number_hash: &number_hash,
+            action: "unbind",
+            apps: apps.join(","),
+            outcome: format!("{} tickets", rows.len()),
+            correlator: &correlator,
+        });
         Ok(Response::new(UnbindResponse {
             tickets: unbinder.to_proto(&rows),
         }))
@@ -317,6 +435,7 @@ impl AccountGateway for GatewayService {
         &self,
         request: Request<GetUnbindTicketsRequest>,
     ) -> Result<Response<GetUnbindTicketsResponse>, Status> {
+        let tenant = self.admit(&request)?;
         let body = request.get_ref();
         let unbinder = &self.gateway.unbinder;
         let rows = if body.ticket_ids.is_empty() {
@@ -327,7 +446,7 @@ impl AccountGateway for GatewayService {
                 )
                 .into());
             }
-            let session = self.session(&request, &body.session_token)?;
+            let session = self.session(&tenant, &body.session_token)?;
             unbinder
                 .tickets_of(&session)
                 .await
@@ -348,12 +467,12 @@ impl AccountGateway for GatewayService {
                 return Err(ApiError::field(format!("ticket_ids[{i}]"), "not a ticket id").into());
             }
             let mut rows = unbinder
-                .tickets_by_ids(tenant_of(&request), &body.ticket_ids)
+                .tickets_by_ids(&tenant.name, &body.ticket_ids)
                 .await
                 .map_err(ApiError::store)?;
             // With a session too, only that holder's tickets.
             if !body.session_token.is_empty() {
-                let session = self.session(&request, &body.session_token)?;
+                let session = self.session(&tenant, &body.session_token)?;
                 let number = self.gateway.keys.number_hash(&session.phone).hex();
                 rows.retain(|t| t.number_hash == number);
             }
@@ -366,8 +485,9 @@ impl AccountGateway for GatewayService {
 
     async fn list_apps(
         &self,
-        _request: Request<ListAppsRequest>,
+        request: Request<ListAppsRequest>,
     ) -> Result<Response<ListAppsResponse>, Status> {
+        self.admit(&request)?;
         let apps = self
             .gateway
             .catalog

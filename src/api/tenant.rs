@@ -1,10 +1,208 @@
-//! Who is calling. Until client certificates identify tenants, every caller is the one
-//! development tenant; sessions are already bound to the tenant that created them.
+//! Who is calling, and may they? Tenants are the institutions configured under `[[tenants]]`,
+//! identified by the client certificate of their mTLS connection (URI SAN
+//! `urn:unbind-gateway:tenant:NAME`, else the subject CN). Each has a role that decides which
+//! RPCs it may call, and a token bucket that caps its request rate.
+//!
+//! In development mode (plain text, no client certificates) every caller is the one
+//! `development` tenant, with the carrier role and no rate limit.
 
-/// The tenant every caller is, until mTLS identifies tenants.
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use tokio::time::Instant;
+
+use super::ApiError;
+use crate::config::{Role, TenantConfig};
+
+/// The tenant of every caller in development mode.
 pub const DEVELOPMENT_TENANT: &str = "development";
 
-/// The calling tenant of a request.
-pub fn tenant_of<T>(_request: &tonic::Request<T>) -> &'static str {
-    DEVELOPMENT_TENANT
+/// The URI SAN prefix naming a tenant in a client certificate.
+pub const TENANT_URI_PREFIX: &str = "urn:unbind-gateway:tenant:";
+
+/// What a request wants to do, for the role check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Verification, look-ups, unbinding, tickets, the app list.
+    Holder,
+    /// `CheckNumberRecycled`.
+    CheckNumber,
+    /// The recycled-number push.
+    Push,
+}
+
+impl Role {
+    /// Whether this role may do `action`.
+    pub fn allows(self, action: Action) -> bool {
+        match self {
+            Role::Carrier => true,
+            Role::Portal => action == Action::Holder,
+            Role::App => action == Action::CheckNumber,
+        }
+    }
+}
+
+/// A caller, once identified.
+#[derive(Debug)]
+pub struct Tenant {
+    pub name: String,
+    pub role: Role,
+    bucket: Option<TokenBucket>,
+}
+
+/// The configured tenants.
+pub struct Tenants {
+    by_name: HashMap<String, Arc<Tenant>>,
+    development: Option<Arc<Tenant>>,
+}
+
+impl Tenants {
+    /// From config; `development` admits certificate-less callers as the development tenant.
+    pub fn new(configs: &[TenantConfig], development: bool) -> Self {
+        let by_name = configs
+            .iter()
+            .map(|t| {
+                (
+                    t.name.clone(),
+                    Arc::new(Tenant {
+                        name: t.name.clone(),
+                        role: t.role,
+                        bucket: Some(TokenBucket::new(t.requests_per_second, t.burst)),
+                    }),
+                )
+            })
+            .collect();
+        let development = development.then(|| {
+            Arc::new(Tenant {
+                name: DEVELOPMENT_TENANT.to_owned(),
+                role: Role::Carrier,
+                bucket: None,
+            })
+        });
+        Self {
+            by_name,
+            development,
+        }
+    }
+
+    /// Identifies the caller, checks its role allows `action`, and takes one token from its
+    /// bucket.
+    pub fn admit<T>(
+        &self,
+        request: &tonic::Request<T>,
+        action: Action,
+    ) -> Result<Arc<Tenant>, ApiError> {
+        let tenant = self.identify(request)?;
+        if !tenant.role.allows(action) {
+            return Err(ApiError::PermissionDenied {
+                why: format!("tenant role `{}` may not call this", tenant.role.as_str()),
+            });
+        }
+        if let Some(bucket) = &tenant.bucket {
+            bucket
+                .take()
+                .map_err(|retry_after| ApiError::RateLimited { retry_after })?;
+        }
+        Ok(tenant)
+    }
+
+    fn identify<T>(&self, request: &tonic::Request<T>) -> Result<Arc<Tenant>, ApiError> {
+        let name = request
+            .peer_certs()
+            .and_then(|certs| certs.first().and_then(|c| tenant_of_certificate(c)));
+        match name {
+            Some(name) => {
+                self.by_name
+                    .get(&name)
+                    .cloned()
+                    .ok_or_else(|| ApiError::PermissionDenied {
+                        why: "the client certificate names no configured tenant".into(),
+                    })
+            }
+            None => self
+                .development
+                .clone()
+                .ok_or_else(|| ApiError::PermissionDenied {
+                    why: "a client certificate naming a tenant is required".into(),
+                }),
+        }
+    }
+}
+
+/// The tenant named by a client certificate (DER): its URI SAN `urn:unbind-gateway:tenant:NAME`
+/// if present, else its subject CN.
+pub fn tenant_of_certificate(der: &[u8]) -> Option<String> {
+    use x509_parser::{extensions::GeneralName, prelude::FromDer};
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der).ok()?;
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            if let GeneralName::URI(uri) = name {
+                if let Some(tenant) = uri.strip_prefix(TENANT_URI_PREFIX) {
+                    return Some(tenant.to_owned());
+                }
+            }
+        }
+    }
+    cert.subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .map(str::to_owned)
+}
+
+/// A token bucket: `rate` tokens a second, at most `burst` saved up. Written out (a dozen lines)
+/// rather than taken from a crate so it runs on `tokio::time`, which tests can pause.
+#[derive(Debug)]
+struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    state: std::sync::Mutex<(f64, Instant)>,
+}
+
+impl TokenBucket {
+    fn new(rate: f64, burst: u32) -> Self {
+        Self {
+            rate,
+            burst: f64::from(burst),
+            state: std::sync::Mutex::new((f64::from(burst), Instant::now())),
+        }
+    }
+
+    /// Takes a token, or says how long until one is available.
+    fn take(&self) -> Result<(), Duration> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let (tokens, last) = *state;
+        let tokens = (tokens + now.duration_since(last).as_secs_f64() * self.rate).min(self.burst);
+        if tokens >= 1.0 {
+            *state = (tokens - 1.0, now);
+            Ok(())
+        } else {
+            *state = (tokens, now);
+            Err(Duration::from_secs_f64((1.0 - tokens) / self.rate))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_bucket_allows_a_burst_then_the_rate() {
+        let b = TokenBucket::new(10.0, 3);
+        assert!(b.take().is_ok() && b.take().is_ok() && b.take().is_ok());
+        let wait = b.take().unwrap_err();
+        assert_eq!(wait, Duration::from_millis(100));
+        tokio::time::advance(Duration::from_millis(100)).await;
+        assert!(b.take().is_ok());
+        assert!(b.take().is_err());
+    }
+
+    #[test]
+    fn roles_allow_what_the_spec_says() {
+        assert!(Role::Carrier.allows(Action::Push) && Role::Carrier.allows(Action::Holder));
+        assert!(Role::Portal.allows(Action::Holder) && !Role::Portal.allows(Action::Push));
+        assert!(!Role::Portal.allows(Action::CheckNumber));
+        assert!(Role::App.allows(Action::CheckNumber) && !Role::App.allows(Action::Holder));
+    }
 }

@@ -163,6 +163,8 @@ impl Stack {
                 concurrency: None,
                 unbind_deadline: None,
                 enabled: true,
+                tls_ca: None,
+                tls_server_name: None,
             })
             .collect();
         let mut config = demo_config(
@@ -337,6 +339,9 @@ pub fn demo_config(
     Config {
         listen,
         development: true,
+        tls: None,
+        outbound_tls: None,
+        tenants: Vec::new(),
         // A fresh secret per run: sessions do not outlive the demo.
         signing_secret: Some(format!("{}{}", random_id("demo"), random_id("key"))),
         signing_secret_file: None,
@@ -347,12 +352,14 @@ pub fn demo_config(
         registry: RegistryConfig {
             endpoint: registry_endpoint.to_owned(),
             timeout: Duration::from_secs(2),
+            tls_server_name: None,
         },
         cache: CacheConfig::default(),
         lookup: LookupConfig::default(),
         verification: VerificationConfig::default(),
         limits: LimitsConfig::default(),
         unbind: UnbindConfig::default(),
+        audit: Default::default(),
         app_defaults: AppDefaults {
             timeout: Duration::from_millis(1500),
             ..AppDefaults::default()

@@ -1,4 +1,5 @@
 //! The command-line subcommands other than `serve`.
 
+pub mod audit;
 pub mod demo;
 pub mod query;

@@ -13,10 +13,13 @@ use std::{
 use tokio::sync::Semaphore;
 use tonic::transport::{Channel, Endpoint};
 
+use anyhow::Context;
+
 use crate::{
-    config::{AppConfig, AppDefaults},
+    config::{AppConfig, AppDefaults, OutboundTlsConfig},
     domain::AppId,
     proto::{app_adapter_client::AppAdapterClient, app_info::Health},
+    tls::client_config,
 };
 
 /// One integrated app.
@@ -66,14 +69,31 @@ pub struct Catalog {
 impl Catalog {
     /// Builds the catalog from config; channels connect lazily, so an app that is down at start-up
     /// does not stop the gateway.
-    pub fn new(apps: &[AppConfig], defaults: &AppDefaults) -> anyhow::Result<Self> {
+    pub fn new(
+        apps: &[AppConfig],
+        defaults: &AppDefaults,
+        outbound_tls: Option<&OutboundTlsConfig>,
+    ) -> anyhow::Result<Self> {
         let mut list = Vec::with_capacity(apps.len());
         for (position, app) in apps.iter().enumerate() {
             let id =
                 AppId::parse(&app.id).map_err(|e| anyhow::anyhow!("apps[{position}].id: {e}"))?;
             let timeout = app.timeout.unwrap_or(defaults.timeout);
-            let channel = Endpoint::from_shared(app.endpoint.clone())
-                .map_err(|e| anyhow::anyhow!("apps[{position}].endpoint: {e}"))?
+            let mut endpoint = Endpoint::from_shared(app.endpoint.clone())
+                .map_err(|e| anyhow::anyhow!("apps[{position}].endpoint: {e}"))?;
+            if let Some(tls) = client_config(
+                &app.endpoint,
+                outbound_tls,
+                app.tls_ca.as_deref(),
+                app.tls_server_name.as_deref(),
+            )
+            .with_context(|| format!("apps[{position}]"))?
+            {
+                endpoint = endpoint
+                    .tls_config(tls)
+                    .with_context(|| format!("apps[{position}]: TLS settings"))?;
+            }
+            let channel = endpoint
                 .connect_timeout(timeout)
                 .tcp_nodelay(true)
                 .http2_keep_alive_interval(Duration::from_secs(30))

@@ -4,7 +4,7 @@
 use std::{collections::HashMap, time::Duration};
 
 use chrono::{DateTime, Utc};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use crate::{
     clock::ms_from_timestamp,
@@ -41,8 +41,16 @@ pub mod templates {
 
 impl RegistryClient {
     /// A client for `endpoint`; connects lazily and reconnects on its own.
-    pub fn new(endpoint: &str, timeout: Duration) -> anyhow::Result<Self> {
-        let channel = Endpoint::from_shared(endpoint.to_owned())?
+    pub fn new(
+        endpoint: &str,
+        timeout: Duration,
+        tls: Option<ClientTlsConfig>,
+    ) -> anyhow::Result<Self> {
+        let mut channel = Endpoint::from_shared(endpoint.to_owned())?;
+        if let Some(tls) = tls {
+            channel = channel.tls_config(tls)?;
+        }
+        let channel = channel
             .timeout(timeout)
             .connect_timeout(timeout)
             .tcp_nodelay(true)

@@ -5,6 +5,7 @@
 //! same behaviour tests run against both. Migrations (`migrations/`) run at start-up; on
 //! PostgreSQL sqlx takes an advisory lock, so replicas starting together do not race.
 
+mod audit;
 mod tickets;
 mod verifications;
 
@@ -16,6 +17,7 @@ use sqlx::{
     any::{AnyConnectOptions, AnyPoolOptions},
 };
 
+pub use audit::{AuditFilter, AuditRecord};
 pub use tickets::{CreateOutcome, Finished, NewTicket, TicketEvent, TicketRow, TicketState};
 pub use verifications::{NewVerification, VerificationRow, VerificationState};
 

@@ -11,6 +11,7 @@
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use crate::{
+    audit::{AuditLog, Entry},
     clock::Clock,
     config::VerificationConfig,
     domain::{E164, IdLastSix},
@@ -46,6 +47,7 @@ pub struct Started {
 /// Runs verifications.
 pub struct Verifier {
     store: Store,
+    audit: AuditLog,
     registry: RegistryClient,
     keys: Arc<Keys>,
     clock: Clock,
@@ -54,9 +56,23 @@ pub struct Verifier {
 
 const HOUR_MS: i64 = 3_600_000;
 
+/// The audit outcome of a verification step.
+fn audit_outcome(result: Result<&'static str, &VerifyError>) -> String {
+    match result {
+        Ok(ok) => ok.to_owned(),
+        Err(VerifyError::InvalidCode) => "invalid_code".into(),
+        Err(VerifyError::Expired) => "expired".into(),
+        Err(VerifyError::Failed) => "failed".into(),
+        Err(VerifyError::MaxCodesExceeded { .. }) => "max_codes_exceeded".into(),
+        Err(VerifyError::Registry(_)) => "registry_unavailable".into(),
+        Err(VerifyError::Store(_)) => "store_unavailable".into(),
+    }
+}
+
 impl Verifier {
     pub fn new(
         store: Store,
+        audit: AuditLog,
         registry: RegistryClient,
         keys: Arc<Keys>,
         clock: Clock,
@@ -64,6 +80,7 @@ impl Verifier {
     ) -> Self {
         Self {
             store,
+            audit,
             registry,
             keys,
             clock,
@@ -71,8 +88,28 @@ impl Verifier {
         }
     }
 
-    /// Starts a verification for `phone`, sending a code only if `id` matches the registry.
+    /// Starts a verification for `phone`, sending a code only if `id` matches the registry, and
+    /// audits it (the audit does not say whether the ID matched either).
     pub async fn start(
+        &self,
+        tenant: &str,
+        correlator: &str,
+        phone: &E164,
+        id: &IdLastSix,
+    ) -> Result<Started, VerifyError> {
+        let result = self.start_inner(tenant, phone, id).await;
+        self.audit.record(Entry {
+            tenant,
+            number_hash: &self.keys.number_hash(phone).hex(),
+            action: "verification.start",
+            apps: String::new(),
+            outcome: audit_outcome(result.as_ref().map(|_| "started")),
+            correlator,
+        });
+        result
+    }
+
+    async fn start_inner(
         &self,
         tenant: &str,
         phone: &E164,
@@ -128,12 +165,35 @@ impl Verifier {
         })
     }
 
-    /// Checks a code; on success the verification is used up and a session begins.
+    /// Checks a code; on success the verification is used up and a session begins. Audited.
     pub async fn complete(
+        &self,
+        tenant: &str,
+        correlator: &str,
+        verification_id: &str,
+        code: &OneTimeCode,
+    ) -> Result<Session, VerifyError> {
+        let mut number_hash = String::new();
+        let result = self
+            .complete_inner(tenant, verification_id, code, &mut number_hash)
+            .await;
+        self.audit.record(Entry {
+            tenant,
+            number_hash: &number_hash,
+            action: "verification.complete",
+            apps: String::new(),
+            outcome: audit_outcome(result.as_ref().map(|_| "verified")),
+            correlator,
+        });
+        result
+    }
+
+    async fn complete_inner(
         &self,
         tenant: &str,
         verification_id: &str,
         code: &OneTimeCode,
+        number_hash: &mut String,
     ) -> Result<Session, VerifyError> {
         let row = self
             .store
@@ -142,6 +202,7 @@ impl Verifier {
             // A verification started by another tenant does not exist for this one.
             .filter(|row| row.tenant == tenant)
             .ok_or(VerifyError::Expired)?;
+        number_hash.clone_from(&row.number_hash);
         let now = self.clock.now_ms();
         match row.state {
             VerificationState::Pending if now < row.expires_at => {}

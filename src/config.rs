@@ -6,6 +6,8 @@
 
 use std::{
     collections::HashSet,
+    fmt,
+    str::FromStr,
     net::SocketAddr,
     path::{Path, PathBuf},
     time::Duration,
@@ -101,24 +103,49 @@ pub struct TenantConfig {
     pub burst: u32,
 }
 
-/// What a tenant may call.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]
+/// What a tenant may do; it comes from the gateway config, never from the certificate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
-    /// Everything, including the recycled-number push.
+    /// Everything, including the carrier push.
     Carrier,
-    /// Verification, look-up, unbind.
+    /// Verification, look-up and unbind.
     Portal,
     /// `CheckNumberRecycled` only.
     App,
 }
 
 impl Role {
+    /// The role's name as written in the config and on the command line.
     pub fn as_str(self) -> &'static str {
         match self {
-            Self::Carrier => "carrier",
-            Self::Portal => "portal",
-            Self::App => "app",
+            Role::Carrier => "carrier",
+            Role::Portal => "portal",
+            Role::App => "app",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A role name that is not `carrier`, `portal` or `app`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown role {0:?} (expected carrier, portal or app)")]
+pub struct UnknownRole(pub String);
+
+impl FromStr for Role {
+    type Err = UnknownRole;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "carrier" => Ok(Role::Carrier),
+            "portal" => Ok(Role::Portal),
+            "app" => Ok(Role::App),
+            other => Err(UnknownRole(other.to_owned())),
         }
     }
 }

@@ -35,6 +35,8 @@ enum Command {
     Demo(cli::demo::DemoArgs),
     /// An interactive client: verify, list accounts, unbind.
     Query(cli::query::QueryArgs),
+    /// Write a development CA and certificates for mutual TLS under certs/.
+    Certs(cli::certs::CertsArgs),
     /// List audit records (numbers are hashed before the search).
     Audit(cli::audit::AuditArgs),
     /// Simulated app adapters alone.
@@ -65,6 +67,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Query(args) => cli::query::run(args).await,
         Command::Audit(args) => cli::audit::run(args).await,
+        Command::Certs(args) => cli::certs::run(&args),
         Command::SimulateApps(args) => {
             telemetry::init(cli.log_json);
             simulator::cli::run(args).await

@@ -6,9 +6,14 @@
 //! In development mode (plain text, no client certificates) every caller is the one
 //! `development` tenant, with the carrier role and no rate limit.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeSet, HashMap},
+    sync::Arc,
+    time::Duration,
+};
 
 use tokio::time::Instant;
+use x509_parser::extensions::GeneralName;
 
 use super::ApiError;
 use crate::config::{Role, TenantConfig};
@@ -128,25 +133,41 @@ impl Tenants {
     }
 }
 
-/// The tenant named by a client certificate (DER): its URI SAN `urn:unbind-gateway:tenant:NAME`
-/// if present, else its subject CN.
+/// The tenant name carried by a client certificate (DER): the URI SAN
+/// `urn:unbind-gateway:tenant:<name>` if present, else the subject CN. None if neither, if the
+/// DER does not parse, or if the certificate names more than one tenant (an ambiguous identity
+/// is no identity).
 pub fn tenant_of_certificate(der: &[u8]) -> Option<String> {
-    use x509_parser::{extensions::GeneralName, prelude::FromDer};
-    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der).ok()?;
-    if let Ok(Some(san)) = cert.subject_alternative_name() {
-        for name in &san.value.general_names {
-            if let GeneralName::URI(uri) = name {
-                if let Some(tenant) = uri.strip_prefix(TENANT_URI_PREFIX) {
-                    return Some(tenant.to_owned());
-                }
-            }
-        }
+    let (rest, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    if !rest.is_empty() {
+        return None;
     }
-    cert.subject()
+    let san = cert.subject_alternative_name().ok()?;
+    let uri_names: BTreeSet<&str> = san
+        .iter()
+        .flat_map(|ext| ext.value.general_names.iter())
+        .filter_map(|name| match name {
+            GeneralName::URI(uri) => uri.strip_prefix(TENANT_URI_PREFIX),
+            _ => None,
+        })
+        .collect();
+    if !uri_names.is_empty() {
+        let mut names = uri_names.into_iter();
+        return match (names.next(), names.next()) {
+            (Some(name), None) if !name.is_empty() => Some(name.to_owned()),
+            _ => None,
+        };
+    }
+    let common_names: BTreeSet<&str> = cert
+        .subject()
         .iter_common_name()
-        .next()
-        .and_then(|cn| cn.as_str().ok())
-        .map(str::to_owned)
+        .map(|cn| cn.as_str().ok())
+        .collect::<Option<_>>()?;
+    let mut names = common_names.into_iter();
+    match (names.next(), names.next()) {
+        (Some(name), None) if !name.is_empty() => Some(name.to_owned()),
+        _ => None,
+    }
 }
 
 /// A token bucket: `rate` tokens a second, at most `burst` saved up. Written out (a dozen lines)

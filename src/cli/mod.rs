@@ -1,5 +1,6 @@
 //! The command-line subcommands other than `serve`.
 
 pub mod audit;
+pub mod certs;
 pub mod demo;
 pub mod query;

@@ -1,0 +1,57 @@
+//! Anti-enumeration by timing: `StartVerification` takes about as long whether or not the ID
+//! characters match (the SMS is sent in the background, and both paths do the same store work).
+//! Calls alternate so machine noise hits both sides alike; the medians must differ by less than a
+//! few milliseconds.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use unbind_gateway::proto::StartVerificationRequest;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn matching_and_non_matching_ids_take_the_same_time() {
+    let h = Harness::start(Options {
+        apps: 1,
+        tweak: |c| c.verification.max_codes_per_hour = 10_000,
+        ..Options::default()
+    })
+    .await;
+    let client = h.client().await;
+    let timed = |id: &'static str| {
+        let mut client = client.clone();
+        async move {
+            let started = Instant::now();
+            client
+                .start_verification(StartVerificationRequest {
+                    phone_number: PHONE.into(),
+                    id_last_six: id.into(),
+                })
+                .await
+                .unwrap();
+            started.elapsed()
+        }
+    };
+    // Warm up connections and caches.
+    for _ in 0..10 {
+        timed(ID_LAST_SIX).await;
+        timed("000000").await;
+    }
+    let (mut matching, mut other) = (Vec::new(), Vec::new());
+    for _ in 0..60 {
+        matching.push(timed(ID_LAST_SIX).await);
+        other.push(timed("000000").await);
+    }
+    let median = |v: &mut Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    let (m, o) = (median(&mut matching), median(&mut other));
+    let diff = m.abs_diff(o);
+    assert!(
+        diff < Duration::from_millis(5),
+        "matching {m:?} vs non-matching {o:?}"
+    );
+    h.stop().await;
+}

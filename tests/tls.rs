@@ -1,0 +1,220 @@
+//! Trust on a real network: the gateway served over TLS with client certificates from
+//! `unbind-gateway certs`. A call without a client certificate is refused; tenants are who their
+//! certificate says; roles decide what they may call; a session from one tenant is useless to
+//! another; per-tenant rate limits answer RESOURCE_EXHAUSTED with RetryInfo; an unconfigured
+//! certificate is refused; plain text is refused outside development mode.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use tonic::{
+    Code,
+    transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
+};
+use tonic_types::StatusExt;
+use unbind_gateway::{
+    cli::certs::{DevPki, generate},
+    config::{Role, TenantConfig, TlsConfig},
+    proto::{
+        CompleteVerificationRequest, ListAppsRequest, ListLinkedAccountsRequest,
+        StartVerificationRequest, account_gateway_client::AccountGatewayClient,
+    },
+};
+
+type Client = AccountGatewayClient<Channel>;
+
+static PKI: std::sync::OnceLock<(tempfile::TempDir, DevPki)> = std::sync::OnceLock::new();
+
+fn pki() -> &'static DevPki {
+    &PKI.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let tenants = [
+            ("carrier-a", Role::Carrier),
+            ("portal-b", Role::Portal),
+            ("app-c", Role::App),
+            ("portal-unknown", Role::Portal),
+            ("portal-slow", Role::Portal),
+        ]
+        .map(|(n, r)| (n.to_owned(), r));
+        let pki = generate(dir.path(), &tenants, &[], 30, false).unwrap();
+        (dir, pki)
+    })
+    .1
+}
+
+fn secure(c: &mut unbind_gateway::config::Config) {
+    let pki = pki();
+    c.development = false;
+    c.tls = Some(TlsConfig {
+        cert: pki.gateway.cert.clone(),
+        key: pki.gateway.key.clone(),
+        client_ca: Some(pki.ca.cert.clone()),
+    });
+    let tenant = |name: &str, role, rate: f64, burst| TenantConfig {
+        name: name.into(),
+        role,
+        requests_per_second: rate,
+        burst,
+    };
+    c.tenants = vec![
+        tenant("carrier-a", Role::Carrier, 100.0, 100),
+        tenant("portal-b", Role::Portal, 100.0, 100),
+        tenant("app-c", Role::App, 100.0, 100),
+        tenant("portal-slow", Role::Portal, 0.1, 3),
+    ];
+}
+
+async fn client(h: &Harness, tenant: Option<&str>) -> Result<Client, tonic::transport::Error> {
+    let pki = pki();
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(std::fs::read(&pki.ca.cert).unwrap()))
+        .domain_name("localhost");
+    if let Some(name) = tenant {
+        let files = &pki.tenants.iter().find(|t| t.name == name).unwrap().files;
+        tls = tls.identity(Identity::from_pem(
+            std::fs::read(&files.cert).unwrap(),
+            std::fs::read(&files.key).unwrap(),
+        ));
+    }
+    let addr = h.stack.gateway.as_ref().unwrap().addr;
+    let channel = Endpoint::from_shared(format!("https://{addr}"))?
+        .tls_config(tls)?
+        .connect()
+        .await?;
+    Ok(AccountGatewayClient::new(channel))
+}
+
+async fn session(h: &Harness, client: &mut Client) -> String {
+    let before = h.codes_sent_to(PHONE).len();
+    let verification_id = client
+        .start_verification(StartVerificationRequest {
+            phone_number: PHONE.into(),
+            id_last_six: ID_LAST_SIX.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .verification_id;
+    let code = h.wait_for_code(PHONE, before + 1).await;
+    client
+        .complete_verification(CompleteVerificationRequest {
+            verification_id,
+            code,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .session_token
+}
+
+#[tokio::test]
+async fn tenants_are_their_certificates_and_roles_decide() {
+    let h = Harness::start(Options {
+        apps: 3,
+        tweak: secure,
+        ..Options::default()
+    })
+    .await;
+
+    // No client certificate: the handshake (or the first call) is refused.
+    let refused = match client(&h, None).await {
+        Err(_) => true,
+        Ok(mut c) => c.list_apps(ListAppsRequest {}).await.is_err(),
+    };
+    assert!(refused, "a call without a client certificate must fail");
+
+    // A portal verifies and looks up.
+    let mut portal = client(&h, Some("portal-b")).await.unwrap();
+    let token = session(&h, &mut portal).await;
+    let answer = portal
+        .list_linked_accounts(ListLinkedAccountsRequest {
+            session_token: token.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(answer.complete);
+
+    // Its session is useless to another tenant.
+    let mut carrier = client(&h, Some("carrier-a")).await.unwrap();
+    let err = carrier
+        .list_linked_accounts(ListLinkedAccountsRequest {
+            session_token: token,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_error(&err, Code::Unauthenticated, "INVALID_SESSION");
+
+    // An app vendor may not use the holder's API.
+    let mut app = client(&h, Some("app-c")).await.unwrap();
+    let err = app
+        .start_verification(StartVerificationRequest {
+            phone_number: PHONE.into(),
+            id_last_six: ID_LAST_SIX.into(),
+        })
+        .await
+        .unwrap_err();
+    assert_error(&err, Code::PermissionDenied, "PERMISSION_DENIED");
+
+    // A certificate from the right CA naming no configured tenant.
+    let mut stranger = client(&h, Some("portal-unknown")).await.unwrap();
+    let err = stranger.list_apps(ListAppsRequest {}).await.unwrap_err();
+    assert_error(&err, Code::PermissionDenied, "PERMISSION_DENIED");
+
+    // Rate limits per tenant: a burst of 3, then RESOURCE_EXHAUSTED with a retry delay.
+    let mut slow = client(&h, Some("portal-slow")).await.unwrap();
+    for _ in 0..3 {
+        slow.list_apps(ListAppsRequest {}).await.unwrap();
+    }
+    let err = slow.list_apps(ListAppsRequest {}).await.unwrap_err();
+    assert_error(&err, Code::ResourceExhausted, "RATE_LIMITED");
+    let retry = err
+        .get_error_details()
+        .retry_info()
+        .and_then(|r| r.retry_delay)
+        .unwrap();
+    assert!(retry > Duration::ZERO && retry <= Duration::from_secs(10));
+    // Other tenants are unaffected.
+    portal.list_apps(ListAppsRequest {}).await.unwrap();
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn plain_text_is_refused_outside_development() {
+    let h = Harness::start(Options {
+        apps: 1,
+        ..Options::default()
+    })
+    .await;
+    let mut config = h.stack.config.clone();
+    config.development = false;
+    let err = format!("{:#}", config.validate().unwrap_err());
+    assert!(err.contains("tls"), "{err}");
+    // And a plain-text client cannot talk to a TLS gateway.
+    h.stop().await;
+    let h = Harness::start(Options {
+        apps: 1,
+        tweak: secure,
+        ..Options::default()
+    })
+    .await;
+    let addr = h.stack.gateway.as_ref().unwrap().addr;
+    let plain = async {
+        let mut c = AccountGatewayClient::connect(format!("http://{addr}")).await?;
+        c.list_apps(ListAppsRequest {})
+            .await
+            .map_err(|e| Box::new(e) as Box<dyn std::error::Error>)?;
+        Ok::<_, Box<dyn std::error::Error>>(())
+    };
+    assert!(
+        tokio::time::timeout(Duration::from_secs(10), plain)
+            .await
+            .map(|r| r.is_err())
+            .unwrap_or(true)
+    );
+    h.stop().await;
+}

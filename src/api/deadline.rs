@@ -7,6 +7,10 @@ use tokio::time::Instant;
 
 /// Parses a `grpc-timeout` header value: up to 8 digits and a unit (H, M, S, m, u, n).
 pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+    // ASCII only, so splitting off the last byte is splitting off the last character.
+    if !value.is_ascii() {
+        return None;
+    }
     let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
     if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
@@ -47,7 +51,7 @@ mod tests {
         assert_eq!(parse_grpc_timeout("300m"), Some(Duration::from_millis(300)));
         assert_eq!(parse_grpc_timeout("2S"), Some(Duration::from_secs(2)));
         assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
-        for bad in ["", "m", "123456789m", "12x", "-1S", "1.5S"] {
+        for bad in ["", "m", "123456789m", "12x", "-1S", "1.5S", "1é", "é"] {
             assert_eq!(parse_grpc_timeout(bad), None, "{bad:?}");
         }
     }

@@ -23,8 +23,9 @@ const VERSION: u8 = 1;
 const NONCE_LEN: usize = 12;
 const TAG_LEN: usize = 16;
 const HEADER_LEN: usize = 2 + NONCE_LEN;
-/// Longest encoded token accepted; checked before decoding so junk costs nothing.
-pub(super) const MAX_ENCODED_LEN: usize = 1024;
+/// Longest encoded token accepted; checked before decoding so junk costs nothing. Room for an
+/// account ref whose app uses account ids of up to ~2.5 KB.
+pub(super) const MAX_ENCODED_LEN: usize = 4096;
 
 /// What a sealed token is for; part of the authenticated data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -123,6 +124,7 @@ mod tests {
             bytes[i] ^= 1;
         }
         for junk in ["", "a", "!!!!", &"A".repeat(5000)] {
+            // (5000 characters is over the limit: refused before decoding.)
             assert!(k.open(Purpose::AccountRef, junk).is_none());
         }
     }

@@ -23,6 +23,7 @@ pub mod config;
 pub mod domain;
 pub mod fanout;
 pub mod proto;
+pub mod push;
 pub mod registry;
 pub mod security;
 pub mod server;

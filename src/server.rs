@@ -9,12 +9,16 @@ use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tonic::transport::{Server, server::TcpIncoming};
 
 use crate::{
-    api::{GatewayService, correlator::CorrelatorLayer, tenant::Tenants},
+    api::{GatewayService, correlator::CorrelatorLayer, push::PushService, tenant::Tenants},
     audit::AuditLog,
     clock::Clock,
     config::Config,
     fanout::{Catalog, FanOut, LookupCache},
-    proto::{FILE_DESCRIPTOR_SET, account_gateway_server::AccountGatewayServer},
+    proto::{
+        FILE_DESCRIPTOR_SET, account_gateway_server::AccountGatewayServer,
+        carrier_push_server::CarrierPushServer, number_status_server::NumberStatusServer,
+    },
+    push::{Pusher, worker::PushWorker},
     registry::RegistryClient,
     security::{Keys, random_id},
     store::Store,
@@ -35,6 +39,7 @@ pub struct Gateway {
     pub unbinder: Unbinder,
     pub tenants: Tenants,
     pub audit: AuditLog,
+    pub pusher: Pusher,
 }
 
 impl Gateway {
@@ -78,7 +83,14 @@ impl Gateway {
             config.unbind.clone(),
         );
         let tenants = Tenants::new(&config.tenants, config.development);
+        let pusher = Pusher::new(
+            store.clone(),
+            Arc::clone(&keys),
+            clock.clone(),
+            Arc::clone(&catalog),
+        );
         Ok(Arc::new(Self {
+            pusher,
             audit,
             tenants,
             config,
@@ -91,6 +103,19 @@ impl Gateway {
             fanout,
             unbinder,
         }))
+    }
+
+    /// This replica's push worker.
+    pub fn push_worker(&self) -> PushWorker {
+        PushWorker {
+            store: self.store.clone(),
+            keys: Arc::clone(&self.keys),
+            clock: self.clock.clone(),
+            catalog: Arc::clone(&self.catalog),
+            config: self.config.unbind.clone(),
+            wake: Arc::clone(&self.pusher.wake),
+            owner: random_id("pusher"),
+        }
     }
 
     /// This replica's ticket worker.
@@ -174,11 +199,11 @@ pub async fn serve(
         .max_decoding_message_size(max_request);
     let housekeeping = tokio::spawn(housekeeping(Arc::clone(&gateway)));
     let (stop_worker, worker_stopped) = tokio::sync::watch::channel(false);
-    let worker = gateway
-        .config
-        .unbind
-        .worker
-        .then(|| tokio::spawn(Arc::new(gateway.worker()).run(worker_stopped)));
+    let worker = gateway.config.unbind.worker.then(|| {
+        let push = tokio::spawn(Arc::new(gateway.push_worker()).run(worker_stopped.clone()));
+        let tickets = tokio::spawn(Arc::new(gateway.worker()).run(worker_stopped));
+        (tickets, push)
+    });
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     tracing::info!(addr = ?incoming.local_addr().ok(), apps = gateway.catalog.all().len(), "gateway serving");
     let mut builder = Server::builder();
@@ -191,6 +216,14 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection)
         .add_service(service)
+        .add_service(
+            CarrierPushServer::new(PushService::new(Arc::clone(&gateway)))
+                .max_decoding_message_size(max_request),
+        )
+        .add_service(
+            NumberStatusServer::new(PushService::new(Arc::clone(&gateway)))
+                .max_decoding_message_size(max_request),
+        )
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
     housekeeping.abort();
@@ -199,8 +232,9 @@ pub async fn serve(
         .await;
     // Requests are done; let the worker finish or release the tickets it holds.
     let _ = stop_worker.send(true);
-    if let Some(worker) = worker {
-        let _ = worker.await;
+    if let Some((tickets, push)) = worker {
+        let _ = tickets.await;
+        let _ = push.await;
     }
     gateway.audit.flush().await;
     tracing::info!("gateway stopped");

@@ -67,6 +67,13 @@ fn secure(c: &mut unbind_gateway::config::Config) {
 }
 
 async fn client(h: &Harness, tenant: Option<&str>) -> Result<Client, tonic::transport::Error> {
+    Ok(AccountGatewayClient::new(tls_channel(h, tenant).await?))
+}
+
+async fn tls_channel(
+    h: &Harness,
+    tenant: Option<&str>,
+) -> Result<Channel, tonic::transport::Error> {
     let pki = pki();
     let mut tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(std::fs::read(&pki.ca.cert).unwrap()))
@@ -79,11 +86,10 @@ async fn client(h: &Harness, tenant: Option<&str>) -> Result<Client, tonic::tran
         ));
     }
     let addr = h.stack.gateway.as_ref().unwrap().addr;
-    let channel = Endpoint::from_shared(format!("https://{addr}"))?
+    Endpoint::from_shared(format!("https://{addr}"))?
         .tls_config(tls)?
         .connect()
-        .await?;
-    Ok(AccountGatewayClient::new(channel))
+        .await
 }
 
 async fn session(h: &Harness, client: &mut Client) -> String {
@@ -180,6 +186,76 @@ async fn tenants_are_their_certificates_and_roles_decide() {
     assert!(retry > Duration::ZERO && retry <= Duration::from_secs(10));
     // Other tenants are unaffected.
     portal.list_apps(ListAppsRequest {}).await.unwrap();
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn only_carriers_push_and_only_apps_and_carriers_check_numbers() {
+    use unbind_gateway::proto::{
+        CheckNumberRecycledRequest, RecycledNumber, SubmitRecycledNumbersRequest,
+        carrier_push_client::CarrierPushClient, number_status_client::NumberStatusClient,
+    };
+    let h = Harness::start(Options {
+        apps: 2,
+        tweak: secure,
+        ..Options::default()
+    })
+    .await;
+    let channel = |name: &'static str| {
+        let h = &h;
+        async move { tls_channel(h, Some(name)).await.unwrap() }
+    };
+    let batch = || {
+        futures::stream::iter(vec![SubmitRecycledNumbersRequest {
+            numbers: vec![RecycledNumber {
+                phone_number: OTHER_PHONE.into(),
+                cancelled_at: Some(prost_types::Timestamp {
+                    seconds: 1_700_000_000,
+                    nanos: 0,
+                }),
+                reissued_at: Some(prost_types::Timestamp {
+                    seconds: 1_710_000_000,
+                    nanos: 0,
+                }),
+            }],
+        }])
+    };
+    let check = CheckNumberRecycledRequest {
+        phone_number: OTHER_PHONE.into(),
+        specified_date: Some(prost_types::Timestamp {
+            seconds: 1_705_000_000,
+            nanos: 0,
+        }),
+    };
+    // A portal cannot push, nor can an app vendor.
+    for name in ["portal-b", "app-c"] {
+        let mut push = CarrierPushClient::new(channel(name).await);
+        let err = push.submit_recycled_numbers(batch()).await.unwrap_err();
+        assert_error(&err, Code::PermissionDenied, "PERMISSION_DENIED");
+    }
+    // A carrier can.
+    let mut push = CarrierPushClient::new(channel("carrier-a").await);
+    assert_eq!(
+        push.submit_recycled_numbers(batch())
+            .await
+            .unwrap()
+            .into_inner()
+            .accepted,
+        1
+    );
+    // App vendors (and carriers) may check numbers; portals may not.
+    let mut status = NumberStatusClient::new(channel("app-c").await);
+    assert!(
+        status
+            .check_number_recycled(check.clone())
+            .await
+            .unwrap()
+            .into_inner()
+            .recycled
+    );
+    let mut status = NumberStatusClient::new(channel("portal-b").await);
+    let err = status.check_number_recycled(check).await.unwrap_err();
+    assert_error(&err, Code::PermissionDenied, "PERMISSION_DENIED");
     h.stop().await;
 }
 

@@ -24,6 +24,12 @@ pub enum ApiError {
     InvalidIdLastSix { field: &'static str },
     #[error("`{field}`: {description}")]
     InvalidField { field: String, description: String },
+    #[error("`{field}` is not a valid mobile phone number")]
+    InvalidPhoneNumberAt { field: String },
+    #[error("`{field}`: {description}")]
+    OutOfRange { field: String, description: String },
+    #[error("no such {what}")]
+    NotFound { what: &'static str },
     #[error("`{field}`: no app {app_id:?} in the catalog")]
     UnknownApp { field: String, app_id: String },
     #[error("the request is larger than the gateway accepts")]
@@ -72,6 +78,9 @@ impl ApiError {
             Self::InvalidPhoneNumber { .. } => (Code::InvalidArgument, R::InvalidPhoneNumber),
             Self::InvalidIdLastSix { .. } => (Code::InvalidArgument, R::InvalidIdLastSix),
             Self::InvalidField { .. } => (Code::InvalidArgument, R::InvalidField),
+            Self::InvalidPhoneNumberAt { .. } => (Code::InvalidArgument, R::InvalidPhoneNumber),
+            Self::OutOfRange { .. } => (Code::InvalidArgument, R::OutOfRange),
+            Self::NotFound { .. } => (Code::NotFound, R::NotFound),
             Self::UnknownApp { .. } => (Code::InvalidArgument, R::UnknownApp),
             Self::MessageTooLarge => (Code::InvalidArgument, R::MessageTooLarge),
             Self::InvalidCode => (Code::InvalidArgument, R::InvalidCode),
@@ -101,6 +110,8 @@ impl ApiError {
                 details.add_bad_request_violation(*field, self.to_string());
             }
             Self::InvalidField { field, .. }
+            | Self::InvalidPhoneNumberAt { field }
+            | Self::OutOfRange { field, .. }
             | Self::UnknownApp { field, .. }
             | Self::InvalidAccountRef { field }
             | Self::ForeignAccountRef { field }

@@ -5,6 +5,7 @@ pub mod correlator;
 pub mod deadline;
 pub mod error;
 pub mod gateway;
+pub mod push;
 pub mod tenant;
 
 pub use error::ApiError;

@@ -6,6 +6,7 @@
 //! PostgreSQL sqlx takes an advisory lock, so replicas starting together do not race.
 
 mod audit;
+mod push;
 mod tickets;
 mod verifications;
 
@@ -18,6 +19,7 @@ use sqlx::{
 };
 
 pub use audit::{AuditFilter, AuditRecord};
+pub use push::{AppProgress, Delivery, PushedNumber};
 pub use tickets::{CreateOutcome, Finished, NewTicket, TicketEvent, TicketRow, TicketState};
 pub use verifications::{NewVerification, VerificationRow, VerificationState};
 

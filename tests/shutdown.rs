@@ -1,0 +1,782 @@
+//! Graceful shutdown on SIGTERM: the gateway runs as a real child process (`unbind-gateway serve`)
+//! on a real store (a SQLite file, and PostgreSQL when `DATABASE_URL` is set) with a ticket lease
+//! of a full minute, and receives SIGTERM while a look-up and unbind tickets are in flight:
+//! - the look-up in flight finishes and answers completely; new connections are refused from the
+//!   moment the signal is handled (while that look-up is still running) and after the exit;
+//! - the process exits by itself, successfully, within a bound;
+//! - every ticket it had claimed was either finished (its outcome recorded) or released: none is
+//!   left leased in the store, and a new process on the same store carries every ticket to
+//!   COMPLETED in far less than the lease (a leaked lease would hold its tickets for a minute);
+//! - no ticket is lost, and each app saw exactly its tickets' ids as idempotency keys.
+//!
+//! The apps holding the tickets are split in three groups, by how their calls are timed against
+//! the shutdown: `lookup` apps answer in 1.5 s (the look-up asks them; their unbinds are ACCEPTED
+//! before the server stops and await a status poll), `finish` apps answer unbinds in 3 s (after
+//! the server stopped taking requests, within the worker's 5 s grace: the first process records
+//! them COMPLETED), `straggle` apps in 12 s (beyond the grace: the first process must release
+//! them, and the second sends them again under the same key).
+
+#![cfg(unix)]
+
+mod common;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs::File,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    time::Duration,
+};
+
+use tokio::time::Instant;
+use tonic::transport::{Channel, Endpoint};
+use unbind_gateway::{
+    cli::demo::demo_subscribers,
+    proto::{
+        CompleteVerificationRequest, GetUnbindTicketsRequest, ListAppsRequest,
+        ListLinkedAccountsRequest, ListLinkedAccountsResponse, StartVerificationRequest,
+        UnbindRequest, UnbindTicket, account_gateway_client::AccountGatewayClient, app_result,
+        unbind_ticket::State,
+    },
+    registry::embedded::{EmbeddedRegistry, EmbeddedRegistryOptions, read_sms_file},
+    simulator::{Behaviour, Latency, Simulator, SimulatorConfig, catalog_toml},
+    store::{Store, TicketState},
+};
+
+/// About half of them hold an account of the demo subscriber: enough for three groups.
+const APPS: usize = 20;
+/// The same secret for both processes: tickets seal the number and account id with it.
+const SECRET: &str = "shutdown-test-signing-secret-0123456789abcdef";
+/// A lease far longer than the test may take to recover: a lease left behind by the first process
+/// would keep its tickets from the second for this long.
+const LEASE: Duration = Duration::from_secs(60);
+/// How long the `lookup` apps take to answer anything: the look-up in flight at SIGTERM.
+const LOOKUP_LATENCY: Duration = Duration::from_millis(1500);
+/// How long after accepting an unbind a `lookup` app reports it done.
+const LOOKUP_COMPLETION: Duration = Duration::from_secs(1);
+/// How long the `finish` apps take to answer an unbind: after the look-up, within the grace.
+const FINISH_LATENCY: Duration = Duration::from_secs(3);
+/// How long the `straggle` apps take to answer an unbind: beyond the look-up plus the worker's
+/// 5 s grace.
+const STRAGGLE_LATENCY: Duration = Duration::from_secs(12);
+/// Every app's timeout: longer than any latency above, so no call times out.
+const APP_TIMEOUT: Duration = Duration::from_secs(20);
+/// How often the test looks while it waits for a condition.
+const POLL: Duration = Duration::from_millis(20);
+/// Longest a gateway may take to answer after it was spawned.
+const START_DEADLINE: Duration = Duration::from_secs(30);
+/// Longest the first process may take to exit after SIGTERM (it needs about the look-up plus the
+/// worker's 5 s grace).
+const EXIT_DEADLINE: Duration = Duration::from_secs(20);
+/// Longest the second process may take to carry every ticket to a final state: well under
+/// [`LEASE`], so a ticket left leased fails the test.
+const RECOVERY_DEADLINE: Duration = Duration::from_secs(20);
+/// The worker's grace for in-flight tickets (`Worker::run`): an idle process exits well before.
+const WORKER_GRACE: Duration = Duration::from_secs(5);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_requests_and_releases_tickets_on_sqlite() {
+    shutdown_and_recover("sqlite", None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_requests_and_releases_tickets_on_postgres() {
+    let Some(url) = common::fresh_postgres_database().await else {
+        return;
+    };
+    shutdown_and_recover("postgres", Some(url)).await;
+}
+
+/// The groups of apps holding tickets, by how their calls are timed against the shutdown.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Group {
+    Lookup,
+    Finish,
+    Straggle,
+}
+
+impl Group {
+    fn behaviour(self) -> Behaviour {
+        let (latency, unbind_completion) = match self {
+            Group::Lookup => (LOOKUP_LATENCY, LOOKUP_COMPLETION),
+            Group::Finish => (FINISH_LATENCY, Duration::ZERO),
+            Group::Straggle => (STRAGGLE_LATENCY, Duration::ZERO),
+        };
+        Behaviour {
+            latency: Latency::Fixed(latency),
+            unbind_completion,
+            ..Behaviour::default()
+        }
+    }
+}
+
+async fn shutdown_and_recover(label: &str, store_url: Option<String>) {
+    let began = Instant::now();
+    let mut world = World::start(store_url).await;
+
+    // Fast apps while the holder verifies and lists.
+    let mut gateway = world.start_gateway().await;
+    let mut client = gateway.client();
+    let subscriber = demo_subscribers()
+        .into_iter()
+        .find(|s| s.phone_number == common::PHONE)
+        .expect("the demo subscriber");
+    assert_eq!(subscriber.id_last_six, common::ID_LAST_SIX);
+    let token = verified_session(&mut client, &world.sms_file, common::PHONE).await;
+    let listed = list(&mut client, &token, &[])
+        .await
+        .expect("ListLinkedAccounts");
+    assert!(listed.complete, "{:?}", listed.app_results);
+    let mut refs_by_app: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for account in listed.accounts.iter().filter(|a| a.unbind_supported) {
+        refs_by_app
+            .entry(account.app_id.clone())
+            .or_default()
+            .push(account.account_ref.clone());
+    }
+    let group_of: BTreeMap<String, Group> = refs_by_app
+        .keys()
+        .enumerate()
+        .map(|(i, app)| {
+            let group = [Group::Lookup, Group::Finish, Group::Straggle][i % 3];
+            (app.clone(), group)
+        })
+        .collect();
+    let apps_in = |group: Group| -> Vec<String> {
+        group_of
+            .iter()
+            .filter(|(_, g)| **g == group)
+            .map(|(app, _)| app.clone())
+            .collect()
+    };
+    let lookup_apps = apps_in(Group::Lookup);
+    assert!(
+        !apps_in(Group::Straggle).is_empty(),
+        "too few apps hold an account of the demo subscriber: {refs_by_app:?}"
+    );
+
+    // Now slow, and the holder asks to unbind every account that can be: the worker claims the
+    // tickets at once, under the minute-long lease, and sends them.
+    for (app, group) in &group_of {
+        world.simulator.set_behaviour(app, group.behaviour());
+    }
+    let created = client
+        .unbind(UnbindRequest {
+            session_token: token.clone(),
+            account_refs: refs_by_app.values().flatten().cloned().collect(),
+            idempotency_key: "shutdown-test".into(),
+        })
+        .await
+        .expect("Unbind")
+        .into_inner()
+        .tickets;
+    let ids: Vec<String> = created.iter().map(|t| t.ticket_id.clone()).collect();
+    assert_eq!(ids.len(), refs_by_app.values().map(Vec::len).sum::<usize>());
+    let mut tickets_of: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for t in &created {
+        tickets_of
+            .entry(t.app_id.clone())
+            .or_default()
+            .insert(t.ticket_id.clone());
+    }
+    let group_of_ticket: BTreeMap<String, Group> = created
+        .iter()
+        .map(|t| (t.ticket_id.clone(), group_of[&t.app_id]))
+        .collect();
+    let count_in = |group: Group| group_of_ticket.values().filter(|g| **g == group).count();
+
+    // Every ticket claimed, and every app holding one called: the unbinds are in flight.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let tickets = get_tickets(&mut client, &ids).await;
+        let all_claimed = tickets
+            .iter()
+            .all(|t| t.state != State::Queued as i32 && t.state != State::Unspecified as i32);
+        let all_called = tickets_of
+            .iter()
+            .all(|(app, ids)| world.simulator.stats(app).unbind_calls >= ids.len() as u64);
+        if all_claimed && all_called {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the tickets were not all sent: {tickets:?}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+    let sends_seen = Instant::now();
+
+    // A slow look-up, on its own connection, at the `lookup` apps; SIGTERM once every one of them
+    // has been asked, so the look-up is inside the gateway when the signal arrives.
+    let finds_before: Vec<u64> = lookup_apps
+        .iter()
+        .map(|app| world.simulator.stats(app).find_calls)
+        .collect();
+    let lookup = tokio::spawn({
+        let mut client = gateway.connect().await;
+        let token = token.clone();
+        let apps = lookup_apps.clone();
+        async move {
+            let answer = list(&mut client, &token, &apps).await;
+            (answer, Instant::now())
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while lookup_apps
+        .iter()
+        .zip(&finds_before)
+        .any(|(app, before)| world.simulator.stats(app).find_calls <= *before)
+    {
+        assert!(
+            !lookup.is_finished(),
+            "the look-up ended before every app was asked"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "the look-up never reached the apps"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+    let sigterm_at = gateway.sigterm();
+
+    // The listener closes at once: new connections are refused while the look-up still runs.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let refused_at = loop {
+        match tokio::net::TcpStream::connect(gateway.addr).await {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => break Instant::now(),
+            // The listener closing under a connection in its backlog: look again.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            Err(e) => panic!("connecting during the shutdown: {e}"),
+            Ok(stream) => drop(stream),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still accepting connections 10 s after SIGTERM"
+        );
+        tokio::time::sleep(POLL).await;
+    };
+    if lookup.is_finished() {
+        let (answer, _) = lookup.await.expect("the look-up task");
+        panic!(
+            "the look-up was over before new connections were refused ({:?} after SIGTERM), \
+             answering {:?}: this run proves nothing about requests in flight",
+            refused_at - sigterm_at,
+            answer.map(|a| a.complete)
+        );
+    }
+
+    // The look-up in flight finishes, and answers for every app it asked.
+    let (answer, lookup_done) = lookup.await.expect("the look-up task");
+    let answer = answer.unwrap_or_else(|status| {
+        panic!(
+            "the look-up in flight at SIGTERM was cut off ({:?} after SIGTERM): {status:?}",
+            Instant::now() - sigterm_at
+        )
+    });
+    assert!(lookup_done > sigterm_at, "the look-up ended before SIGTERM");
+    assert!(answer.complete, "{:?}", answer.app_results);
+    let answered: BTreeSet<&str> = answer
+        .app_results
+        .iter()
+        .filter(|r| r.state == app_result::State::Answered as i32)
+        .map(|r| r.app_id.as_str())
+        .collect();
+    assert_eq!(
+        answered,
+        lookup_apps.iter().map(String::as_str).collect(),
+        "{:?}",
+        answer.app_results
+    );
+    // The `finish` apps have not answered yet: their tickets are still in flight when the server
+    // stops taking requests and the worker is told to stop.
+    assert!(
+        lookup_done - sends_seen < FINISH_LATENCY,
+        "the look-up took {:?} after the sends: the `finish` tickets were no longer in flight",
+        lookup_done - sends_seen
+    );
+
+    // The process exits by itself, successfully.
+    let status = gateway.wait_for_exit(EXIT_DEADLINE).await;
+    let exited_at = Instant::now();
+    assert!(status.success(), "the gateway exited with {status}");
+    match tokio::net::TcpStream::connect(gateway.addr).await {
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
+        other => panic!("after the exit, a connection was not refused: {other:?}"),
+    }
+    let stopped_line = gateway.log_line("unbind worker stopped");
+    drop(gateway);
+
+    // The store, with no process running: nothing is leased; every ticket is where its group's
+    // timing puts it.
+    let at_exit = store_tickets(&world.store_url).await;
+    assert_eq!(
+        at_exit.keys().collect::<BTreeSet<_>>(),
+        ids.iter().collect::<BTreeSet<_>>(),
+        "tickets went missing"
+    );
+    for (id, (state, lease_owner)) in &at_exit {
+        let group = group_of_ticket[id];
+        assert_eq!(
+            lease_owner.as_deref(),
+            None,
+            "{label}: the {group:?} ticket {id} ({state:?}) is still leased after a graceful \
+             shutdown; all: {at_exit:?}"
+        );
+        let expected: &[TicketState] = match group {
+            // ACCEPTED before the server stopped; its status poll (2 s later) is normally left
+            // to the next process, but a slow machine may let this one make it.
+            Group::Lookup => &[TicketState::Accepted, TicketState::Completed],
+            // The app answered within the grace: this process recorded it.
+            Group::Finish => &[TicketState::Completed],
+            // Still waiting for the app when the grace ran out: released as it was.
+            Group::Straggle => &[TicketState::Sent],
+        };
+        assert!(
+            expected.contains(state),
+            "{label}: the {group:?} ticket {id} is {state:?} after the shutdown, expected one of \
+             {expected:?}; all: {at_exit:?}"
+        );
+    }
+    let census_at_exit = census(at_exit.values().map(|(s, _)| *s));
+
+    // A second process on the same store, everything fast now: it carries every ticket to the end
+    // at once, which it could not do for a minute had the first left them leased.
+    world.simulator.set_behaviour_all(&Behaviour {
+        latency: Latency::Fixed(Duration::from_millis(50)),
+        ..Behaviour::default()
+    });
+    let spawned = Instant::now();
+    let mut gateway = world.start_gateway().await;
+    let mut client = gateway.client();
+    let done = loop {
+        let tickets = get_tickets(&mut client, &ids).await;
+        if tickets
+            .iter()
+            .all(|t| State::try_from(t.state).is_ok_and(|s| !is_open(s)))
+        {
+            break tickets;
+        }
+        assert!(
+            spawned.elapsed() < RECOVERY_DEADLINE,
+            "{label}: tickets still open {RECOVERY_DEADLINE:?} after the restart (lease \
+             {LEASE:?}): {tickets:?}; at the first exit: {census_at_exit}"
+        );
+        tokio::time::sleep(POLL).await;
+    };
+    let recovered_in = spawned.elapsed();
+    for (before, after) in created.iter().zip(&done) {
+        assert_eq!(after.ticket_id, before.ticket_id);
+        assert_eq!(after.app_id, before.app_id);
+        assert_eq!(
+            after.state,
+            State::Completed as i32,
+            "the apps are healthy, so every unbind completes: {after:?}"
+        );
+    }
+
+    // What the apps saw: exactly their tickets' ids as keys. `finish` tickets were sent once (the
+    // first process finished them); `straggle` ones again by the second process, same key.
+    for app in world.simulator.apps() {
+        let stats = world.simulator.stats(&app.id);
+        let want = tickets_of.get(&app.id).cloned().unwrap_or_default();
+        let seen: BTreeSet<String> = stats.unbind_keys.iter().cloned().collect();
+        assert_eq!(
+            seen, want,
+            "{}: the idempotency keys it saw are not its tickets' ids",
+            app.id
+        );
+        assert_eq!(stats.unbind_keys.len(), want.len(), "{}", app.id);
+        let n = want.len() as u64;
+        match group_of.get(&app.id) {
+            Some(Group::Finish | Group::Lookup) => assert_eq!(stats.unbind_calls, n, "{}", app.id),
+            Some(Group::Straggle) => assert!(stats.unbind_calls >= 2 * n, "{}", app.id),
+            None => assert_eq!(stats.unbind_calls, 0, "{}", app.id),
+        }
+    }
+
+    // An idle process shuts down without waiting out the worker's grace.
+    let idle_sigterm = gateway.sigterm();
+    let status = gateway.wait_for_exit(EXIT_DEADLINE).await;
+    let idle_exit = idle_sigterm.elapsed();
+    assert!(status.success(), "the idle gateway exited with {status}");
+    assert!(
+        idle_exit < WORKER_GRACE,
+        "an idle gateway took {idle_exit:?} to exit"
+    );
+    drop(gateway);
+
+    eprintln!(
+        "{label}: {} tickets ({} lookup, {} finish, {} straggle); new connections refused {:?} \
+         after SIGTERM; look-up in flight answered {:?} after SIGTERM; exit {:?} after SIGTERM \
+         ({stopped_line}); at the exit: {census_at_exit}; second process: all completed {:?} \
+         after its spawn (lease {LEASE:?}); idle exit {idle_exit:?}; {:.1?} in all",
+        ids.len(),
+        count_in(Group::Lookup),
+        count_in(Group::Finish),
+        count_in(Group::Straggle),
+        refused_at - sigterm_at,
+        lookup_done - sigterm_at,
+        exited_at - sigterm_at,
+        recovered_in,
+        began.elapsed()
+    );
+    world.stop().await;
+}
+
+fn is_open(state: State) -> bool {
+    matches!(state, State::Queued | State::Sent | State::Accepted)
+}
+
+/// "accepted 3, completed 4, sent 3".
+fn census(states: impl Iterator<Item = TicketState>) -> String {
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for s in states {
+        *counts.entry(s.as_str()).or_default() += 1;
+    }
+    counts
+        .iter()
+        .map(|(s, n)| format!("{s} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Every ticket's state and lease owner, read from the store itself.
+async fn store_tickets(url: &str) -> BTreeMap<String, (TicketState, Option<String>)> {
+    // Runs the migrations (none left to run) and installs the drivers `AnyPool` needs.
+    Store::connect(url, 1)
+        .await
+        .expect("the store opens")
+        .close()
+        .await;
+    let pool = sqlx::AnyPool::connect(url).await.expect("the store opens");
+    let rows: Vec<(String, String, Option<String>)> =
+        sqlx::query_as("SELECT id, state, lease_owner FROM tickets")
+            .fetch_all(&pool)
+            .await
+            .expect("the tickets");
+    pool.close().await;
+    rows.into_iter()
+        .map(|(id, state, owner)| (id, (TicketState::parse(&state), owner)))
+        .collect()
+}
+
+/// What outlives both gateway processes: the simulated apps, the registry with its SMS file, the
+/// store, and the directory holding the config files and each process's log.
+struct World {
+    simulator: Simulator,
+    registry: EmbeddedRegistry,
+    sms_file: PathBuf,
+    store_url: String,
+    starts: usize,
+    // Last, so it is removed after everything that writes into it.
+    dir: tempfile::TempDir,
+}
+
+impl World {
+    async fn start(store_url: Option<String>) -> World {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let simulator = Simulator::start(SimulatorConfig {
+            apps: APPS,
+            ..SimulatorConfig::default()
+        })
+        .await
+        .expect("the simulated apps start");
+        let sms_file = dir.path().join("sms.jsonl");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a port for the registry");
+        let registry = EmbeddedRegistry::start(
+            EmbeddedRegistryOptions {
+                subscribers: demo_subscribers(),
+                sms_file: sms_file.clone(),
+                echo_sms: false,
+            },
+            listener,
+        )
+        .await
+        .expect("the registry starts");
+        let store_url = store_url
+            .unwrap_or_else(|| format!("sqlite://{}", dir.path().join("unbind.db").display()));
+        World {
+            simulator,
+            registry,
+            sms_file,
+            store_url,
+            starts: 0,
+            dir,
+        }
+    }
+
+    /// Starts a gateway process on the world's store and waits until it answers.
+    async fn start_gateway(&mut self) -> GatewayProcess {
+        self.starts += 1;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let config = self
+            .dir
+            .path()
+            .join(format!("gateway-{}.toml", self.starts));
+        std::fs::write(&config, self.config_text(port)).expect("the config file");
+        let log = self.dir.path().join(format!("gateway-{}.log", self.starts));
+        let child = Command::new(env!("CARGO_BIN_EXE_unbind-gateway"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            // `serve` reads DATABASE_URL as an override of `store.url`: the store is in the config.
+            .env_remove("DATABASE_URL")
+            .env("RUST_LOG", "info,unbind_gateway::unbind=debug")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(&log).expect("the log file"))
+            .spawn()
+            .expect("the gateway process starts");
+        let mut process = GatewayProcess {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            log,
+            client: None,
+        };
+        process.wait_until_ready().await;
+        process
+    }
+
+    /// The config of every process: only the port differs.
+    fn config_text(&self, port: u16) -> String {
+        let quote = |s: &str| toml::Value::String(s.to_owned()).to_string();
+        let duration = |d: Duration| quote(&format!("{}ms", d.as_millis()));
+        format!(
+            "listen = \"127.0.0.1:{port}\"\n\
+             development = true\n\
+             signing_secret = {secret}\n\
+             \n\
+             [store]\n\
+             url = {store}\n\
+             max_connections = 8\n\
+             \n\
+             [registry]\n\
+             endpoint = {registry}\n\
+             \n\
+             [app_defaults]\n\
+             timeout = {timeout}\n\
+             \n\
+             [unbind]\n\
+             # Long: only a released lease lets the next process carry on at once.\n\
+             lease = {lease}\n\
+             poll_interval = \"50ms\"\n\
+             # Long enough that the first process stops before polling an accepted ticket.\n\
+             status_poll_interval = \"2s\"\n\
+             retry_base = \"100ms\"\n\
+             retry_max = \"500ms\"\n\
+             retry_jitter = false\n\
+             \n\
+             {apps}",
+            secret = quote(SECRET),
+            store = quote(&self.store_url),
+            registry = quote(&self.registry.endpoint()),
+            timeout = duration(APP_TIMEOUT),
+            lease = duration(LEASE),
+            apps = catalog_toml(&self.simulator.apps()).expect("the catalog"),
+        )
+    }
+
+    async fn stop(self) {
+        self.registry.shutdown().await;
+        self.simulator.shutdown().await;
+    }
+}
+
+/// A gateway child process. Dropping it kills it (so no test, passing or failing, leaves one
+/// behind); if the test is failing, its log is printed.
+struct GatewayProcess {
+    child: Child,
+    addr: SocketAddr,
+    log: PathBuf,
+    client: Option<AccountGatewayClient<Channel>>,
+}
+
+impl GatewayProcess {
+    fn endpoint(&self) -> Endpoint {
+        Endpoint::from_shared(format!("http://{}", self.addr))
+            .expect("an endpoint")
+            // No call of the test may hang it.
+            .timeout(Duration::from_secs(10))
+            .connect_timeout(Duration::from_secs(1))
+    }
+
+    async fn wait_until_ready(&mut self) {
+        let deadline = Instant::now() + START_DEADLINE;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("the process's status") {
+                panic!("the gateway exited while starting: {status}");
+            }
+            if let Ok(channel) = self.endpoint().connect().await {
+                let mut client = AccountGatewayClient::new(channel);
+                if let Ok(apps) = client.list_apps(ListAppsRequest {}).await {
+                    assert_eq!(apps.into_inner().apps.len(), APPS);
+                    self.client = Some(client);
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the gateway did not answer within {START_DEADLINE:?}"
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// A client of this process (it answered `ListApps` before [`World::start_gateway`] returned).
+    fn client(&self) -> AccountGatewayClient<Channel> {
+        self.client.clone().expect("the gateway is ready")
+    }
+
+    /// A client on a connection of its own.
+    async fn connect(&self) -> AccountGatewayClient<Channel> {
+        AccountGatewayClient::new(self.endpoint().connect().await.expect("a connection"))
+    }
+
+    /// Sends SIGTERM (std has no signal API; `kill` does it); returns when it was sent.
+    fn sigterm(&mut self) -> Instant {
+        if let Some(status) = self.child.try_wait().expect("the process's status") {
+            panic!("the gateway had already exited: {status}");
+        }
+        let kill = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(kill.success(), "kill -TERM: {kill}");
+        Instant::now()
+    }
+
+    /// Waits for the process to exit by itself.
+    async fn wait_for_exit(&mut self, within: Duration) -> ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("the process's status") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the gateway did not exit within {within:?} of SIGTERM"
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// The first line of the log containing `text`, or a note that none does.
+    fn log_line(&self, text: &str) -> String {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.contains(text))
+            .map(|l| l.trim().to_owned())
+            .unwrap_or_else(|| format!("no log line with {text:?}"))
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(80)..].join("\n");
+            eprintln!(
+                "--- last lines of {} ---\n{tail}\n--- end ---",
+                self.log.display()
+            );
+        }
+    }
+}
+
+/// A fresh look-up (at `apps`, or every app when empty).
+async fn list(
+    client: &mut AccountGatewayClient<Channel>,
+    token: &str,
+    apps: &[String],
+) -> Result<ListLinkedAccountsResponse, tonic::Status> {
+    client
+        .list_linked_accounts(ListLinkedAccountsRequest {
+            session_token: token.to_owned(),
+            app_ids: apps.to_vec(),
+            bypass_cache: true,
+            ..Default::default()
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// The tickets, in the order of `ids`; every one must be there.
+async fn get_tickets(
+    client: &mut AccountGatewayClient<Channel>,
+    ids: &[String],
+) -> Vec<UnbindTicket> {
+    let tickets = client
+        .get_unbind_tickets(GetUnbindTicketsRequest {
+            ticket_ids: ids.to_vec(),
+            ..Default::default()
+        })
+        .await
+        .expect("GetUnbindTickets")
+        .into_inner()
+        .tickets;
+    let returned: Vec<&str> = tickets.iter().map(|t| t.ticket_id.as_str()).collect();
+    assert_eq!(returned, ids, "tickets went missing");
+    tickets
+}
+
+/// Verifies `phone` (the demo subscriber) through the gateway, reading the code from the
+/// registry's SMS file.
+async fn verified_session(
+    client: &mut AccountGatewayClient<Channel>,
+    sms_file: &Path,
+    phone: &str,
+) -> String {
+    let verification_id = client
+        .start_verification(StartVerificationRequest {
+            phone_number: phone.to_owned(),
+            id_last_six: common::ID_LAST_SIX.to_owned(),
+        })
+        .await
+        .expect("StartVerification")
+        .into_inner()
+        .verification_id;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let code = loop {
+        if let Some(code) = codes_sent_to(sms_file, phone).into_iter().next() {
+            break code;
+        }
+        assert!(Instant::now() < deadline, "no SMS code arrived");
+        tokio::time::sleep(POLL).await;
+    };
+    client
+        .complete_verification(CompleteVerificationRequest {
+            verification_id,
+            code,
+        })
+        .await
+        .expect("CompleteVerification")
+        .into_inner()
+        .session_token
+}
+
+/// The verification codes `phone` received, oldest first.
+fn codes_sent_to(sms_file: &Path, phone: &str) -> Vec<String> {
+    if !sms_file.exists() {
+        return Vec::new();
+    }
+    read_sms_file(sms_file)
+        .expect("the SMS file")
+        .into_iter()
+        .filter(|m| m.phone_number == phone)
+        .filter_map(|m| {
+            let (_, rest) = m.text.split_once("code is ")?;
+            Some(rest.chars().take_while(char::is_ascii_digit).collect())
+        })
+        .collect()
+}

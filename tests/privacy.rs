@@ -13,7 +13,8 @@ use std::{
 use common::*;
 use futures::StreamExt;
 use unbind_gateway::proto::{
-    CompleteVerificationRequest, ListLinkedAccountsRequest, StartVerificationRequest,
+    CompleteVerificationRequest, GetUnbindTicketsRequest, ListLinkedAccountsRequest,
+    StartVerificationRequest, UnbindRequest,
 };
 
 #[derive(Clone, Default)]
@@ -50,6 +51,10 @@ async fn no_secret_reaches_a_log_line_or_an_error_message() {
 
     let h = Harness::start(Options {
         apps: 20,
+        tweak: |c| {
+            c.unbind.poll_interval = std::time::Duration::from_millis(20);
+            c.unbind.sms_window = std::time::Duration::from_millis(50);
+        },
         ..Options::default()
     })
     .await;
@@ -139,6 +144,56 @@ async fn no_secret_reaches_a_log_line_or_an_error_message() {
             .await
             .unwrap_err(),
     );
+    // Unbinding: the worker carries the tickets to the apps and sends the outcome SMS.
+    let refs: Vec<String> = answer
+        .accounts
+        .iter()
+        .filter(|a| a.unbind_supported)
+        .map(|a| a.account_ref.clone())
+        .take(3)
+        .collect();
+    let tickets = client
+        .unbind(UnbindRequest {
+            session_token: token.clone(),
+            account_refs: refs,
+            idempotency_key: "privacy".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .tickets;
+    let ids: Vec<String> = tickets.iter().map(|t| t.ticket_id.clone()).collect();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let now = client
+            .get_unbind_tickets(GetUnbindTicketsRequest {
+                ticket_ids: ids.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .tickets;
+        let completed = unbind_gateway::proto::unbind_ticket::State::Completed as i32;
+        if now.iter().all(|t| t.state == completed) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "tickets did not complete"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // Let the outcome SMS (gathered over a window) go out while logs are captured.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !unbind_gateway::registry::embedded::read_sms_file(&h.sms_file)
+        .unwrap_or_default()
+        .iter()
+        .any(|m| m.text.contains("was unbound"))
+    {
+        assert!(std::time::Instant::now() < deadline, "no outcome SMS");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     h.stop().await;
 
     let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();

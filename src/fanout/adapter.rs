@@ -26,6 +26,11 @@ pub enum CallError {
 
 impl CallError {
     fn from_status(status: &tonic::Status) -> Self {
+        // A connection that broke under the call (refused TLS, reset) is an app we never
+        // reached, whatever code the transport surfaced it with.
+        if std::error::Error::source(status).is_some_and(|e| e.is::<tonic::transport::Error>()) {
+            return Self::Unavailable;
+        }
         match status.code() {
             Code::DeadlineExceeded | Code::Cancelled => Self::TimedOut,
             Code::Unavailable => Self::Unavailable,

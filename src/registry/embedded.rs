@@ -1,6 +1,8 @@
 //! An embedded `unbind.v1.SubscriberRegistry` for the demo and the tests: the real-name record
 //! comes from a TOML file of subscribers, and "sent" SMS messages are appended to a JSON-lines file
 //! (and, if asked, shown on the terminal as the simulated handset's screen).
+//! [`EmbeddedRegistry::start_with_tls`] serves it over TLS, optionally requiring client
+//! certificates, as a carrier's registry would.
 //!
 //! The subscribers file:
 //! ```toml
@@ -24,6 +26,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Mutex, oneshot};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::{Server, ServerTlsConfig};
 use tonic::{Request, Response, Status};
 
 use crate::proto::subscriber_registry_server::{SubscriberRegistry, SubscriberRegistryServer};
@@ -201,6 +204,8 @@ pub struct EmbeddedRegistryOptions {
 /// A running embedded registry.
 pub struct EmbeddedRegistry {
     addr: SocketAddr,
+    /// Whether it serves TLS (the endpoint is then `https://`).
+    tls: bool,
     state: Arc<RegistryState>,
     shutdown: oneshot::Sender<()>,
     task: JoinHandle<()>,
@@ -211,6 +216,7 @@ impl std::fmt::Debug for EmbeddedRegistry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EmbeddedRegistry")
             .field("addr", &self.addr)
+            .field("tls", &self.tls)
             .field("subscribers", &self.state.by_number.len())
             .field("sms_file", &self.state.sms_file)
             .finish_non_exhaustive()
@@ -218,14 +224,37 @@ impl std::fmt::Debug for EmbeddedRegistry {
 }
 
 impl EmbeddedRegistry {
-    /// Serves the registry on `listener` until [`EmbeddedRegistry::shutdown`].
+    /// Serves the registry on `listener`, in plain text, until [`EmbeddedRegistry::shutdown`].
     pub async fn start(
         options: EmbeddedRegistryOptions,
         listener: TcpListener,
     ) -> anyhow::Result<EmbeddedRegistry> {
+        Self::start_with_tls(options, listener, None).await
+    }
+
+    /// Like [`EmbeddedRegistry::start`], but with `Some(tls)` it serves TLS: its identity (which
+    /// must be set), and with `client_ca_root` client certificates signed by that CA are required.
+    /// See [`EmbeddedRegistry::endpoint`] for the name clients should dial.
+    pub async fn start_with_tls(
+        options: EmbeddedRegistryOptions,
+        listener: TcpListener,
+        tls: Option<ServerTlsConfig>,
+    ) -> anyhow::Result<EmbeddedRegistry> {
         let addr = listener
             .local_addr()
             .context("reading the registry's listening address")?;
+        let serves_tls = tls.is_some();
+        let mut builder = Server::builder();
+        if let Some(tls) = tls {
+            builder = builder.tls_config(tls).map_err(|e| {
+                // The source says what is wrong; the transport error itself only says
+                // "transport error".
+                let detail = std::error::Error::source(&e)
+                    .map(ToString::to_string)
+                    .unwrap_or_else(|| e.to_string());
+                anyhow::anyhow!("the registry's TLS configuration: {detail}")
+            })?;
+        }
         // Create the SMS file now, so a bad path fails the start rather than the first SMS, and
         // so the file exists for whoever tails it.
         open_for_append(&options.sms_file)
@@ -250,9 +279,9 @@ impl EmbeddedRegistry {
         let service = SubscriberRegistryServer::new(RegistryService {
             state: Arc::clone(&state),
         });
+        let router = builder.add_service(service);
         let task = tokio::spawn(async move {
-            let result = tonic::transport::Server::builder()
-                .add_service(service)
+            let result = router
                 .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
                     let _ = signal.await;
                 })
@@ -261,23 +290,26 @@ impl EmbeddedRegistry {
                 tracing::warn!(%error, "embedded registry server failed");
             }
         });
-        tracing::info!(%addr, "embedded subscriber registry serving");
+        tracing::info!(%addr, tls = serves_tls, "embedded subscriber registry serving");
         Ok(EmbeddedRegistry {
             addr,
+            tls: serves_tls,
             state,
             shutdown,
             task,
         })
     }
 
-    /// `http://IP:PORT`, with loopback standing in for an unspecified listening address.
+    /// `http://IP:PORT`, with loopback standing in for an unspecified listening address. With
+    /// TLS, `https://localhost:PORT` for loopback and unspecified addresses (the name the
+    /// development registry certificate carries), else `https://IP:PORT`.
     pub fn endpoint(&self) -> String {
-        let ip = match self.addr.ip() {
-            IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-            IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
-            ip => ip,
-        };
-        format!("http://{}", SocketAddr::new(ip, self.addr.port()))
+        endpoint_of(self.addr, self.tls)
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
     }
 
     /// `VerifySubscriber` calls so far.
@@ -383,6 +415,20 @@ impl SubscriberRegistry for RegistryService {
         let message_id = format!("sms-{n:06}-{:08x}", rand::random::<u32>());
         tracing::debug!(template = %request.template, %message_id, "SendSms");
         Ok(Response::new(SendSmsResponse { message_id }))
+    }
+}
+
+/// See [`EmbeddedRegistry::endpoint`].
+fn endpoint_of(addr: SocketAddr, tls: bool) -> String {
+    let ip = match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    match (tls, ip.is_loopback()) {
+        (false, _) => format!("http://{}", SocketAddr::new(ip, addr.port())),
+        (true, true) => format!("https://localhost:{}", addr.port()),
+        (true, false) => format!("https://{}", SocketAddr::new(ip, addr.port())),
     }
 }
 
@@ -693,6 +739,18 @@ mod tests {
         let text = std::fs::read_to_string(&path).expect("readable");
         assert!(text.contains("holder_since = \"2024-03-01\""), "{text}");
         assert_eq!(load_subscribers(&path).expect("loads"), subscribers);
+    }
+
+    #[test]
+    fn endpoints_name_localhost_only_with_tls() {
+        let any: SocketAddr = "0.0.0.0:7000".parse().expect("a socket address");
+        assert_eq!(endpoint_of(any, false), "http://127.0.0.1:7000");
+        assert_eq!(endpoint_of(any, true), "https://localhost:7000");
+        let v6: SocketAddr = "[::1]:7001".parse().expect("a socket address");
+        assert_eq!(endpoint_of(v6, false), "http://[::1]:7001");
+        assert_eq!(endpoint_of(v6, true), "https://localhost:7001");
+        let lan: SocketAddr = "10.0.0.7:7002".parse().expect("a socket address");
+        assert_eq!(endpoint_of(lan, true), "https://10.0.0.7:7002");
     }
 
     #[test]

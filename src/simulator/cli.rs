@@ -1,12 +1,15 @@
 //! `unbind-gateway simulate-apps`: runs the simulated app adapters on their own, e.g. for a
 //! gateway started separately or for the benchmark harness, and writes the `[[apps]]` catalog a
-//! gateway configuration can paste.
+//! gateway configuration can paste. With `--tls-cert`/`--tls-key` (e.g. `certs/adapter.pem` and
+//! `certs/adapter.key` from `unbind-gateway certs`) the apps serve TLS, and with `--tls-client-ca`
+//! they also require the gateway's client certificate.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 use super::{Behaviour, Latency, Simulator, SimulatorConfig, catalog_toml};
 
@@ -43,6 +46,15 @@ pub struct SimulateAppsArgs {
     /// Write the `[[apps]]` catalog here instead of printing it.
     #[arg(long)]
     pub catalog_out: Option<PathBuf>,
+    /// Serve TLS with this certificate (PEM); the endpoints become https://localhost:PORT.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Require client certificates signed by this CA (PEM); needs --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 impl SimulateAppsArgs {
@@ -73,12 +85,36 @@ impl SimulateAppsArgs {
             base_port: (self.base_port != 0).then_some(self.base_port),
         })
     }
+
+    /// The apps' TLS, read from the files the options name; `None` serves plain text.
+    pub fn tls(&self) -> anyhow::Result<Option<ServerTlsConfig>> {
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
+            if self.tls_client_ca.is_some() {
+                anyhow::bail!("--tls-client-ca needs --tls-cert and --tls-key");
+            }
+            return Ok(None);
+        };
+        let read = |path: &PathBuf, what: &str| {
+            std::fs::read(path).with_context(|| format!("{what}: cannot read {}", path.display()))
+        };
+        let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(
+            read(cert, "--tls-cert")?,
+            read(key, "--tls-key")?,
+        ));
+        if let Some(ca) = &self.tls_client_ca {
+            tls = tls.client_ca_root(Certificate::from_pem(read(ca, "--tls-client-ca")?));
+        }
+        Ok(Some(tls))
+    }
 }
 
 /// Runs the simulator until Ctrl-C or SIGTERM.
 pub async fn run(args: SimulateAppsArgs) -> anyhow::Result<()> {
     let config = args.config()?;
-    let simulator = Simulator::start(config)
+    let tls = args.tls()?;
+    let client_certificates = args.tls_client_ca.is_some();
+    let serves_tls = tls.is_some();
+    let simulator = Simulator::start_with_tls(config, tls)
         .await
         .context("starting the simulated apps")?;
     let apps = simulator.apps();
@@ -111,6 +147,21 @@ pub async fn run(args: SimulateAppsArgs) -> anyhow::Result<()> {
             args.bind
         ),
         _ => println!("No apps to simulate (--apps 0). Ctrl-C to stop."),
+    }
+    if serves_tls {
+        println!(
+            "TLS{}: give the gateway `[outbound_tls]` with the CA that signed --tls-cert{}.",
+            if client_certificates {
+                ", client certificates required"
+            } else {
+                ""
+            },
+            if client_certificates {
+                " and a client certificate signed by --tls-client-ca"
+            } else {
+                ""
+            }
+        );
     }
 
     wait_for_stop_signal().await?;
@@ -209,5 +260,77 @@ mod tests {
         let cli = Cli::try_parse_from(["x", "--latency", "50ms", "--latency-max", "5ms"])
             .expect("options parse");
         assert!(cli.args.config().is_err());
+    }
+
+    #[test]
+    fn tls_options_go_together() {
+        assert!(Cli::try_parse_from(["x", "--tls-cert", "a.pem"]).is_err());
+        assert!(Cli::try_parse_from(["x", "--tls-key", "a.key"]).is_err());
+        assert!(Cli::try_parse_from(["x", "--tls-client-ca", "ca.pem"]).is_err());
+        let cli = Cli::try_parse_from(["x"]).expect("defaults parse");
+        assert!(cli.args.tls().expect("no TLS").is_none());
+        let cli = Cli::try_parse_from([
+            "x",
+            "--tls-cert",
+            "/nonexistent/adapter.pem",
+            "--tls-key",
+            "/nonexistent/adapter.key",
+        ])
+        .expect("options parse");
+        let error = format!("{:#}", cli.args.tls().expect_err("missing files"));
+        assert!(error.contains("--tls-cert"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn serves_tls_from_the_development_certificates() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let pki = crate::cli::certs::generate(dir.path(), &[], &[], 1, false).expect("a PKI");
+        let path = |p: &std::path::Path| p.to_str().expect("a UTF-8 path").to_owned();
+        let cli = Cli::try_parse_from([
+            "x".to_owned(),
+            "--apps".to_owned(),
+            "1".to_owned(),
+            "--base-port".to_owned(),
+            "0".to_owned(),
+            "--tls-cert".to_owned(),
+            path(&pki.adapter.cert),
+            "--tls-key".to_owned(),
+            path(&pki.adapter.key),
+            "--tls-client-ca".to_owned(),
+            path(&pki.ca.cert),
+        ])
+        .expect("options parse");
+        let tls = cli.args.tls().expect("the files are read");
+        let simulator = Simulator::start_with_tls(cli.args.config().expect("a config"), tls)
+            .await
+            .expect("the apps start");
+        let app = simulator.apps().remove(0);
+        assert!(app.endpoint.starts_with("https://localhost:"), "{app:?}");
+        // Started again, the app serves TLS still, to a client with the gateway's certificate.
+        simulator.stop_app(&app.id).await;
+        simulator.start_app(&app.id).await.expect("restarts");
+        let read = |p: &std::path::Path| std::fs::read(p).expect("readable");
+        let tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(read(&pki.ca.cert)))
+            .identity(Identity::from_pem(
+                read(&pki.gateway_client.cert),
+                read(&pki.gateway_client.key),
+            ));
+        let channel = tonic::transport::Endpoint::from_shared(app.endpoint.clone())
+            .expect("a URL")
+            .tls_config(tls)
+            .expect("TLS settings")
+            .connect()
+            .await
+            .expect("connects");
+        crate::proto::app_adapter_client::AppAdapterClient::new(channel)
+            .find_accounts(crate::proto::FindAccountsRequest {
+                request_id: "req-1".to_owned(),
+                phone_number: "+8613800138000".to_owned(),
+            })
+            .await
+            .expect("answers over mTLS");
+        assert_eq!(simulator.stats(&app.id).find_calls, 1);
+        simulator.shutdown().await;
     }
 }

@@ -6,6 +6,10 @@
 //! stalls, how long an unbind takes) is set per app with [`Behaviour`] and can change while it
 //! runs. Apps can be stopped (the port refuses connections) and started again on the same port,
 //! and each app counts the calls it got ([`AppStats`]) so tests can check what a gateway did.
+//!
+//! [`Simulator::start_with_tls`] serves every app over TLS instead of plain text (optionally
+//! requiring client certificates), so a gateway's client side — its CA, its own certificate, the
+//! server name it expects — can be exercised against real adapters.
 
 mod accounts;
 pub mod cli;
@@ -22,6 +26,7 @@ use tokio::sync::{Mutex as AsyncMutex, oneshot};
 use tokio::task::JoinHandle;
 use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::{Server, ServerTlsConfig};
 
 pub use accounts::accounts_for;
 use service::{AppState, SimulatedAdapter};
@@ -105,7 +110,8 @@ pub struct SimulatedApp {
     pub name: String,
     pub category: String,
     pub customer_service: String,
-    /// E.g. `http://127.0.0.1:60000`.
+    /// E.g. `http://127.0.0.1:60000`; with TLS, `https://localhost:60000` (the name the
+    /// development adapter certificate carries).
     pub endpoint: String,
 }
 
@@ -140,6 +146,8 @@ struct AppSlot {
 
 struct Inner {
     seed: u64,
+    /// Every app's TLS, also when it is started again; `None` serves plain text.
+    tls: Option<ServerTlsConfig>,
     slots: Vec<AppSlot>,
     by_id: HashMap<String, usize>,
 }
@@ -162,8 +170,27 @@ impl std::fmt::Debug for Simulator {
 }
 
 impl Simulator {
-    /// Binds one port per app and starts serving them all.
+    /// Binds one port per app and starts serving them all, in plain text.
     pub async fn start(config: SimulatorConfig) -> std::io::Result<Simulator> {
+        Self::start_with_tls(config, None).await
+    }
+
+    /// Like [`Simulator::start`], but with `Some(tls)` every app serves TLS: its identity (which
+    /// must be set), and with `client_ca_root` client certificates signed by that CA are required.
+    /// The endpoints are then `https://localhost:PORT` when the apps listen on a loopback or
+    /// unspecified address (the name the development adapter certificate carries), else
+    /// `https://IP:PORT`.
+    pub async fn start_with_tls(
+        config: SimulatorConfig,
+        tls: Option<ServerTlsConfig>,
+    ) -> std::io::Result<Simulator> {
+        if let Some(tls) = &tls {
+            // Checked once up front, so a bad certificate or key fails the start before any port
+            // is bound rather than leaving some apps serving.
+            Server::builder()
+                .tls_config(tls.clone())
+                .map_err(|e| invalid_tls(&e))?;
+        }
         let mut slots = Vec::with_capacity(config.apps);
         let mut by_id = HashMap::with_capacity(config.apps);
         let mut listeners = Vec::with_capacity(config.apps);
@@ -184,7 +211,7 @@ impl Simulator {
             let addr = listener.local_addr()?;
             let entry = accounts::catalog_entry(number);
             let app = SimulatedApp {
-                endpoint: endpoint_of(addr),
+                endpoint: endpoint_of(addr, tls.is_some()),
                 id: entry.id,
                 name: entry.name,
                 category: entry.category,
@@ -204,12 +231,17 @@ impl Simulator {
             listeners.push(listener);
         }
         for (slot, listener) in slots.iter().zip(listeners) {
-            *slot.server.lock().await = Some(serve(slot, listener));
+            *slot.server.lock().await = Some(serve(slot, listener, tls.as_ref())?);
         }
-        tracing::info!(apps = config.apps, "simulated apps serving");
+        tracing::info!(
+            apps = config.apps,
+            tls = tls.is_some(),
+            "simulated apps serving"
+        );
         Ok(Simulator {
             inner: Arc::new(Inner {
                 seed: config.seed,
+                tls,
                 slots,
                 by_id,
             }),
@@ -265,7 +297,7 @@ impl Simulator {
         let mut server = slot.server.lock().await;
         if server.is_none() {
             let listener = bind(slot.addr).await?;
-            *server = Some(serve(slot, listener));
+            *server = Some(serve(slot, listener, self.inner.tls.as_ref())?);
             tracing::info!(app_id, "simulated app started");
         }
         Ok(())
@@ -336,8 +368,18 @@ async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(1024)
 }
 
-/// Serves one app on `listener` until told to stop.
-fn serve(slot: &AppSlot, listener: TcpListener) -> RunningServer {
+/// Serves one app on `listener` (over TLS if `tls` is given) until told to stop.
+fn serve(
+    slot: &AppSlot,
+    listener: TcpListener,
+    tls: Option<&ServerTlsConfig>,
+) -> std::io::Result<RunningServer> {
+    let mut builder = Server::builder();
+    if let Some(tls) = tls {
+        builder = builder
+            .tls_config(tls.clone())
+            .map_err(|e| invalid_tls(&e))?;
+    }
     let (shutdown, signal) = oneshot::channel::<()>();
     let service = AppAdapterServer::new(SimulatedAdapter::new(Arc::clone(&slot.state)));
     // Small gRPC frames on loopback would otherwise wait on Nagle's algorithm and delayed ACKs.
@@ -347,9 +389,9 @@ fn serve(slot: &AppSlot, listener: TcpListener) -> RunningServer {
         })
     });
     let app_id = slot.app.id.clone();
+    let router = builder.add_service(service);
     let task = tokio::spawn(async move {
-        let result = tonic::transport::Server::builder()
-            .add_service(service)
+        let result = router
             .serve_with_incoming_shutdown(incoming, async {
                 // A dropped sender means the simulator is gone: stop as well.
                 let _ = signal.await;
@@ -359,7 +401,19 @@ fn serve(slot: &AppSlot, listener: TcpListener) -> RunningServer {
             tracing::warn!(app_id, %error, "simulated app server failed");
         }
     });
-    RunningServer { shutdown, task }
+    Ok(RunningServer { shutdown, task })
+}
+
+/// A TLS configuration tonic refused (e.g. a certificate or key that does not parse).
+fn invalid_tls(error: &tonic::transport::Error) -> std::io::Error {
+    // The source says what is wrong; the transport error's own text only says "transport error".
+    let detail = std::error::Error::source(error)
+        .map(ToString::to_string)
+        .unwrap_or_else(|| error.to_string());
+    std::io::Error::new(
+        std::io::ErrorKind::InvalidInput,
+        format!("simulated apps: invalid TLS configuration: {detail}"),
+    )
 }
 
 /// Stops one app's server and waits until its listener is closed.
@@ -381,14 +435,20 @@ async fn stop(slot: &AppSlot) {
     tracing::info!(app_id = %slot.app.id, "simulated app stopped");
 }
 
-/// `http://IP:PORT`, with loopback standing in for an unspecified bind address.
-fn endpoint_of(addr: SocketAddr) -> String {
+/// `http://IP:PORT`, with loopback standing in for an unspecified bind address. With TLS,
+/// `https://localhost:PORT` for loopback and unspecified addresses (certificates name hosts, and
+/// the development adapter certificate names `localhost`), else `https://IP:PORT`.
+fn endpoint_of(addr: SocketAddr, tls: bool) -> String {
     let ip = match addr.ip() {
         IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
         IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
         ip => ip,
     };
-    format!("http://{}", SocketAddr::new(ip, addr.port()))
+    match (tls, ip.is_loopback()) {
+        (false, _) => format!("http://{}", SocketAddr::new(ip, addr.port())),
+        (true, true) => format!("https://localhost:{}", addr.port()),
+        (true, false) => format!("https://{}", SocketAddr::new(ip, addr.port())),
+    }
 }
 
 #[cfg(test)]
@@ -398,9 +458,19 @@ mod tests {
     #[test]
     fn endpoints_advertise_loopback_for_unspecified_addresses() {
         let any: SocketAddr = "0.0.0.0:60001".parse().expect("a socket address");
-        assert_eq!(endpoint_of(any), "http://127.0.0.1:60001");
+        assert_eq!(endpoint_of(any, false), "http://127.0.0.1:60001");
         let v6: SocketAddr = "[::]:60002".parse().expect("a socket address");
-        assert_eq!(endpoint_of(v6), "http://[::1]:60002");
+        assert_eq!(endpoint_of(v6, false), "http://[::1]:60002");
+    }
+
+    #[test]
+    fn tls_endpoints_name_localhost_for_loopback() {
+        let loopback: SocketAddr = "127.0.0.1:60001".parse().expect("a socket address");
+        assert_eq!(endpoint_of(loopback, true), "https://localhost:60001");
+        let any: SocketAddr = "[::]:60002".parse().expect("a socket address");
+        assert_eq!(endpoint_of(any, true), "https://localhost:60002");
+        let lan: SocketAddr = "10.0.0.5:60003".parse().expect("a socket address");
+        assert_eq!(endpoint_of(lan, true), "https://10.0.0.5:60003");
     }
 
     #[test]

@@ -7,9 +7,9 @@
 use std::{
     collections::HashSet,
     fmt,
-    str::FromStr,
     net::SocketAddr,
     path::{Path, PathBuf},
+    str::FromStr,
     time::Duration,
 };
 

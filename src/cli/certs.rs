@@ -64,7 +64,6 @@ pub struct CertsArgs {
     pub days: u32,
 }
 
-
 /// A certificate and its private key, as written.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertAndKey {
@@ -521,7 +520,6 @@ fn write_file(path: &Path, contents: &[u8], force: bool, private: bool) -> anyho
     }
     Ok(())
 }
-
 
 #[cfg(test)]
 mod tests {

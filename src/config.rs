@@ -101,6 +101,10 @@ pub struct TenantConfig {
     /// Requests allowed in a burst.
     #[serde(default = "default_tenant_burst")]
     pub burst: u32,
+    /// Wrong verification codes allowed per hour (per replica) before the tenant's
+    /// verifications are refused with RATE_LIMITED.
+    #[serde(default = "default_code_failures")]
+    pub max_code_failures_per_hour: u32,
 }
 
 /// What a tenant may do; it comes from the gateway config, never from the certificate.
@@ -155,6 +159,9 @@ fn default_tenant_rate() -> f64 {
 }
 fn default_tenant_burst() -> u32 {
     200
+}
+fn default_code_failures() -> u32 {
+    1000
 }
 
 /// Where state lives.
@@ -452,7 +459,10 @@ impl Config {
             if !names.insert(t.name.as_str()) {
                 bail!("`tenants[{i}].name`: duplicate tenant {:?}", t.name);
             }
-            if !(t.requests_per_second > 0.0 && t.requests_per_second.is_finite()) || t.burst == 0 {
+            if !(t.requests_per_second > 0.0 && t.requests_per_second.is_finite())
+                || t.burst == 0
+                || t.max_code_failures_per_hour == 0
+            {
                 bail!("`tenants[{i}]`: requests_per_second and burst must be positive");
             }
         }

@@ -57,6 +57,7 @@ fn secure(c: &mut unbind_gateway::config::Config) {
         role,
         requests_per_second: rate,
         burst,
+        max_code_failures_per_hour: if name == "carrier-a" { 3 } else { 1000 },
     };
     c.tenants = vec![
         tenant("carrier-a", Role::Carrier, 100.0, 100),
@@ -186,6 +187,41 @@ async fn tenants_are_their_certificates_and_roles_decide() {
     assert!(retry > Duration::ZERO && retry <= Duration::from_secs(10));
     // Other tenants are unaffected.
     portal.list_apps(ListAppsRequest {}).await.unwrap();
+
+    // A tenant whose callers keep entering wrong codes loses verification for a while (this
+    // one may fail 3 times an hour); its other calls, and other tenants, carry on.
+    let verification_id = carrier
+        .start_verification(StartVerificationRequest {
+            phone_number: OTHER_PHONE.into(),
+            id_last_six: "000000".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .verification_id;
+    for _ in 0..3 {
+        let err = carrier
+            .complete_verification(CompleteVerificationRequest {
+                verification_id: verification_id.clone(),
+                code: "123456".into(),
+            })
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err.code(), Code::InvalidArgument | Code::FailedPrecondition),
+            "{err:?}"
+        );
+    }
+    let err = carrier
+        .start_verification(StartVerificationRequest {
+            phone_number: OTHER_PHONE.into(),
+            id_last_six: OTHER_ID.into(),
+        })
+        .await
+        .unwrap_err();
+    assert_error(&err, Code::ResourceExhausted, "RATE_LIMITED");
+    carrier.list_apps(ListAppsRequest {}).await.unwrap();
+    session(&h, &mut portal).await;
     h.stop().await;
 }
 

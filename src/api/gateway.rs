@@ -36,6 +36,7 @@ use crate::{
     registry::templates,
     security::{CODE_LENGTH, OneTimeCode, Session},
     server::Gateway,
+    verification::VerifyError,
 };
 
 /// The service; cheap to clone.
@@ -245,6 +246,7 @@ impl AccountGateway for GatewayService {
         let id = IdLastSix::parse(&body.id_last_six).map_err(|_| ApiError::InvalidIdLastSix {
             field: "id_last_six",
         })?;
+        tenant.check_failures()?;
         let started = self
             .gateway
             .verifier
@@ -267,6 +269,7 @@ impl AccountGateway for GatewayService {
         if !is_well_formed_id(&body.verification_id, "ver") {
             return Err(ApiError::field("verification_id", "not a verification id").into());
         }
+        tenant.check_failures()?;
         let code = OneTimeCode::parse(&body.code).ok_or(ApiError::InvalidCode)?;
         let session = self
             .gateway
@@ -278,6 +281,11 @@ impl AccountGateway for GatewayService {
                 &code,
             )
             .await
+            .inspect_err(|e| {
+                if matches!(e, VerifyError::InvalidCode | VerifyError::Failed) {
+                    tenant.record_failure();
+                }
+            })
             .map_err(ApiError::from)?;
         Ok(Response::new(CompleteVerificationResponse {
             session_token: session.token(&self.gateway.keys),

@@ -52,6 +52,28 @@ pub struct Tenant {
     pub name: String,
     pub role: Role,
     bucket: Option<TokenBucket>,
+    /// Wrong codes this tenant's callers may enter per hour before its verifications are
+    /// refused: a tenant cannot be used to guess at scale. Per replica.
+    failures: Option<TokenBucket>,
+}
+
+impl Tenant {
+    /// Counts a failed verification attempt (a wrong code).
+    pub fn record_failure(&self) {
+        if let Some(b) = &self.failures {
+            let _ = b.take();
+        }
+    }
+
+    /// Refuses verification work while the tenant's failure budget is spent.
+    pub fn check_failures(&self) -> Result<(), ApiError> {
+        match &self.failures {
+            Some(b) => b
+                .available()
+                .map_err(|retry_after| ApiError::RateLimited { retry_after }),
+            None => Ok(()),
+        }
+    }
 }
 
 /// The configured tenants.
@@ -72,6 +94,10 @@ impl Tenants {
                         name: t.name.clone(),
                         role: t.role,
                         bucket: Some(TokenBucket::new(t.requests_per_second, t.burst)),
+                        failures: Some(TokenBucket::new(
+                            f64::from(t.max_code_failures_per_hour) / 3600.0,
+                            t.max_code_failures_per_hour,
+                        )),
                     }),
                 )
             })
@@ -81,6 +107,7 @@ impl Tenants {
                 name: DEVELOPMENT_TENANT.to_owned(),
                 role: Role::Carrier,
                 bucket: None,
+                failures: None,
             })
         });
         Self {
@@ -188,6 +215,18 @@ impl TokenBucket {
         }
     }
 
+    /// Whether a token is available (without taking it), or how long until one is.
+    fn available(&self) -> Result<(), Duration> {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let (tokens, last) = *state;
+        let tokens = (tokens + last.elapsed().as_secs_f64() * self.rate).min(self.burst);
+        if tokens >= 1.0 {
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - tokens) / self.rate))
+        }
+    }
+
     /// Takes a token, or says how long until one is available.
     fn take(&self) -> Result<(), Duration> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -217,6 +256,9 @@ mod tests {
         tokio::time::advance(Duration::from_millis(100)).await;
         assert!(b.take().is_ok());
         assert!(b.take().is_err());
+        assert!(b.available().is_err());
+        tokio::time::advance(Duration::from_millis(100)).await;
+        assert!(b.available().is_ok() && b.available().is_ok());
     }
 
     #[test]

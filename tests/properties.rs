@@ -185,25 +185,20 @@ proptest! {
 }
 
 proptest! {
-    // While ignored, writes no regression file when run with `--ignored`.
-    #![proptest_config(ProptestConfig {
-        failure_persistence: None,
-        ..ProptestConfig::with_cases(256)
-    })]
+    #![proptest_config(ProptestConfig::with_cases(256))]
 
-    /// Fails today: `parse_grpc_timeout` splits at `len() - 1` bytes, which panics when the last
-    /// character is not ASCII (e.g. "1é"). Not reachable from a gRPC header (`to_str` refuses
-    /// non-ASCII), but the function is public. Un-ignore once fixed.
+    /// `parse_grpc_timeout` on any string. Once panicked when the last character was multi-byte
+    /// (`split_at(len - 1)`); unreachable through a header's `to_str`, but the function is public.
     #[test]
     fn grpc_timeout_never_panics_on_any_string(s in prop_oneof![any_text(), near_miss_text()]) {
         let _ = parse_grpc_timeout(&s);
     }
 }
 
-/// The smallest input found for the property above; kept as a plain test for the fix.
+/// Regression: the smallest inputs that made `parse_grpc_timeout` panic.
 #[test]
 fn grpc_timeout_with_multibyte_last_char_is_none() {
-    for s in ["é", "1é", "300ḿ", "1\u{10000}"] {
+    for s in ["é", "1é", "300ḿ", "1\u{10000}", "ກ"] {
         assert_eq!(parse_grpc_timeout(s), None, "{s:?}");
     }
 }
@@ -401,9 +396,28 @@ proptest! {
 // Sealed tokens
 // ---------------------------------------------------------------------------------------------
 
-/// Longest plaintext whose sealed token fits the 1024-character limit `open` enforces:
-/// 1024 base64 characters are 768 bytes, minus 2 header, 12 nonce and 16 tag bytes.
-const MAX_SEALABLE: usize = 768 - 30;
+/// Longest token text `open` accepts (`MAX_ENCODED_LEN` in `security/sealed.rs`).
+const MAX_TOKEN_LEN: usize = 4096;
+
+/// Longest plaintext whose sealed token fits [`MAX_TOKEN_LEN`]: 4096 base64 characters are 3072
+/// bytes, minus 2 header, 12 nonce and 16 tag bytes.
+const MAX_SEALABLE: usize = MAX_TOKEN_LEN / 4 * 3 - 30;
+
+/// The limit is where the documentation puts it: the longest sealable plaintext opens, one byte
+/// more makes a token `open` refuses unread.
+#[test]
+fn sealed_token_length_limit() {
+    let k = keys();
+    let longest = k.seal(Purpose::AccountRef, &[0xa5; MAX_SEALABLE]);
+    assert!(longest.len() <= MAX_TOKEN_LEN);
+    assert_eq!(
+        k.open(Purpose::AccountRef, &longest),
+        Some(vec![0xa5; MAX_SEALABLE])
+    );
+    let over = k.seal(Purpose::AccountRef, &[0xa5; MAX_SEALABLE + 1]);
+    assert!(over.len() > MAX_TOKEN_LEN);
+    assert_eq!(k.open(Purpose::AccountRef, &over), None);
+}
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
@@ -417,7 +431,7 @@ proptest! {
     ) {
         let k = Keys::derive(&secret);
         let token = k.seal(p, &plaintext);
-        prop_assert!(token.len() <= 1024);
+        prop_assert!(token.len() <= MAX_TOKEN_LEN);
         prop_assert_eq!(k.open(p, &token), Some(plaintext.clone()));
         // A fresh nonce every time, and both seal the same plaintext.
         let again = k.seal(p, &plaintext);
@@ -615,7 +629,7 @@ proptest! {
     #[test]
     fn account_ref_round_trip_and_binding(
         app_id in r"[a-z0-9][a-z0-9._\-]{0,63}",
-        account_id in field_text(100),
+        account_id in prop_oneof![field_text(100), r"[ -~]{0,2500}"],
         a in cn_mobile(),
         b in cn_mobile(),
         own in ownership(),
@@ -646,14 +660,14 @@ proptest! {
     }
 }
 
-/// Fails today: an account ref is sealed whatever its size, but `open` refuses tokens over 1024
-/// characters, so an adapter's account id of more than about 650 bytes yields a ref that
-/// `Unbind` rejects as forged. Either bound account ids when they arrive or raise the limit.
+/// Regression: `open` once refused tokens over 1024 characters, so an adapter's account id of
+/// more than about 650 bytes gave a ref that `Unbind` rejected as forged. Refs now hold account
+/// ids of up to about 2.5 KB.
 #[test]
 fn account_ref_with_long_account_id_round_trips() {
     let k = keys();
     let n = k.number_hash(&E164::parse("13800138000").unwrap());
-    let r = AccountRef::new("app-001", &"a".repeat(700), &n, Ownership::Unknown, true);
+    let r = AccountRef::new("app-001", &"a".repeat(2500), &n, Ownership::Unknown, true);
     assert_eq!(AccountRef::open(&k, &r.seal(&k)), Some(r));
 }
 

@@ -525,7 +525,7 @@ impl World {
             .arg("serve")
             .arg("--config")
             .arg(&config)
-            // `serve` reads DATABASE_URL as an override of `store.url`: the store is in the config.
+            // Keep the test run's DATABASE_URL out of the child: its store is in the config.
             .env_remove("DATABASE_URL")
             .env("RUST_LOG", "info,unbind_gateway::unbind=debug")
             .env("NO_COLOR", "1")

@@ -14,12 +14,12 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::domain::AppId;
 
 /// The whole configuration file.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Address the gRPC API listens on.
@@ -59,13 +59,25 @@ pub struct Config {
     pub audit: AuditConfig,
     #[serde(default)]
     pub app_defaults: AppDefaults,
+    /// When an app is taken out of look-ups for failing, and for how long.
+    #[serde(default)]
+    pub breaker: BreakerConfig,
+    /// Retries of failed `FindAccounts` calls.
+    #[serde(default)]
+    pub retry: RetryConfig,
+    /// The admin HTTP endpoint: Prometheus metrics, liveness and readiness. Off when absent.
+    #[serde(default)]
+    pub admin: Option<AdminConfig>,
+    /// Live reload of the app catalog from the config file.
+    #[serde(default)]
+    pub reload: ReloadConfig,
     /// The app catalog.
     #[serde(default)]
     pub apps: Vec<AppConfig>,
 }
 
 /// The listener's certificate, and the CA that signs tenants' client certificates.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     pub cert: PathBuf,
@@ -76,7 +88,7 @@ pub struct TlsConfig {
 }
 
 /// The gateway as a TLS client of adapters and the registry.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutboundTlsConfig {
     /// CA that signs adapters' and the registry's server certificates (each app may override).
@@ -89,7 +101,7 @@ pub struct OutboundTlsConfig {
 }
 
 /// One calling institution.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TenantConfig {
     /// The name in its client certificate (URI SAN `urn:unbind-gateway:tenant:NAME`, or CN).
@@ -165,7 +177,7 @@ fn default_code_failures() -> u32 {
 }
 
 /// Where state lives.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
     /// `sqlite://PATH` (created if missing) or `postgres://...`.
@@ -176,7 +188,7 @@ pub struct StoreConfig {
 }
 
 /// The carrier's subscriber registry.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RegistryConfig {
     pub endpoint: String,
@@ -188,7 +200,7 @@ pub struct RegistryConfig {
 }
 
 /// The look-up cache.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CacheConfig {
     /// How long an app's answer for a number is reused.
@@ -199,7 +211,7 @@ pub struct CacheConfig {
 }
 
 /// Fan-out look-ups.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LookupConfig {
     /// Deadline when the caller sends no `grpc-timeout`.
@@ -211,7 +223,7 @@ pub struct LookupConfig {
 }
 
 /// Identity verification.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct VerificationConfig {
     #[serde(with = "humantime_serde")]
@@ -224,17 +236,22 @@ pub struct VerificationConfig {
 }
 
 /// Request size limits.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     /// Largest request message accepted, in bytes.
     pub max_request_bytes: usize,
     /// Most entries in a request's `app_ids`.
     pub max_app_ids: usize,
+    /// Requests handled at once by this replica; beyond it new requests are refused at once
+    /// with `UNAVAILABLE` (load shedding) rather than queued.
+    pub max_in_flight: usize,
+    /// Concurrent requests (HTTP/2 streams) per client connection.
+    pub max_streams_per_connection: u32,
 }
 
 /// The audit trail.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuditConfig {
     /// How long audit records are kept.
@@ -251,7 +268,7 @@ impl Default for AuditConfig {
 }
 
 /// Unbind tickets and the worker that carries them to the apps.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UnbindConfig {
     /// Most account refs in one `Unbind` request.
@@ -298,8 +315,97 @@ impl Default for UnbindConfig {
     }
 }
 
+/// The circuit breaker every app's calls go through.
+///
+/// Closed, it lets calls through and counts how they end; it opens after
+/// `consecutive_failures` failures in a row, or when at least `min_calls` calls ended within
+/// `window` and the share of failures among them reached `failure_ratio`. Open, the app is not
+/// asked (`SKIPPED_CIRCUIT_OPEN`) for `open_base`, doubled each time a probe fails, up to
+/// `open_max`, each wait stretched by a random share of up to `jitter`. Then one probe call goes
+/// through (half-open): success closes the breaker, failure opens it again.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BreakerConfig {
+    pub consecutive_failures: u32,
+    pub failure_ratio: f64,
+    pub min_calls: u32,
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    #[serde(with = "humantime_serde")]
+    pub open_base: Duration,
+    #[serde(with = "humantime_serde")]
+    pub open_max: Duration,
+    pub jitter: f64,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        Self {
+            consecutive_failures: 5,
+            failure_ratio: 0.5,
+            min_calls: 20,
+            window: Duration::from_secs(10),
+            open_base: Duration::from_secs(1),
+            open_max: Duration::from_secs(60),
+            jitter: 0.2,
+        }
+    }
+}
+
+/// Retries of `FindAccounts` (read-only, so safe to repeat) after an app was unreachable or
+/// answered `UNAVAILABLE` / `RESOURCE_EXHAUSTED`, within the caller's deadline and a budget: at
+/// most `budget_ratio` extra calls per first call (over ten seconds), plus `min_per_second`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// Retries per call; 0 turns retries off.
+    pub max_retries: u32,
+    pub budget_ratio: f64,
+    pub min_per_second: u32,
+    /// Pause before a retry.
+    #[serde(with = "humantime_serde")]
+    pub backoff: Duration,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            max_retries: 1,
+            budget_ratio: 0.1,
+            min_per_second: 10,
+            backoff: Duration::from_millis(10),
+        }
+    }
+}
+
+/// The admin HTTP listener.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// e.g. `127.0.0.1:9090`: `/metrics`, `/healthz`, `/readyz`.
+    pub listen: SocketAddr,
+}
+
+/// Live catalog reload: on SIGHUP, and when the config file changes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReloadConfig {
+    /// How often the config file is checked for changes; 0 turns the watch off (SIGHUP still
+    /// reloads).
+    #[serde(with = "humantime_serde")]
+    pub watch_interval: Duration,
+}
+
+impl Default for ReloadConfig {
+    fn default() -> Self {
+        Self {
+            watch_interval: Duration::from_secs(2),
+        }
+    }
+}
+
 /// Settings every app gets unless its catalog entry says otherwise.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AppDefaults {
     #[serde(with = "humantime_serde")]
@@ -312,7 +418,7 @@ pub struct AppDefaults {
 }
 
 /// One app in the catalog.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AppConfig {
     pub id: String,
@@ -383,6 +489,8 @@ impl Default for LimitsConfig {
         Self {
             max_request_bytes: 256 * 1024,
             max_app_ids: 2_000,
+            max_in_flight: 512,
+            max_streams_per_connection: 256,
         }
     }
 }
@@ -407,7 +515,20 @@ impl Config {
 
     /// Parses and validates config text.
     pub fn parse(text: &str) -> anyhow::Result<Self> {
-        let config: Config = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        // The message and the line only: the parser's own display quotes the offending line,
+        // which may hold the signing secret.
+        let config: Config = toml::from_str(text).map_err(|e| match e.span() {
+            Some(span) => {
+                let end = span.start.min(text.len());
+                let line = text.as_bytes()[..end]
+                    .iter()
+                    .filter(|&&b| b == b'\n')
+                    .count()
+                    + 1;
+                anyhow::anyhow!("line {line}: {}", e.message().trim_end())
+            }
+            None => anyhow::anyhow!("{}", e.message().trim_end()),
+        })?;
         config.validate()?;
         Ok(config)
     }
@@ -506,6 +627,29 @@ impl Config {
             bail!(
                 "`unbind.max_refs_per_request` and `unbind.worker_concurrency` must be at least 1"
             );
+        }
+        if self.limits.max_in_flight == 0 || self.limits.max_streams_per_connection == 0 {
+            bail!(
+                "`limits.max_in_flight` and `limits.max_streams_per_connection` must be at least 1"
+            );
+        }
+        let b = &self.breaker;
+        if b.consecutive_failures == 0 || b.min_calls == 0 {
+            bail!("`breaker.consecutive_failures` and `breaker.min_calls` must be at least 1");
+        }
+        if !(b.failure_ratio > 0.0 && b.failure_ratio <= 1.0) {
+            bail!("`breaker.failure_ratio` must be in (0, 1]");
+        }
+        if !(0.0..=1.0).contains(&b.jitter) {
+            bail!("`breaker.jitter` must be in [0, 1]");
+        }
+        check_nonzero(b.window, "breaker.window")?;
+        check_nonzero(b.open_base, "breaker.open_base")?;
+        if b.open_max < b.open_base {
+            bail!("`breaker.open_max` must not be shorter than `breaker.open_base`");
+        }
+        if !(0.0..=1000.0).contains(&self.retry.budget_ratio) {
+            bail!("`retry.budget_ratio` must be in [0, 1000]");
         }
         check_nonzero(self.app_defaults.timeout, "app_defaults.timeout")?;
         if self.app_defaults.concurrency == 0 {

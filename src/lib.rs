@@ -15,6 +15,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod api;
 pub mod audit;
 pub mod cli;
@@ -22,9 +23,11 @@ pub mod clock;
 pub mod config;
 pub mod domain;
 pub mod fanout;
+pub mod metrics;
 pub mod proto;
 pub mod push;
 pub mod registry;
+pub mod reload;
 pub mod security;
 pub mod server;
 pub mod simulator;

@@ -52,13 +52,25 @@ async fn main() -> anyhow::Result<()> {
             database_url,
         } => {
             telemetry::init(cli.log_json);
-            let mut config = Config::load(&config)?;
-            if let Some(url) = database_url {
-                config.store.url = url;
-            }
+            let path = config;
+            let mut config = Config::load(&path)?;
+            let adjust = move |config: &mut Config| {
+                if let Some(url) = &database_url {
+                    config.store.url = url.clone();
+                }
+            };
+            adjust(&mut config);
+            let watch_interval = config.reload.watch_interval;
             let listener = tokio::net::TcpListener::bind(config.listen).await?;
             let running = server::start(config, Clock::system(), listener).await?;
+            let reloader = unbind_gateway::reload::Reloader::new(
+                std::sync::Arc::clone(&running.gateway),
+                path,
+                adjust,
+            )
+            .spawn(watch_interval);
             server::shutdown_signal().await;
+            reloader.abort();
             running.stop().await
         }
         Command::Demo(args) => {

@@ -2,18 +2,30 @@
 //! health, reflection and the correlator layer, background housekeeping, and graceful shutdown
 //! (in-flight requests finish; new connections are refused).
 
-use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use anyhow::Context;
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tonic::transport::{Server, server::TcpIncoming};
 
 use crate::{
-    api::{GatewayService, correlator::CorrelatorLayer, push::PushService, tenant::Tenants},
+    api::{
+        GatewayService, correlator::CorrelatorLayer, push::PushService, shed::ShedLayer,
+        tenant::Tenants,
+    },
     audit::AuditLog,
     clock::Clock,
     config::Config,
     fanout::{Catalog, FanOut, LookupCache},
+    metrics::Metrics,
     proto::{
         FILE_DESCRIPTOR_SET, account_gateway_server::AccountGatewayServer,
         carrier_push_server::CarrierPushServer, number_status_server::NumberStatusServer,
@@ -40,6 +52,9 @@ pub struct Gateway {
     pub tenants: Tenants,
     pub audit: AuditLog,
     pub pusher: Pusher,
+    pub metrics: Metrics,
+    /// The store answered the last readiness check.
+    ready: AtomicBool,
 }
 
 impl Gateway {
@@ -69,12 +84,12 @@ impl Gateway {
             clock.clone(),
             config.verification.clone(),
         );
-        let catalog = Arc::new(Catalog::new(
-            &config.apps,
-            &config.app_defaults,
-            config.outbound_tls.as_ref(),
-        )?);
-        let fanout = FanOut::new(LookupCache::new(config.cache.ttl, config.cache.capacity));
+        let metrics = Metrics::new();
+        let catalog = Arc::new(Catalog::new(&config, metrics.clone())?);
+        let fanout = FanOut::new(
+            LookupCache::new(config.cache.ttl, config.cache.capacity),
+            metrics.clone(),
+        );
         let unbinder = Unbinder::new(
             store.clone(),
             Arc::clone(&keys),
@@ -90,6 +105,8 @@ impl Gateway {
             Arc::clone(&catalog),
         );
         Ok(Arc::new(Self {
+            metrics,
+            ready: AtomicBool::new(true),
             pusher,
             audit,
             tenants,
@@ -103,6 +120,11 @@ impl Gateway {
             fanout,
             unbinder,
         }))
+    }
+
+    /// Whether the store answered the last readiness check.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
     }
 
     /// This replica's push worker.
@@ -137,6 +159,8 @@ impl Gateway {
 /// A gateway serving on a listener.
 pub struct RunningGateway {
     pub addr: SocketAddr,
+    /// The admin HTTP listener (metrics, health), when configured.
+    pub admin_addr: Option<SocketAddr>,
     pub gateway: Arc<Gateway>,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<anyhow::Result<()>>,
@@ -166,30 +190,47 @@ pub async fn start(
     listener: TcpListener,
 ) -> anyhow::Result<RunningGateway> {
     config.validate()?;
+    let admin = match &config.admin {
+        Some(admin) => Some(
+            TcpListener::bind(admin.listen)
+                .await
+                .with_context(|| format!("admin.listen: cannot listen on {}", admin.listen))?,
+        ),
+        None => None,
+    };
+    let admin_addr = admin.as_ref().map(|l| l.local_addr()).transpose()?;
     let gateway = Gateway::build(config, clock).await?;
     let addr = listener.local_addr()?;
     let (tx, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(serve(Arc::clone(&gateway), listener, async {
+    let task = tokio::spawn(serve(Arc::clone(&gateway), listener, admin, async {
         let _ = rx.await;
     }));
     Ok(RunningGateway {
         addr,
+        admin_addr,
         gateway,
         shutdown: Some(tx),
         task,
     })
 }
 
-/// Serves the gRPC API until `shutdown` resolves.
+/// Serves the gRPC API (and the admin HTTP endpoint on `admin`) until `shutdown` resolves.
 pub async fn serve(
     gateway: Arc<Gateway>,
     listener: TcpListener,
+    admin: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<AccountGatewayServer<GatewayService>>()
-        .await;
+    // Store and catalog are built: every service is ready.
+    set_health(&health, true).await;
+    let readiness = tokio::spawn(readiness(Arc::clone(&gateway), health.clone()));
+    let (stop_admin, admin_stopped) = oneshot::channel::<()>();
+    let admin = admin.map(|listener| {
+        tokio::spawn(crate::admin::serve(Arc::clone(&gateway), listener, async {
+            let _ = admin_stopped.await;
+        }))
+    });
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -205,14 +246,27 @@ pub async fn serve(
         (tickets, push)
     });
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    tracing::info!(addr = ?incoming.local_addr().ok(), apps = gateway.catalog.all().len(), "gateway serving");
+    tracing::info!(addr = ?incoming.local_addr().ok(), apps = gateway.catalog.snapshot().all().len(), "gateway serving");
     let mut builder = Server::builder();
     match &gateway.config.tls {
         Some(tls) => builder = builder.tls_config(crate::tls::server_config(tls)?)?,
         None => tracing::warn!("DEVELOPMENT MODE: serving plain-text gRPC without TLS"),
     }
+    // Shutting down: say so to health checkers first, then drain.
+    let draining = {
+        let health = health.clone();
+        async move {
+            shutdown.await;
+            set_health(&health, false).await;
+        }
+    };
     let result = builder
+        .max_concurrent_streams(gateway.config.limits.max_streams_per_connection)
         .layer(CorrelatorLayer)
+        .layer(ShedLayer::new(
+            gateway.config.limits.max_in_flight,
+            gateway.metrics.clone(),
+        ))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(service)
@@ -224,12 +278,18 @@ pub async fn serve(
             NumberStatusServer::new(PushService::new(Arc::clone(&gateway)))
                 .max_decoding_message_size(max_request),
         )
-        .serve_with_incoming_shutdown(incoming, shutdown)
+        .serve_with_incoming_shutdown(incoming, draining)
         .await;
     housekeeping.abort();
-    health
-        .set_not_serving::<AccountGatewayServer<GatewayService>>()
-        .await;
+    readiness.abort();
+    let _ = stop_admin.send(());
+    if let Some(admin) = admin {
+        match admin.await {
+            Ok(Err(e)) => tracing::warn!(error = %e, "admin endpoint failed"),
+            Err(e) => tracing::warn!(error = %e, "admin endpoint panicked"),
+            Ok(Ok(())) => {}
+        }
+    }
     // Requests are done; let the worker finish or release the tickets it holds.
     let _ = stop_worker.send(true);
     if let Some((tickets, push)) = worker {
@@ -239,6 +299,45 @@ pub async fn serve(
     gateway.audit.flush().await;
     tracing::info!("gateway stopped");
     Ok(result?)
+}
+
+/// Sets every service's health status (and the server's, the empty name).
+async fn set_health(health: &tonic_health::server::HealthReporter, serving: bool) {
+    let status = if serving {
+        tonic_health::ServingStatus::Serving
+    } else {
+        tonic_health::ServingStatus::NotServing
+    };
+    use tonic::server::NamedService;
+    for name in [
+        "",
+        <AccountGatewayServer<GatewayService> as NamedService>::NAME,
+        <CarrierPushServer<PushService> as NamedService>::NAME,
+        <NumberStatusServer<PushService> as NamedService>::NAME,
+    ] {
+        health.set_service_status(name, status).await;
+    }
+}
+
+/// Checks the store every few seconds; while it does not answer, every service reports
+/// `NOT_SERVING` (and `/readyz` 503), so load balancers send callers to another replica.
+async fn readiness(gateway: Arc<Gateway>, health: tonic_health::server::HealthReporter) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let ok = tokio::time::timeout(Duration::from_secs(2), gateway.store.ping())
+            .await
+            .unwrap_or(false);
+        if gateway.ready.swap(ok, Ordering::Relaxed) != ok {
+            if ok {
+                tracing::info!("store reachable again: serving");
+            } else {
+                tracing::warn!("store unreachable: reporting NOT_SERVING");
+            }
+            set_health(&health, ok).await;
+        }
+    }
 }
 
 /// Periodic clean-up: expired verifications, and idempotency keys older than 48 hours (kept at

@@ -46,6 +46,7 @@ async fn no_secret_reaches_a_log_line_or_an_error_message() {
     tracing_subscriber::fmt()
         .with_max_level(tracing::Level::TRACE)
         .without_time()
+        .with_ansi(false)
         .with_writer(move || writer.clone())
         .init();
 
@@ -199,6 +200,21 @@ async fn no_secret_reaches_a_log_line_or_an_error_message() {
     let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
     assert!(logs.contains("verification completed"), "the capture works");
     assert!(logs.contains("138****8000"), "numbers are logged masked");
+    // Each adapter call has its span, a child of the request's, with app, outcome and latency.
+    assert!(
+        logs.lines().any(
+            |l| l.contains("rpc{method=/unbind.v1.AccountGateway/ListLinkedAccounts")
+                && l.contains("app_call{app=app-")
+                && l.contains("outcome=")
+                && l.contains("answered")
+                && l.contains("latency_ms=")
+        ),
+        "no app_call span in the logs: {:?}",
+        logs.lines()
+            .filter(|l| l.contains("adapter call"))
+            .take(3)
+            .collect::<Vec<_>>()
+    );
     let messages: String = errors.iter().map(|e| format!("{e:?}\n")).collect();
     for (what, text) in [("logs", &logs), ("errors", &messages)] {
         for secret in [PHONE_BARE, ID_LAST_SIX, "12345x", "99999X"] {

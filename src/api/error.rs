@@ -58,6 +58,8 @@ pub enum ApiError {
     RateLimited { retry_after: Duration },
     #[error("{what} is unavailable: try again")]
     Unavailable { what: &'static str },
+    #[error("the gateway is at capacity: retry shortly")]
+    Overloaded { retry_after: Duration },
     #[error("internal error")]
     Internal,
 }
@@ -94,7 +96,9 @@ impl ApiError {
             Self::IdempotencyKeyReused => (Code::AlreadyExists, R::IdempotencyKeyReused),
             Self::PermissionDenied { .. } => (Code::PermissionDenied, R::PermissionDenied),
             Self::RateLimited { .. } => (Code::ResourceExhausted, R::RateLimited),
-            Self::Unavailable { .. } => (Code::Unavailable, R::ServiceUnavailable),
+            Self::Unavailable { .. } | Self::Overloaded { .. } => {
+                (Code::Unavailable, R::ServiceUnavailable)
+            }
             Self::Internal => (Code::Internal, R::Internal),
         }
     }
@@ -122,7 +126,9 @@ impl ApiError {
             Self::InvalidCode => {
                 details.add_bad_request_violation("code", self.to_string());
             }
-            Self::MaxCodesExceeded { retry_after } | Self::RateLimited { retry_after } => {
+            Self::MaxCodesExceeded { retry_after }
+            | Self::RateLimited { retry_after }
+            | Self::Overloaded { retry_after } => {
                 details.set_retry_info(Some(*retry_after));
             }
             _ => {}

@@ -67,7 +67,7 @@ impl GatewayService {
 
     /// The apps a look-up asks: the named ones, or every enabled app.
     fn selected_apps(&self, app_ids: &[String]) -> Result<Vec<Arc<App>>, ApiError> {
-        let catalog = &self.gateway.catalog;
+        let catalog = self.gateway.catalog.snapshot();
         if app_ids.is_empty() {
             return Ok(catalog.enabled().cloned().collect());
         }
@@ -229,6 +229,21 @@ fn is_well_formed_id(id: &str, prefix: &str) -> bool {
         .is_some_and(|hex| hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
+/// The metric word for how a verification step ended. A started verification counts the same
+/// whether or not the ID characters matched, as the caller sees it.
+fn verification_outcome(step: &str, error: Option<&VerifyError>) -> &'static str {
+    match (step, error) {
+        ("start", None) => "started",
+        (_, None) => "verified",
+        (_, Some(VerifyError::InvalidCode)) => "wrong_code",
+        (_, Some(VerifyError::Expired)) => "expired",
+        (_, Some(VerifyError::Failed)) => "too_many_wrong_codes",
+        (_, Some(VerifyError::MaxCodesExceeded { .. })) => "too_many_codes",
+        (_, Some(VerifyError::Registry(_))) => "registry_unavailable",
+        (_, Some(VerifyError::Store(_))) => "store_error",
+    }
+}
+
 /// Most ids in one `GetUnbindTickets`.
 const MAX_TICKET_IDS: usize = 1_000;
 
@@ -251,8 +266,11 @@ impl AccountGateway for GatewayService {
             .gateway
             .verifier
             .start(&tenant.name, &correlator_of(&request), &phone, &id)
-            .await
-            .map_err(ApiError::from)?;
+            .await;
+        self.gateway
+            .metrics
+            .verification(verification_outcome("start", started.as_ref().err()));
+        let started = started.map_err(ApiError::from)?;
         Ok(Response::new(StartVerificationResponse {
             verification_id: started.verification_id,
             expires_at: Some(timestamp_from_ms(started.expires_ms)),
@@ -285,8 +303,11 @@ impl AccountGateway for GatewayService {
                 if matches!(e, VerifyError::InvalidCode | VerifyError::Failed) {
                     tenant.record_failure();
                 }
-            })
-            .map_err(ApiError::from)?;
+            });
+        self.gateway
+            .metrics
+            .verification(verification_outcome("complete", session.as_ref().err()));
+        let session = session.map_err(ApiError::from)?;
         Ok(Response::new(CompleteVerificationResponse {
             session_token: session.token(&self.gateway.keys),
             expires_at: Some(timestamp_from_ms(session.expires_ms)),
@@ -311,7 +332,7 @@ impl AccountGateway for GatewayService {
             outcomes.push(outcome);
         }
         // A stable order: catalog order, whatever order the apps answered in.
-        outcomes.sort_by_key(|o| o.app.position);
+        outcomes.sort_by_key(|o| o.app.position());
         let mut accounts: Vec<LinkedAccount> = Vec::new();
         let mut results = Vec::with_capacity(outcomes.len());
         for outcome in &outcomes {
@@ -499,6 +520,7 @@ impl AccountGateway for GatewayService {
         let apps = self
             .gateway
             .catalog
+            .snapshot()
             .all()
             .iter()
             .map(|app| AppInfo {

@@ -6,6 +6,7 @@ pub mod deadline;
 pub mod error;
 pub mod gateway;
 pub mod push;
+pub mod shed;
 pub mod tenant;
 
 pub use error::ApiError;

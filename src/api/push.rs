@@ -116,7 +116,7 @@ impl CarrierPush for PushService {
             .submit(&tenant.name, &numbers)
             .await
             .map_err(ApiError::store)?;
-        let apps = self.gateway.catalog.enabled().count();
+        let apps = self.gateway.catalog.snapshot().enabled().count();
         self.audit(
             &tenant,
             "",

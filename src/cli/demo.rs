@@ -364,6 +364,10 @@ pub fn demo_config(
             timeout: Duration::from_millis(1500),
             ..AppDefaults::default()
         },
+        breaker: Default::default(),
+        retry: Default::default(),
+        admin: None,
+        reload: Default::default(),
         apps,
     }
 }

@@ -1,15 +1,42 @@
-//! One call to one app's adapter, with the app's concurrency limit and a deadline, and the
-//! classification of how it ended (answered, timed out, unreachable, failed).
+//! One look-up call to one app's adapter, through the app's tower stack, and the classification
+//! of how it ended (answered, timed out, unreachable, failed, not asked).
+//!
+//! The stack, outermost first:
+//! 1. **retry** of calls that found the app unreachable (`FindAccounts` is read-only), within a
+//!    per-app retry budget and the call's deadline;
+//! 2. **circuit breaker** ([`super::breaker`]): an app that keeps failing is answered at once as
+//!    `CircuitOpen`, then probed;
+//! 3. **concurrency limit** shared by every call to the app;
+//! 4. the gRPC call itself, bounded by the call's deadline (sent as `grpc-timeout` too).
+//!
+//! The caller bounds the whole stack, waiting for a concurrency permit included, by the same
+//! deadline, so a saturated app times out rather than queueing forever.
 
-use std::sync::Arc;
+use std::{
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
 
+use futures::{FutureExt, future::BoxFuture};
 use tokio::time::Instant;
-use tonic::Code;
+use tonic::{Code, transport::Channel};
+use tower::{
+    Service, ServiceBuilder, ServiceExt,
+    retry::budget::{Budget, TpsBudget},
+    util::BoxCloneSyncService,
+};
 
-use super::App;
+use super::{
+    App,
+    breaker::{BreakerLayer, CircuitBreaker},
+};
 use crate::{
+    config::RetryConfig,
     domain::E164,
-    proto::{AdapterAccount, FindAccountsRequest, app_info::Health},
+    proto::{
+        AdapterAccount, FindAccountsRequest, app_adapter_client::AppAdapterClient, app_info::Health,
+    },
     security::random_id,
 };
 
@@ -22,6 +49,9 @@ pub enum CallError {
     Unavailable,
     #[error("failed with {0:?}")]
     Failed(Code),
+    /// Not asked: the app's circuit breaker is open.
+    #[error("circuit open")]
+    CircuitOpen,
 }
 
 impl CallError {
@@ -37,50 +67,289 @@ impl CallError {
             code => Self::Failed(code),
         }
     }
+
+    /// The outcome word used in logs and metrics.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            CallError::TimedOut => "timed_out",
+            CallError::Unavailable => "unavailable",
+            CallError::Failed(_) => "failed",
+            CallError::CircuitOpen => "circuit_open",
+        }
+    }
 }
 
-/// Asks `app` for the accounts of `phone`, giving up at `deadline`.
+/// One look-up call: the number, and when the caller stops waiting.
+#[derive(Clone)]
+pub struct AppCall {
+    pub phone: E164,
+    pub deadline: Instant,
+}
+
+/// An app's `FindAccounts` behind its stack.
+pub type AppService = BoxCloneSyncService<AppCall, Vec<AdapterAccount>, CallError>;
+
+/// Builds the stack for one app.
+pub(crate) fn app_stack(
+    client: AppAdapterClient<Channel>,
+    concurrency: usize,
+    breaker: Arc<CircuitBreaker>,
+    retry: &RetryConfig,
+) -> AppService {
+    let policy = RetryPolicy {
+        budget: Arc::new(TpsBudget::new(
+            Duration::from_secs(10),
+            retry.min_per_second,
+            retry.budget_ratio as f32,
+        )),
+        retries_left: retry.max_retries,
+        backoff: retry.backoff,
+        first: true,
+        last: None,
+    };
+    let service = ServiceBuilder::new()
+        .retry(policy)
+        .layer(BreakerLayer::new(breaker))
+        .concurrency_limit(concurrency)
+        .service(Adapter { client });
+    BoxCloneSyncService::new(service)
+}
+
+/// The gRPC call at the bottom of the stack.
+#[derive(Clone)]
+struct Adapter {
+    client: AppAdapterClient<Channel>,
+}
+
+impl Service<AppCall> for Adapter {
+    type Response = Vec<AdapterAccount>;
+    type Error = CallError;
+    type Future = BoxFuture<'static, Result<Vec<AdapterAccount>, CallError>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), CallError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, call: AppCall) -> Self::Future {
+        let mut client = self.client.clone();
+        async move {
+            let mut request = tonic::Request::new(FindAccountsRequest {
+                request_id: random_id("req"),
+                phone_number: call.phone.expose().to_owned(),
+            });
+            request.set_timeout(call.deadline.saturating_duration_since(Instant::now()));
+            tokio::time::timeout_at(call.deadline, client.find_accounts(request))
+                .await
+                .map_err(|_| CallError::TimedOut)?
+                .map(|r| r.into_inner().accounts)
+                .map_err(|s| CallError::from_status(&s))
+        }
+        .boxed()
+    }
+}
+
+/// Retries calls that found the app unreachable, while the budget and the deadline allow.
+#[derive(Clone)]
+struct RetryPolicy {
+    budget: Arc<TpsBudget>,
+    retries_left: u32,
+    backoff: Duration,
+    first: bool,
+    /// How the previous attempt failed.
+    last: Option<CallError>,
+}
+
+impl tower::retry::Policy<AppCall, Vec<AdapterAccount>, CallError> for RetryPolicy {
+    type Future = tokio::time::Sleep;
+
+    fn retry(
+        &mut self,
+        call: &mut AppCall,
+        result: &mut Result<Vec<AdapterAccount>, CallError>,
+    ) -> Option<Self::Future> {
+        if std::mem::take(&mut self.first) {
+            // Every first attempt earns the budget its share of retries.
+            self.budget.deposit();
+        }
+        // A retry the breaker refused (the first attempt's failure opened it) did not ask the
+        // app: the answer is how the app last failed.
+        if let (Err(CallError::CircuitOpen), Some(last)) = (&result, self.last) {
+            *result = Err(last);
+            return None;
+        }
+        self.last = result.as_ref().err().copied();
+        let retryable = matches!(result, Err(CallError::Unavailable));
+        // Worth retrying only if a retry has time to be answered.
+        let room = self.backoff * 3;
+        if !retryable
+            || self.retries_left == 0
+            || Instant::now() + room >= call.deadline
+            || !self.budget.withdraw()
+        {
+            return None;
+        }
+        self.retries_left -= 1;
+        Some(tokio::time::sleep(self.backoff))
+    }
+
+    fn clone_request(&mut self, call: &AppCall) -> Option<AppCall> {
+        // Always kept, even with no retry left: `retry` must see the last attempt's result to
+        // report a breaker refusal as the app's own failure.
+        Some(call.clone())
+    }
+}
+
+/// The span of one app call, a child of the current (request) span; `find_accounts` records the
+/// outcome and latency in it.
+pub fn app_call_span(app: &App) -> tracing::Span {
+    tracing::debug_span!(
+        "app_call",
+        app = %app.id,
+        outcome = tracing::field::Empty,
+        latency_ms = tracing::field::Empty,
+    )
+}
+
+/// Asks `app` for the accounts of `phone`, giving up at `deadline`. Run it instrumented with
+/// [`app_call_span`].
 pub async fn find_accounts(
     app: Arc<App>,
     phone: E164,
     deadline: Instant,
 ) -> Result<Vec<AdapterAccount>, CallError> {
     let started = Instant::now();
-    let outcome = tokio::time::timeout_at(deadline, async {
-        // Waiting for a permit counts against the deadline, so a saturated app times out rather
-        // than queueing forever.
-        let _permit = app
-            .permits
-            .acquire()
-            .await
-            .map_err(|_| CallError::Unavailable)?;
-        let mut request = tonic::Request::new(FindAccountsRequest {
-            request_id: random_id("req"),
-            phone_number: phone.expose().to_owned(),
-        });
-        request.set_timeout(deadline.saturating_duration_since(Instant::now()));
-        app.client()
-            .find_accounts(request)
-            .await
-            .map(|r| r.into_inner().accounts)
-            .map_err(|s| CallError::from_status(&s))
-    })
-    .await
-    .unwrap_or(Err(CallError::TimedOut));
-    let health = match &outcome {
-        Ok(_) => Health::Healthy,
-        Err(_) => Health::Degraded,
-    };
-    app.record_health(health);
-    tracing::debug!(
-        app = %app.id,
-        outcome = outcome.as_ref().map(|_| "answered").unwrap_or_else(|e| match e {
-            CallError::TimedOut => "timed_out",
-            CallError::Unavailable => "unavailable",
-            CallError::Failed(_) => "failed",
-        }),
-        latency_ms = started.elapsed().as_millis() as u64,
-        "adapter call"
+    let service = app.service.clone();
+    let outcome = tokio::time::timeout_at(deadline, service.oneshot(AppCall { phone, deadline }))
+        .await
+        .unwrap_or(Err(CallError::TimedOut));
+    let latency = started.elapsed();
+    match &outcome {
+        Ok(_) => app.record_health(Health::Healthy),
+        Err(CallError::CircuitOpen) => {}
+        Err(_) => app.record_health(Health::Degraded),
+    }
+    app.metrics.record(
+        outcome.as_ref().map(|_| ()).map_err(|e| *e),
+        latency.as_secs_f64(),
     );
+    let span = tracing::Span::current();
+    span.record(
+        "outcome",
+        outcome
+            .as_ref()
+            .map(|_| "answered")
+            .unwrap_or_else(|e| e.as_str()),
+    );
+    span.record("latency_ms", latency.as_millis() as u64);
+    tracing::debug!("adapter call done");
     outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+
+    fn policy(max_retries: u32, min_per_second: u32) -> RetryPolicy {
+        RetryPolicy {
+            budget: Arc::new(TpsBudget::new(Duration::from_secs(10), min_per_second, 0.0)),
+            retries_left: max_retries,
+            backoff: Duration::from_millis(10),
+            first: true,
+            last: None,
+        }
+    }
+
+    /// Runs one call through `policy` against a service answering `answers` in turn; returns the
+    /// result and the number of attempts.
+    async fn run(
+        policy: RetryPolicy,
+        answers: Vec<Result<(), CallError>>,
+        deadline: Duration,
+    ) -> (Result<Vec<AdapterAccount>, CallError>, u32) {
+        let attempts = Arc::new(AtomicU32::new(0));
+        let counter = Arc::clone(&attempts);
+        let service = tower::service_fn(move |_: AppCall| {
+            let n = counter.fetch_add(1, Ordering::SeqCst) as usize;
+            let answer = answers[n.min(answers.len() - 1)];
+            async move { answer.map(|()| Vec::new()) }
+        });
+        let call = AppCall {
+            phone: E164::parse("+8613800138000").unwrap(),
+            deadline: Instant::now() + deadline,
+        };
+        let result = tower::retry::Retry::new(policy, service)
+            .oneshot(call)
+            .await;
+        (result, attempts.load(Ordering::SeqCst))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unreachable_app_is_retried_once_then_answers() {
+        let (result, attempts) = run(
+            policy(1, 10),
+            vec![Err(CallError::Unavailable), Ok(())],
+            Duration::from_secs(1),
+        )
+        .await;
+        assert!(result.is_ok());
+        assert_eq!(attempts, 2);
+        // Retries stop at max_retries.
+        let (result, attempts) = run(
+            policy(1, 10),
+            vec![Err(CallError::Unavailable)],
+            Duration::from_secs(1),
+        )
+        .await;
+        assert_eq!(result.unwrap_err(), CallError::Unavailable);
+        assert_eq!(attempts, 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn errors_that_a_retry_would_not_fix_are_not_retried() {
+        for error in [
+            CallError::Failed(Code::Internal),
+            CallError::Failed(Code::InvalidArgument),
+            CallError::TimedOut,
+            CallError::CircuitOpen,
+        ] {
+            let (result, attempts) =
+                run(policy(3, 10), vec![Err(error)], Duration::from_secs(1)).await;
+            assert_eq!(result.unwrap_err(), error);
+            assert_eq!(attempts, 1, "{error:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_retry_without_time_left_or_budget() {
+        // 20 ms left, a retry needs three backoffs (30 ms).
+        let (_, attempts) = run(
+            policy(1, 10),
+            vec![Err(CallError::Unavailable)],
+            Duration::from_millis(20),
+        )
+        .await;
+        assert_eq!(attempts, 1);
+        // An empty budget: no floor and no deposits worth a retry.
+        let (_, attempts) = run(
+            policy(1, 0),
+            vec![Err(CallError::Unavailable)],
+            Duration::from_secs(1),
+        )
+        .await;
+        assert_eq!(attempts, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_refused_by_the_breaker_reports_the_apps_own_failure() {
+        let (result, attempts) = run(
+            policy(1, 10),
+            vec![Err(CallError::Unavailable), Err(CallError::CircuitOpen)],
+            Duration::from_secs(1),
+        )
+        .await;
+        assert_eq!(result.unwrap_err(), CallError::Unavailable);
+        assert_eq!(attempts, 2);
+    }
 }

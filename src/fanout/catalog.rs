@@ -1,26 +1,47 @@
 //! The app catalog: one entry per integrated app, each with its own long-lived HTTP/2 channel to
-//! the app's adapter, its settings, a concurrency limit and a record of how its last call went.
+//! the app's adapter, its settings, and the tower stack its look-up calls go through (retry
+//! budget, circuit breaker, concurrency limit, deadline).
+//!
+//! The catalog is live: [`Catalog::reload`] swaps in a new set of apps built from a new config.
+//! An app whose settings did not change keeps its entry (channel, breaker, counters); a changed one
+//! gets a new entry; a removed one is dropped once the look-ups still using it finish. Readers take
+//! a snapshot ([`Catalog::snapshot`]) and keep it for the whole request, so a reload never changes
+//! an app under a request in flight.
 
 use std::{
     collections::HashMap,
     sync::{
-        Arc,
-        atomic::{AtomicU8, Ordering},
+        Arc, RwLock,
+        atomic::{AtomicU8, AtomicUsize, Ordering},
     },
     time::Duration,
 };
 
-use tokio::sync::Semaphore;
+use anyhow::Context;
 use tonic::transport::{Channel, Endpoint};
 
-use anyhow::Context;
-
+use super::{
+    adapter::{AppService, app_stack},
+    breaker::{BreakerState, CircuitBreaker},
+};
 use crate::{
-    config::{AppConfig, AppDefaults, OutboundTlsConfig},
+    config::{AppConfig, AppDefaults, BreakerConfig, Config, OutboundTlsConfig, RetryConfig},
     domain::AppId,
+    metrics::{AppMetrics, Metrics},
     proto::{app_adapter_client::AppAdapterClient, app_info::Health},
     tls::client_config,
 };
+
+/// Everything an app's entry is built from; an entry is kept across a reload only if this is
+/// unchanged.
+#[derive(Clone, Debug, PartialEq)]
+struct Settings {
+    app: AppConfig,
+    defaults: AppDefaults,
+    breaker: BreakerConfig,
+    retry: RetryConfig,
+    outbound_tls: Option<OutboundTlsConfig>,
+}
 
 /// One integrated app.
 pub struct App {
@@ -33,23 +54,87 @@ pub struct App {
     pub timeout: Duration,
     /// How long the app has to finish an unbind.
     pub unbind_deadline: Duration,
-    /// Position in the catalog, for a stable answer order.
-    pub position: usize,
+    /// Position in the catalog, for a stable answer order (moves when a reload reorders).
+    position: AtomicUsize,
     client: AppAdapterClient<Channel>,
-    /// Calls in flight to this app at once.
-    pub(crate) permits: Arc<Semaphore>,
+    /// `FindAccounts` through retry, breaker and concurrency limit.
+    pub(crate) service: AppService,
+    pub(crate) breaker: Arc<CircuitBreaker>,
+    pub(crate) metrics: AppMetrics,
     health: AtomicU8,
+    settings: Settings,
 }
 
 impl App {
+    fn build(settings: Settings, position: usize, metrics: &Metrics) -> anyhow::Result<Self> {
+        let app = &settings.app;
+        let defaults = &settings.defaults;
+        let id = AppId::parse(&app.id).map_err(|e| anyhow::anyhow!("apps[{position}].id: {e}"))?;
+        let timeout = app.timeout.unwrap_or(defaults.timeout);
+        let mut endpoint = Endpoint::from_shared(app.endpoint.clone())
+            .map_err(|e| anyhow::anyhow!("apps[{position}].endpoint: {e}"))?;
+        if let Some(tls) = client_config(
+            &app.endpoint,
+            settings.outbound_tls.as_ref(),
+            app.tls_ca.as_deref(),
+            app.tls_server_name.as_deref(),
+        )
+        .with_context(|| format!("apps[{position}]"))?
+        {
+            endpoint = endpoint
+                .tls_config(tls)
+                .with_context(|| format!("apps[{position}]: TLS settings"))?;
+        }
+        let channel = endpoint
+            .connect_timeout(timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_while_idle(true)
+            .connect_lazy();
+        let client = AppAdapterClient::new(channel);
+        let breaker = Arc::new(CircuitBreaker::new(settings.breaker.clone()));
+        let service = app_stack(
+            client.clone(),
+            app.concurrency.unwrap_or(defaults.concurrency),
+            Arc::clone(&breaker),
+            &settings.retry,
+        );
+        Ok(Self {
+            metrics: metrics.app(&id),
+            id,
+            name: app.name.clone(),
+            category: app.category.clone(),
+            customer_service: app.customer_service.clone(),
+            enabled: app.enabled,
+            timeout,
+            unbind_deadline: app.unbind_deadline.unwrap_or(defaults.unbind_deadline),
+            position: AtomicUsize::new(position),
+            client,
+            service,
+            breaker,
+            health: AtomicU8::new(Health::Unknown as u8),
+            settings,
+        })
+    }
+
+    /// Position in the catalog.
+    pub fn position(&self) -> usize {
+        self.position.load(Ordering::Relaxed)
+    }
+
     /// A client for the app's adapter (a clone of the shared channel).
     pub fn client(&self) -> AppAdapterClient<Channel> {
         self.client.clone()
     }
 
-    /// How the app looks from its recent calls.
+    /// The state of the app's circuit breaker.
+    pub fn breaker_state(&self) -> BreakerState {
+        self.breaker.state()
+    }
+
+    /// How the app looks from its recent calls: down while disabled or its breaker is open.
     pub fn health(&self) -> Health {
-        if !self.enabled {
+        if !self.enabled || self.breaker.state() == BreakerState::Open {
             return Health::Down;
         }
         Health::try_from(i32::from(self.health.load(Ordering::Relaxed))).unwrap_or(Health::Unknown)
@@ -60,65 +145,13 @@ impl App {
     }
 }
 
-/// Every app, in catalog order.
-pub struct Catalog {
+/// One version of the catalog: every app, in catalog order.
+pub struct CatalogSnapshot {
     apps: Vec<Arc<App>>,
     by_id: HashMap<AppId, Arc<App>>,
 }
 
-impl Catalog {
-    /// Builds the catalog from config; channels connect lazily, so an app that is down at start-up
-    /// does not stop the gateway.
-    pub fn new(
-        apps: &[AppConfig],
-        defaults: &AppDefaults,
-        outbound_tls: Option<&OutboundTlsConfig>,
-    ) -> anyhow::Result<Self> {
-        let mut list = Vec::with_capacity(apps.len());
-        for (position, app) in apps.iter().enumerate() {
-            let id =
-                AppId::parse(&app.id).map_err(|e| anyhow::anyhow!("apps[{position}].id: {e}"))?;
-            let timeout = app.timeout.unwrap_or(defaults.timeout);
-            let mut endpoint = Endpoint::from_shared(app.endpoint.clone())
-                .map_err(|e| anyhow::anyhow!("apps[{position}].endpoint: {e}"))?;
-            if let Some(tls) = client_config(
-                &app.endpoint,
-                outbound_tls,
-                app.tls_ca.as_deref(),
-                app.tls_server_name.as_deref(),
-            )
-            .with_context(|| format!("apps[{position}]"))?
-            {
-                endpoint = endpoint
-                    .tls_config(tls)
-                    .with_context(|| format!("apps[{position}]: TLS settings"))?;
-            }
-            let channel = endpoint
-                .connect_timeout(timeout)
-                .tcp_nodelay(true)
-                .http2_keep_alive_interval(Duration::from_secs(30))
-                .keep_alive_while_idle(true)
-                .connect_lazy();
-            list.push(Arc::new(App {
-                id,
-                name: app.name.clone(),
-                category: app.category.clone(),
-                customer_service: app.customer_service.clone(),
-                enabled: app.enabled,
-                timeout,
-                unbind_deadline: app.unbind_deadline.unwrap_or(defaults.unbind_deadline),
-                position,
-                client: AppAdapterClient::new(channel),
-                permits: Arc::new(Semaphore::new(
-                    app.concurrency.unwrap_or(defaults.concurrency),
-                )),
-                health: AtomicU8::new(Health::Unknown as u8),
-            }));
-        }
-        let by_id = list.iter().map(|a| (a.id.clone(), a.clone())).collect();
-        Ok(Self { apps: list, by_id })
-    }
-
+impl CatalogSnapshot {
     /// Every app, enabled or not.
     pub fn all(&self) -> &[Arc<App>] {
         &self.apps
@@ -134,4 +167,97 @@ impl Catalog {
         let id = AppId::parse(id).ok()?;
         self.by_id.get(&id)
     }
+}
+
+/// What a reload changed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct CatalogChange {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub changed: Vec<String>,
+    pub unchanged: usize,
+}
+
+impl CatalogChange {
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty()
+    }
+}
+
+/// The live catalog.
+pub struct Catalog {
+    current: RwLock<Arc<CatalogSnapshot>>,
+    metrics: Metrics,
+}
+
+impl Catalog {
+    /// Builds the catalog from config; channels connect lazily, so an app that is down at start-up
+    /// does not stop the gateway.
+    pub fn new(config: &Config, metrics: Metrics) -> anyhow::Result<Self> {
+        let (snapshot, _) = build(config, None, &metrics)?;
+        Ok(Self {
+            current: RwLock::new(Arc::new(snapshot)),
+            metrics,
+        })
+    }
+
+    /// The catalog as it is now; keep it for the whole request.
+    pub fn snapshot(&self) -> Arc<CatalogSnapshot> {
+        Arc::clone(&self.current.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// The app with this id in the current catalog.
+    pub fn get(&self, id: &str) -> Option<Arc<App>> {
+        self.snapshot().get(id).cloned()
+    }
+
+    /// Replaces the apps with those of `config`, keeping the entries of unchanged apps. On error
+    /// the catalog is left as it was.
+    pub fn reload(&self, config: &Config) -> anyhow::Result<CatalogChange> {
+        let old = self.snapshot();
+        let (snapshot, change) = build(config, Some(&old), &self.metrics)?;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(snapshot);
+        Ok(change)
+    }
+}
+
+fn build(
+    config: &Config,
+    old: Option<&CatalogSnapshot>,
+    metrics: &Metrics,
+) -> anyhow::Result<(CatalogSnapshot, CatalogChange)> {
+    let mut change = CatalogChange::default();
+    let mut apps = Vec::with_capacity(config.apps.len());
+    for (position, app) in config.apps.iter().enumerate() {
+        let settings = Settings {
+            app: app.clone(),
+            defaults: config.app_defaults.clone(),
+            breaker: config.breaker.clone(),
+            retry: config.retry.clone(),
+            outbound_tls: config.outbound_tls.clone(),
+        };
+        let previous = old.and_then(|o| o.get(&app.id));
+        match previous {
+            Some(p) if p.settings == settings => {
+                p.position.store(position, Ordering::Relaxed);
+                change.unchanged += 1;
+                apps.push(Arc::clone(p));
+                continue;
+            }
+            Some(_) => change.changed.push(app.id.clone()),
+            None if old.is_some() => change.added.push(app.id.clone()),
+            None => {}
+        }
+        apps.push(Arc::new(App::build(settings, position, metrics)?));
+    }
+    let by_id: HashMap<AppId, Arc<App>> = apps.iter().map(|a| (a.id.clone(), a.clone())).collect();
+    if let Some(old) = old {
+        change.removed = old
+            .all()
+            .iter()
+            .filter(|a| !by_id.contains_key(&a.id))
+            .map(|a| a.id.to_string())
+            .collect();
+    }
+    Ok((CatalogSnapshot { apps, by_id }, change))
 }

@@ -96,6 +96,7 @@ pub fn app_result(outcome: &AppOutcome, accounts: Vec<LinkedAccount>) -> AppResu
         Err(CallError::TimedOut) => (State::TimedOut, 0),
         Err(CallError::Unavailable) => (State::Unavailable, 0),
         Err(CallError::Failed(_)) => (State::Failed, 0),
+        Err(CallError::CircuitOpen) => (State::SkippedCircuitOpen, 0),
     };
     AppResult {
         app_id: outcome.app.id.to_string(),

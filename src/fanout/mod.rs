@@ -6,6 +6,7 @@
 //! `FAILED`.
 
 mod adapter;
+pub mod breaker;
 mod cache;
 mod catalog;
 pub mod merge;
@@ -15,11 +16,12 @@ use std::{sync::Arc, time::Duration};
 use futures::{FutureExt, future::BoxFuture, stream::FuturesUnordered};
 use tokio::time::Instant;
 
-pub use adapter::{CallError, find_accounts};
+pub use adapter::{AppCall, AppService, CallError, app_call_span, find_accounts};
 pub use cache::{Accounts, CacheKey, LookupCache};
-pub use catalog::{App, Catalog};
+pub use catalog::{App, Catalog, CatalogChange, CatalogSnapshot};
+use tracing::Instrument;
 
-use crate::{domain::E164, security::NumberHash};
+use crate::{domain::E164, metrics::Metrics, security::NumberHash};
 
 /// How one app's part of a look-up ended.
 pub struct AppOutcome {
@@ -32,12 +34,14 @@ pub struct AppOutcome {
 /// The fan-out engine.
 pub struct FanOut {
     cache: Arc<LookupCache>,
+    metrics: Metrics,
 }
 
 impl FanOut {
-    pub fn new(cache: LookupCache) -> Self {
+    pub fn new(cache: LookupCache, metrics: Metrics) -> Self {
         Self {
             cache: Arc::new(cache),
+            metrics,
         }
     }
 
@@ -58,11 +62,15 @@ impl FanOut {
     ) -> FuturesUnordered<BoxFuture<'static, AppOutcome>> {
         let started = Instant::now();
         let short = number.short();
-        apps.into_iter()
+        let asked = apps.len() as u64;
+        let mut hits = 0;
+        let outcomes = apps
+            .into_iter()
             .map(|app| {
                 let key = (short, app.id.clone());
                 if !bypass_cache {
                     if let Some(accounts) = self.cache.cached(&key) {
+                        hits += 1;
                         return futures::future::ready(AppOutcome {
                             app,
                             result: Ok(accounts),
@@ -75,6 +83,7 @@ impl FanOut {
                 let call_deadline = deadline.min(started + app.timeout);
                 let call = self.cache.call(key, || {
                     find_accounts(Arc::clone(&app), phone.clone(), call_deadline)
+                        .instrument(app_call_span(&app))
                 });
                 async move {
                     let result = tokio::time::timeout_at(call_deadline, call)
@@ -89,6 +98,9 @@ impl FanOut {
                 }
                 .boxed()
             })
-            .collect()
+            .collect();
+        self.metrics.cache_hits(hits);
+        self.metrics.cache_misses(asked - hits);
+        outcomes
     }
 }

@@ -62,7 +62,12 @@ impl Pusher {
                 reissued_at: n.reissued_at,
             })
             .collect();
-        let apps: Vec<String> = self.catalog.enabled().map(|a| a.id.to_string()).collect();
+        let apps: Vec<String> = self
+            .catalog
+            .snapshot()
+            .enabled()
+            .map(|a| a.id.to_string())
+            .collect();
         self.store
             .create_submission(&id, tenant, &pushed, &apps, BATCH_SIZE, self.clock.now_ms())
             .await?;

@@ -79,7 +79,7 @@ impl PushWorker {
     }
 
     async fn try_deliver(&self, d: &Delivery) -> bool {
-        let Some(app) = self.catalog.get(&d.app_id).cloned() else {
+        let Some(app) = self.catalog.get(&d.app_id) else {
             // An app removed from the catalog needs nothing more.
             return true;
         };

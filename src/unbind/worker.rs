@@ -210,7 +210,7 @@ impl Worker {
 
     async fn attempt(&self, ticket: &TicketRow) -> Decision {
         let now = self.clock.now_ms();
-        let Some(app) = self.catalog.get(&ticket.app_id).cloned() else {
+        let Some(app) = self.catalog.get(&ticket.app_id) else {
             return self.give_up(ticket, "the app is no longer integrated");
         };
         let (Some(phone), Some(account_id)) = (
@@ -391,6 +391,7 @@ impl Worker {
         };
         let app = self.catalog.get(&ticket.app_id);
         let name = app
+            .as_ref()
             .map(|a| a.name.clone())
             .unwrap_or_else(|| ticket.app_id.clone());
         let outcome = match state {

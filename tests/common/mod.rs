@@ -173,3 +173,72 @@ pub async fn fresh_postgres_database() -> Option<String> {
             .expect("DATABASE_URL is set but a database cannot be created"),
     )
 }
+
+/// `GET http://addr/path` over a plain TCP connection (HTTP/1.1, `Connection: close`); the
+/// status code and the body.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status code");
+    // The admin endpoint answers small bodies; decode chunked transfer if used.
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        let mut out = String::new();
+        let mut rest = body;
+        while let Some((size, after)) = rest.split_once("\r\n") {
+            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            out.push_str(&after[..n]);
+            rest = &after[n + 2..];
+        }
+        out
+    } else {
+        body.to_owned()
+    };
+    (status, body)
+}
+
+/// The admin endpoint's address of the harness's gateway (configure `admin` in `tweak`).
+pub fn admin_addr(h: &Harness) -> std::net::SocketAddr {
+    h.stack
+        .gateway
+        .as_ref()
+        .and_then(|g| g.admin_addr)
+        .expect("the admin endpoint is configured")
+}
+
+/// Sets `admin.listen` to an ephemeral loopback port.
+pub fn with_admin(config: &mut Config) {
+    config.admin = Some(unbind_gateway::config::AdminConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+    });
+}
+
+/// The value of a metric line `name{labels} value` in a Prometheus exposition, if present.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}

@@ -1,0 +1,61 @@
+//! The admin HTTP endpoint, for operators and orchestrators (never for callers; bind it to a
+//! private address): `GET /metrics` (Prometheus text, see `metrics`), `GET /healthz` (the process
+//! is alive), `GET /readyz` (200 while the store answers, else 503).
+
+use std::{future::Future, sync::Arc};
+
+use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
+use tokio::net::TcpListener;
+
+use crate::server::Gateway;
+
+/// Serves the admin endpoint on `listener` until `shutdown` resolves.
+pub async fn serve(
+    gateway: Arc<Gateway>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    tracing::info!(addr = ?listener.local_addr().ok(), "admin endpoint serving");
+    let router = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .with_state(gateway);
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    Ok(())
+}
+
+async fn metrics(State(gateway): State<Arc<Gateway>>) -> impl IntoResponse {
+    let m = &gateway.metrics;
+    m.observe_catalog(&gateway.catalog.snapshot());
+    m.observe_cache_entries(gateway.fanout.cache().len());
+    match gateway.store.count_tickets_by_state().await {
+        Ok(counts) => m.observe_tickets(
+            &counts
+                .iter()
+                .map(|(state, n)| (state.as_str(), *n))
+                .collect::<Vec<_>>(),
+        ),
+        Err(e) => tracing::warn!(error = %e, "metrics: cannot count tickets"),
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        m.encode(),
+    )
+}
+
+async fn ready(State(gateway): State<Arc<Gateway>>) -> impl IntoResponse {
+    if gateway.is_ready() {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: the store does not answer\n",
+        )
+    }
+}

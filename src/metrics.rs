@@ -1,0 +1,468 @@
+//! Prometheus metrics, served as text on the admin HTTP port (see `admin`).
+//!
+//! Labels are app ids, RPC method names, gRPC codes and fixed outcome words: never a phone
+//! number, a hash of one, a token or a code. The set of `method` values is closed (the methods of
+//! our protos, else `other`), so a caller cannot grow the label space.
+//!
+//! | metric | type | labels |
+//! |---|---|---|
+//! | `unbind_app_calls_total` | counter | `app`, `outcome` (answered, timed_out, unavailable, failed, circuit_open) |
+//! | `unbind_app_call_duration_seconds` | histogram | `app` |
+//! | `unbind_app_breaker_state` | gauge (0 closed, 1 half-open, 2 open) | `app` |
+//! | `unbind_app_breaker_opened` | gauge (times opened since the entry was built) | `app` |
+//! | `unbind_cache_hits_total`, `unbind_cache_misses_total` | counter | |
+//! | `unbind_cache_entries` | gauge | |
+//! | `unbind_requests_in_flight` | gauge | |
+//! | `unbind_requests_shed_total` | counter | |
+//! | `unbind_requests_total` | counter | `method`, `code` |
+//! | `unbind_request_duration_seconds` | histogram | `method` |
+//! | `unbind_verifications_total` | counter | `outcome` |
+//! | `unbind_tickets` | gauge | `state` |
+//! | `unbind_catalog_apps` | gauge | |
+//! | `unbind_catalog_reloads_total` | counter | `result` (applied, unchanged, rejected) |
+
+use std::{collections::HashSet, sync::Arc};
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::Registry,
+};
+use prost::Message;
+
+use crate::{
+    domain::AppId,
+    fanout::{CallError, CatalogSnapshot},
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AppLabels {
+    app: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AppOutcomeLabels {
+    app: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MethodLabels {
+    method: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MethodCodeLabels {
+    method: String,
+    code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 1 ms .. ~16 s.
+    Histogram::new(exponential_buckets(0.001, 2.0, 15))
+}
+
+/// One app's counters, resolved once when its catalog entry is built (no label look-up per call).
+#[derive(Clone)]
+pub struct AppMetrics {
+    answered: Counter,
+    timed_out: Counter,
+    unavailable: Counter,
+    failed: Counter,
+    circuit_open: Counter,
+    latency: Histogram,
+}
+
+impl AppMetrics {
+    /// Counts one call and, if the app was asked, its latency.
+    pub fn record(&self, result: Result<(), CallError>, seconds: f64) {
+        let counter = match result {
+            Ok(()) => &self.answered,
+            Err(CallError::TimedOut) => &self.timed_out,
+            Err(CallError::Unavailable) => &self.unavailable,
+            Err(CallError::Failed(_)) => &self.failed,
+            Err(CallError::CircuitOpen) => {
+                self.circuit_open.inc();
+                return;
+            }
+        };
+        counter.inc();
+        self.latency.observe(seconds);
+    }
+}
+
+struct Inner {
+    registry: Registry,
+    methods: HashSet<String>,
+    app_calls: Family<AppOutcomeLabels, Counter>,
+    app_latency: HistogramFamily<AppLabels>,
+    breaker_state: Family<AppLabels, Gauge>,
+    breaker_opened: Family<AppLabels, Gauge>,
+    cache_hits: Counter,
+    cache_misses: Counter,
+    cache_entries: Gauge,
+    in_flight: Gauge,
+    shed: Counter,
+    requests: Family<MethodCodeLabels, Counter>,
+    request_duration: HistogramFamily<MethodLabels>,
+    verifications: Family<OutcomeLabels, Counter>,
+    tickets: Family<StateLabels, Gauge>,
+    catalog_apps: Gauge,
+    catalog_reloads: Family<ResultLabels, Counter>,
+}
+
+/// The gateway's metrics; cheap to clone.
+#[derive(Clone)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("unbind");
+        let app_calls = Family::<AppOutcomeLabels, Counter>::default();
+        let app_latency: HistogramFamily<AppLabels> =
+            Family::new_with_constructor(latency_histogram);
+        let breaker_state = Family::<AppLabels, Gauge>::default();
+        let breaker_opened = Family::<AppLabels, Gauge>::default();
+        let cache_hits = Counter::default();
+        let cache_misses = Counter::default();
+        let cache_entries = Gauge::default();
+        let in_flight = Gauge::default();
+        let shed = Counter::default();
+        let requests = Family::<MethodCodeLabels, Counter>::default();
+        let request_duration: HistogramFamily<MethodLabels> =
+            Family::new_with_constructor(latency_histogram);
+        let verifications = Family::<OutcomeLabels, Counter>::default();
+        let tickets = Family::<StateLabels, Gauge>::default();
+        let catalog_apps = Gauge::default();
+        let catalog_reloads = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "app_calls",
+            "FindAccounts calls to each app, by outcome",
+            app_calls.clone(),
+        );
+        registry.register(
+            "app_call_duration_seconds",
+            "Latency of FindAccounts calls to each app",
+            app_latency.clone(),
+        );
+        registry.register(
+            "app_breaker_state",
+            "Circuit breaker of each app: 0 closed, 1 half-open, 2 open",
+            breaker_state.clone(),
+        );
+        registry.register(
+            "app_breaker_opened",
+            "Times each app's breaker opened since its catalog entry was built",
+            breaker_opened.clone(),
+        );
+        registry.register(
+            "cache_hits",
+            "App answers served from the cache",
+            cache_hits.clone(),
+        );
+        registry.register(
+            "cache_misses",
+            "App answers not in the cache (the app was asked)",
+            cache_misses.clone(),
+        );
+        registry.register(
+            "cache_entries",
+            "(number, app) answers held in the cache",
+            cache_entries.clone(),
+        );
+        registry.register(
+            "requests_in_flight",
+            "gRPC requests being handled",
+            in_flight.clone(),
+        );
+        registry.register(
+            "requests_shed",
+            "gRPC requests refused at once because the gateway was saturated",
+            shed.clone(),
+        );
+        registry.register(
+            "requests",
+            "gRPC requests by method and status code",
+            requests.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time to the response headers of each gRPC request",
+            request_duration.clone(),
+        );
+        registry.register(
+            "verifications",
+            "Identity verification steps by outcome",
+            verifications.clone(),
+        );
+        registry.register(
+            "tickets",
+            "Unbind tickets by state (all replicas: read from the store)",
+            tickets.clone(),
+        );
+        registry.register("catalog_apps", "Apps in the catalog", catalog_apps.clone());
+        registry.register(
+            "catalog_reloads",
+            "Catalog reloads by result",
+            catalog_reloads.clone(),
+        );
+        Self {
+            inner: Arc::new(Inner {
+                registry,
+                methods: known_methods(),
+                app_calls,
+                app_latency,
+                breaker_state,
+                breaker_opened,
+                cache_hits,
+                cache_misses,
+                cache_entries,
+                in_flight,
+                shed,
+                requests,
+                request_duration,
+                verifications,
+                tickets,
+                catalog_apps,
+                catalog_reloads,
+            }),
+        }
+    }
+
+    /// The counters of one app.
+    pub fn app(&self, id: &AppId) -> AppMetrics {
+        let calls = |outcome| {
+            self.inner.app_calls.get_or_create_owned(&AppOutcomeLabels {
+                app: id.to_string(),
+                outcome,
+            })
+        };
+        AppMetrics {
+            answered: calls("answered"),
+            timed_out: calls("timed_out"),
+            unavailable: calls("unavailable"),
+            failed: calls("failed"),
+            circuit_open: calls("circuit_open"),
+            latency: self.inner.app_latency.get_or_create_owned(&AppLabels {
+                app: id.to_string(),
+            }),
+        }
+    }
+
+    pub fn cache_hits(&self, n: u64) {
+        self.inner.cache_hits.inc_by(n);
+    }
+
+    pub fn cache_misses(&self, n: u64) {
+        self.inner.cache_misses.inc_by(n);
+    }
+
+    /// The in-flight gauge.
+    pub fn in_flight(&self) -> &Gauge {
+        &self.inner.in_flight
+    }
+
+    pub fn shed(&self) {
+        self.inner.shed.inc();
+    }
+
+    /// The label for a request path: the path if it is one of our methods, else `other`.
+    pub fn method_label(&self, path: &str) -> String {
+        if self.inner.methods.contains(path) {
+            path.trim_start_matches('/').to_owned()
+        } else {
+            "other".to_owned()
+        }
+    }
+
+    /// Counts a finished request.
+    pub fn request(&self, method: String, code: tonic::Code, seconds: f64) {
+        self.inner
+            .request_duration
+            .get_or_create(&MethodLabels {
+                method: method.clone(),
+            })
+            .observe(seconds);
+        self.inner
+            .requests
+            .get_or_create(&MethodCodeLabels {
+                method,
+                code: code_name(code),
+            })
+            .inc();
+    }
+
+    /// Counts a verification step's outcome (a fixed word, e.g. `code_sent`, `wrong_code`).
+    pub fn verification(&self, outcome: &'static str) {
+        self.inner
+            .verifications
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+    }
+
+    /// Counts a catalog reload (`applied`, `unchanged` or `rejected`).
+    pub fn catalog_reload(&self, result: &'static str) {
+        self.inner
+            .catalog_reloads
+            .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
+    /// Reads the gauges that are states rather than events: breakers and catalog size.
+    pub fn observe_catalog(&self, catalog: &CatalogSnapshot) {
+        self.inner.breaker_state.clear();
+        self.inner.breaker_opened.clear();
+        for app in catalog.all() {
+            let labels = AppLabels {
+                app: app.id.to_string(),
+            };
+            self.inner
+                .breaker_state
+                .get_or_create(&labels)
+                .set(app.breaker_state().as_gauge());
+            self.inner
+                .breaker_opened
+                .get_or_create(&labels)
+                .set(app.breaker.times_opened() as i64);
+        }
+        self.inner.catalog_apps.set(catalog.all().len() as i64);
+    }
+
+    pub fn observe_cache_entries(&self, entries: u64) {
+        self.inner.cache_entries.set(entries as i64);
+    }
+
+    /// Sets the ticket gauges from counts read from the store.
+    pub fn observe_tickets(&self, counts: &[(&'static str, i64)]) {
+        self.inner.tickets.clear();
+        for (state, n) in counts {
+            self.inner
+                .tickets
+                .get_or_create(&StateLabels { state })
+                .set(*n);
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(64 * 1024);
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.inner.registry);
+        out
+    }
+}
+
+/// `/package.Service/Method` for every method of our protos.
+fn known_methods() -> HashSet<String> {
+    let mut methods = HashSet::new();
+    let Ok(set) = prost_types::FileDescriptorSet::decode(crate::proto::FILE_DESCRIPTOR_SET) else {
+        return methods;
+    };
+    for file in set.file {
+        let package = file.package.unwrap_or_default();
+        for service in file.service {
+            let name = service.name.unwrap_or_default();
+            for method in service.method {
+                methods.insert(format!(
+                    "/{package}.{name}/{}",
+                    method.name.unwrap_or_default()
+                ));
+            }
+        }
+    }
+    methods
+}
+
+fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn methods_are_a_closed_set() {
+        let m = Metrics::new();
+        assert_eq!(
+            m.method_label("/unbind.v1.AccountGateway/ListLinkedAccounts"),
+            "unbind.v1.AccountGateway/ListLinkedAccounts"
+        );
+        assert_eq!(
+            m.method_label("/unbind.v1.AccountGateway/13800138000"),
+            "other"
+        );
+        assert_eq!(m.method_label("/x"), "other");
+    }
+
+    #[test]
+    fn exposition_names_every_family() {
+        let m = Metrics::new();
+        m.app(&AppId::parse("app-001").unwrap())
+            .record(Ok(()), 0.02);
+        m.request(
+            "unbind.v1.AccountGateway/ListApps".into(),
+            tonic::Code::Ok,
+            0.001,
+        );
+        let text = m.encode();
+        for name in [
+            "unbind_app_calls_total{app=\"app-001\",outcome=\"answered\"} 1",
+            "unbind_app_call_duration_seconds_bucket",
+            "unbind_requests_total{method=\"unbind.v1.AccountGateway/ListApps\",code=\"OK\"} 1",
+            "unbind_requests_in_flight",
+            "unbind_cache_hits_total",
+        ] {
+            assert!(text.contains(name), "{name} missing from\n{text}");
+        }
+    }
+}

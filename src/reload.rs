@@ -1,0 +1,193 @@
+//! Live catalog reload: the config file is read again on SIGHUP and whenever it changes (checked
+//! every `reload.watch_interval`). The app catalog (`[[apps]]`, `[app_defaults]`, `[breaker]`,
+//! `[retry]`) takes effect at once, without a restart; look-ups in flight finish with the catalog
+//! they started with. A file that does not parse or validate is rejected with the reason logged,
+//! and the running catalog is kept. Changes to other settings are logged as needing a restart.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use tokio::task::JoinHandle;
+
+use crate::{config::Config, fanout::CatalogChange, server::Gateway};
+
+/// What a reload did.
+#[derive(Debug)]
+pub enum Reloaded {
+    /// The catalog was rebuilt (possibly with no app changed).
+    Applied(CatalogChange),
+    /// The file was rejected; the running catalog is kept.
+    Rejected(String),
+}
+
+/// Re-reads config files and applies their catalog.
+pub struct Reloader {
+    gateway: Arc<Gateway>,
+    path: PathBuf,
+    /// Adjustments the command line made to the file's settings (e.g. `--database-url`), applied
+    /// to every re-read so they are not mistaken for changes.
+    adjust: Box<dyn Fn(&mut Config) + Send + Sync>,
+}
+
+impl Reloader {
+    pub fn new(
+        gateway: Arc<Gateway>,
+        path: PathBuf,
+        adjust: impl Fn(&mut Config) + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            gateway,
+            path,
+            adjust: Box::new(adjust),
+        }
+    }
+
+    /// Reads the file and applies its catalog, or rejects it. Logs and counts the result.
+    pub fn reload(&self) -> Reloaded {
+        let metrics = &self.gateway.metrics;
+        let config = match Config::load(&self.path) {
+            Ok(mut config) => {
+                (self.adjust)(&mut config);
+                config
+            }
+            Err(e) => {
+                let reason = format!("{e:#}");
+                tracing::error!(reason = %reason, "config reload rejected; the running catalog is kept");
+                metrics.catalog_reload("rejected");
+                return Reloaded::Rejected(reason);
+            }
+        };
+        let change = match self.gateway.catalog.reload(&config) {
+            Ok(change) => change,
+            Err(e) => {
+                let reason = format!("{e:#}");
+                tracing::error!(reason = %reason, "config reload rejected; the running catalog is kept");
+                metrics.catalog_reload("rejected");
+                return Reloaded::Rejected(reason);
+            }
+        };
+        let restart = needs_restart(&self.gateway.config, &config);
+        if !restart.is_empty() {
+            tracing::warn!(
+                sections = %restart.join(", "),
+                "config reload: these settings take effect only at the next restart"
+            );
+        }
+        if change.is_empty() {
+            tracing::info!(
+                apps = change.unchanged,
+                "config reloaded: catalog unchanged"
+            );
+            metrics.catalog_reload("unchanged");
+        } else {
+            tracing::info!(
+                added = ?change.added,
+                removed = ?change.removed,
+                changed = ?change.changed,
+                unchanged = change.unchanged,
+                "config reloaded: catalog updated"
+            );
+            metrics.catalog_reload("applied");
+        }
+        Reloaded::Applied(change)
+    }
+
+    /// Reloads on SIGHUP and when the file changes (checked every `interval`; zero: SIGHUP only),
+    /// until the task is aborted.
+    pub fn spawn(self, interval: Duration) -> JoinHandle<()> {
+        // Registered before returning, so a SIGHUP sent from now on is never missed.
+        let mut hangup = hangup_signals();
+        // The file as it is now is the baseline: an edit made right after this call is a change.
+        let mut seen = fingerprint(&self.path);
+        tokio::spawn(async move {
+            let mut tick = (!interval.is_zero()).then(|| {
+                let mut t = tokio::time::interval(interval);
+                t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                t
+            });
+            loop {
+                let by_signal = tokio::select! {
+                    Some(()) = next_hangup(&mut hangup) => true,
+                    _ = async { tick.as_mut().unwrap().tick().await }, if tick.is_some() => false,
+                };
+                let now = fingerprint(&self.path);
+                if by_signal {
+                    tracing::info!("SIGHUP: reloading the config");
+                } else if now == seen {
+                    continue;
+                }
+                seen = now;
+                let _ = self.reload();
+            }
+        })
+    }
+}
+
+/// Top-level sections that differ between the running config and a new one, outside the parts a
+/// reload applies.
+fn needs_restart(running: &Config, new: &Config) -> Vec<&'static str> {
+    let mut differ = Vec::new();
+    let mut check = |name, same: bool| {
+        if !same {
+            differ.push(name);
+        }
+    };
+    check("listen", running.listen == new.listen);
+    check("development", running.development == new.development);
+    check(
+        "signing_secret",
+        running.signing_secret == new.signing_secret
+            && running.signing_secret_file == new.signing_secret_file,
+    );
+    check("tls", running.tls == new.tls);
+    check("tenants", running.tenants == new.tenants);
+    check("store", running.store == new.store);
+    check("registry", running.registry == new.registry);
+    check("cache", running.cache == new.cache);
+    check("lookup", running.lookup == new.lookup);
+    check("verification", running.verification == new.verification);
+    check("limits", running.limits == new.limits);
+    check("unbind", running.unbind == new.unbind);
+    check("audit", running.audit == new.audit);
+    check("admin", running.admin == new.admin);
+    check("reload", running.reload == new.reload);
+    differ
+}
+
+/// What tells a changed file: modification time, length, and the text itself. (A config file is
+/// small: reading it every few seconds costs nothing worth a blocking-pool hop.)
+fn fingerprint(path: &Path) -> Option<(SystemTime, u64, u64)> {
+    use std::hash::{Hash, Hasher};
+    let meta = std::fs::metadata(path).ok()?;
+    let text = std::fs::read(path).ok()?;
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut hasher);
+    Some((meta.modified().ok()?, meta.len(), hasher.finish()))
+}
+
+#[cfg(unix)]
+type Hangup = Option<tokio::signal::unix::Signal>;
+#[cfg(not(unix))]
+type Hangup = ();
+
+#[cfg(unix)]
+fn hangup_signals() -> Hangup {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok()
+}
+#[cfg(not(unix))]
+fn hangup_signals() -> Hangup {}
+
+#[cfg(unix)]
+async fn next_hangup(hangup: &mut Hangup) -> Option<()> {
+    match hangup {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
+    }
+}
+#[cfg(not(unix))]
+async fn next_hangup(_: &mut Hangup) -> Option<()> {
+    std::future::pending().await
+}

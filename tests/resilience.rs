@@ -1,0 +1,308 @@
+//! Chaos through the real gRPC surface: 200 simulated apps of which some fail at random, some
+//! stall and some are down; circuit breakers opening and closing again; and load shedding when
+//! the gateway itself is saturated.
+
+mod common;
+
+use std::{collections::HashMap, time::Duration};
+
+use common::*;
+use tonic::{Code, Request};
+use unbind_gateway::{
+    config::Config,
+    proto::{
+        ListAppsRequest, ListLinkedAccountsRequest, ListLinkedAccountsResponse, app_info::Health,
+        app_result::State,
+    },
+    simulator::{Behaviour, Latency},
+};
+
+const DEADLINE: Duration = Duration::from_millis(800);
+
+fn chaos_config(config: &mut Config) {
+    with_admin(config);
+    config.breaker.consecutive_failures = 3;
+    config.breaker.open_base = Duration::from_secs(3);
+    config.breaker.open_max = Duration::from_secs(3);
+    config.breaker.jitter = 0.0;
+}
+
+/// A look-up asking every app (no cache), with the caller's deadline.
+async fn lookup(h: &Harness, token: &str) -> Result<ListLinkedAccountsResponse, tonic::Status> {
+    let mut request = Request::new(ListLinkedAccountsRequest {
+        session_token: token.into(),
+        bypass_cache: true,
+        ..Default::default()
+    });
+    request.set_timeout(DEADLINE);
+    h.client()
+        .await
+        .list_linked_accounts(request)
+        .await
+        .map(|r| r.into_inner())
+}
+
+fn states(answer: &ListLinkedAccountsResponse) -> HashMap<String, State> {
+    answer
+        .app_results
+        .iter()
+        .map(|r| (r.app_id.clone(), State::try_from(r.state).unwrap()))
+        .collect()
+}
+
+#[tokio::test]
+async fn chaos_every_look_up_answers_in_time_and_breakers_open_and_close() {
+    let h = Harness::start(Options {
+        apps: 200,
+        behaviour: Behaviour {
+            latency: Latency::Fixed(Duration::from_millis(20)),
+            ..Behaviour::default()
+        },
+        tweak: chaos_config,
+        ..Options::default()
+    })
+    .await;
+    let ids: Vec<String> = h.simulator.apps().iter().map(|a| a.id.clone()).collect();
+    // 10% fail at random, 5% stall, 2 are down; the rest answer after 20 ms.
+    let flaky = &ids[0..20];
+    let stalled = &ids[20..30];
+    let down = &ids[30..32];
+    let healthy = &ids[32..];
+    for id in flaky {
+        h.simulator.set_behaviour(
+            id,
+            Behaviour {
+                latency: Latency::Fixed(Duration::from_millis(20)),
+                error_rate: 0.3,
+                ..Behaviour::default()
+            },
+        );
+    }
+    for id in stalled {
+        h.simulator.set_behaviour(
+            id,
+            Behaviour {
+                stall_rate: 1.0,
+                ..Behaviour::default()
+            },
+        );
+    }
+    for id in down {
+        h.simulator.stop_app(id).await;
+    }
+    let token = h.session().await;
+
+    // Every look-up answers within the caller's deadline (a late answer would reach this client
+    // as DEADLINE_EXCEEDED), with each app's state telling what happened to it.
+    for round in 0..5 {
+        let answer = lookup(&h, &token)
+            .await
+            .unwrap_or_else(|s| panic!("round {round}: {s:?}"));
+        assert_eq!(answer.app_results.len(), 200);
+        assert!(!answer.complete);
+        let states = states(&answer);
+        for id in healthy {
+            assert_eq!(states[id], State::Answered, "round {round}: {id}");
+        }
+        for id in flaky {
+            assert!(
+                matches!(
+                    states[id],
+                    State::Answered | State::Failed | State::SkippedCircuitOpen
+                ),
+                "round {round}: {id} {:?}",
+                states[id]
+            );
+        }
+        for id in stalled {
+            let expected = if round < 3 {
+                State::TimedOut
+            } else {
+                State::SkippedCircuitOpen
+            };
+            assert_eq!(states[id], expected, "round {round}: {id}");
+        }
+        for id in down {
+            // Refused connections are retried once within the budget: two failures a round.
+            let expected = if round < 2 {
+                State::Unavailable
+            } else {
+                State::SkippedCircuitOpen
+            };
+            assert_eq!(states[id], expected, "round {round}: {id}");
+        }
+    }
+
+    // The dead and stalled apps show as down, and their breakers as open in the metrics.
+    let apps = h
+        .client()
+        .await
+        .list_apps(ListAppsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .apps;
+    for app in &apps {
+        let expected_down = stalled.contains(&app.app_id) || down.contains(&app.app_id);
+        if expected_down {
+            assert_eq!(app.health, Health::Down as i32, "{}", app.app_id);
+        } else if healthy.contains(&app.app_id) {
+            assert_eq!(app.health, Health::Healthy as i32, "{}", app.app_id);
+        }
+    }
+    let (status, text) = http_get(admin_addr(&h), "/metrics").await;
+    assert_eq!(status, 200);
+    for id in stalled.iter().chain(down) {
+        assert_eq!(
+            metric(&text, &format!("unbind_app_breaker_state{{app=\"{id}\"}}")),
+            Some(2.0),
+            "{id}"
+        );
+        assert!(
+            metric(
+                &text,
+                &format!("unbind_app_calls_total{{app=\"{id}\",outcome=\"circuit_open\"}}")
+            )
+            .unwrap()
+                >= 2.0
+        );
+    }
+    assert_eq!(
+        metric(
+            &text,
+            &format!("unbind_app_breaker_state{{app=\"{}\"}}", healthy[0])
+        ),
+        Some(0.0)
+    );
+
+    // The apps come back; once the open period is over, one probe each closes the breakers.
+    for id in down {
+        h.simulator.start_app(id).await.unwrap();
+    }
+    for id in stalled {
+        h.simulator.set_behaviour(
+            id,
+            Behaviour {
+                latency: Latency::Fixed(Duration::from_millis(20)),
+                ..Behaviour::default()
+            },
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(3_200)).await;
+    let answer = lookup(&h, &token).await.unwrap();
+    let states = states(&answer);
+    for id in stalled.iter().chain(down).chain(healthy) {
+        assert_eq!(states[id], State::Answered, "{id}");
+    }
+    let (_, text) = http_get(admin_addr(&h), "/metrics").await;
+    for id in stalled.iter().chain(down) {
+        assert_eq!(
+            metric(&text, &format!("unbind_app_breaker_state{{app=\"{id}\"}}")),
+            Some(0.0),
+            "{id}"
+        );
+    }
+    h.stop().await;
+}
+
+fn saturated_config(config: &mut Config) {
+    with_admin(config);
+    config.limits.max_in_flight = 4;
+}
+
+#[tokio::test]
+async fn ten_times_the_sustainable_load_is_shed_not_queued() {
+    let h = Harness::start(Options {
+        apps: 200,
+        behaviour: Behaviour {
+            latency: Latency::Fixed(Duration::from_millis(100)),
+            ..Behaviour::default()
+        },
+        tweak: saturated_config,
+        ..Options::default()
+    })
+    .await;
+    let token = h.session().await;
+    let client = h.client().await;
+    // Forty full look-ups at once against a gateway that handles four at a time.
+    let calls = (0..40).map(|_| {
+        let mut client = client.clone();
+        let token = token.clone();
+        tokio::spawn(async move {
+            let mut request = Request::new(ListLinkedAccountsRequest {
+                session_token: token,
+                bypass_cache: true,
+                ..Default::default()
+            });
+            request.set_timeout(Duration::from_secs(5));
+            client.list_linked_accounts(request).await
+        })
+    });
+    let results = futures::future::join_all(calls).await;
+    let (mut answered, mut shed) = (0, 0);
+    for result in results {
+        match result.unwrap() {
+            Ok(answer) => {
+                // An admitted look-up is served in full, not starved by the overload.
+                let answer = answer.into_inner();
+                assert!(answer.complete, "{:?}", answer.app_results);
+                answered += 1;
+            }
+            Err(status) => {
+                assert_error(&status, Code::Unavailable, "SERVICE_UNAVAILABLE");
+                use tonic_types::StatusExt;
+                assert!(status.get_error_details().retry_info().is_some());
+                shed += 1;
+            }
+        }
+    }
+    assert!(
+        answered >= 1 && shed >= 1,
+        "answered {answered}, shed {shed}"
+    );
+    assert_eq!(answered + shed, 40);
+    let (_, text) = http_get(admin_addr(&h), "/metrics").await;
+    assert_eq!(
+        metric(&text, "unbind_requests_shed_total"),
+        Some(shed as f64)
+    );
+    assert_eq!(metric(&text, "unbind_requests_in_flight"), Some(0.0));
+    // Health checks are never shed: the gateway stays visibly alive under overload.
+    let channel = tonic::transport::Channel::from_shared(h.endpoint())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let status = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    assert_eq!(
+        status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+    // And once the burst is over, look-ups are admitted again.
+    assert!(lookup_ok(&client, &token).await);
+    h.stop().await;
+}
+
+async fn lookup_ok(
+    client: &unbind_gateway::proto::account_gateway_client::AccountGatewayClient<
+        tonic::transport::Channel,
+    >,
+    token: &str,
+) -> bool {
+    client
+        .clone()
+        .list_linked_accounts(ListLinkedAccountsRequest {
+            session_token: token.into(),
+            ..Default::default()
+        })
+        .await
+        .is_ok_and(|r| r.into_inner().complete)
+}

@@ -248,6 +248,9 @@ pub struct LimitsConfig {
     pub max_in_flight: usize,
     /// Concurrent requests (HTTP/2 streams) per client connection.
     pub max_streams_per_connection: u32,
+    /// On shutdown, how long in-flight requests get to finish before their connections are cut.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
 }
 
 /// The audit trail.
@@ -491,6 +494,7 @@ impl Default for LimitsConfig {
             max_app_ids: 2_000,
             max_in_flight: 512,
             max_streams_per_connection: 256,
+            drain_timeout: Duration::from_secs(30),
         }
     }
 }

@@ -253,11 +253,23 @@ pub async fn serve(
         None => tracing::warn!("DEVELOPMENT MODE: serving plain-text gRPC without TLS"),
     }
     // Shutting down: say so to health checkers first, then drain.
+    let (drain_started, drain_begun) = oneshot::channel::<()>();
     let draining = {
         let health = health.clone();
         async move {
             shutdown.await;
             set_health(&health, false).await;
+            let _ = drain_started.send(());
+        }
+    };
+    // Streams that never end by themselves (a health `Watch`, a stalled client) must not keep
+    // the process alive forever: after `limits.drain_timeout` they are cut.
+    let drain_limit = gateway.config.limits.drain_timeout;
+    let drain_expired = async move {
+        if drain_begun.await.is_ok() {
+            tokio::time::sleep(drain_limit).await;
+        } else {
+            std::future::pending::<()>().await;
         }
     };
     let result = builder
@@ -278,8 +290,17 @@ pub async fn serve(
             NumberStatusServer::new(PushService::new(Arc::clone(&gateway)))
                 .max_decoding_message_size(max_request),
         )
-        .serve_with_incoming_shutdown(incoming, draining)
-        .await;
+        .serve_with_incoming_shutdown(incoming, draining);
+    let result = tokio::select! {
+        result = result => result,
+        () = drain_expired => {
+            tracing::warn!(
+                limit = ?drain_limit,
+                "requests still open after the drain limit: closing their connections"
+            );
+            Ok(())
+        }
+    };
     housekeeping.abort();
     readiness.abort();
     let _ = stop_admin.send(());

@@ -415,3 +415,37 @@ async fn file_changes_and_sighup_reload_the_catalog() {
     on_signal.abort();
     h.stop().await;
 }
+
+fn short_drain(config: &mut Config) {
+    config.limits.drain_timeout = Duration::from_millis(300);
+}
+
+#[tokio::test]
+async fn shutdown_turns_health_to_not_serving_and_a_watch_cannot_hold_it_open() {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    let h = Harness::start(Options {
+        tweak: short_drain,
+        ..Options::default()
+    })
+    .await;
+    let mut watch = HealthClient::new(channel(&h).await)
+        .watch(HealthCheckRequest {
+            service: "unbind.v1.AccountGateway".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = watch.message().await.unwrap().unwrap();
+    assert_eq!(first.status, ServingStatus::Serving as i32);
+    let stopping = tokio::spawn(h.stop());
+    // The watcher hears NOT_SERVING before the connection goes.
+    let next = watch.message().await.unwrap().unwrap();
+    assert_eq!(next.status, ServingStatus::NotServing as i32);
+    // And the endless watch stream does not keep the gateway from stopping.
+    tokio::time::timeout(Duration::from_secs(20), stopping)
+        .await
+        .expect("the gateway stopped despite an open watch")
+        .unwrap();
+}

@@ -40,6 +40,9 @@ pub struct DemoArgs {
     /// Seed of the simulated accounts.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// Where the admin HTTP endpoint (metrics, health) listens; port 0 picks a free one.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub admin_listen: SocketAddr,
 }
 
 /// The demo's subscribers: the first is the one the README walks through.
@@ -218,15 +221,7 @@ impl Stack {
 
     /// The verification codes `phone` (E.164) has received so far, oldest first.
     pub fn codes_sent_to(&self, phone: &str) -> Vec<String> {
-        read_sms_file(&self.sms_file)
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|m| m.phone_number == phone)
-            .filter_map(|m| {
-                let (_, rest) = m.text.split_once("code is ")?;
-                Some(rest.chars().take_while(char::is_ascii_digit).collect())
-            })
-            .collect()
+        codes_in_sms_file(&self.sms_file, phone)
     }
 
     /// Waits up to 10 s until `phone` has received `n` codes; returns the `n`th.
@@ -297,6 +292,20 @@ pub fn numbered_subscribers(n: usize) -> Vec<Subscriber> {
         .collect()
 }
 
+/// The verification codes `phone` (E.164) received so far according to an embedded registry's
+/// SMS file, oldest first.
+pub fn codes_in_sms_file(sms_file: &std::path::Path, phone: &str) -> Vec<String> {
+    read_sms_file(sms_file)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|m| m.phone_number == phone)
+        .filter_map(|m| {
+            let (_, rest) = m.text.split_once("code is ")?;
+            Some(rest.chars().take_while(char::is_ascii_digit).collect())
+        })
+        .collect()
+}
+
 /// Runs the demo until Ctrl-C.
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let (data_dir, _temp) = match &args.data_dir {
@@ -310,6 +319,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             (temp.path().to_path_buf(), Some(temp))
         }
     };
+    let admin_listen = args.admin_listen;
     let stack = Stack::start(
         StackOptions {
             apps: args.apps,
@@ -318,12 +328,28 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             echo_sms: true,
             ..StackOptions::new(data_dir.clone())
         },
-        |_| {},
+        |c| {
+            c.admin = Some(crate::config::AdminConfig {
+                listen: admin_listen,
+            })
+        },
     )
     .await?;
+    let admin = stack
+        .gateway
+        .as_ref()
+        .and_then(|g| g.admin_addr)
+        .map(|a| format!("http://{a}/metrics"))
+        .unwrap_or_default();
     println!(
         "{}",
-        banner(&stack.endpoint(), args.apps, &data_dir, &stack.sms_file)
+        banner(
+            &stack.endpoint(),
+            args.apps,
+            &data_dir,
+            &stack.sms_file,
+            &admin
+        )
     );
     server::shutdown_signal().await;
     stack.stop().await
@@ -377,6 +403,7 @@ fn banner(
     apps: usize,
     data_dir: &std::path::Path,
     sms_file: &std::path::Path,
+    metrics: &str,
 ) -> String {
     format!(
         "\n\
@@ -390,6 +417,7 @@ unbind-gateway demo is running\n\
   simulated apps {apps}\n\
   data dir       {data}\n\
   SMS messages   printed here and appended to {sms}\n\
+  metrics        {metrics}  (also /healthz, /readyz)\n\
 \n\
 Try it in another terminal (the code arrives by \"SMS\" here):\n\
   cargo run --release -- query --endpoint {endpoint}\n\

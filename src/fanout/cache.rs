@@ -86,6 +86,11 @@ impl LookupCache {
         shared
     }
 
+    /// Stores an answer directly (benchmarks and tools; look-ups go through [`Self::call`]).
+    pub fn insert(&self, key: CacheKey, accounts: Accounts) {
+        self.answers.insert(key, accounts);
+    }
+
     /// Forgets the answer for a key (after an unbind, say).
     pub fn invalidate(&self, key: &CacheKey) {
         self.answers.invalidate(key);

@@ -1,0 +1,833 @@
+//! The load harness: the gateway as its own process (`unbind-gateway serve`), measured against the
+//! physical limit with the same client in the same run.
+//!
+//! The client (this process) records every latency in an HDR histogram, checks every gRPC status
+//! (an error is never a success; errors are counted by code), and reads the gateway process's CPU
+//! time and peak RSS from `/proc`. The simulated apps and the registry run in this process.
+//!
+//! Scenarios, each next to its baseline, for N simulated apps (default 16, 200 and 1,000):
+//! - `rpc`: raw RPC baseline, `grpc.health.v1.Health/Check` on the gateway process itself (one
+//!   trivial tonic call through the same server stack): requests/s and gateway CPU per call;
+//! - `cached`: cached look-ups, closed loop: requests/s, latency, gateway CPU per look-up vs `rpc`;
+//! - `uncached`: uncached look-ups, open loop at `--rate` (default 10,000 app calls/s over N apps)
+//!   with every app answering after 20 ms, next to the raw fan-out (the client calling every app's
+//!   `FindAccounts` itself at the same rate); latency − 20 ms is the overhead;
+//! - `saturation`: closed loop of uncached look-ups vs closed loop of raw fan-outs: app calls/s;
+//! - `stragglers` (200 apps): 1% of app calls never answer, 300 ms deadline, open loop;
+//! - `memory`: RSS of a look-up cache holding 1,000,000 (number, app) answers (in this process).
+//!
+//! `cargo bench --bench load` (options: `-- --runs 5 --apps 16,200,1000 --seconds 4 --quick
+//! --only rpc,cached,...`). `--quick` runs every scenario once, briefly, in under a minute.
+
+use std::{
+    collections::BTreeMap,
+    future::Future,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use futures::{FutureExt, future::BoxFuture};
+use hdrhistogram::Histogram;
+use tonic::{Request, transport::Channel};
+use unbind_gateway::{
+    cli::demo::{codes_in_sms_file, demo_config, demo_subscribers, numbered_subscribers},
+    config::{AdminConfig, AppConfig},
+    fanout::LookupCache,
+    proto::{
+        CompleteVerificationRequest, FindAccountsRequest, ListLinkedAccountsRequest,
+        StartVerificationRequest, account_gateway_client::AccountGatewayClient,
+        app_adapter_client::AppAdapterClient,
+    },
+    registry::embedded::{EmbeddedRegistry, EmbeddedRegistryOptions, write_subscribers},
+    security::Keys,
+    simulator::{Behaviour, Latency, Simulator, SimulatorConfig, accounts_for},
+};
+
+const PHONE: &str = "+8613800138000";
+const APP_LATENCY: Duration = Duration::from_millis(20);
+
+// ---------------------------------------------------------------------------------------------
+// Options
+
+struct Options {
+    runs: usize,
+    apps: Vec<usize>,
+    seconds: f64,
+    quick: bool,
+    only: Option<Vec<String>>,
+}
+
+impl Options {
+    fn parse() -> Self {
+        let args: Vec<String> = std::env::args().collect();
+        let value = |name: &str| {
+            args.iter()
+                .position(|a| a == name)
+                .and_then(|i| args.get(i + 1))
+                .cloned()
+        };
+        let quick = args.iter().any(|a| a == "--quick");
+        Self {
+            runs: value("--runs")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(if quick { 1 } else { 5 }),
+            apps: value("--apps")
+                .map(|v| v.split(',').filter_map(|n| n.parse().ok()).collect())
+                .unwrap_or_else(|| vec![16, 200, 1000]),
+            seconds: value("--seconds")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(if quick { 0.7 } else { 4.0 }),
+            quick,
+            only: value("--only").map(|v| v.split(',').map(str::to_owned).collect()),
+        }
+    }
+
+    fn wants(&self, scenario: &str) -> bool {
+        self.only
+            .as_ref()
+            .is_none_or(|o| o.iter().any(|s| s == scenario))
+    }
+
+    fn duration(&self) -> Duration {
+        Duration::from_secs_f64(self.seconds)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Measuring
+
+/// One measured phase: every latency, every outcome.
+struct Recorder {
+    latency: Histogram<u64>,
+    errors: BTreeMap<String, u64>,
+    ok: u64,
+    elapsed: Duration,
+    cpu: Option<f64>,
+}
+
+impl Recorder {
+    fn new() -> Self {
+        Self {
+            // 1 µs .. 60 s, 3 significant digits.
+            latency: Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds"),
+            errors: BTreeMap::new(),
+            ok: 0,
+            elapsed: Duration::ZERO,
+            cpu: None,
+        }
+    }
+
+    fn record(&mut self, latency: Duration, outcome: Result<(), String>) {
+        match outcome {
+            Ok(()) => {
+                self.ok += 1;
+                let _ = self.latency.record(latency.as_micros().max(1) as u64);
+            }
+            Err(code) => *self.errors.entry(code).or_default() += 1,
+        }
+    }
+
+    fn rate(&self) -> f64 {
+        self.ok as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn ms(&self, q: f64) -> f64 {
+        self.latency.value_at_quantile(q) as f64 / 1000.0
+    }
+
+    /// Gateway CPU seconds per successful request.
+    fn cpu_per_request(&self) -> Option<f64> {
+        self.cpu.map(|c| c / self.ok.max(1) as f64)
+    }
+
+    fn line(&self, label: &str) -> String {
+        let errors = if self.errors.is_empty() {
+            "0".to_owned()
+        } else {
+            format!("{:?}", self.errors)
+        };
+        let cpu = self
+            .cpu_per_request()
+            .map(|c| format!("  cpu/req={:.1} µs", c * 1e6))
+            .unwrap_or_default();
+        format!(
+            "{label:<34} n={:<6} {:>9.1}/s  p50={:>7.2} p90={:>7.2} p99={:>7.2} p99.9={:>7.2} ms{cpu}  errors={errors}",
+            self.ok,
+            self.rate(),
+            self.ms(0.5),
+            self.ms(0.9),
+            self.ms(0.99),
+            self.ms(0.999),
+        )
+    }
+}
+
+type Call = Arc<dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
+
+fn code_name(status: &tonic::Status) -> String {
+    format!("{:?}", status.code())
+}
+
+/// `concurrency` callers, each calling again as soon as its call ends, for `duration`.
+async fn closed_loop(concurrency: usize, duration: Duration, call: Call) -> Recorder {
+    let started = Instant::now();
+    let end = started + duration;
+    let workers = (0..concurrency).map(|_| {
+        let call = Arc::clone(&call);
+        tokio::spawn(async move {
+            let mut r = Recorder::new();
+            while Instant::now() < end {
+                let t = Instant::now();
+                let outcome = call().await;
+                r.record(t.elapsed(), outcome);
+            }
+            r
+        })
+    });
+    let mut total = Recorder::new();
+    for w in futures::future::join_all(workers).await {
+        let r = w.expect("a load worker");
+        total.latency.add(&r.latency).expect("same bounds");
+        total.ok += r.ok;
+        for (k, v) in r.errors {
+            *total.errors.entry(k).or_default() += v;
+        }
+    }
+    total.elapsed = started.elapsed();
+    total
+}
+
+/// A fixed rate of calls for `duration`, whatever the answers take; latency counts from each
+/// call's scheduled start (no coordinated omission).
+async fn open_loop(rate: f64, duration: Duration, call: Call) -> Recorder {
+    let n = (rate * duration.as_secs_f64()).round().max(1.0) as u64;
+    let gap = Duration::from_secs_f64(1.0 / rate);
+    let started = tokio::time::Instant::now();
+    let mut tasks = Vec::with_capacity(n as usize);
+    for i in 0..n {
+        let due = started + gap.mul_f64(i as f64);
+        tokio::time::sleep_until(due).await;
+        let call = Arc::clone(&call);
+        tasks.push(tokio::spawn(async move {
+            let outcome = call().await;
+            (due.elapsed(), outcome)
+        }));
+    }
+    let mut r = Recorder::new();
+    for t in tasks {
+        let (latency, outcome) = t.await.expect("a call task");
+        r.record(latency, outcome);
+    }
+    r.elapsed = started.elapsed();
+    r
+}
+
+/// CPU seconds (user + system) of process `pid` so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of stat; here (after the state field) 11 and 12.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// A `/proc/PID/status` value in kB (`VmHWM`: peak RSS; `VmRSS`: current).
+fn status_kb(pid: &str, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(key)?
+                .trim()
+                .strip_suffix("kB")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
+async fn measured(pid: u32, phase: impl Future<Output = Recorder>) -> Recorder {
+    let before = cpu_seconds(pid);
+    let mut r = phase.await;
+    r.cpu = Some(cpu_seconds(pid) - before);
+    r
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        f64::NAN
+    } else {
+        v[v.len() / 2]
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The world: simulated apps and registry here, the gateway as a child process
+
+struct World {
+    simulator: Simulator,
+    registry: EmbeddedRegistry,
+    gateway: Child,
+    endpoint: String,
+    sms_file: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+impl World {
+    async fn start(apps: usize, behaviour: Behaviour) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let simulator = Simulator::start(SimulatorConfig {
+            apps,
+            seed: 42,
+            behaviour,
+            bind_ip: [127, 0, 0, 1].into(),
+            base_port: None,
+        })
+        .await?;
+        let subscribers: Vec<_> = demo_subscribers()
+            .into_iter()
+            .chain(numbered_subscribers(0))
+            .collect();
+        write_subscribers(&dir.path().join("subscribers.toml"), &subscribers)?;
+        let sms_file = dir.path().join("sms.jsonl");
+        let registry = EmbeddedRegistry::start(
+            EmbeddedRegistryOptions {
+                subscribers,
+                sms_file: sms_file.clone(),
+                echo_sms: false,
+            },
+            tokio::net::TcpListener::bind("127.0.0.1:0").await?,
+        )
+        .await?;
+        let catalog = simulator
+            .apps()
+            .into_iter()
+            .map(|a| AppConfig {
+                id: a.id,
+                name: a.name,
+                category: a.category,
+                customer_service: a.customer_service,
+                endpoint: a.endpoint,
+                timeout: None,
+                concurrency: None,
+                unbind_deadline: None,
+                enabled: true,
+                tls_ca: None,
+                tls_server_name: None,
+            })
+            .collect();
+        let listen = format!("127.0.0.1:{}", free_port()).parse()?;
+        let mut config = demo_config(listen, dir.path(), &registry.endpoint(), catalog);
+        config.verification.session_ttl = Duration::from_secs(3600);
+        config.limits.max_in_flight = 100_000;
+        config.admin = Some(AdminConfig {
+            listen: format!("127.0.0.1:{}", free_port()).parse()?,
+        });
+        let path = dir.path().join("gateway.toml");
+        std::fs::write(&path, toml::to_string(&config)?)?;
+        let log = std::fs::File::create(dir.path().join("gateway.log"))?;
+        let gateway = Command::new(env!("CARGO_BIN_EXE_unbind-gateway"))
+            .args(["serve", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?;
+        let world = Self {
+            simulator,
+            registry,
+            gateway,
+            endpoint: format!("http://{listen}"),
+            sms_file,
+            _dir: dir,
+        };
+        world.wait_until_serving().await?;
+        Ok(world)
+    }
+
+    fn pid(&self) -> u32 {
+        self.gateway.id()
+    }
+
+    async fn wait_until_serving(&self) -> anyhow::Result<()> {
+        use tonic_health::pb::{
+            HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(channel) = Channel::from_shared(self.endpoint.clone())?.connect().await {
+                let status = HealthClient::new(channel)
+                    .check(HealthCheckRequest::default())
+                    .await
+                    .map(|r| r.into_inner().status);
+                if status.is_ok_and(|s| s == ServingStatus::Serving as i32) {
+                    return Ok(());
+                }
+            }
+            anyhow::ensure!(Instant::now() < deadline, "the gateway did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn channel(&self) -> anyhow::Result<Channel> {
+        Ok(Channel::from_shared(self.endpoint.clone())?
+            .connect()
+            .await?)
+    }
+
+    async fn session(&self) -> anyhow::Result<String> {
+        let mut client = AccountGatewayClient::new(self.channel().await?);
+        let before = codes_in_sms_file(&self.sms_file, PHONE).len();
+        let verification_id = client
+            .start_verification(StartVerificationRequest {
+                phone_number: PHONE.into(),
+                id_last_six: "12345X".into(),
+            })
+            .await?
+            .into_inner()
+            .verification_id;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let code = loop {
+            if let Some(code) = codes_in_sms_file(&self.sms_file, PHONE)
+                .into_iter()
+                .nth(before)
+            {
+                break code;
+            }
+            anyhow::ensure!(Instant::now() < deadline, "no code arrived");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        Ok(client
+            .complete_verification(CompleteVerificationRequest {
+                verification_id,
+                code,
+            })
+            .await?
+            .into_inner()
+            .session_token)
+    }
+
+    fn peak_rss_mb(&self) -> f64 {
+        status_kb(&self.pid().to_string(), "VmHWM:") as f64 / 1024.0
+    }
+
+    async fn stop(mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status();
+        let _ = tokio::task::spawn_blocking(move || self.gateway.wait()).await;
+        self.registry.shutdown().await;
+        self.simulator.shutdown().await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Calls
+
+fn health_call(channel: Channel) -> Call {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    Arc::new(move || {
+        let mut client = HealthClient::new(channel.clone());
+        async move {
+            client
+                .check(HealthCheckRequest::default())
+                .await
+                .map(|_| ())
+                .map_err(|s| code_name(&s))
+        }
+        .boxed()
+    })
+}
+
+/// A look-up; `Err` unless the gateway answered and (if `complete`) every app answered.
+fn lookup_call(
+    channel: Channel,
+    token: Arc<String>,
+    bypass_cache: bool,
+    deadline: Duration,
+    must_be_complete: bool,
+) -> Call {
+    Arc::new(move || {
+        let mut client = AccountGatewayClient::new(channel.clone());
+        let token = Arc::clone(&token);
+        async move {
+            let mut request = Request::new(ListLinkedAccountsRequest {
+                session_token: token.as_str().to_owned(),
+                bypass_cache,
+                ..Default::default()
+            });
+            request.set_timeout(deadline);
+            let answer = client
+                .list_linked_accounts(request)
+                .await
+                .map_err(|s| code_name(&s))?
+                .into_inner();
+            if must_be_complete && !answer.complete {
+                return Err("incomplete".to_owned());
+            }
+            Ok(())
+        }
+        .boxed()
+    })
+}
+
+/// The baseline fan-out: this client calling every app's `FindAccounts` itself, concurrently,
+/// each call bounded by `deadline`; `Err` if any call failed (when `must_all_answer`).
+fn fanout_call(
+    clients: Arc<Vec<AppAdapterClient<Channel>>>,
+    deadline: Duration,
+    must_all_answer: bool,
+) -> Call {
+    Arc::new(move || {
+        let clients = Arc::clone(&clients);
+        async move {
+            let calls = clients.iter().map(|c| {
+                let mut c = c.clone();
+                async move {
+                    let mut request = Request::new(FindAccountsRequest {
+                        request_id: "bench".into(),
+                        phone_number: PHONE.into(),
+                    });
+                    request.set_timeout(deadline);
+                    tokio::time::timeout(deadline, c.find_accounts(request)).await
+                }
+            });
+            let answers = futures::future::join_all(calls).await;
+            if must_all_answer {
+                for a in answers {
+                    match a {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(s)) => return Err(code_name(&s)),
+                        Err(_) => return Err("DeadlineExceeded".to_owned()),
+                    }
+                }
+            }
+            Ok(())
+        }
+        .boxed()
+    })
+}
+
+async fn app_clients(simulator: &Simulator) -> anyhow::Result<Arc<Vec<AppAdapterClient<Channel>>>> {
+    let mut clients = Vec::new();
+    for app in simulator.apps() {
+        clients.push(AppAdapterClient::new(
+            Channel::from_shared(app.endpoint)?.connect().await?,
+        ));
+    }
+    Ok(Arc::new(clients))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scenarios
+
+/// Results per scenario row: label → per-run values.
+#[derive(Default)]
+struct Table {
+    rows: BTreeMap<String, Vec<f64>>,
+}
+
+impl Table {
+    fn add(&mut self, key: impl Into<String>, value: f64) {
+        self.rows.entry(key.into()).or_default().push(value);
+    }
+}
+
+async fn scenarios_for(apps: usize, o: &Options, table: &mut Table) -> anyhow::Result<()> {
+    let world = World::start(
+        apps,
+        Behaviour {
+            latency: Latency::Fixed(APP_LATENCY),
+            ..Behaviour::default()
+        },
+    )
+    .await?;
+    let token = Arc::new(world.session().await?);
+    let channel = world.channel().await?;
+    let clients = app_clients(&world.simulator).await?;
+    let pid = world.pid();
+    let d = o.duration();
+    let deadline = Duration::from_secs(5);
+    // 10,000 app calls/s, at most 200 look-ups/s.
+    let rate = (10_000.0 / apps as f64).min(200.0);
+    // Warm-up: connections to every app from both the gateway and this client, the cache.
+    open_loop(
+        rate,
+        Duration::from_secs(1),
+        lookup_call(channel.clone(), Arc::clone(&token), true, deadline, true),
+    )
+    .await;
+    open_loop(
+        rate,
+        Duration::from_millis(500),
+        fanout_call(Arc::clone(&clients), deadline, true),
+    )
+    .await;
+    println!("--- {apps} apps ---");
+    for run in 1..=o.runs {
+        if o.wants("rpc") || o.wants("cached") {
+            let rpc = measured(pid, closed_loop(8, d, health_call(channel.clone()))).await;
+            println!("run {run} {}", rpc.line("raw RPC (health check)"));
+            let cached = measured(
+                pid,
+                closed_loop(
+                    8,
+                    d,
+                    lookup_call(channel.clone(), Arc::clone(&token), false, deadline, true),
+                ),
+            )
+            .await;
+            println!("run {run} {}", cached.line("cached look-up"));
+            let ratio =
+                cached.cpu_per_request().unwrap_or(0.0) / rpc.cpu_per_request().unwrap_or(f64::NAN);
+            println!("run {run}   cached look-up CPU / raw RPC CPU = {ratio:.1}");
+            table.add(format!("{apps:>4} apps rpc/s"), rpc.rate());
+            table.add(
+                format!("{apps:>4} apps rpc cpu µs"),
+                rpc.cpu_per_request().unwrap_or(0.0) * 1e6,
+            );
+            table.add(format!("{apps:>4} apps cached/s"), cached.rate());
+            table.add(format!("{apps:>4} apps cached p50 ms"), cached.ms(0.5));
+            table.add(format!("{apps:>4} apps cached p99 ms"), cached.ms(0.99));
+            table.add(
+                format!("{apps:>4} apps cached cpu µs"),
+                cached.cpu_per_request().unwrap_or(0.0) * 1e6,
+            );
+            table.add(format!("{apps:>4} apps cached cpu ratio"), ratio);
+        }
+        if o.wants("uncached") {
+            let raw = open_loop(rate, d, fanout_call(Arc::clone(&clients), deadline, true)).await;
+            println!(
+                "run {run} {}",
+                raw.line(&format!("raw fan-out @{rate:.0}/s"))
+            );
+            let gw = measured(
+                pid,
+                open_loop(
+                    rate,
+                    d,
+                    lookup_call(channel.clone(), Arc::clone(&token), true, deadline, true),
+                ),
+            )
+            .await;
+            println!(
+                "run {run} {}",
+                gw.line(&format!("uncached look-up @{rate:.0}/s"))
+            );
+            table.add(format!("{apps:>4} apps uncached p50 ms"), gw.ms(0.5));
+            table.add(format!("{apps:>4} apps uncached p99 ms"), gw.ms(0.99));
+            table.add(format!("{apps:>4} apps raw fan-out p50 ms"), raw.ms(0.5));
+            table.add(format!("{apps:>4} apps raw fan-out p99 ms"), raw.ms(0.99));
+            table.add(
+                format!("{apps:>4} apps uncached cpu µs"),
+                gw.cpu_per_request().unwrap_or(0.0) * 1e6,
+            );
+        }
+        if o.wants("saturation") {
+            let concurrency = (4_000 / apps).clamp(2, 64);
+            let raw = closed_loop(
+                concurrency,
+                d,
+                fanout_call(Arc::clone(&clients), deadline, true),
+            )
+            .await;
+            println!(
+                "run {run} {}  = {:.0} app calls/s",
+                raw.line(&format!("raw fan-out x{concurrency}")),
+                raw.rate() * apps as f64
+            );
+            let gw = measured(
+                pid,
+                closed_loop(
+                    concurrency,
+                    d,
+                    lookup_call(channel.clone(), Arc::clone(&token), true, deadline, true),
+                ),
+            )
+            .await;
+            println!(
+                "run {run} {}  = {:.0} app calls/s",
+                gw.line(&format!("uncached look-up x{concurrency}")),
+                gw.rate() * apps as f64
+            );
+            table.add(
+                format!("{apps:>4} apps saturation gateway calls/s"),
+                gw.rate() * apps as f64,
+            );
+            table.add(
+                format!("{apps:>4} apps saturation raw calls/s"),
+                raw.rate() * apps as f64,
+            );
+            table.add(
+                format!("{apps:>4} apps saturation ratio"),
+                gw.rate() / raw.rate(),
+            );
+        }
+    }
+    println!(
+        "gateway peak RSS with {apps} apps: {:.0} MB",
+        world.peak_rss_mb()
+    );
+    table.add(
+        format!("{apps:>4} apps gateway peak RSS MB"),
+        world.peak_rss_mb(),
+    );
+    world.stop().await;
+    Ok(())
+}
+
+async fn stragglers(o: &Options, table: &mut Table) -> anyhow::Result<()> {
+    let apps = 200;
+    let world = World::start(
+        apps,
+        Behaviour {
+            latency: Latency::Fixed(APP_LATENCY),
+            // 1% of calls never answer (a 1 s straggler is the same thing to a 300 ms deadline).
+            stall_rate: 0.01,
+            ..Behaviour::default()
+        },
+    )
+    .await?;
+    let token = Arc::new(world.session().await?);
+    let channel = world.channel().await?;
+    let clients = app_clients(&world.simulator).await?;
+    let deadline = Duration::from_millis(300);
+    let rate = 20.0;
+    println!("--- stragglers: {apps} apps, 1% of calls stall, deadline 300 ms, {rate}/s ---");
+    for run in 1..=o.runs {
+        let raw = open_loop(
+            rate,
+            o.duration(),
+            fanout_call(Arc::clone(&clients), deadline, false),
+        )
+        .await;
+        println!(
+            "run {run} {}",
+            raw.line("raw fan-out (waits for the deadline)")
+        );
+        let gw = open_loop(
+            rate,
+            o.duration(),
+            lookup_call(channel.clone(), Arc::clone(&token), true, deadline, false),
+        )
+        .await;
+        println!("run {run} {}", gw.line("uncached look-up"));
+        table.add("stragglers look-up p50 ms", gw.ms(0.5));
+        table.add("stragglers look-up p99 ms", gw.ms(0.99));
+        table.add("stragglers raw fan-out p50 ms", raw.ms(0.5));
+        table.add("stragglers raw fan-out p99 ms", raw.ms(0.99));
+    }
+    world.stop().await;
+    Ok(())
+}
+
+/// RSS of this process before and after filling a look-up cache with `entries` answers, each
+/// what a simulated app holds for a number (most hold nothing; some one or two accounts).
+fn memory(entries: usize, table: &mut Table) {
+    let numbers = entries.div_ceil(200);
+    let keys = Keys::derive(b"a benchmark secret of at least thirty-two bytes");
+    let cache = LookupCache::new(Duration::from_secs(3600), entries as u64);
+    let before = status_kb("self", "VmRSS:");
+    let started = Instant::now();
+    let mut inserted = 0;
+    'fill: for n in 0..numbers {
+        let phone = format!("+86139{n:08}");
+        let e164 = unbind_gateway::domain::E164::parse(&phone).expect("a valid number");
+        let short = keys.number_hash(&e164).short();
+        for app in 0..200 {
+            let app_id = format!("app-{app:03}");
+            let accounts = accounts_for(42, &app_id, &phone);
+            cache.insert(
+                (
+                    short,
+                    unbind_gateway::domain::AppId::parse(&app_id).expect("an app id"),
+                ),
+                Arc::new(accounts),
+            );
+            inserted += 1;
+            if inserted == entries {
+                break 'fill;
+            }
+        }
+    }
+    let held = cache.len();
+    let after = status_kb("self", "VmRSS:");
+    let mb = (after.saturating_sub(before)) as f64 / 1024.0;
+    println!(
+        "--- memory: {held} cache entries, RSS +{mb:.0} MB ({:.0} bytes/entry), filled in {:.1} s ---",
+        (after.saturating_sub(before) * 1024) as f64 / held.max(1) as f64,
+        started.elapsed().as_secs_f64()
+    );
+    table.add(
+        "memory MB for 1M entries",
+        mb * 1_000_000.0 / held.max(1) as f64,
+    );
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let o = Options::parse();
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_default();
+    println!(
+        "machine: {} cores, {cpu}; runs {}, {} s per phase{}",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+        o.runs,
+        o.seconds,
+        if o.quick { " (quick)" } else { "" }
+    );
+    let started = Instant::now();
+    let mut table = Table::default();
+    let apps: Vec<usize> = if o.quick {
+        vec![16, 200]
+    } else {
+        o.apps.clone()
+    };
+    if ["rpc", "cached", "uncached", "saturation"]
+        .iter()
+        .any(|s| o.wants(s))
+    {
+        for &n in &apps {
+            scenarios_for(n, &o, &mut table).await?;
+        }
+    }
+    if o.wants("stragglers") {
+        stragglers(&o, &mut table).await?;
+    }
+    if o.wants("memory") {
+        memory(if o.quick { 100_000 } else { 1_000_000 }, &mut table);
+    }
+    println!(
+        "=== medians over {} run(s), {:.0} s in all ===",
+        o.runs,
+        started.elapsed().as_secs_f64()
+    );
+    for (key, values) in &table.rows {
+        println!(
+            "{key:<44} {:>12.2}   runs: {values:.2?}",
+            median(values.clone())
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,192 @@
+//! Micro-benchmarks of the gateway's hot pure code, no network and no store:
+//!
+//! - `session/seal`, `session/verify`: sealing a session token and opening + checking one (tenant
+//!   and expiry), as every authenticated call does;
+//! - `account_ref/seal`, `account_ref/open`: the opaque handle of one account, sealed for every
+//!   account shown and opened on every `Unbind`;
+//! - `merge/200_apps`: the merge loop of `ListLinkedAccounts` over 200 answered apps (the demo's
+//!   seed 42 and number `+8613800138000`, holder since 2024-03-01), including the sealing of every
+//!   account ref;
+//! - `phone/parse`, `cache_key/number_hash`: parsing the caller's number, then deriving the cache
+//!   key from it (keyed hash, first 16 bytes).
+//!
+//! `cargo bench --bench micro`
+
+use std::{collections::HashMap, hint::black_box, sync::Arc, time::Duration};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use unbind_gateway::{
+    cli::demo::demo_config,
+    config::AppConfig,
+    domain::E164,
+    fanout::{
+        AppOutcome, Catalog,
+        merge::{MergeContext, app_result, linked_accounts},
+    },
+    metrics::Metrics,
+    proto::LinkedAccount,
+    security::{AccountRef, Keys, Ownership, Session},
+    simulator::accounts_for,
+};
+
+/// The demo's first subscriber.
+const PHONE: &str = "+8613800138000";
+/// When the demo's first subscriber got the number: 2024-03-01T00:00:00Z.
+const HOLDER_SINCE_MS: i64 = 1_709_251_200_000;
+/// "Now" for session checks: 2025-01-01T00:00:00Z.
+const NOW_MS: i64 = 1_735_689_600_000;
+/// The demo's seed of the simulated accounts.
+const SEED: u64 = 42;
+const APPS: usize = 200;
+
+fn keys() -> Keys {
+    Keys::derive(b"micro-benchmark-signing-secret-0123456789abcdef")
+}
+
+fn phone() -> E164 {
+    E164::parse(PHONE).expect("valid number")
+}
+
+fn session(c: &mut Criterion) {
+    let keys = keys();
+    let session = Session {
+        id: "sess-6f1c2a9b4e7d3a10".into(),
+        phone: phone(),
+        tenant: "dev".into(),
+        holder_since_ms: HOLDER_SINCE_MS,
+        expires_ms: NOW_MS + 15 * 60 * 1000,
+    };
+    c.bench_function("session/seal", |b| {
+        b.iter(|| black_box(&session).token(black_box(&keys)))
+    });
+    let token = session.token(&keys);
+    assert!(Session::verify(&keys, &token, "dev", NOW_MS).is_ok());
+    c.bench_function("session/verify", |b| {
+        b.iter(|| {
+            Session::verify(
+                black_box(&keys),
+                black_box(&token),
+                black_box("dev"),
+                black_box(NOW_MS),
+            )
+        })
+    });
+}
+
+fn account_ref(c: &mut Criterion) {
+    let keys = keys();
+    let number = keys.number_hash(&phone());
+    let r = AccountRef::new(
+        "app-042",
+        "acct-7d3a10f9c2",
+        &number,
+        Ownership::PreviousHolder,
+        true,
+    );
+    c.bench_function("account_ref/seal", |b| {
+        b.iter(|| black_box(&r).seal(black_box(&keys)))
+    });
+    let sealed = r.seal(&keys);
+    assert_eq!(AccountRef::open(&keys, &sealed).as_ref(), Some(&r));
+    c.bench_function("account_ref/open", |b| {
+        b.iter(|| AccountRef::open(black_box(&keys), black_box(&sealed)))
+    });
+}
+
+/// 200 answered outcomes, each app holding what the simulator gives the demo number. Built inside
+/// `rt`: tonic's lazy channels spawn their workers on it (and never connect).
+fn outcomes(rt: &tokio::runtime::Runtime) -> Vec<AppOutcome> {
+    let apps: Vec<AppConfig> = (1..=APPS)
+        .map(|n| AppConfig {
+            id: format!("app-{n:03}"),
+            name: format!("Sim App {n}"),
+            category: "payments".into(),
+            customer_service: format!("+86 400-800-{n:04}"),
+            // Channels connect lazily: nothing is ever contacted.
+            endpoint: "http://127.0.0.1:1".into(),
+            timeout: None,
+            concurrency: None,
+            unbind_deadline: None,
+            enabled: true,
+            tls_ca: None,
+            tls_server_name: None,
+        })
+        .collect();
+    let config = demo_config(
+        ([127, 0, 0, 1], 0).into(),
+        &std::env::temp_dir(),
+        "http://127.0.0.1:1",
+        apps,
+    );
+    let catalog = {
+        let _guard = rt.enter();
+        Catalog::new(&config, Metrics::new()).expect("catalog")
+    };
+    catalog
+        .snapshot()
+        .all()
+        .iter()
+        .map(|app| AppOutcome {
+            app: Arc::clone(app),
+            result: Ok(Arc::new(accounts_for(SEED, app.id.as_str(), PHONE))),
+            from_cache: false,
+            latency: Duration::from_millis(20),
+        })
+        .collect()
+}
+
+fn merge(c: &mut Criterion) {
+    let keys = keys();
+    let number = keys.number_hash(&phone());
+    let open_tickets = HashMap::new();
+    let ctx = MergeContext {
+        keys: &keys,
+        number: &number,
+        holder_since_ms: HOLDER_SINCE_MS,
+        open_tickets: &open_tickets,
+    };
+    // Declared before the outcomes, so it outlives their channels.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let outcomes = outcomes(&rt);
+    assert_eq!(outcomes.len(), APPS);
+    let total: usize = outcomes
+        .iter()
+        .map(|o| o.result.as_ref().map_or(0, |a| a.len()))
+        .sum();
+    println!("merge/200_apps: {total} accounts over {APPS} apps");
+    c.bench_function("merge/200_apps", |b| {
+        b.iter(|| {
+            let outcomes = black_box(&outcomes);
+            let mut accounts: Vec<LinkedAccount> = Vec::new();
+            let mut results = Vec::with_capacity(outcomes.len());
+            for outcome in outcomes {
+                if let Ok(found) = &outcome.result {
+                    accounts.extend(linked_accounts(&ctx, outcome, found));
+                }
+                results.push(app_result(outcome, Vec::new()));
+            }
+            (accounts, results)
+        })
+    });
+}
+
+fn cache_key(c: &mut Criterion) {
+    let keys = keys();
+    c.bench_function("phone/parse", |b| b.iter(|| E164::parse(black_box(PHONE))));
+    let phone = phone();
+    c.bench_function("cache_key/number_hash", |b| {
+        b.iter(|| black_box(&keys).number_hash(black_box(&phone)).short())
+    });
+}
+
+criterion_group! {
+    name = micro;
+    config = Criterion::default()
+        .measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_secs(1));
+    targets = session, account_ref, merge, cache_key
+}
+criterion_main!(micro);

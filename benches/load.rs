@@ -3,13 +3,14 @@
 //!
 //! The client (this process) records every latency in an HDR histogram, checks every gRPC status
 //! (an error is never a success; errors are counted by code), and reads the gateway process's CPU
-//! time and peak RSS from `/proc`. The simulated apps and the registry run in this process.
+//! time and peak RSS from `/proc`. The simulated apps are a third process
+//! (`unbind-gateway simulate-apps`); the registry (used once, to verify) runs in this one.
 //!
 //! Scenarios, each next to its baseline, for N simulated apps (default 16, 200 and 1,000):
 //! - `rpc`: raw RPC baseline, `grpc.health.v1.Health/Check` on the gateway process itself (one
 //!   trivial tonic call through the same server stack): requests/s and gateway CPU per call;
 //! - `cached`: cached look-ups, closed loop: requests/s, latency, gateway CPU per look-up vs `rpc`;
-//! - `uncached`: uncached look-ups, open loop at `--rate` (default 10,000 app calls/s over N apps)
+//! - `uncached`: uncached look-ups, open loop at `--calls-per-second` over N apps (default 2,000)
 //!   with every app answering after 20 ms, next to the raw fan-out (the client calling every app's
 //!   `FindAccounts` itself at the same rate); latency − 20 ms is the overhead;
 //! - `saturation`: closed loop of uncached look-ups vs closed loop of raw fan-outs: app calls/s;
@@ -17,14 +18,17 @@
 //! - `memory`: RSS of a look-up cache holding 1,000,000 (number, app) answers (in this process).
 //!
 //! `cargo bench --bench load` (options: `-- --runs 5 --apps 16,200,1000 --seconds 4 --quick
-//! --only rpc,cached,...`). `--quick` runs every scenario once, briefly, in under a minute.
+//! --only rpc,cached,uncached,saturation,stragglers,memory --calls-per-second 2000`). `--quick` runs every scenario once, briefly, in under a minute.
 
 use std::{
     collections::BTreeMap,
     future::Future,
     path::PathBuf,
     process::{Child, Command, Stdio},
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -34,7 +38,8 @@ use tonic::{Request, transport::Channel};
 use unbind_gateway::{
     cli::demo::{codes_in_sms_file, demo_config, demo_subscribers, numbered_subscribers},
     config::{AdminConfig, AppConfig},
-    fanout::LookupCache,
+    domain::AppId,
+    fanout::{LookupCache, accounts},
     proto::{
         CompleteVerificationRequest, FindAccountsRequest, ListLinkedAccountsRequest,
         StartVerificationRequest, account_gateway_client::AccountGatewayClient,
@@ -42,10 +47,25 @@ use unbind_gateway::{
     },
     registry::embedded::{EmbeddedRegistry, EmbeddedRegistryOptions, write_subscribers},
     security::Keys,
-    simulator::{Behaviour, Latency, Simulator, SimulatorConfig, accounts_for},
+    simulator::accounts_for,
 };
 
-const PHONE: &str = "+8613800138000";
+/// Distinct numbers the load rotates over.
+const NUMBERS: usize = 64;
+
+/// The numbers of the numbered subscribers, for the raw fan-out.
+fn phones() -> Arc<Vec<String>> {
+    Arc::new(
+        numbered_subscribers(NUMBERS)
+            .into_iter()
+            .map(|s| s.phone_number)
+            .collect(),
+    )
+}
+/// The allocator the `unbind-gateway` binary uses, so the memory scenario measures what it would.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const APP_LATENCY: Duration = Duration::from_millis(20);
 
 // ---------------------------------------------------------------------------------------------
@@ -57,6 +77,8 @@ struct Options {
     seconds: f64,
     quick: bool,
     only: Option<Vec<String>>,
+    /// Offered app calls per second in the open-loop `uncached` scenario.
+    calls_per_second: f64,
 }
 
 impl Options {
@@ -81,6 +103,9 @@ impl Options {
                 .unwrap_or(if quick { 0.7 } else { 4.0 }),
             quick,
             only: value("--only").map(|v| v.split(',').map(str::to_owned).collect()),
+            calls_per_second: value("--calls-per-second")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(2_000.0),
         }
     }
 
@@ -271,12 +296,37 @@ fn median(mut v: Vec<f64>) -> f64 {
 // The world: simulated apps and registry here, the gateway as a child process
 
 struct World {
-    simulator: Simulator,
+    /// `unbind-gateway simulate-apps`, its own process.
+    apps: Child,
+    catalog: Vec<AppConfig>,
     registry: EmbeddedRegistry,
     gateway: Child,
     endpoint: String,
     sms_file: PathBuf,
     _dir: tempfile::TempDir,
+}
+
+/// The simulator's `[[apps]]` catalog, once it is fully written.
+async fn read_catalog(path: &std::path::Path, apps: usize) -> anyhow::Result<Vec<AppConfig>> {
+    #[derive(serde::Deserialize)]
+    struct Catalog {
+        apps: Vec<AppConfig>,
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            if let Ok(c) = toml::from_str::<Catalog>(&text) {
+                if c.apps.len() == apps {
+                    return Ok(c.apps);
+                }
+            }
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the simulated apps did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 fn free_port() -> u16 {
@@ -287,19 +337,24 @@ fn free_port() -> u16 {
 }
 
 impl World {
-    async fn start(apps: usize, behaviour: Behaviour) -> anyhow::Result<Self> {
+    /// `apps` simulated apps answering after 20 ms, `stall_rate` of their calls never answered.
+    async fn start(apps: usize, stall_rate: f64) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
-        let simulator = Simulator::start(SimulatorConfig {
-            apps,
-            seed: 42,
-            behaviour,
-            bind_ip: [127, 0, 0, 1].into(),
-            base_port: None,
-        })
-        .await?;
+        let catalog_file = dir.path().join("apps.toml");
+        let simulator = Command::new(env!("CARGO_BIN_EXE_unbind-gateway"))
+            .arg("simulate-apps")
+            .args(["--apps", &apps.to_string(), "--base-port", "0"])
+            .args(["--latency", &format!("{}ms", APP_LATENCY.as_millis())])
+            .args(["--stall-rate", &stall_rate.to_string()])
+            .arg("--catalog-out")
+            .arg(&catalog_file)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()?;
+        let catalog = read_catalog(&catalog_file, apps).await?;
         let subscribers: Vec<_> = demo_subscribers()
             .into_iter()
-            .chain(numbered_subscribers(0))
+            .chain(numbered_subscribers(NUMBERS))
             .collect();
         write_subscribers(&dir.path().join("subscribers.toml"), &subscribers)?;
         let sms_file = dir.path().join("sms.jsonl");
@@ -312,25 +367,8 @@ impl World {
             tokio::net::TcpListener::bind("127.0.0.1:0").await?,
         )
         .await?;
-        let catalog = simulator
-            .apps()
-            .into_iter()
-            .map(|a| AppConfig {
-                id: a.id,
-                name: a.name,
-                category: a.category,
-                customer_service: a.customer_service,
-                endpoint: a.endpoint,
-                timeout: None,
-                concurrency: None,
-                unbind_deadline: None,
-                enabled: true,
-                tls_ca: None,
-                tls_server_name: None,
-            })
-            .collect();
         let listen = format!("127.0.0.1:{}", free_port()).parse()?;
-        let mut config = demo_config(listen, dir.path(), &registry.endpoint(), catalog);
+        let mut config = demo_config(listen, dir.path(), &registry.endpoint(), catalog.clone());
         config.verification.session_ttl = Duration::from_secs(3600);
         config.limits.max_in_flight = 100_000;
         config.admin = Some(AdminConfig {
@@ -347,7 +385,8 @@ impl World {
             .stderr(log)
             .spawn()?;
         let world = Self {
-            simulator,
+            apps: simulator,
+            catalog,
             registry,
             gateway,
             endpoint: format!("http://{listen}"),
@@ -388,20 +427,30 @@ impl World {
             .await?)
     }
 
-    async fn session(&self) -> anyhow::Result<String> {
+    /// Sessions for [`NUMBERS`] different numbers: look-ups rotate over them, so concurrent
+    /// look-ups are not folded into one adapter call per app by the gateway's coalescing.
+    async fn sessions(&self) -> anyhow::Result<Arc<Vec<String>>> {
+        let mut tokens = Vec::with_capacity(NUMBERS);
+        for s in numbered_subscribers(NUMBERS) {
+            tokens.push(self.session(&s.phone_number, &s.id_last_six).await?);
+        }
+        Ok(Arc::new(tokens))
+    }
+
+    async fn session(&self, phone: &str, id_last_six: &str) -> anyhow::Result<String> {
         let mut client = AccountGatewayClient::new(self.channel().await?);
-        let before = codes_in_sms_file(&self.sms_file, PHONE).len();
+        let before = codes_in_sms_file(&self.sms_file, phone).len();
         let verification_id = client
             .start_verification(StartVerificationRequest {
-                phone_number: PHONE.into(),
-                id_last_six: "12345X".into(),
+                phone_number: phone.into(),
+                id_last_six: id_last_six.into(),
             })
             .await?
             .into_inner()
             .verification_id;
         let deadline = Instant::now() + Duration::from_secs(10);
         let code = loop {
-            if let Some(code) = codes_in_sms_file(&self.sms_file, PHONE)
+            if let Some(code) = codes_in_sms_file(&self.sms_file, phone)
                 .into_iter()
                 .nth(before)
             {
@@ -430,7 +479,8 @@ impl World {
             .status();
         let _ = tokio::task::spawn_blocking(move || self.gateway.wait()).await;
         self.registry.shutdown().await;
-        self.simulator.shutdown().await;
+        let _ = self.apps.kill();
+        let _ = self.apps.wait();
     }
 }
 
@@ -455,17 +505,18 @@ fn health_call(channel: Channel) -> Call {
 /// A look-up; `Err` unless the gateway answered and (if `complete`) every app answered.
 fn lookup_call(
     channel: Channel,
-    token: Arc<String>,
+    tokens: Arc<Vec<String>>,
     bypass_cache: bool,
     deadline: Duration,
     must_be_complete: bool,
 ) -> Call {
+    let next = AtomicUsize::new(0);
     Arc::new(move || {
         let mut client = AccountGatewayClient::new(channel.clone());
-        let token = Arc::clone(&token);
+        let token = tokens[next.fetch_add(1, Ordering::Relaxed) % tokens.len()].clone();
         async move {
             let mut request = Request::new(ListLinkedAccountsRequest {
-                session_token: token.as_str().to_owned(),
+                session_token: token,
                 bypass_cache,
                 ..Default::default()
             });
@@ -488,30 +539,36 @@ fn lookup_call(
 /// each call bounded by `deadline`; `Err` if any call failed (when `must_all_answer`).
 fn fanout_call(
     clients: Arc<Vec<AppAdapterClient<Channel>>>,
+    phones: Arc<Vec<String>>,
     deadline: Duration,
     must_all_answer: bool,
 ) -> Call {
+    let next = AtomicUsize::new(0);
     Arc::new(move || {
         let clients = Arc::clone(&clients);
+        let phone = phones[next.fetch_add(1, Ordering::Relaxed) % phones.len()].clone();
         async move {
+            // Each call a task of its own, as the gateway runs them, so both cores serve them.
             let calls = clients.iter().map(|c| {
                 let mut c = c.clone();
-                async move {
+                let phone = phone.clone();
+                tokio::spawn(async move {
                     let mut request = Request::new(FindAccountsRequest {
                         request_id: "bench".into(),
-                        phone_number: PHONE.into(),
+                        phone_number: phone,
                     });
                     request.set_timeout(deadline);
                     tokio::time::timeout(deadline, c.find_accounts(request)).await
-                }
+                })
             });
             let answers = futures::future::join_all(calls).await;
             if must_all_answer {
                 for a in answers {
                     match a {
-                        Ok(Ok(_)) => {}
-                        Ok(Err(s)) => return Err(code_name(&s)),
-                        Err(_) => return Err("DeadlineExceeded".to_owned()),
+                        Ok(Ok(Ok(_))) => {}
+                        Ok(Ok(Err(s))) => return Err(code_name(&s)),
+                        Ok(Err(_)) => return Err("DeadlineExceeded".to_owned()),
+                        Err(_) => return Err("TaskFailed".to_owned()),
                     }
                 }
             }
@@ -521,11 +578,13 @@ fn fanout_call(
     })
 }
 
-async fn app_clients(simulator: &Simulator) -> anyhow::Result<Arc<Vec<AppAdapterClient<Channel>>>> {
+async fn app_clients(catalog: &[AppConfig]) -> anyhow::Result<Arc<Vec<AppAdapterClient<Channel>>>> {
     let mut clients = Vec::new();
-    for app in simulator.apps() {
+    for app in catalog {
         clients.push(AppAdapterClient::new(
-            Channel::from_shared(app.endpoint)?.connect().await?,
+            Channel::from_shared(app.endpoint.clone())?
+                .connect()
+                .await?,
         ));
     }
     Ok(Arc::new(clients))
@@ -547,33 +606,25 @@ impl Table {
 }
 
 async fn scenarios_for(apps: usize, o: &Options, table: &mut Table) -> anyhow::Result<()> {
-    let world = World::start(
-        apps,
-        Behaviour {
-            latency: Latency::Fixed(APP_LATENCY),
-            ..Behaviour::default()
-        },
-    )
-    .await?;
-    let token = Arc::new(world.session().await?);
+    let world = World::start(apps, 0.0).await?;
+    let token = world.sessions().await?;
     let channel = world.channel().await?;
-    let clients = app_clients(&world.simulator).await?;
+    let clients = app_clients(&world.catalog).await?;
     let pid = world.pid();
     let d = o.duration();
     let deadline = Duration::from_secs(5);
-    // 10,000 app calls/s, at most 200 look-ups/s.
-    let rate = (10_000.0 / apps as f64).min(200.0);
-    // Warm-up: connections to every app from both the gateway and this client, the cache.
-    open_loop(
-        rate,
-        Duration::from_secs(1),
-        lookup_call(channel.clone(), Arc::clone(&token), true, deadline, true),
-    )
-    .await;
+    // `--calls-per-second` app calls/s, at most 200 look-ups/s.
+    let rate = (o.calls_per_second / apps as f64).min(200.0);
+    // Warm-up: connections to every app from both the gateway and this client, and every
+    // number's answers in the cache.
+    let warm = lookup_call(channel.clone(), Arc::clone(&token), false, deadline, true);
+    for _ in 0..NUMBERS {
+        warm().await.ok();
+    }
     open_loop(
         rate,
         Duration::from_millis(500),
-        fanout_call(Arc::clone(&clients), deadline, true),
+        fanout_call(Arc::clone(&clients), phones(), deadline, true),
     )
     .await;
     println!("--- {apps} apps ---");
@@ -609,7 +660,12 @@ async fn scenarios_for(apps: usize, o: &Options, table: &mut Table) -> anyhow::R
             table.add(format!("{apps:>4} apps cached cpu ratio"), ratio);
         }
         if o.wants("uncached") {
-            let raw = open_loop(rate, d, fanout_call(Arc::clone(&clients), deadline, true)).await;
+            let raw = open_loop(
+                rate,
+                d,
+                fanout_call(Arc::clone(&clients), phones(), deadline, true),
+            )
+            .await;
             println!(
                 "run {run} {}",
                 raw.line(&format!("raw fan-out @{rate:.0}/s"))
@@ -641,7 +697,7 @@ async fn scenarios_for(apps: usize, o: &Options, table: &mut Table) -> anyhow::R
             let raw = closed_loop(
                 concurrency,
                 d,
-                fanout_call(Arc::clone(&clients), deadline, true),
+                fanout_call(Arc::clone(&clients), phones(), deadline, true),
             )
             .await;
             println!(
@@ -691,19 +747,11 @@ async fn scenarios_for(apps: usize, o: &Options, table: &mut Table) -> anyhow::R
 
 async fn stragglers(o: &Options, table: &mut Table) -> anyhow::Result<()> {
     let apps = 200;
-    let world = World::start(
-        apps,
-        Behaviour {
-            latency: Latency::Fixed(APP_LATENCY),
-            // 1% of calls never answer (a 1 s straggler is the same thing to a 300 ms deadline).
-            stall_rate: 0.01,
-            ..Behaviour::default()
-        },
-    )
-    .await?;
-    let token = Arc::new(world.session().await?);
+    // 1% of calls never answer (a 1 s straggler is the same thing to a 300 ms deadline).
+    let world = World::start(apps, 0.01).await?;
+    let token = world.sessions().await?;
     let channel = world.channel().await?;
-    let clients = app_clients(&world.simulator).await?;
+    let clients = app_clients(&world.catalog).await?;
     let deadline = Duration::from_millis(300);
     let rate = 20.0;
     println!("--- stragglers: {apps} apps, 1% of calls stall, deadline 300 ms, {rate}/s ---");
@@ -711,7 +759,7 @@ async fn stragglers(o: &Options, table: &mut Table) -> anyhow::Result<()> {
         let raw = open_loop(
             rate,
             o.duration(),
-            fanout_call(Arc::clone(&clients), deadline, false),
+            fanout_call(Arc::clone(&clients), phones(), deadline, false),
         )
         .await;
         println!(
@@ -742,21 +790,22 @@ fn memory(entries: usize, table: &mut Table) {
     let cache = LookupCache::new(Duration::from_secs(3600), entries as u64);
     let before = status_kb("self", "VmRSS:");
     let started = Instant::now();
+    // One id per app, shared by all its entries, as the gateway's catalog entries do.
+    let app_ids: Vec<(String, AppId)> = (1..=200)
+        .map(|i| {
+            let id = format!("app-{i:03}");
+            let parsed = AppId::parse(&id).expect("an app id");
+            (id, parsed)
+        })
+        .collect();
     let mut inserted = 0;
     'fill: for n in 0..numbers {
         let phone = format!("+86139{n:08}");
         let e164 = unbind_gateway::domain::E164::parse(&phone).expect("a valid number");
         let short = keys.number_hash(&e164).short();
-        for app in 0..200 {
-            let app_id = format!("app-{app:03}");
-            let accounts = accounts_for(42, &app_id, &phone);
-            cache.insert(
-                (
-                    short,
-                    unbind_gateway::domain::AppId::parse(&app_id).expect("an app id"),
-                ),
-                Arc::new(accounts),
-            );
+        for (id, app) in &app_ids {
+            let found = accounts_for(42, id, &phone);
+            cache.insert((short, app.clone()), accounts(found));
             inserted += 1;
             if inserted == entries {
                 break 'fill;

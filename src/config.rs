@@ -529,7 +529,16 @@ impl Config {
                     .filter(|&&b| b == b'\n')
                     .count()
                     + 1;
-                anyhow::anyhow!("line {line}: {}", e.message().trim_end())
+                // The key on that line (left of `=`), never the value.
+                let key = text
+                    .lines()
+                    .nth(line - 1)
+                    .and_then(|l| l.split_once('='))
+                    .map(|(k, _)| k.trim())
+                    .filter(|k| !k.is_empty() && k.len() <= 64)
+                    .map(|k| format!(" (`{k}`)"))
+                    .unwrap_or_default();
+                anyhow::anyhow!("line {line}{key}: {}", e.message().trim_end())
             }
             None => anyhow::anyhow!("{}", e.message().trim_end()),
         })?;
@@ -757,5 +766,16 @@ mod tests {
             let err = format!("{:#}", Config::parse(&text).unwrap_err());
             assert!(err.contains(key), "{key}: {err}");
         }
+    }
+
+    #[test]
+    fn parse_errors_never_quote_the_secret() {
+        let broken = MINIMAL.replace(
+            "0123456789abcdef0123456789abcdef\"",
+            "0123456789abcdef0123456789abcdef",
+        );
+        let err = format!("{:#}", Config::parse(&broken).unwrap_err());
+        assert!(!err.contains("0123456789abcdef"), "{err}");
+        assert!(err.contains("line"), "{err}");
     }
 }

@@ -65,6 +65,25 @@ impl E164 {
         })
     }
 
+    /// A number this gateway validated earlier and sealed (in a session token): checked for
+    /// shape only. `None` if it does not look like one, and the caller parses it in full.
+    pub(crate) fn from_sealed(e164: &str, country_code_len: usize) -> Option<Self> {
+        let digits = e164.strip_prefix('+')?;
+        let shaped = (8..=15).contains(&digits.len())
+            && (1..=3).contains(&country_code_len)
+            && digits.bytes().all(|b| b.is_ascii_digit())
+            && !digits.starts_with('0');
+        shaped.then(|| Self {
+            e164: e164.to_owned(),
+            country_code_len,
+        })
+    }
+
+    /// Digits of the country code.
+    pub(crate) fn country_code_len(&self) -> usize {
+        self.country_code_len
+    }
+
     /// The raw E.164 string. Only for the wire to the registry and adapters, and the store.
     pub fn expose(&self) -> &str {
         &self.e164

@@ -31,6 +31,19 @@ pub type CacheKey = (u128, AppId);
 
 type SharedCall = Shared<BoxFuture<'static, Result<Accounts, CallError>>>;
 
+/// One shared empty answer: most apps hold no account for a given number, and a million cached
+/// "nothing here" answers should not be a million allocations.
+static EMPTY: std::sync::LazyLock<Accounts> = std::sync::LazyLock::new(|| Arc::new(Vec::new()));
+
+/// An app's answer as the cache holds it.
+pub fn accounts(list: Vec<AdapterAccount>) -> Accounts {
+    if list.is_empty() {
+        Arc::clone(&EMPTY)
+    } else {
+        Arc::new(list)
+    }
+}
+
 /// Answers and calls in flight.
 pub struct LookupCache {
     answers: moka::sync::Cache<CacheKey, Accounts>,
@@ -68,7 +81,7 @@ impl LookupCache {
         let task_key = key.clone();
         let future = call();
         let task = tokio::spawn(async move {
-            let result = future.await.map(Arc::new);
+            let result = future.await.map(accounts);
             if let Ok(accounts) = &result {
                 // Cache before leaving the in-flight table, so a look-up never misses both.
                 answers.insert(task_key.clone(), Arc::clone(accounts));

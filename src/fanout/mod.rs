@@ -17,7 +17,7 @@ use futures::{FutureExt, future::BoxFuture, stream::FuturesUnordered};
 use tokio::time::Instant;
 
 pub use adapter::{AppCall, AppService, CallError, app_call_span, find_accounts};
-pub use cache::{Accounts, CacheKey, LookupCache};
+pub use cache::{Accounts, CacheKey, LookupCache, accounts};
 pub use catalog::{App, Catalog, CatalogChange, CatalogSnapshot};
 use tracing::Instrument;
 

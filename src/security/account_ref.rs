@@ -54,12 +54,10 @@ impl AccountRef {
         ownership: Ownership,
         unbind_supported: bool,
     ) -> Self {
-        let mut hex = number.hex();
-        hex.truncate(32);
         Self {
             app_id: app_id.to_owned(),
             account_id: account_id.to_owned(),
-            number: hex,
+            number: number.hex_prefix(16),
             ownership,
             unbind_supported,
         }

@@ -49,6 +49,11 @@ impl NumberHash {
         hex(&self.0)
     }
 
+    /// The hex of the first `bytes` bytes (at most all 32).
+    pub fn hex_prefix(&self, bytes: usize) -> String {
+        hex(&self.0[..bytes.min(self.0.len())])
+    }
+
     /// The first 16 bytes, a compact cache key (collisions need 2^64 numbers).
     pub fn short(&self) -> u128 {
         let mut b = [0u8; 16];
@@ -101,13 +106,14 @@ pub(super) fn hmac_label(key: &[u8], data: &[u8]) -> [u8; 32] {
 }
 
 pub(super) fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+    // A table, not `write!("{:02x}")`: this runs for every account ref of every look-up.
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
+    s
 }
 
 #[cfg(test)]

@@ -49,6 +49,9 @@ pub enum SessionError {
 struct Claims {
     sid: String,
     ph: String,
+    /// Digits of the country code in `ph` (0 in tokens from before it was added).
+    #[serde(default)]
+    cc: usize,
     tn: String,
     hs: i64,
     exp: i64,
@@ -60,6 +63,7 @@ impl Session {
         let claims = Claims {
             sid: self.id.clone(),
             ph: self.phone.expose().to_owned(),
+            cc: self.phone.country_code_len(),
             tn: self.tenant.clone(),
             hs: self.holder_since_ms,
             exp: self.expires_ms,
@@ -86,7 +90,12 @@ impl Session {
         if claims.tn != tenant {
             return Err(SessionError::OtherTenant);
         }
-        let phone = E164::parse(&claims.ph).map_err(|_| SessionError::Malformed)?;
+        // The number was validated when the session was issued and the token is authenticated:
+        // its shape is checked, not the numbering plan again (that costs ~30 µs a request).
+        let phone = match E164::from_sealed(&claims.ph, claims.cc) {
+            Some(phone) => phone,
+            None => E164::parse(&claims.ph).map_err(|_| SessionError::Malformed)?,
+        };
         Ok(Session {
             id: claims.sid,
             phone,

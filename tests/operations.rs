@@ -342,6 +342,7 @@ async fn the_catalog_reloads_live_and_keeps_the_old_one_on_a_bad_file() {
             ..Behaviour::default()
         },
     );
+    let asked_before = h.simulator.stats(&ids[0]).find_calls;
     let slow = {
         let mut client = h.client().await;
         let token = token.clone();
@@ -355,7 +356,16 @@ async fn the_catalog_reloads_live_and_keeps_the_old_one_on_a_bad_file() {
                 .await
         })
     };
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Reload only once the look-up is under way at that app.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while h.simulator.stats(&ids[0]).find_calls == asked_before {
+        assert!(
+            Instant::now() < deadline,
+            "the look-up never reached {}",
+            ids[0]
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let mut without_first = config.clone();
     without_first.apps.remove(0);
     write_config(&path, &without_first);

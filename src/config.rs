@@ -339,6 +339,10 @@ pub struct BreakerConfig {
     #[serde(with = "humantime_serde")]
     pub open_max: Duration,
     pub jitter: f64,
+    /// A timed-out call counts as a failure only if the caller's deadline gave the app at least
+    /// this long (or its whole timeout): a caller sending tiny deadlines cannot open breakers.
+    #[serde(with = "humantime_serde")]
+    pub timeout_floor: Duration,
 }
 
 impl Default for BreakerConfig {
@@ -351,6 +355,7 @@ impl Default for BreakerConfig {
             open_base: Duration::from_secs(1),
             open_max: Duration::from_secs(60),
             jitter: 0.2,
+            timeout_floor: Duration::from_millis(250),
         }
     }
 }

@@ -100,7 +100,7 @@ impl AppMetrics {
     pub fn record(&self, result: Result<(), CallError>, seconds: f64) {
         let counter = match result {
             Ok(()) => &self.answered,
-            Err(CallError::TimedOut) => &self.timed_out,
+            Err(CallError::TimedOut | CallError::CallerDeadline) => &self.timed_out,
             Err(CallError::Unavailable) => &self.unavailable,
             Err(CallError::Failed(_)) => &self.failed,
             Err(CallError::CircuitOpen) => {

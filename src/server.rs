@@ -256,8 +256,13 @@ pub async fn serve(
     let (drain_started, drain_begun) = oneshot::channel::<()>();
     let draining = {
         let health = health.clone();
+        let gateway = Arc::clone(&gateway);
+        let readiness = readiness.abort_handle();
         async move {
             shutdown.await;
+            // Not ready from here on, whatever the store does: `/readyz` and health agree.
+            readiness.abort();
+            gateway.ready.store(false, Ordering::Relaxed);
             set_health(&health, false).await;
             let _ = drain_started.send(());
         }

@@ -427,7 +427,8 @@ async fn file_changes_and_sighup_reload_the_catalog() {
 }
 
 fn short_drain(config: &mut Config) {
-    config.limits.drain_timeout = Duration::from_millis(300);
+    with_admin(config);
+    config.limits.drain_timeout = Duration::from_secs(2);
 }
 
 #[tokio::test]
@@ -449,10 +450,14 @@ async fn shutdown_turns_health_to_not_serving_and_a_watch_cannot_hold_it_open() 
         .into_inner();
     let first = watch.message().await.unwrap().unwrap();
     assert_eq!(first.status, ServingStatus::Serving as i32);
+    let admin = admin_addr(&h);
+    assert_eq!(http_get(admin, "/readyz").await.0, 200);
     let stopping = tokio::spawn(h.stop());
     // The watcher hears NOT_SERVING before the connection goes.
     let next = watch.message().await.unwrap().unwrap();
     assert_eq!(next.status, ServingStatus::NotServing as i32);
+    // While draining, readiness says so too (the watch holds the drain open for 2 s).
+    assert_eq!(http_get(admin, "/readyz").await.0, 503);
     // And the endless watch stream does not keep the gateway from stopping.
     tokio::time::timeout(Duration::from_secs(20), stopping)
         .await

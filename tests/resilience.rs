@@ -317,3 +317,58 @@ async fn lookup_ok(
         .await
         .is_ok_and(|r| r.into_inner().complete)
 }
+
+fn one_failure_opens(config: &mut Config) {
+    config.breaker.consecutive_failures = 1;
+    config.breaker.open_base = Duration::from_secs(60);
+    config.breaker.open_max = Duration::from_secs(60);
+    config.breaker.jitter = 0.0;
+}
+
+async fn state_with_deadline(h: &Harness, token: &str, app: &str, deadline: Duration) -> State {
+    let mut request = Request::new(ListLinkedAccountsRequest {
+        session_token: token.into(),
+        app_ids: vec![app.into()],
+        bypass_cache: true,
+        ..Default::default()
+    });
+    request.set_timeout(deadline);
+    let answer = h
+        .client()
+        .await
+        .list_linked_accounts(request)
+        .await
+        .unwrap()
+        .into_inner();
+    State::try_from(answer.app_results[0].state).unwrap()
+}
+
+#[tokio::test]
+async fn a_callers_tiny_deadline_cannot_open_an_apps_breaker() {
+    let h = Harness::start(Options {
+        apps: 2,
+        tweak: one_failure_opens,
+        ..Options::default()
+    })
+    .await;
+    let token = h.session().await;
+    let app = h.simulator.apps()[0].id.clone();
+    h.simulator.set_behaviour(
+        &app,
+        Behaviour {
+            latency: Latency::Fixed(Duration::from_millis(400)),
+            ..Behaviour::default()
+        },
+    );
+    // 100 ms is under the 250 ms floor: the app times out, and that is not held against it.
+    for _ in 0..3 {
+        let state = state_with_deadline(&h, &token, &app, Duration::from_millis(100)).await;
+        assert_eq!(state, State::TimedOut);
+    }
+    // 300 ms is enough to count: one timeout opens the breaker (consecutive_failures = 1).
+    let state = state_with_deadline(&h, &token, &app, Duration::from_millis(300)).await;
+    assert_eq!(state, State::TimedOut);
+    let state = state_with_deadline(&h, &token, &app, Duration::from_secs(2)).await;
+    assert_eq!(state, State::SkippedCircuitOpen);
+    h.stop().await;
+}

@@ -52,10 +52,24 @@ pub enum CallError {
     /// Not asked: the app's circuit breaker is open.
     #[error("circuit open")]
     CircuitOpen,
+    /// Timed out, but the caller's deadline gave the app too little time for that to count
+    /// against it (under `breaker.timeout_floor` and less than its own timeout). Inside the stack
+    /// only, so a tenant sending tiny deadlines cannot open every app's breaker;
+    /// [`find_accounts`] reports it as [`CallError::TimedOut`].
+    #[error("timed out (caller's deadline)")]
+    CallerDeadline,
 }
 
 impl CallError {
     fn from_status(status: &tonic::Status) -> Self {
+        // The client's own `grpc-timeout` timer surfaces as a transport error: still a timeout.
+        let mut source = std::error::Error::source(status);
+        while let Some(e) = source {
+            if e.is::<tonic::TimeoutExpired>() {
+                return Self::TimedOut;
+            }
+            source = e.source();
+        }
         // A connection that broke under the call (refused TLS, reset) is an app we never
         // reached, whatever code the transport surfaced it with.
         if std::error::Error::source(status).is_some_and(|e| e.is::<tonic::transport::Error>()) {
@@ -71,7 +85,7 @@ impl CallError {
     /// The outcome word used in logs and metrics.
     pub fn as_str(&self) -> &'static str {
         match self {
-            CallError::TimedOut => "timed_out",
+            CallError::TimedOut | CallError::CallerDeadline => "timed_out",
             CallError::Unavailable => "unavailable",
             CallError::Failed(_) => "failed",
             CallError::CircuitOpen => "circuit_open",
@@ -84,6 +98,8 @@ impl CallError {
 pub struct AppCall {
     pub phone: E164,
     pub deadline: Instant,
+    /// Whether a timeout of this call counts against the app (its breaker).
+    pub timeout_counts: bool,
 }
 
 /// An app's `FindAccounts` behind its stack.
@@ -138,11 +154,18 @@ impl Service<AppCall> for Adapter {
                 phone_number: call.phone.expose().to_owned(),
             });
             request.set_timeout(call.deadline.saturating_duration_since(Instant::now()));
-            tokio::time::timeout_at(call.deadline, client.find_accounts(request))
-                .await
-                .map_err(|_| CallError::TimedOut)?
-                .map(|r| r.into_inner().accounts)
-                .map_err(|s| CallError::from_status(&s))
+            // Our timer, or the `grpc-timeout` enforced by either side: the same timeout.
+            let outcome =
+                match tokio::time::timeout_at(call.deadline, client.find_accounts(request)).await {
+                    Ok(answer) => answer
+                        .map(|r| r.into_inner().accounts)
+                        .map_err(|s| CallError::from_status(&s)),
+                    Err(_) => Err(CallError::TimedOut),
+                };
+            match outcome {
+                Err(CallError::TimedOut) if !call.timeout_counts => Err(CallError::CallerDeadline),
+                outcome => outcome,
+            }
         }
         .boxed()
     }
@@ -218,10 +241,22 @@ pub async fn find_accounts(
     deadline: Instant,
 ) -> Result<Vec<AdapterAccount>, CallError> {
     let started = Instant::now();
+    // A timeout counts against the app when it had its whole timeout, or at least the floor.
+    let given = deadline.saturating_duration_since(started);
+    let timeout_counts = given >= app.timeout || given >= app.timeout_floor;
     let service = app.service.clone();
-    let outcome = tokio::time::timeout_at(deadline, service.oneshot(AppCall { phone, deadline }))
+    let call = AppCall {
+        phone,
+        deadline,
+        timeout_counts,
+    };
+    let outcome = tokio::time::timeout_at(deadline, service.oneshot(call))
         .await
-        .unwrap_or(Err(CallError::TimedOut));
+        .unwrap_or(Err(CallError::TimedOut))
+        .map_err(|e| match e {
+            CallError::CallerDeadline => CallError::TimedOut,
+            e => e,
+        });
     let latency = started.elapsed();
     match &outcome {
         Ok(_) => app.record_health(Health::Healthy),
@@ -278,6 +313,7 @@ mod tests {
         let call = AppCall {
             phone: E164::parse("+8613800138000").unwrap(),
             deadline: Instant::now() + deadline,
+            timeout_counts: true,
         };
         let result = tower::retry::Retry::new(policy, service)
             .oneshot(call)

@@ -447,7 +447,8 @@ where
                     let result = call.await;
                     match &result {
                         Ok(_) => permit.success(),
-                        Err(CallError::CircuitOpen) => drop(permit),
+                        // Not the app's doing: not counted (a probe so ended still reopens, see Drop).
+                        Err(CallError::CircuitOpen | CallError::CallerDeadline) => drop(permit),
                         Err(_) => permit.failure(),
                     }
                     result
@@ -482,6 +483,7 @@ mod tests {
             open_base: SEC,
             open_max: 4 * SEC,
             jitter: 0.0,
+            timeout_floor: Duration::ZERO,
         }
     }
 

@@ -52,6 +52,8 @@ pub struct App {
     pub enabled: bool,
     /// Longest a single call to this app may take.
     pub timeout: Duration,
+    /// A timeout counts against the app only if the call had at least this long (or `timeout`).
+    pub(crate) timeout_floor: Duration,
     /// How long the app has to finish an unbind.
     pub unbind_deadline: Duration,
     /// Position in the catalog, for a stable answer order (moves when a reload reorders).
@@ -107,6 +109,7 @@ impl App {
             customer_service: app.customer_service.clone(),
             enabled: app.enabled,
             timeout,
+            timeout_floor: settings.breaker.timeout_floor,
             unbind_deadline: app.unbind_deadline.unwrap_or(defaults.unbind_deadline),
             position: AtomicUsize::new(position),
             client,

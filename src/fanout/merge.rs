@@ -93,7 +93,7 @@ pub fn linked_accounts(
 pub fn app_result(outcome: &AppOutcome, accounts: Vec<LinkedAccount>) -> AppResult {
     let (state, account_count) = match &outcome.result {
         Ok(a) => (State::Answered, a.len() as u32),
-        Err(CallError::TimedOut) => (State::TimedOut, 0),
+        Err(CallError::TimedOut | CallError::CallerDeadline) => (State::TimedOut, 0),
         Err(CallError::Unavailable) => (State::Unavailable, 0),
         Err(CallError::Failed(_)) => (State::Failed, 0),
         Err(CallError::CircuitOpen) => (State::SkippedCircuitOpen, 0),

@@ -36,14 +36,13 @@ use futures::{FutureExt, future::BoxFuture};
 use hdrhistogram::Histogram;
 use tonic::{Request, transport::Channel};
 use unbind_gateway::{
-    cli::demo::{codes_in_sms_file, demo_config, demo_subscribers, numbered_subscribers},
+    cli::demo::{demo_config, demo_subscribers, numbered_subscribers, verified_session_at},
     config::{AdminConfig, AppConfig},
     domain::AppId,
     fanout::{LookupCache, accounts},
     proto::{
-        CompleteVerificationRequest, FindAccountsRequest, ListLinkedAccountsRequest,
-        StartVerificationRequest, account_gateway_client::AccountGatewayClient,
-        app_adapter_client::AppAdapterClient,
+        FindAccountsRequest, ListLinkedAccountsRequest,
+        account_gateway_client::AccountGatewayClient, app_adapter_client::AppAdapterClient,
     },
     registry::embedded::{EmbeddedRegistry, EmbeddedRegistryOptions, write_subscribers},
     security::Keys,
@@ -438,35 +437,7 @@ impl World {
     }
 
     async fn session(&self, phone: &str, id_last_six: &str) -> anyhow::Result<String> {
-        let mut client = AccountGatewayClient::new(self.channel().await?);
-        let before = codes_in_sms_file(&self.sms_file, phone).len();
-        let verification_id = client
-            .start_verification(StartVerificationRequest {
-                phone_number: phone.into(),
-                id_last_six: id_last_six.into(),
-            })
-            .await?
-            .into_inner()
-            .verification_id;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let code = loop {
-            if let Some(code) = codes_in_sms_file(&self.sms_file, phone)
-                .into_iter()
-                .nth(before)
-            {
-                break code;
-            }
-            anyhow::ensure!(Instant::now() < deadline, "no code arrived");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        };
-        Ok(client
-            .complete_verification(CompleteVerificationRequest {
-                verification_id,
-                code,
-            })
-            .await?
-            .into_inner()
-            .session_token)
+        verified_session_at(&self.endpoint, &self.sms_file, phone, id_last_six).await
     }
 
     fn peak_rss_mb(&self) -> f64 {

@@ -209,19 +209,7 @@ fn first_four_apps(config: &mut Config) {
 
 /// A catalog entry for a simulated app, as the harness writes them.
 fn app_config(app: &SimulatedApp) -> AppConfig {
-    AppConfig {
-        id: app.id.clone(),
-        name: app.name.clone(),
-        category: app.category.clone(),
-        customer_service: app.customer_service.clone(),
-        endpoint: app.endpoint.clone(),
-        timeout: Some(Duration::from_secs(2)),
-        concurrency: None,
-        unbind_deadline: None,
-        enabled: true,
-        tls_ca: None,
-        tls_server_name: None,
-    }
+    app.catalog_entry(Some(Duration::from_secs(2)))
 }
 
 fn write_config(path: &Path, config: &Config) {

@@ -155,20 +155,8 @@ impl Stack {
         .await?;
         let apps = simulator
             .apps()
-            .into_iter()
-            .map(|a| AppConfig {
-                id: a.id,
-                name: a.name,
-                category: a.category,
-                customer_service: a.customer_service,
-                endpoint: a.endpoint,
-                timeout: options.app_timeout,
-                concurrency: None,
-                unbind_deadline: None,
-                enabled: true,
-                tls_ca: None,
-                tls_server_name: None,
-            })
+            .iter()
+            .map(|a| a.catalog_entry(options.app_timeout))
             .collect();
         let mut config = demo_config(
             options.listen,
@@ -226,43 +214,12 @@ impl Stack {
 
     /// Waits up to 10 s until `phone` has received `n` codes; returns the `n`th.
     pub async fn wait_for_code(&self, phone: &str, n: usize) -> anyhow::Result<String> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(code) = self
-                .codes_sent_to(phone)
-                .into_iter()
-                .nth(n.saturating_sub(1))
-            {
-                return Ok(code);
-            }
-            if tokio::time::Instant::now() >= deadline {
-                anyhow::bail!("no SMS code arrived");
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        wait_for_code_in(&self.sms_file, phone, n).await
     }
 
     /// A full verification through the gateway (code read from the SMS file): a session token.
     pub async fn verified_session(&self, phone: &str, id_last_six: &str) -> anyhow::Result<String> {
-        let mut client = AccountGatewayClient::connect(self.endpoint()).await?;
-        let before = self.codes_sent_to(phone).len();
-        let verification_id = client
-            .start_verification(StartVerificationRequest {
-                phone_number: phone.to_owned(),
-                id_last_six: id_last_six.to_owned(),
-            })
-            .await?
-            .into_inner()
-            .verification_id;
-        let code = self.wait_for_code(phone, before + 1).await?;
-        Ok(client
-            .complete_verification(CompleteVerificationRequest {
-                verification_id,
-                code,
-            })
-            .await?
-            .into_inner()
-            .session_token)
+        verified_session_at(&self.endpoint(), &self.sms_file, phone, id_last_six).await
     }
 
     /// Stops everything.
@@ -290,6 +247,56 @@ pub fn numbered_subscribers(n: usize) -> Vec<Subscriber> {
             holder_since: since,
         })
         .collect()
+}
+
+/// Waits up to 10 s until `phone` has received `n` codes in `sms_file`; returns the `n`th.
+pub async fn wait_for_code_in(
+    sms_file: &std::path::Path,
+    phone: &str,
+    n: usize,
+) -> anyhow::Result<String> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(code) = codes_in_sms_file(sms_file, phone)
+            .into_iter()
+            .nth(n.saturating_sub(1))
+        {
+            return Ok(code);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            anyhow::bail!("no SMS code arrived");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A full verification through the gateway at `endpoint`, the code read from the embedded
+/// registry's `sms_file`: a session token.
+pub async fn verified_session_at(
+    endpoint: &str,
+    sms_file: &std::path::Path,
+    phone: &str,
+    id_last_six: &str,
+) -> anyhow::Result<String> {
+    let mut client = AccountGatewayClient::connect(endpoint.to_owned()).await?;
+    let before = codes_in_sms_file(sms_file, phone).len();
+    let verification_id = client
+        .start_verification(StartVerificationRequest {
+            phone_number: phone.to_owned(),
+            id_last_six: id_last_six.to_owned(),
+        })
+        .await?
+        .into_inner()
+        .verification_id;
+    let code = wait_for_code_in(sms_file, phone, before + 1).await?;
+    Ok(client
+        .complete_verification(CompleteVerificationRequest {
+            verification_id,
+            code,
+        })
+        .await?
+        .into_inner()
+        .session_token)
 }
 
 /// The verification codes `phone` (E.164) received so far according to an embedded registry's

@@ -115,6 +115,25 @@ pub struct SimulatedApp {
     pub endpoint: String,
 }
 
+impl SimulatedApp {
+    /// The gateway's catalog entry for this app; `timeout` overrides `app_defaults`.
+    pub fn catalog_entry(&self, timeout: Option<Duration>) -> crate::config::AppConfig {
+        crate::config::AppConfig {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            category: self.category.clone(),
+            customer_service: self.customer_service.clone(),
+            endpoint: self.endpoint.clone(),
+            timeout,
+            concurrency: None,
+            unbind_deadline: None,
+            enabled: true,
+            tls_ca: None,
+            tls_server_name: None,
+        }
+    }
+}
+
 /// What one simulated app was asked.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AppStats {

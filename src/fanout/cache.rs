@@ -1,17 +1,24 @@
-//! The look-up cache: each app's answer for a number, keyed by (keyed hash of the number, app id),
-//! with a TTL and a capacity; plus the coalescing of identical calls in flight.
+//! The look-up cache: each app's answer for a number, with a TTL per answer and a capacity in
+//! answers; plus the coalescing of identical calls in flight.
 //!
-//! Coalescing: the first look-up of a key spawns the adapter call as its own task and publishes a
-//! shared handle to it; identical look-ups arriving meanwhile await the same handle. Because the
-//! call is a task of its own, a caller that gives up (deadline, disconnect) cancels nothing for the
-//! others. Only answers are cached: a failed call leaves nothing behind, so the next look-up asks
-//! the app again.
+//! Layout: one cache entry per number (its short keyed hash), holding that number's answers by
+//! app. A look-up reads all its apps' answers with one cache access and one read lock, and a
+//! million cached (number, app) answers cost a few tens of bytes each rather than a cache entry
+//! apiece. Each answer keeps the time it was fetched and is fresh for `ttl` from then; an entry
+//! nobody has touched for `ttl` holds only stale answers and is dropped. The capacity counts
+//! answers: an entry weighs as many answers as it holds, and whole numbers are evicted.
+//!
+//! Coalescing: the first look-up of a (number, app) spawns the adapter call as its own task and
+//! publishes a shared handle to it; identical look-ups arriving meanwhile await the same handle.
+//! Because the call is a task of its own, a caller that gives up (deadline, disconnect) cancels
+//! nothing for the others. Only answers are cached: a failed call leaves nothing behind, so the
+//! next look-up asks the app again.
 
 use std::{
     collections::HashMap,
     future::Future,
-    sync::{Arc, Mutex},
-    time::Duration,
+    sync::{Arc, Mutex, RwLock},
+    time::{Duration, Instant},
 };
 
 use futures::{
@@ -44,27 +51,81 @@ pub fn accounts(list: Vec<AdapterAccount>) -> Accounts {
     }
 }
 
+/// One app's answer and when it was fetched.
+struct Answer {
+    fetched: Instant,
+    accounts: Accounts,
+}
+
+/// A number's answers by app.
+#[derive(Default)]
+struct NumberAnswers {
+    by_app: RwLock<HashMap<AppId, Answer>>,
+}
+
+impl NumberAnswers {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<AppId, Answer>> {
+        self.by_app.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<AppId, Answer>> {
+        self.by_app.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Stores an answer; true if the app had none before (the entry grew).
+    fn put(&self, app: AppId, accounts: Accounts) -> bool {
+        let answer = Answer {
+            fetched: Instant::now(),
+            accounts,
+        };
+        self.write().insert(app, answer).is_none()
+    }
+
+    fn weight(&self) -> u32 {
+        u32::try_from(self.read().len()).unwrap_or(u32::MAX).max(1)
+    }
+}
+
 /// Answers and calls in flight.
 pub struct LookupCache {
-    answers: moka::sync::Cache<CacheKey, Accounts>,
+    numbers: moka::sync::Cache<u128, Arc<NumberAnswers>>,
+    ttl: Duration,
     in_flight: Arc<Mutex<HashMap<CacheKey, SharedCall>>>,
 }
 
 impl LookupCache {
-    /// A cache keeping at most `capacity` answers for `ttl` each.
+    /// A cache keeping at most about `capacity` answers, each for `ttl`.
     pub fn new(ttl: Duration, capacity: u64) -> Self {
         Self {
-            answers: moka::sync::Cache::builder()
+            numbers: moka::sync::Cache::builder()
                 .max_capacity(capacity)
-                .time_to_live(ttl)
+                .weigher(|_, answers: &Arc<NumberAnswers>| answers.weight())
+                .time_to_idle(ttl)
                 .build(),
+            ttl,
             in_flight: Arc::default(),
         }
     }
 
-    /// A cached answer, if fresh.
-    pub fn cached(&self, key: &CacheKey) -> Option<Accounts> {
-        self.answers.get(key)
+    /// The fresh cached answers for `number` from each of `apps`, in the same order (`None`:
+    /// not cached, or stale).
+    pub fn cached<'a>(
+        &self,
+        number: u128,
+        apps: impl ExactSizeIterator<Item = &'a AppId>,
+    ) -> Vec<Option<Accounts>> {
+        let Some(entry) = self.numbers.get(&number) else {
+            return apps.map(|_| None).collect();
+        };
+        let now = Instant::now();
+        let by_app = entry.read();
+        apps.map(|app| {
+            by_app
+                .get(app)
+                .filter(|answer| now.saturating_duration_since(answer.fetched) < self.ttl)
+                .map(|answer| Arc::clone(&answer.accounts))
+        })
+        .collect()
     }
 
     /// Joins the call in flight for `key`, or starts one with `call` as a task of its own.
@@ -76,7 +137,7 @@ impl LookupCache {
         if let Some(shared) = in_flight.get(&key) {
             return shared.clone();
         }
-        let answers = self.answers.clone();
+        let numbers = self.numbers.clone();
         let registry = Arc::clone(&self.in_flight);
         let task_key = key.clone();
         let future = call();
@@ -84,7 +145,7 @@ impl LookupCache {
             let result = future.await.map(accounts);
             if let Ok(accounts) = &result {
                 // Cache before leaving the in-flight table, so a look-up never misses both.
-                answers.insert(task_key.clone(), Arc::clone(accounts));
+                store(&numbers, task_key.clone(), Arc::clone(accounts));
             }
             registry
                 .lock()
@@ -101,22 +162,167 @@ impl LookupCache {
 
     /// Stores an answer directly (benchmarks and tools; look-ups go through [`Self::call`]).
     pub fn insert(&self, key: CacheKey, accounts: Accounts) {
-        self.answers.insert(key, accounts);
+        store(&self.numbers, key, accounts);
     }
 
     /// Forgets the answer for a key (after an unbind, say).
-    pub fn invalidate(&self, key: &CacheKey) {
-        self.answers.invalidate(key);
+    pub fn invalidate(&self, (number, app): &CacheKey) {
+        if let Some(entry) = self.numbers.get(number) {
+            entry.write().remove(app);
+        }
     }
 
-    /// Answers currently held (approximate; for metrics and benchmarks).
+    /// Answers currently held (approximate: as weighed when each number last gained an answer;
+    /// for metrics and benchmarks).
     pub fn len(&self) -> u64 {
-        self.answers.run_pending_tasks();
-        self.answers.entry_count()
+        self.numbers.run_pending_tasks();
+        self.numbers.weighted_size()
     }
 
     /// Whether no answer is held.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// Stores an answer in its number's entry; an entry that gained an app is put back so the cache
+/// weighs it again.
+fn store(numbers: &moka::sync::Cache<u128, Arc<NumberAnswers>>, key: CacheKey, accounts: Accounts) {
+    let (number, app) = key;
+    let entry = numbers.get_with(number, Arc::default);
+    if entry.put(app, accounts) {
+        numbers.insert(number, entry);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn app(id: &str) -> AppId {
+        AppId::parse(id).unwrap()
+    }
+
+    fn account(id: &str) -> AdapterAccount {
+        AdapterAccount {
+            account_id: id.into(),
+            ..Default::default()
+        }
+    }
+
+    fn ids(found: &[Option<Accounts>]) -> Vec<Option<Vec<String>>> {
+        found
+            .iter()
+            .map(|a| {
+                a.as_ref()
+                    .map(|l| l.iter().map(|a| a.account_id.clone()).collect())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn answers_are_kept_per_number_and_app() {
+        let cache = LookupCache::new(Duration::from_secs(60), 1_000);
+        let (a, b, c) = (app("a"), app("b"), app("c"));
+        cache.insert((1, a.clone()), accounts(vec![account("x")]));
+        cache.insert((1, b.clone()), accounts(vec![]));
+        cache.insert((2, a.clone()), accounts(vec![account("y")]));
+        let found = cache.cached(1, [&a, &b, &c].into_iter());
+        assert_eq!(
+            ids(&found),
+            vec![Some(vec!["x".into()]), Some(vec![]), None]
+        );
+        assert_eq!(
+            ids(&cache.cached(2, [&b, &a].into_iter())),
+            vec![None, Some(vec!["y".into()])]
+        );
+        assert_eq!(ids(&cache.cached(3, [&a].into_iter())), vec![None]);
+        assert_eq!(cache.len(), 3);
+    }
+
+    #[test]
+    fn an_answer_is_fresh_for_its_own_ttl() {
+        let cache = LookupCache::new(Duration::from_millis(150), 1_000);
+        let (a, b) = (app("a"), app("b"));
+        cache.insert((1, a.clone()), accounts(vec![account("x")]));
+        std::thread::sleep(Duration::from_millis(100));
+        cache.insert((1, b.clone()), accounts(vec![account("y")]));
+        std::thread::sleep(Duration::from_millis(100));
+        // a was fetched 200 ms ago, b 100 ms ago: the entry is alive, a's answer is stale.
+        assert_eq!(
+            ids(&cache.cached(1, [&a, &b].into_iter())),
+            vec![None, Some(vec!["y".into()])]
+        );
+    }
+
+    #[test]
+    fn invalidating_forgets_one_app_only() {
+        let cache = LookupCache::new(Duration::from_secs(60), 1_000);
+        let (a, b) = (app("a"), app("b"));
+        cache.insert((1, a.clone()), accounts(vec![account("x")]));
+        cache.insert((1, b.clone()), accounts(vec![account("y")]));
+        cache.invalidate(&(1, a.clone()));
+        cache.invalidate(&(9, a.clone()));
+        assert_eq!(
+            ids(&cache.cached(1, [&a, &b].into_iter())),
+            vec![None, Some(vec!["y".into()])]
+        );
+    }
+
+    #[test]
+    fn capacity_counts_answers_and_evicts_whole_numbers() {
+        let cache = LookupCache::new(Duration::from_secs(60), 1_000);
+        let apps: Vec<AppId> = (0..100).map(|i| app(&format!("app-{i}"))).collect();
+        for number in 0..50u128 {
+            for a in &apps {
+                cache.insert((number, a.clone()), accounts(vec![]));
+            }
+        }
+        // 5,000 answers offered: bounded by answers held, not by numbers (50 would fit).
+        let held = cache.len();
+        assert!(held <= 1_000, "{held} answers held for a capacity of 1,000");
+        assert!(held > 0);
+        let hits: usize = (0..50u128)
+            .map(|number| cache.cached(number, apps.iter()).iter().flatten().count())
+            .sum();
+        assert!(
+            hits <= 1_000,
+            "{hits} answers found for a capacity of 1,000"
+        );
+    }
+
+    #[tokio::test]
+    async fn concurrent_calls_for_a_key_share_one_adapter_call_and_its_answer_is_cached() {
+        let cache = LookupCache::new(Duration::from_secs(60), 1_000);
+        let a = app("a");
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let start = |cache: &LookupCache| {
+            let calls = Arc::clone(&calls);
+            cache.call((7, a.clone()), move || async move {
+                calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                Ok(vec![account("x")])
+            })
+        };
+        let (first, second) = (start(&cache), start(&cache));
+        let (first, second) = tokio::join!(first, second);
+        assert_eq!(first.unwrap()[0].account_id, "x");
+        assert_eq!(second.unwrap()[0].account_id, "x");
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(
+            ids(&cache.cached(7, [&a].into_iter())),
+            vec![Some(vec!["x".into()])]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_call_leaves_nothing_cached() {
+        let cache = LookupCache::new(Duration::from_secs(60), 1_000);
+        let a = app("a");
+        let result = cache
+            .call((7, a.clone()), || async { Err(CallError::Unavailable) })
+            .await;
+        assert!(matches!(result, Err(CallError::Unavailable)));
+        assert_eq!(ids(&cache.cached(7, [&a].into_iter())), vec![None]);
     }
 }

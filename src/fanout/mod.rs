@@ -63,23 +63,26 @@ impl FanOut {
         let started = Instant::now();
         let short = number.short();
         let asked = apps.len() as u64;
-        let mut hits = 0;
+        let cached = if bypass_cache {
+            vec![None; apps.len()]
+        } else {
+            self.cache.cached(short, apps.iter().map(|app| &app.id))
+        };
+        let hits = cached.iter().filter(|answer| answer.is_some()).count() as u64;
         let outcomes = apps
             .into_iter()
-            .map(|app| {
-                let key = (short, app.id.clone());
-                if !bypass_cache {
-                    if let Some(accounts) = self.cache.cached(&key) {
-                        hits += 1;
-                        return futures::future::ready(AppOutcome {
-                            app,
-                            result: Ok(accounts),
-                            from_cache: true,
-                            latency: started.elapsed(),
-                        })
-                        .boxed();
-                    }
+            .zip(cached)
+            .map(|(app, cached)| {
+                if let Some(accounts) = cached {
+                    return futures::future::ready(AppOutcome {
+                        app,
+                        result: Ok(accounts),
+                        from_cache: true,
+                        latency: started.elapsed(),
+                    })
+                    .boxed();
                 }
+                let key = (short, app.id.clone());
                 let call_deadline = deadline.min(started + app.timeout);
                 let call = self.cache.call(key, || {
                     find_accounts(Arc::clone(&app), phone.clone(), call_deadline)

@@ -9,15 +9,17 @@ use sha2::Sha256;
 
 use crate::domain::E164;
 
-type HmacSha256 = Hmac<Sha256>;
+pub(super) type HmacSha256 = Hmac<Sha256>;
 
-/// The keys derived from the signing secret.
+/// The keys derived from the signing secret. The HMAC keys are kept keyed (the inner and outer
+/// pads already hashed), so each use costs the message's hashing only: sealing an account ref for
+/// every account of a look-up is on the hot path.
 #[derive(Clone)]
 pub struct Keys {
     pub(super) encryption: [u8; 32],
-    pub(super) mac: [u8; 32],
-    number: [u8; 32],
-    pub(super) code: [u8; 32],
+    pub(super) mac: HmacSha256,
+    number: HmacSha256,
+    pub(super) code: HmacSha256,
 }
 
 impl std::fmt::Debug for Keys {
@@ -71,11 +73,13 @@ impl std::fmt::Debug for NumberHash {
 impl Keys {
     /// Derives every key from the secret (at least 32 bytes; the config checks).
     pub fn derive(secret: &[u8]) -> Self {
+        let root = keyed(secret);
+        let key = |label: &[u8]| hmac_label(&root, label);
         Self {
-            encryption: hmac_label(secret, b"unbind-gateway/v1/encryption"),
-            mac: hmac_label(secret, b"unbind-gateway/v1/mac"),
-            number: hmac_label(secret, b"unbind-gateway/v1/number-hash"),
-            code: hmac_label(secret, b"unbind-gateway/v1/one-time-code"),
+            encryption: key(b"unbind-gateway/v1/encryption"),
+            mac: keyed(&key(b"unbind-gateway/v1/mac")),
+            number: keyed(&key(b"unbind-gateway/v1/number-hash")),
+            code: keyed(&key(b"unbind-gateway/v1/one-time-code")),
         }
     }
 
@@ -96,11 +100,17 @@ impl Keys {
     }
 }
 
-pub(super) fn hmac_label(key: &[u8], data: &[u8]) -> [u8; 32] {
-    let mut mac = <HmacSha256 as Mac>::new_from_slice(key).unwrap_or_else(|_| {
+/// HMAC-SHA256 keyed with `key`, ready for a message.
+pub(super) fn keyed(key: &[u8]) -> HmacSha256 {
+    <HmacSha256 as Mac>::new_from_slice(key).unwrap_or_else(|_| {
         // HMAC accepts keys of any length; this branch cannot be taken.
         unreachable!("HMAC-SHA256 takes any key length")
-    });
+    })
+}
+
+/// HMAC-SHA256 of `data` under the already keyed `key`.
+pub(super) fn hmac_label(key: &HmacSha256, data: &[u8]) -> [u8; 32] {
+    let mut mac = key.clone();
     mac.update(data);
     mac.finalize().into_bytes().into()
 }

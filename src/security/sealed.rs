@@ -13,11 +13,10 @@ use chacha20::{
     ChaCha20,
     cipher::{KeyIvInit, StreamCipher},
 };
-use hmac::{Hmac, Mac};
+use hmac::Mac;
 use rand::Rng;
-use sha2::Sha256;
 
-use super::Keys;
+use super::{Keys, keys::HmacSha256};
 
 const VERSION: u8 = 1;
 const NONCE_LEN: usize = 12;
@@ -78,9 +77,8 @@ impl Keys {
         Some(buf.split_off(HEADER_LEN))
     }
 
-    fn tag(&self, data: &[u8]) -> Hmac<Sha256> {
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.mac)
-            .unwrap_or_else(|_| unreachable!("HMAC-SHA256 takes any key length"));
+    fn tag(&self, data: &[u8]) -> HmacSha256 {
+        let mut mac = self.mac.clone();
         mac.update(data);
         mac
     }

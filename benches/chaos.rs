@@ -13,26 +13,20 @@
 //!
 //! `cargo bench --bench chaos` (options: `-- --rounds 5 --rate 25 --seconds 8 --deadline-ms 300`).
 
+mod common;
+
 use std::{
     sync::Arc,
     time::{Duration, Instant},
 };
 
+use common::{arg, median};
 use tonic::Request;
 use unbind_gateway::{
     cli::demo::{Stack, StackOptions},
     proto::{ListLinkedAccountsRequest, account_gateway_client::AccountGatewayClient},
     simulator::{Behaviour, Latency, Simulator},
 };
-
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn healthy() -> Behaviour {
     Behaviour {
@@ -150,16 +144,11 @@ async fn set_chaos(simulator: &Simulator, on: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let rounds = arg("--rounds", 5);
-    let rate = arg("--rate", 15);
-    let seconds = arg("--seconds", 8);
+    let rounds: u64 = arg("--rounds", 5);
+    let rate: u64 = arg("--rate", 15);
+    let seconds: u64 = arg("--seconds", 8);
     let deadline = Duration::from_millis(arg("--deadline-ms", 300));
     let dir = tempfile::tempdir()?;
     let stack = Stack::start(

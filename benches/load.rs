@@ -20,6 +20,8 @@
 //! `cargo bench --bench load` (options: `-- --runs 5 --apps 16,200,1000 --seconds 4 --quick
 //! --only rpc,cached,uncached,saturation,stragglers,memory --calls-per-second 2000`). `--quick` runs every scenario once, briefly, in under a minute.
 
+mod common;
+
 use std::{
     collections::BTreeMap,
     future::Future,
@@ -32,6 +34,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use common::{arg, arg_value, flag, median};
 use futures::{FutureExt, future::BoxFuture};
 use hdrhistogram::Histogram;
 use tonic::{Request, transport::Channel};
@@ -82,29 +85,16 @@ struct Options {
 
 impl Options {
     fn parse() -> Self {
-        let args: Vec<String> = std::env::args().collect();
-        let value = |name: &str| {
-            args.iter()
-                .position(|a| a == name)
-                .and_then(|i| args.get(i + 1))
-                .cloned()
-        };
-        let quick = args.iter().any(|a| a == "--quick");
+        let quick = flag("--quick");
         Self {
-            runs: value("--runs")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(if quick { 1 } else { 5 }),
-            apps: value("--apps")
+            runs: arg("--runs", if quick { 1 } else { 5 }),
+            apps: arg_value("--apps")
                 .map(|v| v.split(',').filter_map(|n| n.parse().ok()).collect())
                 .unwrap_or_else(|| vec![16, 200, 1000]),
-            seconds: value("--seconds")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(if quick { 0.7 } else { 4.0 }),
+            seconds: arg("--seconds", if quick { 0.7 } else { 4.0 }),
             quick,
-            only: value("--only").map(|v| v.split(',').map(str::to_owned).collect()),
-            calls_per_second: value("--calls-per-second")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(2_000.0),
+            only: arg_value("--only").map(|v| v.split(',').map(str::to_owned).collect()),
+            calls_per_second: arg("--calls-per-second", 2_000.0),
         }
     }
 
@@ -280,15 +270,6 @@ async fn measured(pid: u32, phase: impl Future<Output = Recorder>) -> Recorder {
     let mut r = phase.await;
     r.cpu = Some(cpu_seconds(pid) - before);
     r
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    if v.is_empty() {
-        f64::NAN
-    } else {
-        v[v.len() / 2]
-    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -6,7 +6,11 @@
 //! `DATABASE_URL=postgres://postgres@127.0.0.1:5432/test cargo bench --bench tickets`
 //! (`-- --tickets 5000 --runs 3`). Without `DATABASE_URL` only SQLite runs.
 
+mod common;
+
 use std::time::{Duration, Instant};
+
+use common::{arg, median};
 
 use futures::{StreamExt, stream};
 use unbind_gateway::{
@@ -17,15 +21,6 @@ use unbind_gateway::{
     simulator::{Behaviour, Latency},
     store::{Store, TicketState},
 };
-
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 struct Figures {
     created_per_s: f64,
@@ -136,15 +131,10 @@ async fn run(store_url: Option<String>, tickets: usize) -> anyhow::Result<Figure
     })
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let tickets = arg("--tickets", 3000);
-    let runs = arg("--runs", 3);
+    let tickets: usize = arg("--tickets", 3000);
+    let runs: usize = arg("--runs", 3);
     let postgres = std::env::var("DATABASE_URL").ok();
     println!("{tickets} tickets over 200 apps answering DONE after 5 ms; median of {runs} runs");
     let mut stores: Vec<(&str, Option<String>)> = vec![("sqlite", None)];

@@ -14,28 +14,26 @@
 #![cfg(unix)]
 
 mod common;
+#[path = "common/process.rs"]
+mod process;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     fmt,
-    fs::File,
-    os::unix::process::ExitStatusExt,
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
     time::Duration,
 };
 
+use process::{POLL, World, WorldOptions, get_tickets, look_up};
 use tokio::time::Instant;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use unbind_gateway::{
     cli::demo::{demo_subscribers, numbered_subscribers},
+    config::{Config, UnbindConfig},
     proto::{
-        CompleteVerificationRequest, GetUnbindTicketsRequest, LinkedAccount, ListAppsRequest,
-        ListLinkedAccountsRequest, StartVerificationRequest, UnbindRequest, UnbindTicket,
+        GetUnbindTicketsRequest, LinkedAccount, UnbindRequest, UnbindTicket,
         account_gateway_client::AccountGatewayClient, unbind_ticket::State,
     },
-    registry::embedded::{EmbeddedRegistry, EmbeddedRegistryOptions, Subscriber, read_sms_file},
-    simulator::{Behaviour, Latency, Simulator, SimulatorConfig, catalog_toml},
+    simulator::{Behaviour, Latency},
     store::{Store, TicketState},
 };
 
@@ -44,10 +42,6 @@ const APPS: usize = 50;
 /// The same secret for every process: tickets seal the number and account id with it, and the
 /// holders' sessions are signed with it.
 const SECRET: &str = "crash-test-signing-secret-0123456789abcdef";
-/// How often the test looks at the tickets while it waits for a condition.
-const POLL: Duration = Duration::from_millis(20);
-/// Longest a gateway may take to answer after it was spawned.
-const START_DEADLINE: Duration = Duration::from_secs(30);
 /// Longest the tickets may take to reach the state the test waits for.
 const TICKET_DEADLINE: Duration = Duration::from_secs(60);
 
@@ -77,17 +71,44 @@ fn in_flight_behaviour() -> Behaviour {
     }
 }
 
+/// The worker's timings on every process.
+fn crash_config(config: &mut Config) {
+    config.unbind = UnbindConfig {
+        // Short, so a killed process's claimed tickets are taken over quickly.
+        lease: Duration::from_secs(1),
+        poll_interval: Duration::from_millis(50),
+        status_poll_interval: Duration::from_millis(300),
+        retry_base: Duration::from_millis(100),
+        retry_max: Duration::from_millis(500),
+        retry_jitter: false,
+        // Fewer than the tickets, so some wait queued while others are sent.
+        worker_concurrency: 64,
+        ..UnbindConfig::default()
+    };
+}
+
 /// The whole scenario on one store: `store_url` `None` is a SQLite file in the test's directory.
 async fn crash_and_recover(label: &str, store_url: Option<String>) {
     let began = Instant::now();
-    let mut world = World::start(store_url).await;
+    let mut world = World::start(WorldOptions {
+        apps: APPS,
+        behaviour: in_flight_behaviour(),
+        subscribers: demo_subscribers()
+            .into_iter()
+            .chain(numbered_subscribers(2))
+            .collect(),
+        store_url,
+        secret: SECRET,
+        tweak: crash_config,
+    })
+    .await;
 
     // Before the crash: every holder verifies and asks to unbind every account that can be.
     let gateway = world.start_gateway().await;
     let mut client = gateway.client();
     let mut holders = Vec::new();
-    for subscriber in world.subscribers.clone() {
-        let token = verified_session(&mut client, &world.sms_file, &subscriber).await;
+    for subscriber in &world.subscribers {
+        let token = world.verified_session(&gateway, subscriber).await;
         let before = linked_accounts(&mut client, &token).await;
         let refs: Vec<String> = before
             .iter()
@@ -277,200 +298,6 @@ struct Holder {
     tickets: Vec<UnbindTicket>,
 }
 
-/// What outlives every gateway process: the simulated apps, the registry with its SMS file, the
-/// store, and the directory holding the config file and each process's log.
-struct World {
-    simulator: Simulator,
-    registry: EmbeddedRegistry,
-    subscribers: Vec<Subscriber>,
-    sms_file: PathBuf,
-    store_url: String,
-    starts: usize,
-    // Last, so it is removed after everything that writes into it.
-    dir: tempfile::TempDir,
-}
-
-impl World {
-    async fn start(store_url: Option<String>) -> World {
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let simulator = Simulator::start(SimulatorConfig {
-            apps: APPS,
-            behaviour: in_flight_behaviour(),
-            ..SimulatorConfig::default()
-        })
-        .await
-        .expect("the simulated apps start");
-        let mut subscribers = demo_subscribers();
-        subscribers.extend(numbered_subscribers(2));
-        let sms_file = dir.path().join("sms.jsonl");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("a port for the registry");
-        let registry = EmbeddedRegistry::start(
-            EmbeddedRegistryOptions {
-                subscribers: subscribers.clone(),
-                sms_file: sms_file.clone(),
-                echo_sms: false,
-            },
-            listener,
-        )
-        .await
-        .expect("the registry starts");
-        let store_url = store_url
-            .unwrap_or_else(|| format!("sqlite://{}", dir.path().join("unbind.db").display()));
-        World {
-            simulator,
-            registry,
-            subscribers,
-            sms_file,
-            store_url,
-            starts: 0,
-            dir,
-        }
-    }
-
-    /// Starts a gateway process on the world's store and waits until it answers.
-    async fn start_gateway(&mut self) -> GatewayProcess {
-        self.starts += 1;
-        // A port nobody holds right now; each process gets its own, so a dead process's sockets
-        // never stand in the way of the next.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let config = self
-            .dir
-            .path()
-            .join(format!("gateway-{}.toml", self.starts));
-        std::fs::write(&config, self.config_text(port)).expect("the config file");
-        let log = self.dir.path().join(format!("gateway-{}.log", self.starts));
-        let child = Command::new(env!("CARGO_BIN_EXE_unbind-gateway"))
-            .arg("serve")
-            .arg("--config")
-            .arg(&config)
-            // Keep the test run's DATABASE_URL out of the child: its store is in the config.
-            .env_remove("DATABASE_URL")
-            .env("RUST_LOG", "info,unbind_gateway::unbind=debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(File::create(&log).expect("the log file"))
-            .spawn()
-            .expect("the gateway process starts");
-        let mut process = GatewayProcess {
-            child,
-            log,
-            client: None,
-        };
-        process.wait_until_ready(port).await;
-        process
-    }
-
-    /// The config every process starts from: only the port differs.
-    fn config_text(&self, port: u16) -> String {
-        let quote = |s: &str| toml::Value::String(s.to_owned()).to_string();
-        format!(
-            "listen = \"127.0.0.1:{port}\"\n\
-             development = true\n\
-             signing_secret = {secret}\n\
-             \n\
-             [store]\n\
-             url = {store}\n\
-             max_connections = 8\n\
-             \n\
-             [registry]\n\
-             endpoint = {registry}\n\
-             \n\
-             [unbind]\n\
-             # Short, so a killed process's claimed tickets are taken over quickly.\n\
-             lease = \"1s\"\n\
-             poll_interval = \"50ms\"\n\
-             status_poll_interval = \"300ms\"\n\
-             retry_base = \"100ms\"\n\
-             retry_max = \"500ms\"\n\
-             retry_jitter = false\n\
-             # Fewer than the tickets, so some wait queued while others are sent.\n\
-             worker_concurrency = 64\n\
-             \n\
-             {apps}",
-            secret = quote(SECRET),
-            store = quote(&self.store_url),
-            registry = quote(&self.registry.endpoint()),
-            apps = catalog_toml(&self.simulator.apps()).expect("the catalog"),
-        )
-    }
-
-    async fn stop(self) {
-        self.registry.shutdown().await;
-        self.simulator.shutdown().await;
-    }
-}
-
-/// A gateway child process. Dropping it kills it (so no test, passing or failing, leaves one
-/// behind); if the test is failing, its log is printed.
-struct GatewayProcess {
-    child: Child,
-    log: PathBuf,
-    client: Option<AccountGatewayClient<Channel>>,
-}
-
-impl GatewayProcess {
-    async fn wait_until_ready(&mut self, port: u16) {
-        let endpoint = Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
-            .expect("an endpoint")
-            // No call of the test may hang it.
-            .timeout(Duration::from_secs(10))
-            .connect_timeout(Duration::from_secs(1));
-        let deadline = Instant::now() + START_DEADLINE;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("the process's status") {
-                panic!("the gateway exited while starting: {status}");
-            }
-            if let Ok(channel) = endpoint.connect().await {
-                let mut client = AccountGatewayClient::new(channel);
-                if let Ok(apps) = client.list_apps(ListAppsRequest {}).await {
-                    assert_eq!(apps.into_inner().apps.len(), APPS);
-                    self.client = Some(client);
-                    return;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the gateway did not answer within {START_DEADLINE:?}"
-            );
-            tokio::time::sleep(POLL).await;
-        }
-    }
-
-    /// A client of this process (it answered `ListApps` before [`World::start_gateway`] returned).
-    fn client(&self) -> AccountGatewayClient<Channel> {
-        self.client.clone().expect("the gateway is ready")
-    }
-
-    /// SIGKILL: no shutdown handler runs, no lease is released, in-flight calls are cut off.
-    fn kill(mut self) {
-        // If the process had died on its own, it would not report SIGKILL below.
-        self.child.kill().expect("SIGKILL");
-        let status = self.child.wait().expect("the killed process's status");
-        assert_eq!(status.signal(), Some(9), "{status}");
-    }
-}
-
-impl Drop for GatewayProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-            let lines: Vec<&str> = log.lines().collect();
-            let tail = lines[lines.len().saturating_sub(80)..].join("\n");
-            eprintln!(
-                "--- last lines of {} ---\n{tail}\n--- end ---",
-                self.log.display()
-            );
-        }
-    }
-}
-
 /// How many tickets are in each state.
 #[derive(Clone, Copy, Debug, Default)]
 struct Census {
@@ -524,17 +351,7 @@ async fn wait_for_tickets(
 ) -> (Vec<UnbindTicket>, Census) {
     let deadline = Instant::now() + TICKET_DEADLINE;
     loop {
-        let tickets = client
-            .get_unbind_tickets(GetUnbindTicketsRequest {
-                ticket_ids: ids.to_vec(),
-                ..Default::default()
-            })
-            .await
-            .expect("GetUnbindTickets")
-            .into_inner()
-            .tickets;
-        let returned: Vec<&str> = tickets.iter().map(|t| t.ticket_id.as_str()).collect();
-        assert_eq!(returned, ids, "tickets went missing");
+        let tickets = get_tickets(client, ids).await;
         let census = Census::of(&tickets);
         if done(&census) {
             return (tickets, census);
@@ -547,70 +364,15 @@ async fn wait_for_tickets(
     }
 }
 
-/// Verifies a subscriber through the gateway, reading the code from the registry's SMS file.
-async fn verified_session(
-    client: &mut AccountGatewayClient<Channel>,
-    sms_file: &Path,
-    subscriber: &Subscriber,
-) -> String {
-    let phone = subscriber.phone_number.as_str();
-    let codes_before = codes_sent_to(sms_file, phone).len();
-    let verification_id = client
-        .start_verification(StartVerificationRequest {
-            phone_number: phone.to_owned(),
-            id_last_six: subscriber.id_last_six.clone(),
-        })
-        .await
-        .expect("StartVerification")
-        .into_inner()
-        .verification_id;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let code = loop {
-        if let Some(code) = codes_sent_to(sms_file, phone).into_iter().nth(codes_before) {
-            break code;
-        }
-        assert!(Instant::now() < deadline, "no SMS code arrived");
-        tokio::time::sleep(POLL).await;
-    };
-    client
-        .complete_verification(CompleteVerificationRequest {
-            verification_id,
-            code,
-        })
-        .await
-        .expect("CompleteVerification")
-        .into_inner()
-        .session_token
-}
-
-/// The verification codes `phone` received, oldest first.
-fn codes_sent_to(sms_file: &Path, phone: &str) -> Vec<String> {
-    read_sms_file(sms_file)
-        .expect("the SMS file")
-        .into_iter()
-        .filter(|m| m.phone_number == phone)
-        .filter_map(|m| {
-            let (_, rest) = m.text.split_once("code is ")?;
-            Some(rest.chars().take_while(char::is_ascii_digit).collect())
-        })
-        .collect()
-}
-
 /// A fresh look-up at every app; every app must answer, or the comparison before and after the
 /// unbinds would mean nothing.
 async fn linked_accounts(
     client: &mut AccountGatewayClient<Channel>,
     token: &str,
 ) -> Vec<LinkedAccount> {
-    let answer = client
-        .list_linked_accounts(ListLinkedAccountsRequest {
-            session_token: token.to_owned(),
-            bypass_cache: true,
-            ..Default::default()
-        })
+    let answer = look_up(client, token, &[])
         .await
-        .expect("ListLinkedAccounts")
-        .into_inner();
+        .expect("ListLinkedAccounts");
     assert!(
         answer.complete,
         "not every app answered: {:?}",

@@ -19,28 +19,21 @@
 #![cfg(unix)]
 
 mod common;
+#[path = "common/process.rs"]
+mod process;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    fs::File,
-    net::SocketAddr,
-    path::{Path, PathBuf},
-    process::{Child, Command, ExitStatus, Stdio},
     time::Duration,
 };
 
+use process::{POLL, World, WorldOptions, get_tickets, look_up};
 use tokio::time::Instant;
-use tonic::transport::{Channel, Endpoint};
 use unbind_gateway::{
     cli::demo::demo_subscribers,
-    proto::{
-        CompleteVerificationRequest, GetUnbindTicketsRequest, ListAppsRequest,
-        ListLinkedAccountsRequest, ListLinkedAccountsResponse, StartVerificationRequest,
-        UnbindRequest, UnbindTicket, account_gateway_client::AccountGatewayClient, app_result,
-        unbind_ticket::State,
-    },
-    registry::embedded::{EmbeddedRegistry, EmbeddedRegistryOptions, read_sms_file},
-    simulator::{Behaviour, Latency, Simulator, SimulatorConfig, catalog_toml},
+    config::{Config, UnbindConfig},
+    proto::{UnbindRequest, app_result, unbind_ticket::State},
+    simulator::{Behaviour, Latency},
     store::{Store, TicketState},
 };
 
@@ -62,10 +55,6 @@ const FINISH_LATENCY: Duration = Duration::from_secs(3);
 const STRAGGLE_LATENCY: Duration = Duration::from_secs(12);
 /// Every app's timeout: longer than any latency above, so no call times out.
 const APP_TIMEOUT: Duration = Duration::from_secs(20);
-/// How often the test looks while it waits for a condition.
-const POLL: Duration = Duration::from_millis(20);
-/// Longest a gateway may take to answer after it was spawned.
-const START_DEADLINE: Duration = Duration::from_secs(30);
 /// Longest the first process may take to exit after SIGTERM (it needs about the look-up plus the
 /// worker's 5 s grace).
 const EXIT_DEADLINE: Duration = Duration::from_secs(20);
@@ -111,20 +100,46 @@ impl Group {
     }
 }
 
+/// Every process's app timeout and worker timings.
+fn shutdown_config(config: &mut Config) {
+    config.app_defaults.timeout = APP_TIMEOUT;
+    config.unbind = UnbindConfig {
+        // Long: only a released lease lets the next process carry on at once.
+        lease: LEASE,
+        poll_interval: Duration::from_millis(50),
+        // Long enough that the first process stops before polling an accepted ticket.
+        status_poll_interval: Duration::from_secs(2),
+        retry_base: Duration::from_millis(100),
+        retry_max: Duration::from_millis(500),
+        retry_jitter: false,
+        ..UnbindConfig::default()
+    };
+}
+
 async fn shutdown_and_recover(label: &str, store_url: Option<String>) {
     let began = Instant::now();
-    let mut world = World::start(store_url).await;
+    let mut world = World::start(WorldOptions {
+        apps: APPS,
+        // Fast until the unbinds: each group's timing is set just before them.
+        behaviour: Behaviour::default(),
+        subscribers: demo_subscribers(),
+        store_url,
+        secret: SECRET,
+        tweak: shutdown_config,
+    })
+    .await;
 
     // Fast apps while the holder verifies and lists.
     let mut gateway = world.start_gateway().await;
     let mut client = gateway.client();
-    let subscriber = demo_subscribers()
-        .into_iter()
+    let subscriber = world
+        .subscribers
+        .iter()
         .find(|s| s.phone_number == common::PHONE)
         .expect("the demo subscriber");
     assert_eq!(subscriber.id_last_six, common::ID_LAST_SIX);
-    let token = verified_session(&mut client, &world.sms_file, common::PHONE).await;
-    let listed = list(&mut client, &token, &[])
+    let token = world.verified_session(&gateway, subscriber).await;
+    let listed = look_up(&mut client, &token, &[])
         .await
         .expect("ListLinkedAccounts");
     assert!(listed.complete, "{:?}", listed.app_results);
@@ -218,7 +233,7 @@ async fn shutdown_and_recover(label: &str, store_url: Option<String>) {
         let token = token.clone();
         let apps = lookup_apps.clone();
         async move {
-            let answer = list(&mut client, &token, &apps).await;
+            let answer = look_up(&mut client, &token, &apps).await;
             (answer, Instant::now())
         }
     });
@@ -458,325 +473,5 @@ async fn store_tickets(url: &str) -> BTreeMap<String, (TicketState, Option<Strin
     pool.close().await;
     rows.into_iter()
         .map(|(id, state, owner)| (id, (TicketState::parse(&state), owner)))
-        .collect()
-}
-
-/// What outlives both gateway processes: the simulated apps, the registry with its SMS file, the
-/// store, and the directory holding the config files and each process's log.
-struct World {
-    simulator: Simulator,
-    registry: EmbeddedRegistry,
-    sms_file: PathBuf,
-    store_url: String,
-    starts: usize,
-    // Last, so it is removed after everything that writes into it.
-    dir: tempfile::TempDir,
-}
-
-impl World {
-    async fn start(store_url: Option<String>) -> World {
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let simulator = Simulator::start(SimulatorConfig {
-            apps: APPS,
-            ..SimulatorConfig::default()
-        })
-        .await
-        .expect("the simulated apps start");
-        let sms_file = dir.path().join("sms.jsonl");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("a port for the registry");
-        let registry = EmbeddedRegistry::start(
-            EmbeddedRegistryOptions {
-                subscribers: demo_subscribers(),
-                sms_file: sms_file.clone(),
-                echo_sms: false,
-            },
-            listener,
-        )
-        .await
-        .expect("the registry starts");
-        let store_url = store_url
-            .unwrap_or_else(|| format!("sqlite://{}", dir.path().join("unbind.db").display()));
-        World {
-            simulator,
-            registry,
-            sms_file,
-            store_url,
-            starts: 0,
-            dir,
-        }
-    }
-
-    /// Starts a gateway process on the world's store and waits until it answers.
-    async fn start_gateway(&mut self) -> GatewayProcess {
-        self.starts += 1;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let config = self
-            .dir
-            .path()
-            .join(format!("gateway-{}.toml", self.starts));
-        std::fs::write(&config, self.config_text(port)).expect("the config file");
-        let log = self.dir.path().join(format!("gateway-{}.log", self.starts));
-        let child = Command::new(env!("CARGO_BIN_EXE_unbind-gateway"))
-            .arg("serve")
-            .arg("--config")
-            .arg(&config)
-            // Keep the test run's DATABASE_URL out of the child: its store is in the config.
-            .env_remove("DATABASE_URL")
-            .env("RUST_LOG", "info,unbind_gateway::unbind=debug")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(File::create(&log).expect("the log file"))
-            .spawn()
-            .expect("the gateway process starts");
-        let mut process = GatewayProcess {
-            child,
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            log,
-            client: None,
-        };
-        process.wait_until_ready().await;
-        process
-    }
-
-    /// The config of every process: only the port differs.
-    fn config_text(&self, port: u16) -> String {
-        let quote = |s: &str| toml::Value::String(s.to_owned()).to_string();
-        let duration = |d: Duration| quote(&format!("{}ms", d.as_millis()));
-        format!(
-            "listen = \"127.0.0.1:{port}\"\n\
-             development = true\n\
-             signing_secret = {secret}\n\
-             \n\
-             [store]\n\
-             url = {store}\n\
-             max_connections = 8\n\
-             \n\
-             [registry]\n\
-             endpoint = {registry}\n\
-             \n\
-             [app_defaults]\n\
-             timeout = {timeout}\n\
-             \n\
-             [unbind]\n\
-             # Long: only a released lease lets the next process carry on at once.\n\
-             lease = {lease}\n\
-             poll_interval = \"50ms\"\n\
-             # Long enough that the first process stops before polling an accepted ticket.\n\
-             status_poll_interval = \"2s\"\n\
-             retry_base = \"100ms\"\n\
-             retry_max = \"500ms\"\n\
-             retry_jitter = false\n\
-             \n\
-             {apps}",
-            secret = quote(SECRET),
-            store = quote(&self.store_url),
-            registry = quote(&self.registry.endpoint()),
-            timeout = duration(APP_TIMEOUT),
-            lease = duration(LEASE),
-            apps = catalog_toml(&self.simulator.apps()).expect("the catalog"),
-        )
-    }
-
-    async fn stop(self) {
-        self.registry.shutdown().await;
-        self.simulator.shutdown().await;
-    }
-}
-
-/// A gateway child process. Dropping it kills it (so no test, passing or failing, leaves one
-/// behind); if the test is failing, its log is printed.
-struct GatewayProcess {
-    child: Child,
-    addr: SocketAddr,
-    log: PathBuf,
-    client: Option<AccountGatewayClient<Channel>>,
-}
-
-impl GatewayProcess {
-    fn endpoint(&self) -> Endpoint {
-        Endpoint::from_shared(format!("http://{}", self.addr))
-            .expect("an endpoint")
-            // No call of the test may hang it.
-            .timeout(Duration::from_secs(10))
-            .connect_timeout(Duration::from_secs(1))
-    }
-
-    async fn wait_until_ready(&mut self) {
-        let deadline = Instant::now() + START_DEADLINE;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("the process's status") {
-                panic!("the gateway exited while starting: {status}");
-            }
-            if let Ok(channel) = self.endpoint().connect().await {
-                let mut client = AccountGatewayClient::new(channel);
-                if let Ok(apps) = client.list_apps(ListAppsRequest {}).await {
-                    assert_eq!(apps.into_inner().apps.len(), APPS);
-                    self.client = Some(client);
-                    return;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the gateway did not answer within {START_DEADLINE:?}"
-            );
-            tokio::time::sleep(POLL).await;
-        }
-    }
-
-    /// A client of this process (it answered `ListApps` before [`World::start_gateway`] returned).
-    fn client(&self) -> AccountGatewayClient<Channel> {
-        self.client.clone().expect("the gateway is ready")
-    }
-
-    /// A client on a connection of its own.
-    async fn connect(&self) -> AccountGatewayClient<Channel> {
-        AccountGatewayClient::new(self.endpoint().connect().await.expect("a connection"))
-    }
-
-    /// Sends SIGTERM (std has no signal API; `kill` does it); returns when it was sent.
-    fn sigterm(&mut self) -> Instant {
-        if let Some(status) = self.child.try_wait().expect("the process's status") {
-            panic!("the gateway had already exited: {status}");
-        }
-        let kill = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(kill.success(), "kill -TERM: {kill}");
-        Instant::now()
-    }
-
-    /// Waits for the process to exit by itself.
-    async fn wait_for_exit(&mut self, within: Duration) -> ExitStatus {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("the process's status") {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the gateway did not exit within {within:?} of SIGTERM"
-            );
-            tokio::time::sleep(POLL).await;
-        }
-    }
-
-    /// The first line of the log containing `text`, or a note that none does.
-    fn log_line(&self, text: &str) -> String {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            .find(|l| l.contains(text))
-            .map(|l| l.trim().to_owned())
-            .unwrap_or_else(|| format!("no log line with {text:?}"))
-    }
-}
-
-impl Drop for GatewayProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-            let lines: Vec<&str> = log.lines().collect();
-            let tail = lines[lines.len().saturating_sub(80)..].join("\n");
-            eprintln!(
-                "--- last lines of {} ---\n{tail}\n--- end ---",
-                self.log.display()
-            );
-        }
-    }
-}
-
-/// A fresh look-up (at `apps`, or every app when empty).
-async fn list(
-    client: &mut AccountGatewayClient<Channel>,
-    token: &str,
-    apps: &[String],
-) -> Result<ListLinkedAccountsResponse, tonic::Status> {
-    client
-        .list_linked_accounts(ListLinkedAccountsRequest {
-            session_token: token.to_owned(),
-            app_ids: apps.to_vec(),
-            bypass_cache: true,
-            ..Default::default()
-        })
-        .await
-        .map(tonic::Response::into_inner)
-}
-
-/// The tickets, in the order of `ids`; every one must be there.
-async fn get_tickets(
-    client: &mut AccountGatewayClient<Channel>,
-    ids: &[String],
-) -> Vec<UnbindTicket> {
-    let tickets = client
-        .get_unbind_tickets(GetUnbindTicketsRequest {
-            ticket_ids: ids.to_vec(),
-            ..Default::default()
-        })
-        .await
-        .expect("GetUnbindTickets")
-        .into_inner()
-        .tickets;
-    let returned: Vec<&str> = tickets.iter().map(|t| t.ticket_id.as_str()).collect();
-    assert_eq!(returned, ids, "tickets went missing");
-    tickets
-}
-
-/// Verifies `phone` (the demo subscriber) through the gateway, reading the code from the
-/// registry's SMS file.
-async fn verified_session(
-    client: &mut AccountGatewayClient<Channel>,
-    sms_file: &Path,
-    phone: &str,
-) -> String {
-    let verification_id = client
-        .start_verification(StartVerificationRequest {
-            phone_number: phone.to_owned(),
-            id_last_six: common::ID_LAST_SIX.to_owned(),
-        })
-        .await
-        .expect("StartVerification")
-        .into_inner()
-        .verification_id;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let code = loop {
-        if let Some(code) = codes_sent_to(sms_file, phone).into_iter().next() {
-            break code;
-        }
-        assert!(Instant::now() < deadline, "no SMS code arrived");
-        tokio::time::sleep(POLL).await;
-    };
-    client
-        .complete_verification(CompleteVerificationRequest {
-            verification_id,
-            code,
-        })
-        .await
-        .expect("CompleteVerification")
-        .into_inner()
-        .session_token
-}
-
-/// The verification codes `phone` received, oldest first.
-fn codes_sent_to(sms_file: &Path, phone: &str) -> Vec<String> {
-    if !sms_file.exists() {
-        return Vec::new();
-    }
-    read_sms_file(sms_file)
-        .expect("the SMS file")
-        .into_iter()
-        .filter(|m| m.phone_number == phone)
-        .filter_map(|m| {
-            let (_, rest) = m.text.split_once("code is ")?;
-            Some(rest.chars().take_while(char::is_ascii_digit).collect())
-        })
         .collect()
 }

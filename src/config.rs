@@ -206,7 +206,7 @@ pub struct CacheConfig {
     /// How long an app's answer for a number is reused.
     #[serde(with = "humantime_serde")]
     pub ttl: Duration,
-    /// Most (number, app) entries kept.
+    /// Most (number, app) answers kept; whole numbers are evicted.
     pub capacity: u64,
 }
 

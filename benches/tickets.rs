@@ -146,8 +146,7 @@ async fn main() -> anyhow::Result<()> {
         for _ in 0..runs {
             let url = match &base {
                 Some(base) => {
-                    let db = format!("unbind_bench_{:016x}", rand::random::<u64>());
-                    Some(Store::create_postgres_database(base, &db).await?)
+                    Some(Store::create_scratch_postgres_database(base, "unbind_bench").await?)
                 }
                 None => None,
             };

@@ -1,6 +1,7 @@
 //! Several gateway replicas on one PostgreSQL database: a verification started on one completes
 //! on the other, and 1,000 tickets created through both are each sent to their app exactly once
-//! (counted by the simulated apps), none stuck. Skips outside CI without `DATABASE_URL`.
+//! (counted by the simulated apps), none stuck; the tests' scratch databases do not pile up.
+//! Skips outside CI without `DATABASE_URL`.
 
 mod common;
 
@@ -16,6 +17,7 @@ use unbind_gateway::{
         unbind_ticket::State,
     },
     server,
+    store::Store,
 };
 
 type Client = AccountGatewayClient<tonic::transport::Channel>;
@@ -148,4 +150,53 @@ async fn two_replicas_share_verifications_and_send_each_ticket_exactly_once() {
     }
     b.stop().await.unwrap();
     h.stop().await;
+}
+
+/// Scratch databases (one per PostgreSQL test) are dropped by a later run once the process that
+/// made them has exited, never while it runs: a test cannot drop its own, it ends with its process.
+#[tokio::test]
+async fn scratch_databases_of_exited_processes_are_dropped_by_the_next_run() {
+    use sqlx::Connection;
+    if fresh_postgres_database().await.is_none() {
+        return;
+    }
+    let base = std::env::var("DATABASE_URL").unwrap();
+    let mut conn = sqlx::PgConnection::connect(&base).await.unwrap();
+    let prefix = "unbind_scratchcheck";
+    // A process id above Linux's largest (2^22): never a running process.
+    let dead = format!("{prefix}_4294967295_0");
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {dead}"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    sqlx::query(&format!("CREATE DATABASE {dead}"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let first = Store::create_scratch_postgres_database(&base, prefix)
+        .await
+        .unwrap();
+    let second = Store::create_scratch_postgres_database(&base, prefix)
+        .await
+        .unwrap();
+    let names: Vec<String> = sqlx::query_scalar(
+        "SELECT datname FROM pg_database WHERE starts_with(datname, $1) ORDER BY datname",
+    )
+    .bind(format!("{prefix}_"))
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    let name_of = |url: &str| url.rsplit('/').next().unwrap().to_owned();
+    let mut expected = vec![name_of(&first), name_of(&second)];
+    expected.sort();
+    assert_eq!(names, expected, "only this process's databases are left");
+    assert!(expected[0].starts_with(&format!("{prefix}_{}_", std::process::id())));
+    // A store opens on it.
+    Store::connect(&first, 2).await.unwrap().close().await;
+    for name in expected {
+        sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
 }

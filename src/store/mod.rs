@@ -96,25 +96,55 @@ impl Store {
         self.pool.close().await;
     }
 
-    /// Creates a new, empty PostgreSQL database beside the one `base_url` names, and returns its
-    /// URL. For tests and benchmarks that each want a clean database.
-    pub async fn create_postgres_database(base_url: &str, name: &str) -> anyhow::Result<String> {
+    /// Creates a new, empty PostgreSQL database beside the one `base_url` names, called
+    /// `{prefix}_{pid}_{random}`, and returns its URL: for tests and benchmarks that each want a
+    /// clean database. A test cannot drop its database when it ends (the process simply exits),
+    /// so this first drops the databases with the same prefix whose process has exited; the
+    /// server keeps only those of processes still running.
+    pub async fn create_scratch_postgres_database(
+        base_url: &str,
+        prefix: &str,
+    ) -> anyhow::Result<String> {
         use sqlx::Connection;
         anyhow::ensure!(
-            name.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
-            "database names here are lower-case letters, digits and _"
+            !prefix.is_empty()
+                && prefix
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
+            "a scratch database prefix is lower-case letters, digits and _"
         );
         let mut conn = sqlx::PgConnection::connect(base_url)
             .await
             .context("cannot reach PostgreSQL")?;
+        let existing: Vec<(String,)> =
+            sqlx::query_as("SELECT datname FROM pg_database WHERE starts_with(datname, $1)")
+                .bind(format!("{prefix}_"))
+                .fetch_all(&mut conn)
+                .await?;
+        for (name,) in existing {
+            let pid = name[prefix.len() + 1..].split('_').next().unwrap_or("");
+            let exited = pid
+                .parse::<u32>()
+                .is_ok_and(|pid| !std::path::Path::new("/proc").join(pid.to_string()).exists());
+            if exited {
+                // Best effort: another process may be dropping it at the same moment.
+                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .execute(&mut conn)
+                    .await;
+            }
+        }
+        let name = format!(
+            "{prefix}_{}_{:016x}",
+            std::process::id(),
+            rand::random::<u64>()
+        );
         sqlx::query(&format!("CREATE DATABASE {name}"))
             .execute(&mut conn)
             .await?;
-        let (prefix, _) = base_url
+        let (base, _) = base_url
             .rsplit_once('/')
             .context("the PostgreSQL URL must name a database")?;
-        Ok(format!("{prefix}/{name}"))
+        Ok(format!("{base}/{name}"))
     }
 
     pub(crate) fn pool(&self) -> &sqlx::AnyPool {

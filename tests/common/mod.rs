@@ -166,9 +166,8 @@ pub async fn fresh_postgres_database() -> Option<String> {
         eprintln!("skipping the PostgreSQL part: DATABASE_URL is not set");
         return None;
     };
-    let name = format!("unbind_test_{:016x}", rand::random::<u64>());
     Some(
-        unbind_gateway::store::Store::create_postgres_database(&base, &name)
+        unbind_gateway::store::Store::create_scratch_postgres_database(&base, "unbind_test")
             .await
             .expect("DATABASE_URL is set but a database cannot be created"),
     )

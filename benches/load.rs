@@ -40,6 +40,7 @@ use hdrhistogram::Histogram;
 use tonic::{Request, transport::Channel};
 use unbind_gateway::{
     cli::demo::{demo_config, demo_subscribers, numbered_subscribers, verified_session_at},
+    clock::Clock,
     config::{AdminConfig, AppConfig},
     domain::AppId,
     fanout::{LookupCache, accounts},
@@ -739,7 +740,7 @@ async fn stragglers(o: &Options, table: &mut Table) -> anyhow::Result<()> {
 fn memory(entries: usize, table: &mut Table) {
     let numbers = entries.div_ceil(200);
     let keys = Keys::derive(b"a benchmark secret of at least thirty-two bytes");
-    let cache = LookupCache::new(Duration::from_secs(3600), entries as u64);
+    let cache = LookupCache::new(Duration::from_secs(3600), entries as u64, Clock::system());
     let before = status_kb("self", "VmRSS:");
     let started = Instant::now();
     // One id per app, shared by all its entries, as the gateway's catalog entries do.

@@ -130,6 +130,7 @@ fn outcomes(rt: &tokio::runtime::Runtime) -> Vec<AppOutcome> {
             app: Arc::clone(app),
             result: Ok(Arc::new(accounts_for(SEED, app.id.as_str(), PHONE))),
             from_cache: false,
+            answered_ms: 0,
             latency: Duration::from_millis(20),
         })
         .collect()
@@ -138,12 +139,13 @@ fn outcomes(rt: &tokio::runtime::Runtime) -> Vec<AppOutcome> {
 fn merge(c: &mut Criterion) {
     let keys = keys();
     let number = keys.number_hash(&phone());
-    let open_tickets = HashMap::new();
+    let (open_tickets, unbound_at) = (HashMap::new(), HashMap::new());
     let ctx = MergeContext {
         keys: &keys,
         number: &number,
         holder_since_ms: HOLDER_SINCE_MS,
         open_tickets: &open_tickets,
+        unbound_at: &unbound_at,
     };
     // Declared before the outcomes, so it outlives their channels.
     let rt = tokio::runtime::Builder::new_current_thread()

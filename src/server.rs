@@ -87,8 +87,9 @@ impl Gateway {
         let metrics = Metrics::new();
         let catalog = Arc::new(Catalog::new(&config, metrics.clone())?);
         let fanout = FanOut::new(
-            LookupCache::new(config.cache.ttl, config.cache.capacity),
+            LookupCache::new(config.cache.ttl, config.cache.capacity, clock.clone()),
             metrics.clone(),
+            clock.clone(),
         );
         let unbinder = Unbinder::new(
             store.clone(),

@@ -1,6 +1,7 @@
 //! Several gateway replicas on one PostgreSQL database: a verification started on one completes
 //! on the other, and 1,000 tickets created through both are each sent to their app exactly once
-//! (counted by the simulated apps), none stuck; the tests' scratch databases do not pile up.
+//! (counted by the simulated apps), none stuck; an account unbound through one replica is not
+//! shown by another from its cache; the tests' scratch databases do not pile up.
 //! Skips outside CI without `DATABASE_URL`.
 
 mod common;
@@ -13,8 +14,8 @@ use unbind_gateway::{
     cli::demo::numbered_subscribers,
     proto::{
         CompleteVerificationRequest, GetUnbindTicketsRequest, ListLinkedAccountsRequest,
-        StartVerificationRequest, UnbindRequest, account_gateway_client::AccountGatewayClient,
-        unbind_ticket::State,
+        ListLinkedAccountsResponse, StartVerificationRequest, UnbindRequest,
+        account_gateway_client::AccountGatewayClient, unbind_ticket::State,
     },
     server,
     store::Store,
@@ -148,6 +149,119 @@ async fn two_replicas_share_verifications_and_send_each_ticket_exactly_once() {
                 .contains(&t.ticket_id)
         );
     }
+    b.stop().await.unwrap();
+    h.stop().await;
+}
+
+/// An account unbound through one replica is not listed by another whose cache holds the app's
+/// answer from before: each look-up checks the number's completed tickets (shared through the
+/// store) against when each answer was fetched, then forgets the stale answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_cached_on_another_replica_does_not_list_an_unbound_account() {
+    let Some(url) = fresh_postgres_database().await else {
+        return;
+    };
+    let h = Harness::start(Options {
+        apps: 20,
+        store_url: Some(url),
+        tweak: |c| {
+            c.unbind.poll_interval = Duration::from_millis(20);
+            c.unbind.status_poll_interval = Duration::from_millis(50);
+        },
+        ..Options::default()
+    })
+    .await;
+    // Replica B runs no worker: the unbind is carried out by the harness's replica, so nothing
+    // on B hears of it but the store.
+    let mut config = h.stack.config.clone();
+    config.unbind.worker = false;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let b = server::start(config, h.clock.clone(), listener)
+        .await
+        .unwrap();
+    let mut on_a = h.client().await;
+    let mut on_b = Client::connect(b.endpoint()).await.unwrap();
+    let token = h.session().await;
+    let look_up = |client: &mut Client| {
+        let mut client = client.clone();
+        let token = token.clone();
+        async move {
+            client
+                .list_linked_accounts(ListLinkedAccountsRequest {
+                    session_token: token,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    let count = |answer: &ListLinkedAccountsResponse, app: &str| {
+        let result = answer.app_results.iter().find(|r| r.app_id == app).unwrap();
+        (result.account_count, result.from_cache)
+    };
+
+    let first = look_up(&mut on_b).await;
+    assert!(first.complete);
+    let target = first
+        .accounts
+        .iter()
+        .find(|a| a.unbind_supported)
+        .expect("an account that can be unbound")
+        .clone();
+    let (before, _) = count(&first, &target.app_id);
+    assert_eq!(
+        count(&look_up(&mut on_b).await, &target.app_id),
+        (before, true)
+    );
+
+    let ticket = on_a
+        .unbind(UnbindRequest {
+            session_token: token.clone(),
+            account_refs: vec![target.account_ref.clone()],
+            idempotency_key: "stale-cache".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .tickets
+        .remove(0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let state = on_a
+            .get_unbind_tickets(GetUnbindTicketsRequest {
+                ticket_ids: vec![ticket.ticket_id.clone()],
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .tickets[0]
+            .state;
+        if state == State::Completed as i32 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the ticket did not complete");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // B still had the app's answer from before the unbind, and does not show the account.
+    let after = look_up(&mut on_b).await;
+    assert_eq!(count(&after, &target.app_id), (before - 1, true));
+    assert_eq!(after.total_accounts, first.total_accounts - 1);
+    assert_eq!(
+        after
+            .accounts
+            .iter()
+            .filter(|a| a.app_id == target.app_id)
+            .count() as u32,
+        before - 1
+    );
+    // It forgot that answer: the app is asked again, and agrees.
+    assert_eq!(
+        count(&look_up(&mut on_b).await, &target.app_id),
+        (before - 1, false)
+    );
     b.stop().await.unwrap();
     h.stop().await;
 }

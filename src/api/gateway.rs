@@ -1,11 +1,7 @@
 //! `unbind.v1.AccountGateway`: input validation, then the verification, fan-out and merge
 //! modules. Every error leaves through [`ApiError`].
 
-use std::{
-    collections::{HashMap, HashSet},
-    pin::Pin,
-    sync::Arc,
-};
+use std::{collections::HashSet, pin::Pin, sync::Arc};
 
 use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
@@ -31,11 +27,12 @@ use crate::{
         GetUnbindTicketsRequest, GetUnbindTicketsResponse, LinkedAccount, ListAppsRequest,
         ListAppsResponse, ListLinkedAccountsRequest, ListLinkedAccountsResponse,
         StartVerificationRequest, StartVerificationResponse, UnbindRequest, UnbindResponse,
-        UnbindTicket, account_gateway_server::AccountGateway, app_result::State,
+        account_gateway_server::AccountGateway, app_result::State,
     },
     registry::templates,
     security::{CODE_LENGTH, OneTimeCode, Session},
     server::Gateway,
+    unbind::LookupTickets,
     verification::VerifyError,
 };
 
@@ -140,20 +137,18 @@ impl GatewayService {
             .fanout
             .lookup(&session.phone, &number, apps, deadline, body.bypass_cache);
         tracing::info!(number = %session.phone, apps = asked, "look-up started");
-        let open_tickets = if body.summary_only {
-            HashMap::new()
-        } else {
-            g.unbinder
-                .open_tickets(&session)
-                .await
-                .map_err(ApiError::store)?
-        };
+        // Also for a summary: its counts must not include accounts already unbound.
+        let tickets = g
+            .unbinder
+            .lookup_tickets(&session)
+            .await
+            .map_err(ApiError::store)?;
         Ok((
             session,
             Lookup {
                 outcomes,
                 number,
-                open_tickets,
+                tickets,
                 summary_only: body.summary_only,
                 deliver_by_sms: body.deliver_by_sms,
                 tenant: Arc::clone(tenant),
@@ -206,11 +201,22 @@ fn audit_lookup(audit: &AuditLog, lookup: &Lookup, action: &str, results: &[AppR
     });
 }
 
+/// Drops from an app's answer the accounts unbound since it was given, and then forgets that
+/// stale answer.
+fn drop_unbound(gateway: &Gateway, ctx: &MergeContext<'_>, outcome: &mut AppOutcome) {
+    if merge::drop_unbound(ctx, outcome) {
+        gateway
+            .fanout
+            .cache()
+            .invalidate(&(ctx.number.short(), outcome.app.id.clone()));
+    }
+}
+
 /// A look-up under way.
 struct Lookup {
     outcomes: futures::stream::FuturesUnordered<futures::future::BoxFuture<'static, AppOutcome>>,
     number: crate::security::NumberHash,
-    open_tickets: HashMap<String, UnbindTicket>,
+    tickets: LookupTickets,
     summary_only: bool,
     deliver_by_sms: bool,
     tenant: Arc<Tenant>,
@@ -325,10 +331,12 @@ impl AccountGateway for GatewayService {
             keys: &g.keys,
             number: &lookup.number,
             holder_since_ms: session.holder_since_ms,
-            open_tickets: &lookup.open_tickets,
+            open_tickets: &lookup.tickets.open,
+            unbound_at: &lookup.tickets.unbound_at,
         };
         let mut outcomes = Vec::new();
-        while let Some(outcome) = lookup.outcomes.next().await {
+        while let Some(mut outcome) = lookup.outcomes.next().await {
+            drop_unbound(g, &ctx, &mut outcome);
             outcomes.push(outcome);
         }
         // A stable order: catalog order, whatever order the apps answered in.
@@ -379,12 +387,14 @@ impl AccountGateway for GatewayService {
                 keys: &gateway.keys,
                 number: &lookup.number,
                 holder_since_ms: session.holder_since_ms,
-                open_tickets: &lookup.open_tickets,
+                open_tickets: &lookup.tickets.open,
+                unbound_at: &lookup.tickets.unbound_at,
             };
             let mut results = Vec::new();
             let mut all_accounts = Vec::new();
             let mut audit_results = Vec::new();
-            while let Some(outcome) = lookup.outcomes.next().await {
+            while let Some(mut outcome) = lookup.outcomes.next().await {
+                drop_unbound(&gateway, &ctx, &mut outcome);
                 let accounts = match (&outcome.result, lookup.summary_only) {
                     (Ok(found), false) => merge::linked_accounts(&ctx, &outcome, found),
                     _ => Vec::new(),

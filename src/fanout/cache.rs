@@ -28,7 +28,7 @@ use futures::{
 use tonic::Code;
 
 use super::CallError;
-use crate::{domain::AppId, proto::AdapterAccount};
+use crate::{clock::Clock, domain::AppId, proto::AdapterAccount};
 
 /// An app's accounts for a number.
 pub type Accounts = Arc<Vec<AdapterAccount>>;
@@ -53,8 +53,19 @@ pub fn accounts(list: Vec<AdapterAccount>) -> Accounts {
 
 /// One app's answer and when it was fetched.
 struct Answer {
+    /// For the TTL.
     fetched: Instant,
+    /// On the gateway's clock, to compare with when an unbind completed (on any replica).
+    fetched_ms: i64,
     accounts: Accounts,
+}
+
+/// A cached answer as a look-up gets it.
+#[derive(Clone)]
+pub struct Cached {
+    pub accounts: Accounts,
+    /// When the app gave it (gateway clock, ms since the epoch).
+    pub fetched_ms: i64,
 }
 
 /// A number's answers by app.
@@ -73,9 +84,10 @@ impl NumberAnswers {
     }
 
     /// Stores an answer; true if the app had none before (the entry grew).
-    fn put(&self, app: AppId, accounts: Accounts) -> bool {
+    fn put(&self, app: AppId, accounts: Accounts, fetched_ms: i64) -> bool {
         let answer = Answer {
             fetched: Instant::now(),
+            fetched_ms,
             accounts,
         };
         self.write().insert(app, answer).is_none()
@@ -90,12 +102,13 @@ impl NumberAnswers {
 pub struct LookupCache {
     numbers: moka::sync::Cache<u128, Arc<NumberAnswers>>,
     ttl: Duration,
+    clock: Clock,
     in_flight: Arc<Mutex<HashMap<CacheKey, SharedCall>>>,
 }
 
 impl LookupCache {
-    /// A cache keeping at most about `capacity` answers, each for `ttl`.
-    pub fn new(ttl: Duration, capacity: u64) -> Self {
+    /// A cache keeping at most about `capacity` answers, each for `ttl`; `clock` dates them.
+    pub fn new(ttl: Duration, capacity: u64, clock: Clock) -> Self {
         Self {
             numbers: moka::sync::Cache::builder()
                 .max_capacity(capacity)
@@ -103,6 +116,7 @@ impl LookupCache {
                 .time_to_idle(ttl)
                 .build(),
             ttl,
+            clock,
             in_flight: Arc::default(),
         }
     }
@@ -113,7 +127,7 @@ impl LookupCache {
         &self,
         number: u128,
         apps: impl ExactSizeIterator<Item = &'a AppId>,
-    ) -> Vec<Option<Accounts>> {
+    ) -> Vec<Option<Cached>> {
         let Some(entry) = self.numbers.get(&number) else {
             return apps.map(|_| None).collect();
         };
@@ -123,7 +137,10 @@ impl LookupCache {
             by_app
                 .get(app)
                 .filter(|answer| now.saturating_duration_since(answer.fetched) < self.ttl)
-                .map(|answer| Arc::clone(&answer.accounts))
+                .map(|answer| Cached {
+                    accounts: Arc::clone(&answer.accounts),
+                    fetched_ms: answer.fetched_ms,
+                })
         })
         .collect()
     }
@@ -138,6 +155,7 @@ impl LookupCache {
             return shared.clone();
         }
         let numbers = self.numbers.clone();
+        let clock = self.clock.clone();
         let registry = Arc::clone(&self.in_flight);
         let task_key = key.clone();
         let future = call();
@@ -145,7 +163,12 @@ impl LookupCache {
             let result = future.await.map(accounts);
             if let Ok(accounts) = &result {
                 // Cache before leaving the in-flight table, so a look-up never misses both.
-                store(&numbers, task_key.clone(), Arc::clone(accounts));
+                store(
+                    &numbers,
+                    task_key.clone(),
+                    Arc::clone(accounts),
+                    clock.now_ms(),
+                );
             }
             registry
                 .lock()
@@ -162,7 +185,7 @@ impl LookupCache {
 
     /// Stores an answer directly (benchmarks and tools; look-ups go through [`Self::call`]).
     pub fn insert(&self, key: CacheKey, accounts: Accounts) {
-        store(&self.numbers, key, accounts);
+        store(&self.numbers, key, accounts, self.clock.now_ms());
     }
 
     /// Forgets the answer for a key (after an unbind, say).
@@ -187,10 +210,15 @@ impl LookupCache {
 
 /// Stores an answer in its number's entry; an entry that gained an app is put back so the cache
 /// weighs it again.
-fn store(numbers: &moka::sync::Cache<u128, Arc<NumberAnswers>>, key: CacheKey, accounts: Accounts) {
+fn store(
+    numbers: &moka::sync::Cache<u128, Arc<NumberAnswers>>,
+    key: CacheKey,
+    accounts: Accounts,
+    fetched_ms: i64,
+) {
     let (number, app) = key;
     let entry = numbers.get_with(number, Arc::default);
-    if entry.put(app, accounts) {
+    if entry.put(app, accounts, fetched_ms) {
         numbers.insert(number, entry);
     }
 }
@@ -210,19 +238,23 @@ mod tests {
         }
     }
 
-    fn ids(found: &[Option<Accounts>]) -> Vec<Option<Vec<String>>> {
+    fn ids(found: &[Option<Cached>]) -> Vec<Option<Vec<String>>> {
         found
             .iter()
             .map(|a| {
                 a.as_ref()
-                    .map(|l| l.iter().map(|a| a.account_id.clone()).collect())
+                    .map(|c| c.accounts.iter().map(|a| a.account_id.clone()).collect())
             })
             .collect()
     }
 
+    fn cache(ttl: Duration, capacity: u64) -> LookupCache {
+        LookupCache::new(ttl, capacity, Clock::system())
+    }
+
     #[test]
     fn answers_are_kept_per_number_and_app() {
-        let cache = LookupCache::new(Duration::from_secs(60), 1_000);
+        let cache = cache(Duration::from_secs(60), 1_000);
         let (a, b, c) = (app("a"), app("b"), app("c"));
         cache.insert((1, a.clone()), accounts(vec![account("x")]));
         cache.insert((1, b.clone()), accounts(vec![]));
@@ -242,7 +274,7 @@ mod tests {
 
     #[test]
     fn an_answer_is_fresh_for_its_own_ttl() {
-        let cache = LookupCache::new(Duration::from_millis(150), 1_000);
+        let cache = cache(Duration::from_millis(150), 1_000);
         let (a, b) = (app("a"), app("b"));
         cache.insert((1, a.clone()), accounts(vec![account("x")]));
         std::thread::sleep(Duration::from_millis(100));
@@ -257,7 +289,7 @@ mod tests {
 
     #[test]
     fn invalidating_forgets_one_app_only() {
-        let cache = LookupCache::new(Duration::from_secs(60), 1_000);
+        let cache = cache(Duration::from_secs(60), 1_000);
         let (a, b) = (app("a"), app("b"));
         cache.insert((1, a.clone()), accounts(vec![account("x")]));
         cache.insert((1, b.clone()), accounts(vec![account("y")]));
@@ -271,7 +303,7 @@ mod tests {
 
     #[test]
     fn capacity_counts_answers_and_evicts_whole_numbers() {
-        let cache = LookupCache::new(Duration::from_secs(60), 1_000);
+        let cache = cache(Duration::from_secs(60), 1_000);
         let apps: Vec<AppId> = (0..100).map(|i| app(&format!("app-{i}"))).collect();
         for number in 0..50u128 {
             for a in &apps {
@@ -291,9 +323,24 @@ mod tests {
         );
     }
 
+    #[test]
+    fn an_answer_is_dated_on_the_gateways_clock_and_expires_in_real_time() {
+        let clock = Clock::system();
+        let cache = LookupCache::new(Duration::from_secs(60), 1_000, clock.clone());
+        let a = app("a");
+        let before = clock.now_ms();
+        cache.insert((1, a.clone()), accounts(vec![]));
+        let after = clock.now_ms();
+        // A test clock moved on an hour neither re-dates nor expires it.
+        clock.advance(Duration::from_secs(3600));
+        let found = cache.cached(1, [&a].into_iter());
+        let fetched_ms = found[0].as_ref().expect("still fresh").fetched_ms;
+        assert!((before..=after).contains(&fetched_ms));
+    }
+
     #[tokio::test]
     async fn concurrent_calls_for_a_key_share_one_adapter_call_and_its_answer_is_cached() {
-        let cache = LookupCache::new(Duration::from_secs(60), 1_000);
+        let cache = cache(Duration::from_secs(60), 1_000);
         let a = app("a");
         let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let start = |cache: &LookupCache| {
@@ -317,7 +364,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_call_leaves_nothing_cached() {
-        let cache = LookupCache::new(Duration::from_secs(60), 1_000);
+        let cache = cache(Duration::from_secs(60), 1_000);
         let a = app("a");
         let result = cache
             .call((7, a.clone()), || async { Err(CallError::Unavailable) })

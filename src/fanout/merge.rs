@@ -20,6 +20,38 @@ pub struct MergeContext<'a> {
     pub holder_since_ms: i64,
     /// Open unbind tickets of this number, by account key.
     pub open_tickets: &'a HashMap<String, UnbindTicket>,
+    /// When an unbind of this number's accounts completed, by account key.
+    pub unbound_at: &'a HashMap<String, i64>,
+}
+
+/// Drops from an app's answer the accounts unbound since the app gave it (an answer cached
+/// before the unbind completed, perhaps on another replica); true if it dropped any, so the
+/// caller can forget the stale answer.
+pub fn drop_unbound(ctx: &MergeContext<'_>, outcome: &mut AppOutcome) -> bool {
+    let Ok(found) = &outcome.result else {
+        return false;
+    };
+    if ctx.unbound_at.is_empty() || found.is_empty() {
+        return false;
+    }
+    let unbound_since_answer = |a: &AdapterAccount| {
+        let key = ctx
+            .keys
+            .account_key(ctx.number, outcome.app.id.as_str(), &a.account_id);
+        ctx.unbound_at
+            .get(&key)
+            .is_some_and(|&at| at >= outcome.answered_ms)
+    };
+    if !found.iter().any(unbound_since_answer) {
+        return false;
+    }
+    let kept: Vec<AdapterAccount> = found
+        .iter()
+        .filter(|a| !unbound_since_answer(a))
+        .cloned()
+        .collect();
+    outcome.result = Ok(super::accounts(kept));
+    true
 }
 
 /// Longest hint passed through for the holder's own accounts.

@@ -17,17 +17,20 @@ use futures::{FutureExt, future::BoxFuture, stream::FuturesUnordered};
 use tokio::time::Instant;
 
 pub use adapter::{AppCall, AppService, CallError, app_call_span, find_accounts};
-pub use cache::{Accounts, CacheKey, LookupCache, accounts};
+pub use cache::{Accounts, CacheKey, Cached, LookupCache, accounts};
 pub use catalog::{App, Catalog, CatalogChange, CatalogSnapshot};
 use tracing::Instrument;
 
-use crate::{domain::E164, metrics::Metrics, security::NumberHash};
+use crate::{clock::Clock, domain::E164, metrics::Metrics, security::NumberHash};
 
 /// How one app's part of a look-up ended.
 pub struct AppOutcome {
     pub app: Arc<App>,
     pub result: Result<Accounts, CallError>,
     pub from_cache: bool,
+    /// When the app gave the answer (gateway clock, ms since the epoch): for a cached answer,
+    /// when it was fetched.
+    pub answered_ms: i64,
     pub latency: Duration,
 }
 
@@ -35,13 +38,15 @@ pub struct AppOutcome {
 pub struct FanOut {
     cache: Arc<LookupCache>,
     metrics: Metrics,
+    clock: Clock,
 }
 
 impl FanOut {
-    pub fn new(cache: LookupCache, metrics: Metrics) -> Self {
+    pub fn new(cache: LookupCache, metrics: Metrics, clock: Clock) -> Self {
         Self {
             cache: Arc::new(cache),
             metrics,
+            clock,
         }
     }
 
@@ -73,11 +78,12 @@ impl FanOut {
             .into_iter()
             .zip(cached)
             .map(|(app, cached)| {
-                if let Some(accounts) = cached {
+                if let Some(cached) = cached {
                     return futures::future::ready(AppOutcome {
                         app,
-                        result: Ok(accounts),
+                        result: Ok(cached.accounts),
                         from_cache: true,
+                        answered_ms: cached.fetched_ms,
                         latency: started.elapsed(),
                     })
                     .boxed();
@@ -88,6 +94,7 @@ impl FanOut {
                     find_accounts(Arc::clone(&app), phone.clone(), call_deadline)
                         .instrument(app_call_span(&app))
                 });
+                let clock = self.clock.clone();
                 async move {
                     let result = tokio::time::timeout_at(call_deadline, call)
                         .await
@@ -96,6 +103,7 @@ impl FanOut {
                         app,
                         result,
                         from_cache: false,
+                        answered_ms: clock.now_ms(),
                         latency: started.elapsed(),
                     }
                 }

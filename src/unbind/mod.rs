@@ -161,15 +161,20 @@ impl Unbinder {
 
     /// The holder's tickets: those of the session's number since the holder got it.
     pub async fn tickets_of(&self, session: &Session) -> Result<Vec<TicketRow>, sqlx::Error> {
-        let number = self.keys.number_hash(&session.phone).hex();
-        let rows = self
-            .store
-            .tickets_for_number(&number, session.holder_since_ms)
-            .await?;
-        Ok(rows
+        Ok(self
+            .tickets_of_number(session)
+            .await?
             .into_iter()
             .filter(|t| t.tenant == session.tenant)
             .collect())
+    }
+
+    /// Every tenant's tickets of the session's number since the holder got it.
+    async fn tickets_of_number(&self, session: &Session) -> Result<Vec<TicketRow>, sqlx::Error> {
+        let number = self.keys.number_hash(&session.phone).hex();
+        self.store
+            .tickets_for_number(&number, session.holder_since_ms)
+            .await
     }
 
     /// Tickets by id, only those of `tenant`.
@@ -182,19 +187,25 @@ impl Unbinder {
         Ok(rows.into_iter().filter(|t| t.tenant == tenant).collect())
     }
 
-    /// Open tickets of the session's number, by account key (for `open_ticket` in look-ups).
-    pub async fn open_tickets(
-        &self,
-        session: &Session,
-    ) -> Result<HashMap<String, UnbindTicket>, sqlx::Error> {
+    /// What a look-up of the session's number needs from its tickets (one query).
+    pub async fn lookup_tickets(&self, session: &Session) -> Result<LookupTickets, sqlx::Error> {
         let now = self.clock.now_ms();
-        Ok(self
-            .tickets_of(session)
-            .await?
-            .into_iter()
-            .filter(|t| t.state.is_open())
-            .map(|t| (t.account_key.clone(), to_proto(&t, now)))
-            .collect())
+        let mut tickets = LookupTickets::default();
+        for t in self.tickets_of_number(session).await? {
+            if t.state.is_open() && t.tenant == session.tenant {
+                tickets
+                    .open
+                    .insert(t.account_key.clone(), to_proto(&t, now));
+            } else if t.state == TicketState::Completed {
+                // Whichever tenant asked: the account is gone for everyone.
+                let at = tickets
+                    .unbound_at
+                    .entry(t.account_key)
+                    .or_insert(t.updated_at);
+                *at = (*at).max(t.updated_at);
+            }
+        }
+        Ok(tickets)
     }
 
     /// Tickets as the caller sees them.
@@ -202,6 +213,17 @@ impl Unbinder {
         let now = self.clock.now_ms();
         rows.iter().map(|t| to_proto(t, now)).collect()
     }
+}
+
+/// What a look-up needs from the tickets of its number.
+#[derive(Default)]
+pub struct LookupTickets {
+    /// The session tenant's open tickets, by account key: each account's `open_ticket`.
+    pub open: HashMap<String, UnbindTicket>,
+    /// When each unbound account's unbind completed, by account key: an app's answer from
+    /// before then (cached on this replica, which may not be the one that ran the unbind) still
+    /// lists the account, and must not be shown as bound.
+    pub unbound_at: HashMap<String, i64>,
 }
 
 /// What makes two `Unbind` requests "the same": the number and the set of accounts.

@@ -11,7 +11,8 @@
 //! - `api`: the gRPC services, and the one module that maps errors to statuses;
 //! - `registry`: the carrier's subscriber registry (client, and an embedded file-backed one);
 //! - `simulator`: simulated app adapters for the demo, tests and benchmarks;
-//! - `cli`: the `demo`, `query` and `simulate-apps` commands.
+//! - `cli`: the `demo`, `query`, `certs`, `audit` and `check-adapter` commands (`simulate-apps` is in
+//!   `simulator`).
 
 #![forbid(unsafe_code)]
 

@@ -1,4 +1,4 @@
-//! The `unbind-gateway` command: `serve`, `demo`, `query`, `simulate-apps`.
+//! The `unbind-gateway` command: `serve`, `demo`, `query`, `simulate-apps`, `check-adapter`.
 
 #![forbid(unsafe_code)]
 
@@ -46,6 +46,9 @@ enum Command {
     Audit(cli::audit::AuditArgs),
     /// Simulated app adapters alone.
     SimulateApps(simulator::cli::SimulateAppsArgs),
+    /// Run the adapter conformance suite against an app's adapter.
+    #[command(after_help = cli::check_adapter::AFTER_HELP)]
+    CheckAdapter(cli::check_adapter::CheckAdapterArgs),
 }
 
 #[tokio::main]
@@ -83,6 +86,13 @@ async fn main() -> anyhow::Result<()> {
             cli::demo::run(args).await
         }
         Command::Query(args) => cli::query::run(args).await,
+        Command::CheckAdapter(args) => {
+            // A failed check is a non-zero exit, after the table has been printed.
+            if !cli::check_adapter::run(args).await? {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Command::Audit(args) => cli::audit::run(args).await,
         Command::Certs(args) => cli::certs::run(&args),
         Command::SimulateApps(args) => {

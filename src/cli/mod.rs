@@ -2,5 +2,6 @@
 
 pub mod audit;
 pub mod certs;
+pub mod check_adapter;
 pub mod demo;
 pub mod query;

@@ -330,3 +330,65 @@ async fn plain_text_is_refused_outside_development() {
     );
     h.stop().await;
 }
+
+/// `unbind-gateway query` reaches a gateway that requires tenant certificates: with the CA and a
+/// portal's certificate it verifies, looks up and lists every app; without a certificate it
+/// fails, with no raw number in what it prints.
+#[tokio::test]
+async fn query_speaks_mutual_tls_with_a_tenant_certificate() {
+    let h = Harness::start(Options {
+        apps: 3,
+        tweak: secure,
+        ..Options::default()
+    })
+    .await;
+    let pki = pki();
+    let portal = &pki
+        .tenants
+        .iter()
+        .find(|t| t.name == "portal-b")
+        .unwrap()
+        .files;
+    let addr = h.stack.gateway.as_ref().unwrap().addr;
+    let query = |certificate: Option<&unbind_gateway::cli::certs::CertAndKey>| {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_unbind-gateway"));
+        command
+            .arg("query")
+            .args(["--endpoint", &format!("https://{addr}")])
+            .arg("--ca")
+            .arg(&pki.ca.cert)
+            .args(["--tls-server-name", "localhost"])
+            .args(["--phone", PHONE, "--id-last-six", ID_LAST_SIX])
+            .arg("--code-from-sms-file")
+            .arg(&h.sms_file)
+            .arg("--json")
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        if let Some(files) = certificate {
+            command.arg("--cert").arg(&files.cert);
+            command.arg("--key").arg(&files.key);
+        }
+        async move {
+            tokio::time::timeout(Duration::from_secs(60), command.output())
+                .await
+                .expect("query finishes")
+                .unwrap()
+        }
+    };
+
+    let listed = query(Some(portal)).await;
+    let stdout = String::from_utf8_lossy(&listed.stdout);
+    let stderr = String::from_utf8_lossy(&listed.stderr);
+    assert!(listed.status.success(), "{stderr}\n{stdout}");
+    for app in h.simulator.apps() {
+        assert!(stdout.contains(&format!("\"{}\"", app.id)), "{stdout}");
+    }
+
+    let refused = query(None).await;
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(stderr.contains("--cert and --key"), "{stderr}");
+    let all = format!("{stderr}{}", String::from_utf8_lossy(&refused.stdout));
+    assert!(!all.contains(PHONE_BARE), "{all}");
+    h.stop().await;
+}

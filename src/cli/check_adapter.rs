@@ -15,18 +15,17 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::future::Future;
-use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use rand::Rng as _;
 use serde_json::json;
 use tokio::time::Instant;
-use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Response, Status};
 
-use crate::cli::query::code_name;
-use crate::config::OutboundTlsConfig;
+use crate::cli::query::{code_name, error_chain};
+use crate::cli::tls_args::ClientTlsArgs;
 use crate::domain::E164;
 use crate::proto::app_adapter_client::AppAdapterClient;
 use crate::proto::unbind_account_request::Reason;
@@ -113,18 +112,8 @@ pub struct CheckAdapterArgs {
     /// The adapter's address: http://HOST:PORT, or https://HOST:PORT (needs --ca).
     #[arg(long, value_name = "URL")]
     pub endpoint: String,
-    /// The CA (PEM) that signed the adapter's server certificate; required for https://.
-    #[arg(long, value_name = "FILE")]
-    pub ca: Option<PathBuf>,
-    /// The client certificate (PEM) to present for mutual TLS, e.g. the gateway's; with --key.
-    #[arg(long, value_name = "FILE", requires = "key")]
-    pub cert: Option<PathBuf>,
-    /// The private key (PEM) of --cert.
-    #[arg(long, value_name = "FILE", requires = "cert")]
-    pub key: Option<PathBuf>,
-    /// The name the adapter's certificate must carry, when it differs from the endpoint's host.
-    #[arg(long, value_name = "NAME")]
-    pub tls_server_name: Option<String>,
+    #[command(flatten)]
+    pub tls: ClientTlsArgs,
     /// A test number (E.164) the adapter holds at least one account for. Without it the checks
     /// of the accounts it lists are skipped. Printed masked only.
     #[arg(long, value_name = "E164", value_parser = parse_phone)]
@@ -148,10 +137,7 @@ impl fmt::Debug for CheckAdapterArgs {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CheckAdapterArgs")
             .field("endpoint", &self.endpoint)
-            .field("ca", &self.ca)
-            .field("cert", &self.cert)
-            .field("key", &self.key)
-            .field("tls_server_name", &self.tls_server_name)
+            .field("tls", &self.tls)
             .field("phone", &self.phone)
             .field(
                 "unbind_account",
@@ -225,7 +211,7 @@ fn skip(reason: impl Into<String>) -> Outcome {
 /// suite cannot start (bad options, unreadable TLS files).
 pub async fn run(args: CheckAdapterArgs) -> anyhow::Result<bool> {
     let endpoint = args.endpoint.trim().to_owned();
-    let tls = tls_config(&args, &endpoint)?;
+    let tls = args.tls.config(&endpoint)?;
     let mut target = Endpoint::from_shared(endpoint.clone())
         .with_context(|| format!("--endpoint {endpoint:?} is not a valid URL"))?
         .connect_timeout(args.timeout)
@@ -274,41 +260,6 @@ pub async fn run(args: CheckAdapterArgs) -> anyhow::Result<bool> {
     };
     suite.run(&mut report).await;
     Ok(report.finish())
-}
-
-/// The client TLS for `endpoint`: none for http://; for https:// the CA (required), the client
-/// certificate if given, and the expected server name. Built by the gateway's own
-/// [`crate::tls::client_config`], so the suite connects exactly as the gateway would.
-fn tls_config(args: &CheckAdapterArgs, endpoint: &str) -> anyhow::Result<Option<ClientTlsConfig>> {
-    let https = endpoint.starts_with("https://");
-    if !https && !endpoint.starts_with("http://") {
-        bail!("--endpoint must start with http:// or https://, e.g. https://adapter.example:443");
-    }
-    let tls_options = args.ca.is_some()
-        || args.cert.is_some()
-        || args.key.is_some()
-        || args.tls_server_name.is_some();
-    if !https {
-        if tls_options {
-            bail!("--ca, --cert, --key and --tls-server-name need an https:// endpoint");
-        }
-        return Ok(None);
-    }
-    let Some(ca) = &args.ca else {
-        bail!("an https:// endpoint needs --ca FILE: the CA that signed the adapter's certificate");
-    };
-    let outbound = OutboundTlsConfig {
-        ca: ca.clone(),
-        cert: args.cert.clone(),
-        key: args.key.clone(),
-    };
-    crate::tls::client_config(
-        endpoint,
-        Some(&outbound),
-        None,
-        args.tls_server_name.as_deref(),
-    )
-    .context("reading the files given with --ca / --cert / --key")
 }
 
 /// The first unbind of the destructive checks: its key and the adapter's first answer.
@@ -1030,20 +981,6 @@ fn describe(status: &Status) -> String {
     text
 }
 
-/// An error and its causes, "a: b: c", without repeats.
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut next = Some(error);
-    while let Some(e) = next {
-        let text = e.to_string();
-        if !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        next = e.source();
-    }
-    parts.join(": ")
-}
-
 /// Text from the adapter, made safe to print: control characters replaced, cut to a line. Long
 /// digit runs, the test number and the account id are masked later, by the [`Redactor`], with
 /// everything else printed.
@@ -1153,11 +1090,7 @@ impl Reporter {
         if self.json {
             return;
         }
-        let tls = match (&args.ca, &args.cert) {
-            (None, _) => "plain text".to_owned(),
-            (Some(_), None) => "TLS, no client certificate".to_owned(),
-            (Some(_), Some(_)) => "mutual TLS".to_owned(),
-        };
+        let tls = args.tls.describe();
         let number = args
             .phone
             .as_ref()
@@ -1397,7 +1330,7 @@ mod tests {
     fn options_parse_and_tls_options_are_checked() {
         let args = parse(&["--endpoint", "http://127.0.0.1:1"]).unwrap();
         assert_eq!(args.timeout, Duration::from_secs(5));
-        assert!(tls_config(&args, &args.endpoint).unwrap().is_none());
+        assert!(args.tls.config(&args.endpoint).unwrap().is_none());
 
         // The destructive flag needs the number; the key needs the certificate.
         assert!(parse(&["--endpoint", "http://x:1", "--unbind-account", "a"]).is_err());
@@ -1407,12 +1340,12 @@ mod tests {
         assert!(parse(&["--endpoint", "http://x:1", "--timeout", "800ms"]).is_ok());
 
         let https = parse(&["--endpoint", "https://x:1"]).unwrap();
-        let err = tls_config(&https, &https.endpoint).unwrap_err().to_string();
+        let err = https.tls.config(&https.endpoint).unwrap_err().to_string();
         assert!(err.contains("--ca"), "{err}");
         let mixed = parse(&["--endpoint", "http://x:1", "--ca", "ca.pem"]).unwrap();
-        assert!(tls_config(&mixed, &mixed.endpoint).is_err());
+        assert!(mixed.tls.config(&mixed.endpoint).is_err());
         let bare = parse(&["--endpoint", "x:1"]).unwrap();
-        assert!(tls_config(&bare, &bare.endpoint).is_err());
+        assert!(bare.tls.config(&bare.endpoint).is_err());
     }
 
     #[test]

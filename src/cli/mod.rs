@@ -5,3 +5,4 @@ pub mod certs;
 pub mod check_adapter;
 pub mod demo;
 pub mod query;
+pub mod tls_args;

@@ -24,6 +24,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
 use tonic_types::StatusExt;
 
+use crate::cli::tls_args::ClientTlsArgs;
 use crate::proto::account_gateway_client::AccountGatewayClient;
 use crate::proto::app_result::State;
 use crate::proto::linked_account::Ownership;
@@ -54,9 +55,12 @@ const MAX_RANGE_ROWS: usize = 10_000;
 /// `unbind-gateway query`: verify a number, list the accounts bound to it, optionally unbind.
 #[derive(clap::Args)]
 pub struct QueryArgs {
-    /// The gateway's address (plain-text HTTP/2 for now).
+    /// The gateway's address: http://HOST:PORT, or https://HOST:PORT with --ca (and, for a
+    /// gateway that requires tenant certificates, --cert and --key).
     #[arg(long, default_value = "http://127.0.0.1:50051")]
     pub endpoint: String,
+    #[command(flatten)]
+    pub tls: ClientTlsArgs,
     /// The mobile number (E.164, or a bare 11-digit Chinese number); asked for if absent.
     #[arg(long)]
     pub phone: Option<String>,
@@ -111,6 +115,7 @@ impl fmt::Debug for QueryArgs {
         }
         f.debug_struct("QueryArgs")
             .field("endpoint", &self.endpoint)
+            .field("tls", &self.tls)
             .field("phone", &redacted(&self.phone))
             .field("id_last_six", &redacted(&self.id_last_six))
             .field("code", &redacted(&self.code))
@@ -848,6 +853,17 @@ pub fn describe_status(status: &Status) -> Vec<String> {
         code_name(status.code()),
         clean(status.message())
     )];
+    // A call that never reached the gateway's handler (TLS refused, connection reset): the
+    // transport's own account of why, e.g. the TLS alert.
+    if let Some(source) = std::error::Error::source(status) {
+        lines.push(format!("cause: {}", clean(&error_chain(source))));
+        lines.push(
+            "hint: the call did not reach the gateway's service: check --endpoint and, for \
+             https://, --ca and --tls-server-name, and --cert and --key (a gateway with tenants \
+             requires a tenant's client certificate)"
+                .to_owned(),
+        );
+    }
     let details = status.get_error_details();
     if let Some(info) = details.error_info() {
         if !info.reason.is_empty() {
@@ -872,6 +888,20 @@ pub fn describe_status(status: &Status) -> Vec<String> {
     lines
 }
 
+/// An error and its causes, "a: b: c", without repeats.
+pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(error);
+    while let Some(e) = next {
+        let text = e.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        next = e.source();
+    }
+    parts.join(": ")
+}
+
 fn error_reason(status: &Status) -> Option<String> {
     status
         .get_error_details()
@@ -887,12 +917,9 @@ fn report(rpc: &str, status: &Status) -> anyhow::Error {
     anyhow!("{rpc} failed: {}", code_name(status.code()))
 }
 
-/// Accepts "host:port" as shorthand for "http://host:port"; refuses TLS until it is supported.
+/// Accepts "host:port" as shorthand for "http://host:port".
 fn normalise_endpoint(endpoint: &str) -> anyhow::Result<String> {
     let endpoint = endpoint.trim();
-    if endpoint.starts_with("https://") {
-        bail!("`query` speaks plain-text HTTP/2 only for now; use an http:// endpoint");
-    }
     if endpoint.contains("://") {
         Ok(endpoint.to_owned())
     } else {
@@ -990,11 +1017,20 @@ async fn wait_for_sms_code(path: &Path, phone: &str, offset: u64) -> anyhow::Res
     }
 }
 
-async fn connect(endpoint: &str) -> anyhow::Result<AccountGatewayClient<Channel>> {
+async fn connect(
+    endpoint: &str,
+    tls: &ClientTlsArgs,
+) -> anyhow::Result<AccountGatewayClient<Channel>> {
     let endpoint = normalise_endpoint(endpoint)?;
-    let channel = Endpoint::from_shared(endpoint.clone())
+    let mut target = Endpoint::from_shared(endpoint.clone())
         .with_context(|| format!("invalid endpoint {endpoint}"))?
-        .connect_timeout(CONNECT_TIMEOUT)
+        .connect_timeout(CONNECT_TIMEOUT);
+    if let Some(config) = tls.config(&endpoint)? {
+        target = target
+            .tls_config(config)
+            .context("cannot use the TLS settings given with --ca / --cert / --key")?;
+    }
+    let channel = target
         .connect()
         .await
         .with_context(|| format!("cannot connect to the gateway at {endpoint}"))?;
@@ -1013,7 +1049,7 @@ pub async fn run(args: QueryArgs) -> anyhow::Result<()> {
 /// `run`, with whether to ask questions (stdin is a terminal) decided by the caller.
 async fn run_with(args: QueryArgs, interactive: bool) -> anyhow::Result<()> {
     let out = Printer { json: args.json };
-    let mut client = connect(&args.endpoint).await?;
+    let mut client = connect(&args.endpoint, &args.tls).await?;
 
     let phone = match args.phone.as_deref().map(str::trim) {
         Some(p) if !p.is_empty() => p.to_owned(),
@@ -1848,7 +1884,7 @@ mod tests {
             "http://127.0.0.1:50051"
         );
         assert_eq!(normalise_endpoint(" http://gw:1 ").unwrap(), "http://gw:1");
-        assert!(normalise_endpoint("https://gw:1").is_err());
+        assert_eq!(normalise_endpoint("https://gw:1").unwrap(), "https://gw:1");
     }
 
     /// A scripted gateway on 127.0.0.1:0 that records what `run` sends it.

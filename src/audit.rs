@@ -2,13 +2,30 @@
 //! the number, action, apps, outcome, correlator, time). Records go through a queue to a writer
 //! that stores them in batches, so auditing never puts a database round trip on the request path;
 //! `flush` waits until everything queued so far is stored (graceful shutdown, tests).
+//!
+//! A batch the store refuses (a restart, a failover, a full disk) is kept and written again,
+//! backing off up to [`RETRY_MAX`], until it is stored; meanwhile new records wait in the queue.
+//! Only if the queue fills ([`QUEUE`] records) are records dropped, each logged and counted
+//! (`unbind_audit_records_lost_total`): auditing never blocks or fails a request.
 
+use std::time::Duration;
+
+use futures::{FutureExt, future::BoxFuture};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
     clock::Clock,
+    metrics::Metrics,
     store::{AuditRecord, Store},
 };
+
+/// Records the queue holds while the store is slow or away.
+const QUEUE: usize = 100_000;
+/// Most records stored in one statement.
+const BATCH: usize = 1024;
+/// First wait before writing a refused batch again; doubles up to [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(5);
 
 enum Message {
     Record(AuditRecord),
@@ -20,6 +37,7 @@ enum Message {
 pub struct AuditLog {
     tx: mpsc::Sender<Message>,
     clock: Clock,
+    metrics: Metrics,
 }
 
 /// What one audited action was.
@@ -34,10 +52,10 @@ pub struct Entry<'a> {
 
 impl AuditLog {
     /// Starts the writer.
-    pub fn start(store: Store, clock: Clock) -> Self {
-        let (tx, rx) = mpsc::channel(100_000);
-        tokio::spawn(write(store, rx));
-        Self { tx, clock }
+    pub fn start(store: Store, clock: Clock, metrics: Metrics) -> Self {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(write(store, rx, metrics.clone()));
+        Self { tx, clock, metrics }
     }
 
     /// Queues a record. If the queue is full the record is logged as lost (never blocks).
@@ -52,6 +70,7 @@ impl AuditLog {
             correlator: entry.correlator.to_owned(),
         };
         if self.tx.try_send(Message::Record(record)).is_err() {
+            self.metrics.audit_record_lost();
             tracing::error!(action = entry.action, "audit record lost: queue full");
         }
     }
@@ -65,9 +84,52 @@ impl AuditLog {
     }
 }
 
-async fn write(store: Store, mut rx: mpsc::Receiver<Message>) {
-    let mut messages = Vec::with_capacity(1024);
-    while rx.recv_many(&mut messages, 1024).await > 0 {
+/// Stores one batch, writing it again after each failure (backing off) until the store takes
+/// it, unless the failure is one that no retry can fix (the records themselves are refused): then
+/// the batch is dropped, logged and counted as lost rather than blocking every later record.
+async fn store_batch<F>(records: &[AuditRecord], mut append: F, metrics: &Metrics)
+where
+    F: for<'a> FnMut(&'a [AuditRecord]) -> BoxFuture<'a, sqlx::Result<()>>,
+{
+    let mut wait = RETRY_FIRST;
+    while let Err(e) = append(records).await {
+        metrics.audit_write_failed();
+        if !worth_retrying(&e) {
+            for _ in records {
+                metrics.audit_record_lost();
+            }
+            tracing::error!(records = records.len(), error = %e, "audit records refused by the store: lost");
+            return;
+        }
+        tracing::error!(
+            records = records.len(),
+            error = %e,
+            retry_in = ?wait,
+            "audit records not stored yet: the store refused them"
+        );
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(RETRY_MAX);
+    }
+}
+
+/// Whether writing the same records again may succeed: the store was unreachable, busy, full,
+/// restarting, ...; not when it refused the records themselves (a constraint, an encoding).
+fn worth_retrying(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => db.kind() == sqlx::error::ErrorKind::Other,
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        _ => false,
+    }
+}
+
+async fn write(store: Store, mut rx: mpsc::Receiver<Message>, metrics: Metrics) {
+    let mut messages = Vec::with_capacity(BATCH);
+    while rx.recv_many(&mut messages, BATCH).await > 0 {
         let mut records = Vec::with_capacity(messages.len());
         let mut waiting = Vec::new();
         for m in messages.drain(..) {
@@ -77,12 +139,101 @@ async fn write(store: Store, mut rx: mpsc::Receiver<Message>) {
             }
         }
         if !records.is_empty() {
-            if let Err(e) = store.append_audit(&records).await {
-                tracing::error!(records = records.len(), error = %e, "audit records could not be stored");
-            }
+            store_batch(
+                &records,
+                |batch| {
+                    let store = store.clone();
+                    async move { store.append_audit(batch).await }.boxed()
+                },
+                &metrics,
+            )
+            .await;
         }
         for done in waiting {
             let _ = done.send(());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+
+    fn records(n: usize) -> Vec<AuditRecord> {
+        (0..n)
+            .map(|i| AuditRecord {
+                at: i as i64,
+                tenant: "t".into(),
+                number_hash: "h".into(),
+                action: "lookup".into(),
+                apps: String::new(),
+                outcome: "ok".into(),
+                correlator: String::new(),
+            })
+            .collect()
+    }
+
+    fn io_error() -> sqlx::Error {
+        sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "reset",
+        ))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_batch_is_written_again_with_backoff_until_stored() {
+        let metrics = Metrics::new();
+        let attempts = AtomicU32::new(0);
+        let started = tokio::time::Instant::now();
+        store_batch(
+            &records(3),
+            |batch| {
+                assert_eq!(batch.len(), 3);
+                let n = attempts.fetch_add(1, Ordering::SeqCst);
+                async move { if n < 4 { Err(io_error()) } else { Ok(()) } }.boxed()
+            },
+            &metrics,
+        )
+        .await;
+        assert_eq!(attempts.load(Ordering::SeqCst), 5);
+        // 100 + 200 + 400 + 800 ms of backing off.
+        assert_eq!(started.elapsed(), Duration::from_millis(1500));
+        let text = metrics.encode();
+        assert!(
+            text.contains("unbind_audit_write_failures_total 4"),
+            "{text}"
+        );
+        assert!(text.contains("unbind_audit_records_lost_total 0"), "{text}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn records_the_store_itself_refuses_are_dropped_and_counted() {
+        let metrics = Metrics::new();
+        let attempts = AtomicU32::new(0);
+        store_batch(
+            &records(2),
+            |_| {
+                attempts.fetch_add(1, Ordering::SeqCst);
+                async { Err(sqlx::Error::ColumnNotFound("apps".into())) }.boxed()
+            },
+            &metrics,
+        )
+        .await;
+        assert_eq!(attempts.load(Ordering::SeqCst), 1);
+        assert!(
+            metrics
+                .encode()
+                .contains("unbind_audit_records_lost_total 2")
+        );
+    }
+
+    #[test]
+    fn only_failures_of_the_store_are_worth_retrying() {
+        assert!(worth_retrying(&io_error()));
+        assert!(worth_retrying(&sqlx::Error::PoolTimedOut));
+        assert!(!worth_retrying(&sqlx::Error::ColumnNotFound("x".into())));
+        assert!(!worth_retrying(&sqlx::Error::RowNotFound));
     }
 }

@@ -20,6 +20,8 @@
 //! | `unbind_tickets` | gauge | `state` |
 //! | `unbind_catalog_apps` | gauge | |
 //! | `unbind_catalog_reloads_total` | counter | `result` (applied, unchanged, rejected) |
+//! | `unbind_audit_write_failures_total` | counter (batches retried) | |
+//! | `unbind_audit_records_lost_total` | counter (queue full) | |
 
 use std::{collections::HashSet, sync::Arc};
 
@@ -131,6 +133,8 @@ struct Inner {
     tickets: Family<StateLabels, Gauge>,
     catalog_apps: Gauge,
     catalog_reloads: Family<ResultLabels, Counter>,
+    audit_write_failures: Counter,
+    audit_lost: Counter,
 }
 
 /// The gateway's metrics; cheap to clone.
@@ -158,6 +162,8 @@ impl Metrics {
         let cache_entries = Gauge::default();
         let in_flight = Gauge::default();
         let shed = Counter::default();
+        let audit_write_failures = Counter::default();
+        let audit_lost = Counter::default();
         let requests = Family::<MethodCodeLabels, Counter>::default();
         let request_duration: HistogramFamily<MethodLabels> =
             Family::new_with_constructor(latency_histogram);
@@ -236,6 +242,16 @@ impl Metrics {
             "Catalog reloads by result",
             catalog_reloads.clone(),
         );
+        registry.register(
+            "audit_write_failures",
+            "Audit batches the store refused (each is retried until stored)",
+            audit_write_failures.clone(),
+        );
+        registry.register(
+            "audit_records_lost",
+            "Audit records dropped because the queue to the store was full",
+            audit_lost.clone(),
+        );
         Self {
             inner: Arc::new(Inner {
                 registry,
@@ -255,6 +271,8 @@ impl Metrics {
                 tickets,
                 catalog_apps,
                 catalog_reloads,
+                audit_write_failures,
+                audit_lost,
             }),
         }
     }
@@ -294,6 +312,16 @@ impl Metrics {
 
     pub fn shed(&self) {
         self.inner.shed.inc();
+    }
+
+    /// An audit batch the store refused (to be retried).
+    pub fn audit_write_failed(&self) {
+        self.inner.audit_write_failures.inc();
+    }
+
+    /// An audit record dropped: the queue was full.
+    pub fn audit_record_lost(&self) {
+        self.inner.audit_lost.inc();
     }
 
     /// The label for a request path: the path if it is one of our methods, else `other`.

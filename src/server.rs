@@ -38,6 +38,9 @@ use crate::{
     verification::Verifier,
 };
 
+/// How long shutdown waits for the audit writer to store what it still holds.
+const AUDIT_FLUSH_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Everything a request handler needs, shared by all of them.
 pub struct Gateway {
     pub config: Config,
@@ -75,7 +78,8 @@ impl Gateway {
             registry_tls,
         )
         .context("registry.endpoint")?;
-        let audit = AuditLog::start(store.clone(), clock.clone());
+        let metrics = Metrics::new();
+        let audit = AuditLog::start(store.clone(), clock.clone(), metrics.clone());
         let verifier = Verifier::new(
             store.clone(),
             audit.clone(),
@@ -84,7 +88,6 @@ impl Gateway {
             clock.clone(),
             config.verification.clone(),
         );
-        let metrics = Metrics::new();
         let catalog = Arc::new(Catalog::new(&config, metrics.clone())?);
         let fanout = FanOut::new(
             LookupCache::new(config.cache.ttl, config.cache.capacity, clock.clone()),
@@ -323,7 +326,16 @@ pub async fn serve(
         let _ = tickets.await;
         let _ = push.await;
     }
-    gateway.audit.flush().await;
+    // The store may be down: what the writer still holds is given a bounded time.
+    if tokio::time::timeout(AUDIT_FLUSH_LIMIT, gateway.audit.flush())
+        .await
+        .is_err()
+    {
+        tracing::error!(
+            limit = ?AUDIT_FLUSH_LIMIT,
+            "audit records still queued at shutdown could not be stored"
+        );
+    }
     tracing::info!("gateway stopped");
     Ok(result?)
 }

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::process::Command;
+use std::{process::Command, time::Duration};
 
 use common::*;
 use tonic::Request;
@@ -130,5 +130,72 @@ async fn every_verification_lookup_and_unbind_is_audited() {
     assert_eq!(stdout.lines().count(), 5, "{stdout}");
     assert!(stdout.contains("verification.complete") && stdout.contains("corr-lookup"));
     assert!(!stdout.contains(PHONE_BARE) && !stdout.contains("138****"));
+    h.stop().await;
+}
+
+/// A store that refuses audit records for a while (here: their table is gone) loses none: the
+/// batch is written again until the store takes it, once, and the refusals are counted.
+#[tokio::test]
+async fn audit_records_outlast_a_store_that_refuses_them_for_a_while() {
+    use sqlx::Connection;
+    let h = Harness::start(Options {
+        apps: 3,
+        tweak: with_admin,
+        ..Options::default()
+    })
+    .await;
+    let token = h.session().await;
+    let gateway = &h.stack.gateway.as_ref().unwrap().gateway;
+    gateway.audit.flush().await;
+    let mut db = sqlx::SqliteConnection::connect(&h.stack.config.store.url)
+        .await
+        .unwrap();
+    sqlx::query("ALTER TABLE audit_log RENAME TO audit_log_away")
+        .execute(&mut db)
+        .await
+        .unwrap();
+
+    let mut req = Request::new(ListLinkedAccountsRequest {
+        session_token: token,
+        ..Default::default()
+    });
+    req.metadata_mut()
+        .insert("x-correlator", "corr-held".parse().unwrap());
+    h.client().await.list_linked_accounts(req).await.unwrap();
+    // The writer tries, is refused, and keeps the record.
+    let admin = admin_addr(&h);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, text) = http_get(admin, "/metrics").await;
+        if metric(&text, "unbind_audit_write_failures_total").unwrap_or(0.0) >= 2.0 {
+            assert_eq!(metric(&text, "unbind_audit_records_lost_total"), Some(0.0));
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{text}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    sqlx::query("ALTER TABLE audit_log_away RENAME TO audit_log")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), gateway.audit.flush())
+        .await
+        .expect("the record is stored once the store takes it");
+    let held: Vec<_> = gateway
+        .store
+        .audit_records(&AuditFilter {
+            since: 0,
+            number_hash: None,
+            tenant: None,
+            limit: 1000,
+        })
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.correlator == "corr-held")
+        .collect();
+    assert_eq!(held.len(), 1, "stored exactly once");
+    assert_eq!(held[0].action, "lookup");
     h.stop().await;
 }

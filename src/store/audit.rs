@@ -28,8 +28,10 @@ pub struct AuditFilter {
 }
 
 impl Store {
-    /// Appends records in one statement.
+    /// Appends records, all or none (one transaction), so a batch written again after a failure
+    /// is never stored twice.
     pub async fn append_audit(&self, records: &[AuditRecord]) -> sqlx::Result<()> {
+        let mut tx = self.pool().begin().await?;
         for chunk in records.chunks(500) {
             let values = (0..chunk.len())
                 .map(|i| {
@@ -60,9 +62,9 @@ impl Store {
                     .bind(&r.outcome)
                     .bind(&r.correlator);
             }
-            query.execute(self.pool()).await?;
+            query.execute(&mut *tx).await?;
         }
-        Ok(())
+        tx.commit().await
     }
 
     /// Records matching `filter`, oldest first.

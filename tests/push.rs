@@ -149,7 +149,7 @@ async fn push_scenario(store_url: Option<String>) {
     }
 
     // Vendors ask whether a number changed hands.
-    let mut status = NumberStatusClient::connect(h.endpoint()).await.unwrap();
+    let status = NumberStatusClient::connect(h.endpoint()).await.unwrap();
     let check = |phone: &str, secs: i64| {
         let req = CheckNumberRecycledRequest {
             phone_number: phone.into(),
@@ -179,6 +179,7 @@ async fn push_scenario(store_url: Option<String>) {
     let err = check("12345", 0).await.unwrap_err();
     assert_error(&err, Code::InvalidArgument, "INVALID_PHONE_NUMBER");
     let err = status
+        .clone()
         .check_number_recycled(CheckNumberRecycledRequest {
             phone_number: PHONE.into(),
             specified_date: None,
@@ -186,6 +187,45 @@ async fn push_scenario(store_url: Option<String>) {
         .await
         .unwrap_err();
     assert_error(&err, Code::InvalidArgument, "INVALID_FIELD");
+
+    // A later push lists a number twice with two re-issue dates, and another with dates older
+    // than those stored: the latest date per number is what counts.
+    let day = 86_400;
+    let recycled = |phone: &str, cancelled: i64, reissued: i64| RecycledNumber {
+        phone_number: phone.into(),
+        cancelled_at: ts(cancelled),
+        reissued_at: ts(reissued),
+    };
+    push.submit_recycled_numbers(futures::stream::iter([SubmitRecycledNumbersRequest {
+        numbers: vec![
+            recycled("+8613700000007", REISSUED + day, REISSUED + 5 * day),
+            recycled("+8613700000007", REISSUED + day, REISSUED + 10 * day),
+            recycled("+8613700000008", CANCELLED - 2 * day, CANCELLED - day),
+        ],
+    }]))
+    .await
+    .unwrap();
+    assert!(
+        check("+8613700000007", REISSUED + 7 * day)
+            .await
+            .unwrap()
+            .into_inner()
+            .recycled
+    );
+    assert!(
+        !check("+8613700000007", REISSUED + 11 * day)
+            .await
+            .unwrap()
+            .into_inner()
+            .recycled
+    );
+    assert!(
+        check("+8613700000008", REISSUED - day)
+            .await
+            .unwrap()
+            .into_inner()
+            .recycled
+    );
     h.stop().await;
 }
 

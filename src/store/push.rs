@@ -2,9 +2,27 @@
 //! claimed with leases by the push worker of any replica, and the latest re-issue date per
 //! number.
 
+use std::collections::BTreeMap;
+
 use sqlx::Row;
 
 use super::{Backend, Store};
+
+/// Rows per multi-row statement (well under SQLite's 32,766 and PostgreSQL's 65,535 parameters).
+const ROWS_PER_STATEMENT: usize = 500;
+
+/// `(prefix$a, $a+1, …suffix), (…)`: `rows` groups of `per_row` numbered placeholders, the first
+/// being `$first`.
+fn placeholders(rows: usize, per_row: usize, first: usize, prefix: &str, suffix: &str) -> String {
+    (0..rows)
+        .map(|r| {
+            let p = first + r * per_row;
+            let numbered: Vec<String> = (p..p + per_row).map(|n| format!("${n}")).collect();
+            format!("({prefix}{}{suffix})", numbered.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
 /// One pushed number, ready to store.
 pub struct PushedNumber {
@@ -76,36 +94,51 @@ impl Store {
             }
             query.execute(&mut *tx).await?;
         }
+        // The latest re-issue date per number: one row per number in the statement (an upsert
+        // may not touch a row twice), in hash order (concurrent pushes lock rows in the same
+        // order); the store keeps the later of its date and this one.
+        let mut latest: BTreeMap<&str, i64> = BTreeMap::new();
         for n in numbers {
-            // Keep the latest re-issue date per number.
-            sqlx::query(
-                "INSERT INTO recycled_numbers (number_hash, reissued_at) VALUES ($1, $2) \
+            let at = latest.entry(&n.number_hash).or_insert(n.reissued_at);
+            *at = (*at).max(n.reissued_at);
+        }
+        let latest: Vec<(&str, i64)> = latest.into_iter().collect();
+        for chunk in latest.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "INSERT INTO recycled_numbers (number_hash, reissued_at) VALUES {} \
                  ON CONFLICT (number_hash) DO UPDATE SET reissued_at = excluded.reissued_at \
                  WHERE recycled_numbers.reissued_at < excluded.reissued_at",
-            )
-            .bind(&n.number_hash)
-            .bind(n.reissued_at)
-            .execute(&mut *tx)
-            .await?;
+                placeholders(chunk.len(), 2, 1, "", "")
+            );
+            let mut query = sqlx::query(&sql);
+            for (hash, at) in chunk {
+                query = query.bind(*hash).bind(*at);
+            }
+            query.execute(&mut *tx).await?;
         }
+        // One delivery row per app and batch.
         let batches = numbers.len().div_ceil(batch_size.max(1));
-        for app in app_ids {
-            for b in 0..batches {
+        let rows: Vec<(&str, usize)> = app_ids
+            .iter()
+            .flat_map(|app| (0..batches).map(move |b| (app.as_str(), b)))
+            .collect();
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "INSERT INTO deliveries (submission_id, app_id, batch_no, first_seq, count, next_attempt_at) \
+                 VALUES {}",
+                placeholders(chunk.len(), 4, 3, "$1, ", ", $2")
+            );
+            let mut query = sqlx::query(&sql).bind(id).bind(now);
+            for (app, b) in chunk {
                 let first = b * batch_size;
                 let count = batch_size.min(numbers.len() - first);
-                sqlx::query(
-                    "INSERT INTO deliveries (submission_id, app_id, batch_no, first_seq, count, next_attempt_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6)",
-                )
-                .bind(id)
-                .bind(app)
-                .bind(b as i64)
-                .bind(first as i64)
-                .bind(count as i64)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
+                query = query
+                    .bind(*app)
+                    .bind(*b as i64)
+                    .bind(first as i64)
+                    .bind(count as i64);
             }
+            query.execute(&mut *tx).await?;
         }
         tx.commit().await
     }
@@ -235,5 +268,19 @@ impl Store {
             .execute(self.pool())
             .await?
             .rows_affected())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::placeholders;
+
+    #[test]
+    fn placeholders_number_rows_from_the_first_with_fixed_parts_around() {
+        assert_eq!(placeholders(2, 2, 1, "", ""), "($1, $2), ($3, $4)");
+        assert_eq!(
+            placeholders(2, 2, 3, "$1, ", ", $2"),
+            "($1, $3, $4, $2), ($1, $5, $6, $2)"
+        );
     }
 }

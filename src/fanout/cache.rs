@@ -274,13 +274,15 @@ mod tests {
 
     #[test]
     fn an_answer_is_fresh_for_its_own_ttl() {
-        let cache = cache(Duration::from_millis(150), 1_000);
+        // Margins wide enough for a loaded machine: a sleep may overrun by up to 400 ms.
+        let cache = cache(Duration::from_secs(1), 1_000);
         let (a, b) = (app("a"), app("b"));
         cache.insert((1, a.clone()), accounts(vec![account("x")]));
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(600));
         cache.insert((1, b.clone()), accounts(vec![account("y")]));
-        std::thread::sleep(Duration::from_millis(100));
-        // a was fetched 200 ms ago, b 100 ms ago: the entry is alive, a's answer is stale.
+        std::thread::sleep(Duration::from_millis(600));
+        // a was fetched at least 1.2 s ago, b about 0.6 s ago: the entry is alive (touched
+        // 0.6 s ago), a's answer is stale.
         assert_eq!(
             ids(&cache.cached(1, [&a, &b].into_iter())),
             vec![None, Some(vec!["y".into()])]

@@ -278,7 +278,7 @@ async fn scratch_databases_of_exited_processes_are_dropped_by_the_next_run() {
     let mut conn = sqlx::PgConnection::connect(&base).await.unwrap();
     let prefix = "unbind_scratchcheck";
     // A process id above Linux's largest (2^22): never a running process.
-    let dead = format!("{prefix}_4294967295_0");
+    let dead = format!("{prefix}_4294967295_00000000000000ff");
     sqlx::query(&format!("DROP DATABASE IF EXISTS {dead}"))
         .execute(&mut conn)
         .await

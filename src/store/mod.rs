@@ -100,7 +100,9 @@ impl Store {
     /// `{prefix}_{pid}_{random}`, and returns its URL: for tests and benchmarks that each want a
     /// clean database. A test cannot drop its database when it ends (the process simply exits),
     /// so this first drops the databases with the same prefix whose process has exited; the
-    /// server keeps only those of processes still running.
+    /// server keeps only those of processes still running. Processes are looked up in this
+    /// machine's `/proc`: runs from other machines or containers sharing the server need a
+    /// prefix of their own.
     pub async fn create_scratch_postgres_database(
         base_url: &str,
         prefix: &str,
@@ -122,11 +124,15 @@ impl Store {
                 .fetch_all(&mut conn)
                 .await?;
         for (name,) in existing {
-            let pid = name[prefix.len() + 1..].split('_').next().unwrap_or("");
+            // Only names of exactly this making (so also safe to put in the statement).
+            let Some((pid, random)) = name[prefix.len() + 1..].split_once('_') else {
+                continue;
+            };
+            let ours = random.len() == 16 && random.bytes().all(|b| b.is_ascii_hexdigit());
             let exited = pid
                 .parse::<u32>()
                 .is_ok_and(|pid| !std::path::Path::new("/proc").join(pid.to_string()).exists());
-            if exited {
+            if ours && exited {
                 // Best effort: another process may be dropping it at the same moment.
                 let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
                     .execute(&mut conn)

@@ -86,13 +86,17 @@ async fn main() -> anyhow::Result<()> {
             cli::demo::run(args).await
         }
         Command::Query(args) => cli::query::run(args).await,
-        Command::CheckAdapter(args) => {
-            // A failed check is a non-zero exit, after the table has been printed.
-            if !cli::check_adapter::run(args).await? {
-                std::process::exit(1);
+        Command::CheckAdapter(args) => match cli::check_adapter::run(args).await {
+            Ok(true) => Ok(()),
+            // A failed check, after the table has been printed.
+            Ok(false) => std::process::exit(1),
+            // The suite could not run at all (as for clap's usage errors): scripts tell the two
+            // apart.
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                std::process::exit(2)
             }
-            Ok(())
-        }
+        },
         Command::Audit(args) => cli::audit::run(args).await,
         Command::Certs(args) => cli::certs::run(&args),
         Command::SimulateApps(args) => {

@@ -423,12 +423,13 @@ async fn an_unreachable_adapter_fails_reachable_and_skips_the_rest() {
     );
     run.assert_private(&[RAW]);
 
-    // Options the suite cannot work with are refused before anything is called.
+    // Options the suite cannot work with are refused before anything is called, with exit
+    // status 2 (not 1: no check ran, none failed).
     let run = check_adapter(&["--endpoint", "https://127.0.0.1:1"]).await;
-    assert_ne!(run.code, Some(0));
+    assert_eq!(run.code, Some(2));
     assert!(run.stderr.contains("--ca"), "{}", run.stderr);
     let run = check_adapter(&["--endpoint", &endpoint, "--unbind-account", "x"]).await;
-    assert_ne!(run.code, Some(0));
+    assert_eq!(run.code, Some(2));
     assert!(run.stderr.contains("--phone"), "{}", run.stderr);
 }
 

@@ -103,8 +103,9 @@ accounts-well-formed and accounts-stable (with --phone), status-unknown-key (NOT
 recycled-empty-batch and recycled-batch-replay, concurrency (16 look-ups at once), and with
 --unbind-account only: unbind-answer, unbind-idempotent, unbind-status, unbind-removes-account.
 
-Exit status: 0 when no check failed (skipped checks allowed), 1 when a check failed or the suite
-could not start. The test number is printed masked and account ids are never printed.";
+Exit status: 0 when no check failed (skipped checks allowed), 1 when a check failed, 2 when the
+suite could not run (bad options, unreadable files). The test number is printed masked and
+account ids are never printed.";
 
 /// `unbind-gateway check-adapter`: run the conformance suite against one adapter.
 #[derive(clap::Args)]

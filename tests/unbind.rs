@@ -13,7 +13,8 @@ use tonic::Code;
 use unbind_gateway::{
     proto::{
         GetUnbindTicketsRequest, LinkedAccount, ListLinkedAccountsRequest, UnbindRequest,
-        UnbindTicket, linked_account::Ownership, unbind_ticket::State,
+        UnbindTicket, app_result::State as AppState, linked_account::Ownership,
+        unbind_ticket::State,
     },
     security::{AccountRef, Keys, Ownership as RefOwnership},
     simulator::Behaviour,
@@ -548,5 +549,74 @@ async fn bad_unbind_requests_are_refused_and_write_nothing() {
     assert_error(&err, Code::InvalidArgument, "INVALID_FIELD");
     let unique: HashSet<_> = supported.iter().collect();
     assert_eq!(unique.len(), supported.len());
+    h.stop().await;
+}
+
+/// Unbinds share the app's circuit breaker with look-ups: once an app failing every unbind has
+/// opened it, the worker stops calling the app (its tickets wait, none lost or failed) and
+/// look-ups skip it; after the open period one call probes it, and once the app answers again
+/// the tickets complete.
+#[tokio::test]
+async fn a_failing_apps_breaker_holds_back_its_unbinds_too() {
+    let h = Harness::start(Options {
+        apps: 5,
+        tweak: |c| {
+            fast_worker(c);
+            c.breaker.consecutive_failures = 3;
+            c.breaker.open_base = Duration::from_secs(5);
+            c.breaker.open_max = Duration::from_secs(5);
+            c.breaker.jitter = 0.0;
+        },
+        ..Options::default()
+    })
+    .await;
+    let token = h.session().await;
+    let target = accounts(&h, &token)
+        .await
+        .into_iter()
+        .find(|a| a.unbind_supported)
+        .unwrap();
+    let app = target.app_id.clone();
+    h.simulator.set_behaviour(
+        &app,
+        Behaviour {
+            error_rate: 1.0,
+            ..Behaviour::default()
+        },
+    );
+    let created = unbind(&h, &token, vec![target.account_ref], "k")
+        .await
+        .unwrap();
+    // Three failed calls open the breaker...
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while h.simulator.stats(&app).unbind_calls < 3 {
+        assert!(Instant::now() < deadline, "the worker never called the app");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // ...then the worker, which retries every 50-200 ms, leaves the app alone for the open
+    // period (5 s; we look for 1 s) while the ticket stays open.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(h.simulator.stats(&app).unbind_calls, 3);
+    let t = &tickets(&h, &ids(&created)).await[0];
+    assert_eq!(t.state, State::Sent as i32, "{t:?}");
+    assert!(t.detail.contains("circuit open"), "{t:?}");
+    // Look-ups skip it meanwhile.
+    let listed = h
+        .client()
+        .await
+        .list_linked_accounts(ListLinkedAccountsRequest {
+            session_token: token.clone(),
+            bypass_cache: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let result = listed.app_results.iter().find(|r| r.app_id == app).unwrap();
+    assert_eq!(result.state, AppState::SkippedCircuitOpen as i32);
+
+    // The app recovers: after the open period a probe reaches it and the ticket completes.
+    h.simulator.set_behaviour(&app, Behaviour::default());
+    wait_for(&h, &ids(&created), &[State::Completed]).await;
     h.stop().await;
 }

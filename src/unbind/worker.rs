@@ -219,10 +219,20 @@ impl Worker {
         ) else {
             return self.give_up(ticket, "the ticket cannot be read with this gateway's key");
         };
+        // The app's circuit breaker, shared with look-ups: while it is open (the app keeps
+        // failing or timing out) the ticket waits its backoff without adding to the app's load.
+        let Ok(permit) = app.breaker.try_acquire() else {
+            return self.retry(ticket, "the app is failing (circuit open); not called", now);
+        };
         let answer = match ticket.state {
             TicketState::Accepted => self.poll_status(&app, ticket).await,
             _ => self.send(&app, ticket, &phone, &account_id).await,
         };
+        match &answer {
+            Err(status) if transient(status.code()) => permit.failure(),
+            // An answer, even a refusal, is an app at work.
+            _ => permit.success(),
+        }
         match answer {
             Ok(answer) => match AppState::try_from(answer.state).unwrap_or(AppState::Unspecified) {
                 AppState::Done => self.decide(

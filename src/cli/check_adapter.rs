@@ -24,9 +24,9 @@ use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Response, Status};
 
-use crate::cli::query::{code_name, error_chain};
+use crate::cli::query::{code_name, error_chain, parse_deadline};
 use crate::cli::tls_args::ClientTlsArgs;
-use crate::domain::E164;
+use crate::domain::{E164, mask_digits};
 use crate::proto::app_adapter_client::AppAdapterClient;
 use crate::proto::unbind_account_request::Reason;
 use crate::proto::unbind_account_response::State;
@@ -61,8 +61,6 @@ const MALFORMED_NUMBERS: [(&str, &str); 3] = [
     ("letters after +86", "+86-138-abcd"),
     ("16 digits", "+1234567890123456"),
 ];
-/// The longest `--timeout` accepted.
-const MAX_TIMEOUT: Duration = Duration::from_secs(600);
 /// Adapter-supplied text (status messages, `detail`) is cut to this many characters.
 const MAX_VENDOR_TEXT: usize = 120;
 
@@ -126,7 +124,7 @@ pub struct CheckAdapterArgs {
     pub unbind_account: Option<String>,
     /// The deadline of each call (sent as grpc-timeout), e.g. "800ms", "5s". An accepted unbind
     /// is awaited for up to six times this.
-    #[arg(long, default_value = "5s", value_parser = parse_timeout)]
+    #[arg(long, default_value = "5s", value_parser = parse_deadline)]
     pub timeout: Duration,
     /// Print one JSON object per check instead of the table.
     #[arg(long)]
@@ -153,14 +151,6 @@ impl fmt::Debug for CheckAdapterArgs {
 fn parse_phone(input: &str) -> Result<E164, String> {
     E164::parse(input)
         .map_err(|_| "not a valid mobile number (E.164, e.g. +8613800138000)".to_owned())
-}
-
-fn parse_timeout(input: &str) -> Result<Duration, String> {
-    let timeout = humantime::parse_duration(input.trim()).map_err(|e| e.to_string())?;
-    if timeout.is_zero() || timeout > MAX_TIMEOUT {
-        return Err("the timeout must be more than 0 and at most 10m".to_owned());
-    }
-    Ok(timeout)
 }
 
 /// What one check concluded.
@@ -1001,19 +991,14 @@ fn vendor_text(text: &str, empty: &str) -> String {
     cleaned
 }
 
-/// Masks every run of seven or more digits, keeping at most three leading and four trailing ones
-/// (`13800138000` → `138****8000`), as the project masks numbers.
+/// Masks every run of seven or more digits as the project masks numbers
+/// ([`mask_digits`]: `13800138000` → `138****8000`).
 fn mask_digit_runs(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut run = String::new();
     let flush = |run: &mut String, out: &mut String| {
         if run.len() >= 7 {
-            let n = run.len();
-            let tail = 4.min(n - 4);
-            let head = 3.min(n - 4 - tail);
-            out.push_str(&run[..head]);
-            out.push_str(&"*".repeat(n - head - tail));
-            out.push_str(&run[n - tail..]);
+            out.push_str(&mask_digits(run));
         } else {
             out.push_str(run);
         }

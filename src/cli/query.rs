@@ -47,7 +47,8 @@ const WATCH_EVERY: Duration = Duration::from_secs(1);
 const CODE_TRIES: usize = 5;
 /// Connecting to the gateway gives up after this long.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// The longest `--deadline` accepted (a session lives 10 minutes anyway).
+/// The longest `--deadline` (and `check-adapter --timeout`) accepted (a session lives 10 minutes
+/// anyway).
 const MAX_DEADLINE: Duration = Duration::from_secs(600);
 /// The most rows one range ("1-100") may name; guards against "1-999999999".
 const MAX_RANGE_ROWS: usize = 10_000;
@@ -203,10 +204,10 @@ fn parse_row(text: &str, token: &str) -> Result<usize, String> {
     }
 }
 
-fn parse_deadline(input: &str) -> Result<Duration, String> {
+pub(crate) fn parse_deadline(input: &str) -> Result<Duration, String> {
     let deadline = humantime::parse_duration(input.trim()).map_err(|e| e.to_string())?;
     if deadline.is_zero() || deadline > MAX_DEADLINE {
-        return Err("the deadline must be more than 0 and at most 10m".to_owned());
+        return Err("must be more than 0 and at most 10m".to_owned());
     }
     Ok(deadline)
 }

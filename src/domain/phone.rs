@@ -107,7 +107,7 @@ impl E164 {
 
 /// Masks a digit string, keeping at most three leading and four trailing digits and always hiding
 /// at least four.
-fn mask_digits(digits: &str) -> String {
+pub fn mask_digits(digits: &str) -> String {
     let n = digits.len();
     if n <= 4 {
         return "*".repeat(n);

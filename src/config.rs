@@ -113,10 +113,17 @@ pub struct TenantConfig {
     /// Requests allowed in a burst.
     #[serde(default = "default_tenant_burst")]
     pub burst: u32,
-    /// Wrong verification codes allowed per hour (per replica) before the tenant's
-    /// verifications are refused with RATE_LIMITED.
-    #[serde(default = "default_code_failures")]
-    pub max_code_failures_per_hour: u32,
+    /// A hard cap on wrong verification codes per hour (per replica) from this tenant's callers,
+    /// after which its verifications are refused with `RATE_LIMITED`. Off unless set: with it,
+    /// the tenant's end users can switch verification off for all its other users, so set it only
+    /// for a tenant you would rather stop than let guess.
+    #[serde(default)]
+    pub max_code_failures_per_hour: Option<u32>,
+    /// Wrong codes per hour (per replica) above which the tenant's guessing is reported: a
+    /// warning in the log, an audit record (`tenant.wrong_codes_alert`), and the
+    /// `unbind_wrong_codes_alerts_total` metric. Nothing is refused.
+    #[serde(default = "default_wrong_codes_alert")]
+    pub wrong_codes_alert_per_hour: u32,
 }
 
 /// What a tenant may do; it comes from the gateway config, never from the certificate.
@@ -172,7 +179,7 @@ fn default_tenant_rate() -> f64 {
 fn default_tenant_burst() -> u32 {
     200
 }
-fn default_code_failures() -> u32 {
+fn default_wrong_codes_alert() -> u32 {
     1000
 }
 
@@ -229,10 +236,31 @@ pub struct VerificationConfig {
     #[serde(with = "humantime_serde")]
     pub code_ttl: Duration,
     pub max_attempts: u32,
-    /// Verifications started per number per hour.
+    /// Verifications started per hour for one number with the same ID characters (from any
+    /// tenant, on any replica). Starts with other ID characters do not count against the holder's.
     pub max_codes_per_hour: u32,
     #[serde(with = "humantime_serde")]
     pub session_ttl: Duration,
+    /// `StartVerification` answers no sooner than this after it arrived, whatever the registry
+    /// answered and however fast, so its latency cannot tell a match from a mismatch. Unset: the
+    /// registry's timeout, which hides every answer the registry can give in time.
+    #[serde(default, with = "humantime_serde")]
+    pub min_start_latency: Option<Duration>,
+    /// Look-up summaries sent by SMS per number per hour (`deliver_by_sms`); beyond it the
+    /// look-up still answers, with `summary_sms = SUMMARY_SMS_LIMITED`.
+    pub max_summary_sms_per_hour: u32,
+    /// How far a binding date may sit from `holder_since` (either way), or in the future, and
+    /// still be trusted to tell whose account it is; within it the account is
+    /// `OWNERSHIP_UNKNOWN`. Covers clock skew between the carrier and the apps.
+    #[serde(with = "humantime_serde")]
+    pub ownership_margin: Duration,
+}
+
+impl VerificationConfig {
+    /// The floor on `StartVerification`'s latency, given the registry's timeout.
+    pub fn start_floor(&self, registry_timeout: Duration) -> Duration {
+        self.min_start_latency.unwrap_or(registry_timeout)
+    }
 }
 
 /// Request size limits.
@@ -488,6 +516,9 @@ impl Default for VerificationConfig {
             max_attempts: 5,
             max_codes_per_hour: 5,
             session_ttl: Duration::from_secs(600),
+            min_start_latency: None,
+            max_summary_sms_per_hour: 3,
+            ownership_margin: Duration::from_secs(3600),
         }
     }
 }
@@ -600,7 +631,8 @@ impl Config {
             }
             if !(t.requests_per_second > 0.0 && t.requests_per_second.is_finite())
                 || t.burst == 0
-                || t.max_code_failures_per_hour == 0
+                || t.max_code_failures_per_hour == Some(0)
+                || t.wrong_codes_alert_per_hour == 0
             {
                 bail!("`tenants[{i}]`: requests_per_second and burst must be positive");
             }
@@ -627,6 +659,9 @@ impl Config {
         }
         if self.verification.max_codes_per_hour == 0 {
             bail!("`verification.max_codes_per_hour` must be at least 1");
+        }
+        if self.verification.start_floor(self.registry.timeout) > Duration::from_secs(30) {
+            bail!("`verification.min_start_latency` must be at most 30s");
         }
         if self.limits.max_request_bytes < 1024 {
             bail!("`limits.max_request_bytes` must be at least 1024");

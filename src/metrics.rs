@@ -17,6 +17,8 @@
 //! | `unbind_requests_total` | counter | `method`, `code` |
 //! | `unbind_request_duration_seconds` | histogram | `method` |
 //! | `unbind_verifications_total` | counter | `outcome` |
+//! | `unbind_wrong_codes_total` | counter | `tenant` |
+//! | `unbind_wrong_code_alerts_total` | counter (a tenant went over its alert rate) | `tenant` |
 //! | `unbind_tickets` | gauge | `state` |
 //! | `unbind_catalog_apps` | gauge | |
 //! | `unbind_catalog_reloads_total` | counter | `result` (applied, unchanged, rejected) |
@@ -67,6 +69,11 @@ struct MethodCodeLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
     outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TenantLabels {
+    tenant: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -130,6 +137,8 @@ struct Inner {
     requests: Family<MethodCodeLabels, Counter>,
     request_duration: HistogramFamily<MethodLabels>,
     verifications: Family<OutcomeLabels, Counter>,
+    wrong_codes: Family<TenantLabels, Counter>,
+    wrong_code_alerts: Family<TenantLabels, Counter>,
     tickets: Family<StateLabels, Gauge>,
     catalog_apps: Gauge,
     catalog_reloads: Family<ResultLabels, Counter>,
@@ -168,6 +177,8 @@ impl Metrics {
         let request_duration: HistogramFamily<MethodLabels> =
             Family::new_with_constructor(latency_histogram);
         let verifications = Family::<OutcomeLabels, Counter>::default();
+        let wrong_codes = Family::<TenantLabels, Counter>::default();
+        let wrong_code_alerts = Family::<TenantLabels, Counter>::default();
         let tickets = Family::<StateLabels, Gauge>::default();
         let catalog_apps = Gauge::default();
         let catalog_reloads = Family::<ResultLabels, Counter>::default();
@@ -232,6 +243,16 @@ impl Metrics {
             verifications.clone(),
         );
         registry.register(
+            "wrong_codes",
+            "Wrong verification codes entered, by tenant",
+            wrong_codes.clone(),
+        );
+        registry.register(
+            "wrong_code_alerts",
+            "Times a tenant's callers went over its wrong-code alert rate",
+            wrong_code_alerts.clone(),
+        );
+        registry.register(
             "tickets",
             "Unbind tickets by state (all replicas: read from the store)",
             tickets.clone(),
@@ -268,6 +289,8 @@ impl Metrics {
                 requests,
                 request_duration,
                 verifications,
+                wrong_codes,
+                wrong_code_alerts,
                 tickets,
                 catalog_apps,
                 catalog_reloads,
@@ -356,6 +379,18 @@ impl Metrics {
             .verifications
             .get_or_create(&OutcomeLabels { outcome })
             .inc();
+    }
+
+    /// Counts a wrong code entered by `tenant`'s caller; `alert` when the tenant just went over
+    /// its alert rate.
+    pub fn wrong_code(&self, tenant: &str, alert: bool) {
+        let labels = TenantLabels {
+            tenant: tenant.to_owned(),
+        };
+        self.inner.wrong_codes.get_or_create(&labels).inc();
+        if alert {
+            self.inner.wrong_code_alerts.get_or_create(&labels).inc();
+        }
     }
 
     /// Counts a catalog reload (`applied`, `unchanged` or `rejected`).

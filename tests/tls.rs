@@ -57,7 +57,9 @@ fn secure(c: &mut unbind_gateway::config::Config) {
         role,
         requests_per_second: rate,
         burst,
-        max_code_failures_per_hour: if name == "carrier-a" { 3 } else { 1000 },
+        // The operator's opt-in hard cap, on one tenant only.
+        max_code_failures_per_hour: (name == "carrier-a").then_some(3),
+        wrong_codes_alert_per_hour: 1000,
     };
     c.tenants = vec![
         tenant("carrier-a", Role::Carrier, 100.0, 100),

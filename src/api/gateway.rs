@@ -157,6 +157,27 @@ impl GatewayService {
         ))
     }
 
+    /// Counts a wrong code against the tenant; reports a tenant whose callers guess faster than
+    /// its alert rate (log, metric, audit), without refusing anyone.
+    fn wrong_code<T>(&self, tenant: &Tenant, request: &Request<T>) {
+        let alert = tenant.record_failure();
+        self.gateway.metrics.wrong_code(&tenant.name, alert);
+        if alert {
+            tracing::warn!(
+                tenant = %tenant.name,
+                "wrong verification codes above the tenant's alert rate: its callers may be guessing"
+            );
+            self.gateway.audit.record(Entry {
+                tenant: &tenant.name,
+                number_hash: "",
+                action: "tenant.wrong_codes_alert",
+                apps: String::new(),
+                outcome: "over_alert_rate".to_owned(),
+                correlator: &correlator_of(request),
+            });
+        }
+    }
+
     /// Audits a request that failed.
     fn audit_failure(
         &self,
@@ -307,7 +328,7 @@ impl AccountGateway for GatewayService {
             .await
             .inspect_err(|e| {
                 if matches!(e, VerifyError::InvalidCode | VerifyError::Failed) {
-                    tenant.record_failure();
+                    self.wrong_code(&tenant, &request);
                 }
             });
         self.gateway

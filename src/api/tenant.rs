@@ -52,17 +52,56 @@ pub struct Tenant {
     pub name: String,
     pub role: Role,
     bucket: Option<TokenBucket>,
-    /// Wrong codes this tenant's callers may enter per hour before its verifications are
-    /// refused: a tenant cannot be used to guess at scale. Per replica.
+    /// The operator's optional hard cap on wrong codes per hour. Off by default: with it, a
+    /// tenant's end users can switch verification off for all its other users. Per replica.
     failures: Option<TokenBucket>,
+    /// Wrong codes per hour above which the tenant's guessing is reported (never refused).
+    alert: WrongCodeAlert,
+}
+
+/// Notices when a tenant's callers enter wrong codes faster than `per_hour`, at most one report
+/// an hour. Guessing itself stays bounded per verification (its tries) and per (number, ID)
+/// (starts an hour); this is for the operator to see a tenant being used to guess.
+#[derive(Debug)]
+struct WrongCodeAlert {
+    rate: TokenBucket,
+    last_report: std::sync::Mutex<Option<Instant>>,
+}
+
+impl WrongCodeAlert {
+    fn new(per_hour: u32) -> Self {
+        Self {
+            rate: TokenBucket::new(f64::from(per_hour) / 3600.0, per_hour),
+            last_report: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Counts one wrong code; true when this one should be reported.
+    fn record(&self) -> bool {
+        if self.rate.take().is_ok() {
+            return false;
+        }
+        let mut last = self.last_report.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        match *last {
+            Some(at) if now.duration_since(at) < Duration::from_secs(3600) => false,
+            _ => {
+                *last = Some(now);
+                true
+            }
+        }
+    }
 }
 
 impl Tenant {
-    /// Counts a failed verification attempt (a wrong code).
-    pub fn record_failure(&self) {
+    /// Counts a failed verification attempt (a wrong code). True when the tenant has just gone
+    /// over its alert rate and the caller should report it (once an hour at most).
+    #[must_use]
+    pub fn record_failure(&self) -> bool {
         if let Some(b) = &self.failures {
             let _ = b.take();
         }
+        self.alert.record()
     }
 
     /// Refuses verification work while the tenant's failure budget is spent.
@@ -94,10 +133,10 @@ impl Tenants {
                         name: t.name.clone(),
                         role: t.role,
                         bucket: Some(TokenBucket::new(t.requests_per_second, t.burst)),
-                        failures: Some(TokenBucket::new(
-                            f64::from(t.max_code_failures_per_hour) / 3600.0,
-                            t.max_code_failures_per_hour,
-                        )),
+                        failures: t
+                            .max_code_failures_per_hour
+                            .map(|cap| TokenBucket::new(f64::from(cap) / 3600.0, cap)),
+                        alert: WrongCodeAlert::new(t.wrong_codes_alert_per_hour),
                     }),
                 )
             })
@@ -108,6 +147,7 @@ impl Tenants {
                 role: Role::Carrier,
                 bucket: None,
                 failures: None,
+                alert: WrongCodeAlert::new(1000),
             })
         });
         Self {
@@ -259,6 +299,22 @@ mod tests {
         assert!(b.available().is_err());
         tokio::time::advance(Duration::from_millis(100)).await;
         assert!(b.available().is_ok() && b.available().is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn wrong_codes_over_the_alert_rate_are_reported_once_an_hour() {
+        let alert = WrongCodeAlert::new(3);
+        assert!(!alert.record() && !alert.record() && !alert.record());
+        assert!(
+            alert.record(),
+            "the fourth wrong code in an hour is reported"
+        );
+        assert!(!alert.record(), "then not again within the hour");
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        for _ in 0..3 {
+            assert!(!alert.record());
+        }
+        assert!(alert.record());
     }
 
     #[test]

@@ -25,7 +25,7 @@ use unbind_gateway::{
     },
     metrics::Metrics,
     proto::LinkedAccount,
-    security::{AccountRef, Keys, Ownership, Session},
+    security::{AccountRef, Keys, OwnershipRule, Session},
     simulator::accounts_for,
 };
 
@@ -53,7 +53,8 @@ fn session(c: &mut Criterion) {
         id: "sess-6f1c2a9b4e7d3a10".into(),
         phone: phone(),
         tenant: "dev".into(),
-        holder_since_ms: HOLDER_SINCE_MS,
+        holder_since_ms: Some(HOLDER_SINCE_MS),
+        issued_ms: NOW_MS,
         expires_ms: NOW_MS + 15 * 60 * 1000,
     };
     c.bench_function("session/seal", |b| {
@@ -80,7 +81,8 @@ fn account_ref(c: &mut Criterion) {
         "app-042",
         "acct-7d3a10f9c2",
         &number,
-        Ownership::PreviousHolder,
+        "ses_6f1c2a9b4e7d3a106f1c2a9b4e7d3a10",
+        Some(HOLDER_SINCE_MS - 1),
         true,
     );
     c.bench_function("account_ref/seal", |b| {
@@ -143,7 +145,12 @@ fn merge(c: &mut Criterion) {
     let ctx = MergeContext {
         keys: &keys,
         number: &number,
-        holder_since_ms: HOLDER_SINCE_MS,
+        session_id: "ses_6f1c2a9b4e7d3a106f1c2a9b4e7d3a10",
+        holder_since_ms: Some(HOLDER_SINCE_MS),
+        ownership: OwnershipRule {
+            margin_ms: 3_600_000,
+        },
+        now_ms: NOW_MS,
         open_tickets: &open_tickets,
         unbound_at: &unbound_at,
     };

@@ -32,7 +32,7 @@ use crate::{
     },
     push::{Pusher, worker::PushWorker},
     registry::RegistryClient,
-    security::{Keys, random_id},
+    security::{Keys, OwnershipRule, random_id},
     store::Store,
     unbind::{Unbinder, notify::OutcomeNotifier, worker::Worker},
     verification::Verifier,
@@ -87,6 +87,7 @@ impl Gateway {
             Arc::clone(&keys),
             clock.clone(),
             config.verification.clone(),
+            config.verification.start_floor(config.registry.timeout),
         );
         let catalog = Arc::new(Catalog::new(&config, metrics.clone())?);
         let fanout = FanOut::new(
@@ -100,6 +101,9 @@ impl Gateway {
             clock.clone(),
             Arc::clone(&catalog),
             config.unbind.clone(),
+            OwnershipRule {
+                margin_ms: config.verification.ownership_margin.as_millis() as i64,
+            },
         );
         let tenants = Tenants::new(&config.tenants, config.development);
         let pusher = Pusher::new(

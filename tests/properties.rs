@@ -15,7 +15,7 @@ use unbind_gateway::{
     api::deadline::parse_grpc_timeout,
     config::Config,
     domain::{AppId, E164, IdLastSix},
-    security::{AccountRef, Keys, OneTimeCode, Ownership, Purpose, Session, SessionError},
+    security::{AccountRef, Keys, OneTimeCode, Purpose, Session, SessionError},
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -82,12 +82,9 @@ fn purpose() -> impl Strategy<Value = Purpose> {
     ]
 }
 
-fn ownership() -> impl Strategy<Value = Ownership> {
-    prop_oneof![
-        Just(Ownership::CurrentHolder),
-        Just(Ownership::PreviousHolder),
-        Just(Ownership::Unknown),
-    ]
+/// A binding date as an app may send it: none, or any instant.
+fn bound_at() -> impl Strategy<Value = Option<i64>> {
+    prop_oneof![Just(None), any::<i64>().prop_map(Some)]
 }
 
 /// Short arbitrary text for token fields (ids, tenants, account ids): any code point, including
@@ -534,7 +531,8 @@ proptest! {
             id: id.clone(),
             phone: phone.clone(),
             tenant: tenant.clone(),
-            holder_since_ms,
+            holder_since_ms: Some(holder_since_ms).filter(|&ms| ms != 0),
+            issued_ms: now,
             expires_ms,
         };
         let token = session.token(&k);
@@ -544,7 +542,8 @@ proptest! {
         prop_assert_eq!(&s.id, &id);
         prop_assert_eq!(&s.phone, &phone);
         prop_assert_eq!(&s.tenant, &tenant);
-        prop_assert_eq!(s.holder_since_ms, holder_since_ms);
+        prop_assert_eq!(s.holder_since_ms, session.holder_since_ms);
+        prop_assert_eq!(s.issued_ms, now);
         prop_assert_eq!(s.expires_ms, expires_ms);
         let debug = format!("{s:?}");
         prop_assert!(!debug.contains(&national));
@@ -594,7 +593,8 @@ proptest! {
             id: "ses_1".into(),
             phone: E164::parse(&national).unwrap(),
             tenant: "carrier".into(),
-            holder_since_ms: 1_700_000_000_000,
+            holder_since_ms: Some(1_700_000_000_000),
+            issued_ms: 1_700_000_000_000,
             expires_ms: 1_800_000_000_000,
         };
         let token = session.token(&k);
@@ -632,14 +632,15 @@ proptest! {
         account_id in prop_oneof![field_text(100), r"[ -~]{0,2500}"],
         a in cn_mobile(),
         b in cn_mobile(),
-        own in ownership(),
+        bound in bound_at(),
+        session in r"ses_[0-9a-f]{32}",
         unbind_supported in any::<bool>(),
     ) {
         let k = keys();
         let pa = E164::parse(&a).unwrap();
         let pb = E164::parse(&b).unwrap();
         let ha = k.number_hash(&pa);
-        let r = AccountRef::new(&app_id, &account_id, &ha, own, unbind_supported);
+        let r = AccountRef::new(&app_id, &account_id, &ha, &session, bound, unbind_supported);
         let sealed = r.seal(&k);
         prop_assert!(!sealed.contains(&a));
         prop_assert!(account_id.len() < 8 || !sealed.contains(&account_id));
@@ -647,6 +648,7 @@ proptest! {
         let opened = AccountRef::open(&k, &sealed).unwrap();
         prop_assert_eq!(&opened, &r);
         prop_assert!(opened.is_for(&ha));
+        prop_assert!(opened.shown_in(&session) && !opened.shown_in("ses_other"));
         prop_assert_eq!(opened.is_for(&k.number_hash(&pb)), a == b);
         // The same number hashed under another key is another number.
         prop_assert!(!opened.is_for(&Keys::derive(b"another secret").number_hash(&pa)));
@@ -667,7 +669,14 @@ proptest! {
 fn account_ref_with_long_account_id_round_trips() {
     let k = keys();
     let n = k.number_hash(&E164::parse("13800138000").unwrap());
-    let r = AccountRef::new("app-001", &"a".repeat(2500), &n, Ownership::Unknown, true);
+    let r = AccountRef::new(
+        "app-001",
+        &"a".repeat(2500),
+        &n,
+        "ses_1",
+        Some(i64::MIN),
+        true,
+    );
     assert_eq!(AccountRef::open(&k, &r.seal(&k)), Some(r));
 }
 

@@ -16,7 +16,7 @@ use unbind_gateway::{
         UnbindTicket, app_result::State as AppState, linked_account::Ownership,
         unbind_ticket::State,
     },
-    security::{AccountRef, Keys, Ownership as RefOwnership},
+    security::{AccountRef, Keys, Session},
     simulator::Behaviour,
 };
 
@@ -302,11 +302,14 @@ async fn refused_and_given_up_tickets_end_rejected_and_failed() {
     // operator could): the app refuses it.
     let keys = Keys::derive(&h.stack.config.signing_secret().unwrap());
     let number = keys.number_hash(&unbind_gateway::domain::E164::parse(PHONE).unwrap());
+    // Refs are good only in the session they were shown in.
+    let session = Session::verify(&keys, &token, "development", h.clock.now_ms()).unwrap();
     let ghost = AccountRef::new(
         "app-001",
         "acct-ghost",
         &number,
-        RefOwnership::CurrentHolder,
+        &session.id,
+        Some(h.clock.now_ms() - 1_000),
         true,
     )
     .seal(&keys);

@@ -22,6 +22,7 @@ use crate::{
         App, AppOutcome,
         merge::{self, MergeContext},
     },
+    proto::SummarySms,
     proto::{
         self, AppInfo, AppResult, CompleteVerificationRequest, CompleteVerificationResponse,
         GetUnbindTicketsRequest, GetUnbindTicketsResponse, LinkedAccount, ListAppsRequest,
@@ -30,8 +31,9 @@ use crate::{
         account_gateway_server::AccountGateway, app_result::State,
     },
     registry::templates,
-    security::{CODE_LENGTH, OneTimeCode, Session},
+    security::{CODE_LENGTH, OneTimeCode, OwnershipRule, Session},
     server::Gateway,
+    store::TicketRow,
     unbind::LookupTickets,
     verification::VerifyError,
 };
@@ -47,9 +49,37 @@ impl GatewayService {
         Self { gateway }
     }
 
-    /// Identifies the calling tenant, checks its role and rate.
-    fn admit<T>(&self, request: &Request<T>) -> Result<Arc<Tenant>, ApiError> {
-        self.gateway.tenants.admit(request, Action::Holder)
+    /// Identifies the calling tenant, checks its role and rate; a refusal is audited under
+    /// `action`.
+    fn admit<T>(&self, request: &Request<T>, action: &str) -> Result<Arc<Tenant>, ApiError> {
+        self.gateway
+            .tenants
+            .admit_or_refuse(request, Action::Holder)
+            .map_err(|refusal| {
+                let tenant = refusal.tenant.as_ref().map_or("", |t| t.name.as_str());
+                self.audit_refusal(tenant, "", action, &correlator_of(request), &refusal.error);
+                refusal.error
+            })
+    }
+
+    /// Audits a request refused before it reached a step that audits itself, and hands back
+    /// the error.
+    fn refused<T>(
+        &self,
+        tenant: &Tenant,
+        number_hash: &str,
+        action: &str,
+        request: &Request<T>,
+        e: ApiError,
+    ) -> ApiError {
+        self.audit_refusal(
+            &tenant.name,
+            number_hash,
+            action,
+            &correlator_of(request),
+            &e,
+        );
+        e
     }
 
     fn session(&self, tenant: &Tenant, token: &str) -> Result<Session, ApiError> {
@@ -99,7 +129,7 @@ impl GatewayService {
         &self,
         request: &Request<ListLinkedAccountsRequest>,
     ) -> Result<(Session, Lookup), ApiError> {
-        let tenant = self.admit(request)?;
+        let tenant = self.admit(request, "lookup")?;
         let correlator = correlator_of(request);
         match self.begin_lookup(request, &tenant).await {
             Ok((session, lookup)) => Ok((
@@ -111,7 +141,7 @@ impl GatewayService {
                 },
             )),
             Err(e) => {
-                self.audit_failure(&tenant, "", "lookup", &correlator, &e);
+                self.audit_refusal(&tenant.name, "", "lookup", &correlator, &e);
                 Err(e)
             }
         }
@@ -143,6 +173,11 @@ impl GatewayService {
             .lookup_tickets(&session)
             .await
             .map_err(ApiError::store)?;
+        let summary_sms = if body.deliver_by_sms {
+            self.claim_summary_sms(&session).await
+        } else {
+            SummarySms::Unspecified
+        };
         Ok((
             session,
             Lookup {
@@ -150,7 +185,7 @@ impl GatewayService {
                 number,
                 tickets,
                 summary_only: body.summary_only,
-                deliver_by_sms: body.deliver_by_sms,
+                summary_sms,
                 tenant: Arc::clone(tenant),
                 correlator: String::new(),
             },
@@ -178,23 +213,98 @@ impl GatewayService {
         }
     }
 
+    /// Whether this look-up's summary may go by SMS (a few per number an hour, so a session
+    /// cannot flood the holder's phone). A store that cannot say sends nothing.
+    async fn claim_summary_sms(&self, session: &Session) -> SummarySms {
+        match self
+            .gateway
+            .verifier
+            .claim_summary_sms(&session.phone)
+            .await
+        {
+            Ok(true) => SummarySms::Sent,
+            Ok(false) => {
+                tracing::info!(number = %session.phone, "summary SMS not sent: hourly limit reached");
+                SummarySms::Limited
+            }
+            Err(e) => {
+                tracing::warn!(number = %session.phone, error = %e, "summary SMS not sent: store error");
+                SummarySms::Limited
+            }
+        }
+    }
+
     /// Audits a request that failed.
-    fn audit_failure(
+    fn audit_refusal(
         &self,
-        tenant: &Tenant,
+        tenant: &str,
         number_hash: &str,
         action: &str,
         correlator: &str,
         e: &ApiError,
     ) {
         self.gateway.audit.record(Entry {
-            tenant: &tenant.name,
+            tenant,
             number_hash,
             action,
             apps: String::new(),
             outcome: e.code_and_reason().1.as_str_name().to_owned(),
             correlator,
         });
+    }
+}
+
+impl GatewayService {
+    /// The tickets a `GetUnbindTickets` asks for; `number_hash` is set once a session names
+    /// the number (for the audit trail).
+    async fn read_tickets(
+        &self,
+        tenant: &Tenant,
+        body: &GetUnbindTicketsRequest,
+        number_hash: &mut String,
+    ) -> Result<Vec<TicketRow>, ApiError> {
+        let unbinder = &self.gateway.unbinder;
+        let session = if body.session_token.is_empty() {
+            None
+        } else {
+            let session = self.session(tenant, &body.session_token)?;
+            *number_hash = self.gateway.keys.number_hash(&session.phone).hex();
+            Some(session)
+        };
+        if body.ticket_ids.is_empty() {
+            let Some(session) = session else {
+                return Err(ApiError::field(
+                    "session_token",
+                    "give a session_token (the holder's tickets) or ticket_ids",
+                ));
+            };
+            return unbinder.tickets_of(&session).await.map_err(ApiError::store);
+        }
+        if body.ticket_ids.len() > MAX_TICKET_IDS {
+            return Err(ApiError::field(
+                "ticket_ids",
+                format!("at most {MAX_TICKET_IDS} ticket ids"),
+            ));
+        }
+        if let Some(i) = body
+            .ticket_ids
+            .iter()
+            .position(|id| !is_well_formed_id(id, "tkt"))
+        {
+            return Err(ApiError::field(
+                format!("ticket_ids[{i}]"),
+                "not a ticket id",
+            ));
+        }
+        let mut rows = unbinder
+            .tickets_by_ids(&tenant.name, &body.ticket_ids)
+            .await
+            .map_err(ApiError::store)?;
+        // With a session too, only that holder's tickets.
+        if session.is_some() {
+            rows.retain(|t| t.number_hash == *number_hash);
+        }
+        Ok(rows)
     }
 }
 
@@ -233,13 +343,29 @@ fn drop_unbound(gateway: &Gateway, ctx: &MergeContext<'_>, outcome: &mut AppOutc
     }
 }
 
+/// How one look-up's accounts are merged: ownership decided from the session, refs bound to it.
+fn merge_context<'a>(g: &'a Gateway, session: &'a Session, lookup: &'a Lookup) -> MergeContext<'a> {
+    MergeContext {
+        keys: &g.keys,
+        number: &lookup.number,
+        session_id: &session.id,
+        holder_since_ms: session.holder_since_ms,
+        ownership: OwnershipRule {
+            margin_ms: g.config.verification.ownership_margin.as_millis() as i64,
+        },
+        now_ms: g.clock.now_ms(),
+        open_tickets: &lookup.tickets.open,
+        unbound_at: &lookup.tickets.unbound_at,
+    }
+}
+
 /// A look-up under way.
 struct Lookup {
     outcomes: futures::stream::FuturesUnordered<futures::future::BoxFuture<'static, AppOutcome>>,
     number: crate::security::NumberHash,
     tickets: LookupTickets,
     summary_only: bool,
-    deliver_by_sms: bool,
+    summary_sms: SummarySms,
     tenant: Arc<Tenant>,
     correlator: String,
 }
@@ -271,6 +397,17 @@ fn verification_outcome(step: &str, error: Option<&VerifyError>) -> &'static str
     }
 }
 
+/// The response metadata of `StreamLinkedAccounts` that says what became of the summary SMS.
+pub const SUMMARY_SMS_HEADER: &str = "unbind-summary-sms";
+
+fn summary_sms_word(s: SummarySms) -> Option<&'static str> {
+    match s {
+        SummarySms::Unspecified => None,
+        SummarySms::Sent => Some("sent"),
+        SummarySms::Limited => Some("limited"),
+    }
+}
+
 /// Most ids in one `GetUnbindTickets`.
 const MAX_TICKET_IDS: usize = 1_000;
 
@@ -282,13 +419,21 @@ impl AccountGateway for GatewayService {
         &self,
         request: Request<StartVerificationRequest>,
     ) -> Result<Response<StartVerificationResponse>, Status> {
-        let tenant = self.admit(&request)?;
+        const ACTION: &str = "verification.start";
+        let tenant = self.admit(&request, ACTION)?;
         let body = request.get_ref();
-        let phone = validate_phone(&body.phone_number)?;
-        let id = IdLastSix::parse(&body.id_last_six).map_err(|_| ApiError::InvalidIdLastSix {
-            field: "id_last_six",
+        let phone = validate_phone(&body.phone_number)
+            .map_err(|e| self.refused(&tenant, "", ACTION, &request, e))?;
+        let number_hash = self.gateway.keys.number_hash(&phone).hex();
+        let id = IdLastSix::parse(&body.id_last_six).map_err(|_| {
+            let e = ApiError::InvalidIdLastSix {
+                field: "id_last_six",
+            };
+            self.refused(&tenant, &number_hash, ACTION, &request, e)
         })?;
-        tenant.check_failures()?;
+        tenant
+            .check_failures()
+            .map_err(|e| self.refused(&tenant, &number_hash, ACTION, &request, e))?;
         let started = self
             .gateway
             .verifier
@@ -309,13 +454,18 @@ impl AccountGateway for GatewayService {
         &self,
         request: Request<CompleteVerificationRequest>,
     ) -> Result<Response<CompleteVerificationResponse>, Status> {
-        let tenant = self.admit(&request)?;
+        const ACTION: &str = "verification.complete";
+        let tenant = self.admit(&request, ACTION)?;
         let body = request.get_ref();
         if !is_well_formed_id(&body.verification_id, "ver") {
-            return Err(ApiError::field("verification_id", "not a verification id").into());
+            let e = ApiError::field("verification_id", "not a verification id");
+            return Err(self.refused(&tenant, "", ACTION, &request, e).into());
         }
-        tenant.check_failures()?;
-        let code = OneTimeCode::parse(&body.code).ok_or(ApiError::InvalidCode)?;
+        tenant
+            .check_failures()
+            .map_err(|e| self.refused(&tenant, "", ACTION, &request, e))?;
+        let code = OneTimeCode::parse(&body.code)
+            .ok_or_else(|| self.refused(&tenant, "", ACTION, &request, ApiError::InvalidCode))?;
         let session = self
             .gateway
             .verifier
@@ -339,6 +489,7 @@ impl AccountGateway for GatewayService {
             session_token: session.token(&self.gateway.keys),
             expires_at: Some(timestamp_from_ms(session.expires_ms)),
             phone_number: session.phone.masked_international(),
+            holder_since: session.holder_since_ms.map(timestamp_from_ms),
         }))
     }
 
@@ -348,17 +499,13 @@ impl AccountGateway for GatewayService {
     ) -> Result<Response<ListLinkedAccountsResponse>, Status> {
         let g = &self.gateway;
         let (session, mut lookup) = self.start_lookup(&request).await?;
-        let ctx = MergeContext {
-            keys: &g.keys,
-            number: &lookup.number,
-            holder_since_ms: session.holder_since_ms,
-            open_tickets: &lookup.tickets.open,
-            unbound_at: &lookup.tickets.unbound_at,
-        };
         let mut outcomes = Vec::new();
-        while let Some(mut outcome) = lookup.outcomes.next().await {
-            drop_unbound(g, &ctx, &mut outcome);
+        while let Some(outcome) = lookup.outcomes.next().await {
             outcomes.push(outcome);
+        }
+        let ctx = merge_context(g, &session, &lookup);
+        for outcome in &mut outcomes {
+            drop_unbound(g, &ctx, outcome);
         }
         // A stable order: catalog order, whatever order the apps answered in.
         outcomes.sort_by_key(|o| o.app.position());
@@ -372,7 +519,7 @@ impl AccountGateway for GatewayService {
         }
         let complete = results.iter().all(|r| r.state == State::Answered as i32);
         let total_accounts = results.iter().map(|r| r.account_count).sum();
-        if lookup.deliver_by_sms {
+        if lookup.summary_sms == SummarySms::Sent {
             let summary = merge::sms_summary(&results, &accounts);
             g.registry.send_sms_detached(
                 session.phone.clone(),
@@ -391,6 +538,7 @@ impl AccountGateway for GatewayService {
             total_accounts,
             complete,
             generated_at: Some(timestamp_from_ms(g.clock.now_ms())),
+            summary_sms: lookup.summary_sms as i32,
         }))
     }
 
@@ -402,19 +550,15 @@ impl AccountGateway for GatewayService {
     ) -> Result<Response<Self::StreamLinkedAccountsStream>, Status> {
         let (session, mut lookup) = self.start_lookup(&request).await?;
         let gateway = Arc::clone(&self.gateway);
+        let summary_sms = lookup.summary_sms;
         let (tx, rx) = mpsc::channel(lookup.outcomes.len().max(1));
         tokio::spawn(async move {
-            let ctx = MergeContext {
-                keys: &gateway.keys,
-                number: &lookup.number,
-                holder_since_ms: session.holder_since_ms,
-                open_tickets: &lookup.tickets.open,
-                unbound_at: &lookup.tickets.unbound_at,
-            };
+            let mut outcomes = std::mem::take(&mut lookup.outcomes);
             let mut results = Vec::new();
             let mut all_accounts = Vec::new();
             let mut audit_results = Vec::new();
-            while let Some(mut outcome) = lookup.outcomes.next().await {
+            while let Some(mut outcome) = outcomes.next().await {
+                let ctx = merge_context(&gateway, &session, &lookup);
                 drop_unbound(&gateway, &ctx, &mut outcome);
                 let accounts = match (&outcome.result, lookup.summary_only) {
                     (Ok(found), false) => merge::linked_accounts(&ctx, &outcome, found),
@@ -425,7 +569,7 @@ impl AccountGateway for GatewayService {
                     accounts: Vec::new(),
                     ..result.clone()
                 });
-                if lookup.deliver_by_sms {
+                if lookup.summary_sms == SummarySms::Sent {
                     all_accounts.extend(result.accounts.iter().cloned());
                     results.push(AppResult {
                         accounts: Vec::new(),
@@ -444,7 +588,7 @@ impl AccountGateway for GatewayService {
                 }
             }
             audit_lookup(&gateway.audit, &lookup, "lookup.stream", &audit_results);
-            if lookup.deliver_by_sms {
+            if lookup.summary_sms == SummarySms::Sent {
                 let summary = merge::sms_summary(&results, &all_accounts);
                 gateway.registry.send_sms_detached(
                     session.phone.clone(),
@@ -453,20 +597,27 @@ impl AccountGateway for GatewayService {
                 );
             }
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let mut response = Response::new(Box::pin(ReceiverStream::new(rx)) as AppResultStream);
+        if let Some(word) = summary_sms_word(summary_sms) {
+            response.metadata_mut().insert(
+                SUMMARY_SMS_HEADER,
+                tonic::metadata::MetadataValue::from_static(word),
+            );
+        }
+        Ok(response)
     }
 
     async fn unbind(
         &self,
         request: Request<UnbindRequest>,
     ) -> Result<Response<UnbindResponse>, Status> {
-        let tenant = self.admit(&request)?;
+        let tenant = self.admit(&request, "unbind")?;
         let correlator = correlator_of(&request);
         let body = request.get_ref();
         let session = self
             .session(&tenant, &body.session_token)
             .inspect_err(|e| {
-                self.audit_failure(&tenant, "", "unbind", &correlator, e);
+                self.audit_refusal(&tenant.name, "", "unbind", &correlator, e);
             })?;
         let number_hash = self.gateway.keys.number_hash(&session.phone).hex();
         let unbinder = &self.gateway.unbinder;
@@ -474,7 +625,9 @@ impl AccountGateway for GatewayService {
             .unbind(&session, &body.account_refs, &body.idempotency_key)
             .await
             .map_err(ApiError::from)
-            .inspect_err(|e| self.audit_failure(&tenant, &number_hash, "unbind", &correlator, e))?;
+            .inspect_err(|e| {
+                self.audit_refusal(&tenant.name, &number_hash, "unbind", &correlator, e)
+            })?;
         let mut apps: Vec<&str> = rows.iter().map(|t| t.app_id.as_str()).collect();
         apps.sort_unstable();
         apps.dedup();
@@ -495,51 +648,26 @@ impl AccountGateway for GatewayService {
         &self,
         request: Request<GetUnbindTicketsRequest>,
     ) -> Result<Response<GetUnbindTicketsResponse>, Status> {
-        let tenant = self.admit(&request)?;
-        let body = request.get_ref();
-        let unbinder = &self.gateway.unbinder;
-        let rows = if body.ticket_ids.is_empty() {
-            if body.session_token.is_empty() {
-                return Err(ApiError::field(
-                    "session_token",
-                    "give a session_token (the holder's tickets) or ticket_ids",
-                )
-                .into());
-            }
-            let session = self.session(&tenant, &body.session_token)?;
-            unbinder
-                .tickets_of(&session)
-                .await
-                .map_err(ApiError::store)?
-        } else {
-            if body.ticket_ids.len() > MAX_TICKET_IDS {
-                return Err(ApiError::field(
-                    "ticket_ids",
-                    format!("at most {MAX_TICKET_IDS} ticket ids"),
-                )
-                .into());
-            }
-            if let Some(i) = body
-                .ticket_ids
-                .iter()
-                .position(|id| !is_well_formed_id(id, "tkt"))
-            {
-                return Err(ApiError::field(format!("ticket_ids[{i}]"), "not a ticket id").into());
-            }
-            let mut rows = unbinder
-                .tickets_by_ids(&tenant.name, &body.ticket_ids)
-                .await
-                .map_err(ApiError::store)?;
-            // With a session too, only that holder's tickets.
-            if !body.session_token.is_empty() {
-                let session = self.session(&tenant, &body.session_token)?;
-                let number = self.gateway.keys.number_hash(&session.phone).hex();
-                rows.retain(|t| t.number_hash == number);
-            }
-            rows
-        };
+        const ACTION: &str = "tickets.read";
+        let tenant = self.admit(&request, ACTION)?;
+        let mut number_hash = String::new();
+        let rows = self
+            .read_tickets(&tenant, request.get_ref(), &mut number_hash)
+            .await
+            .map_err(|e| self.refused(&tenant, &number_hash, ACTION, &request, e))?;
+        let mut apps: Vec<&str> = rows.iter().map(|t| t.app_id.as_str()).collect();
+        apps.sort_unstable();
+        apps.dedup();
+        self.gateway.audit.record(Entry {
+            tenant: &tenant.name,
+            number_hash: &number_hash,
+            action: ACTION,
+            apps: apps.join(","),
+            outcome: format!("{} tickets", rows.len()),
+            correlator: &correlator_of(&request),
+        });
         Ok(Response::new(GetUnbindTicketsResponse {
-            tickets: unbinder.to_proto(&rows),
+            tickets: self.gateway.unbinder.to_proto(&rows),
         }))
     }
 
@@ -547,7 +675,7 @@ impl AccountGateway for GatewayService {
         &self,
         request: Request<ListAppsRequest>,
     ) -> Result<Response<ListAppsResponse>, Status> {
-        self.admit(&request)?;
+        self.admit(&request, "apps.list")?;
         let apps = self
             .gateway
             .catalog

@@ -115,6 +115,13 @@ impl Tenant {
     }
 }
 
+/// A caller refused at the door, and who it was when that is known.
+#[derive(Debug)]
+pub struct Refusal {
+    pub tenant: Option<Arc<Tenant>>,
+    pub error: ApiError,
+}
+
 /// The configured tenants.
 pub struct Tenants {
     by_name: HashMap<String, Arc<Tenant>>,
@@ -163,16 +170,33 @@ impl Tenants {
         request: &tonic::Request<T>,
         action: Action,
     ) -> Result<Arc<Tenant>, ApiError> {
-        let tenant = self.identify(request)?;
+        self.admit_or_refuse(request, action).map_err(|r| r.error)
+    }
+
+    /// As [`Tenants::admit`], and a refusal names the tenant when the caller was identified (for
+    /// the audit trail).
+    pub fn admit_or_refuse<T>(
+        &self,
+        request: &tonic::Request<T>,
+        action: Action,
+    ) -> Result<Arc<Tenant>, Refusal> {
+        let tenant = self.identify(request).map_err(|error| Refusal {
+            tenant: None,
+            error,
+        })?;
+        let refuse = |error| Refusal {
+            tenant: Some(Arc::clone(&tenant)),
+            error,
+        };
         if !tenant.role.allows(action) {
-            return Err(ApiError::PermissionDenied {
+            return Err(refuse(ApiError::PermissionDenied {
                 why: format!("tenant role `{}` may not call this", tenant.role.as_str()),
-            });
+            }));
         }
         if let Some(bucket) = &tenant.bucket {
             bucket
                 .take()
-                .map_err(|retry_after| ApiError::RateLimited { retry_after })?;
+                .map_err(|retry_after| refuse(ApiError::RateLimited { retry_after }))?;
         }
         Ok(tenant)
     }

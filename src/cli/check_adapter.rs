@@ -37,11 +37,13 @@ use crate::proto::{
 use crate::security::random_id;
 
 /// The longest `account_id` the gateway can carry, in bytes once JSON-escaped. The gateway seals
-/// each account id into an account ref (JSON `{"a":app,"i":id,"n":32 hex,"o":ownership,"u":bool}`)
-/// and refuses refs longer than 4096 base64 characters (`security::sealed::MAX_ENCODED_LEN`):
-/// 3072 bytes, less 30 of header and tag, less 85 of JSON around the fields and 64 of the longest
-/// app id, leaves 2893. A unit test below seals an id of exactly this length.
-pub const MAX_ACCOUNT_ID_BYTES: usize = 2893;
+/// each account id into an account ref (JSON
+/// `{"a":app,"i":id,"n":32 hex,"s":session id,"b":bound_at ms,"u":bool}`) and refuses refs
+/// longer than 4096 base64 characters (`security::sealed::MAX_ENCODED_LEN`): 3072 bytes, less
+/// 30 of header and tag, less 132 of JSON around the fields (with a 36-character session id and
+/// a 20-character date) and 64 of the longest app id, leaves 2846. A unit test below seals an id
+/// of exactly this length.
+pub const MAX_ACCOUNT_ID_BYTES: usize = 2846;
 /// How many look-ups the concurrency check sends at once.
 const CONCURRENT_CALLS: usize = 16;
 /// An accepted unbind is polled for up to this many times `--timeout` before giving up on it.
@@ -1185,7 +1187,7 @@ mod tests {
     use clap::Parser;
 
     use super::*;
-    use crate::security::{AccountRef, Keys, Ownership};
+    use crate::security::{AccountRef, Keys};
 
     #[derive(Parser)]
     struct Cli {
@@ -1204,8 +1206,9 @@ mod tests {
         let keys = Keys::derive(&[4; 32]);
         let number = keys.number_hash(&E164::parse("+8613800138000").unwrap());
         let app_id = "a".repeat(64);
+        let session = crate::security::random_id("ses");
         let sealed = |id: &str| {
-            AccountRef::new(&app_id, id, &number, Ownership::PreviousHolder, false).seal(&keys)
+            AccountRef::new(&app_id, id, &number, &session, Some(i64::MIN), false).seal(&keys)
         };
         let longest = "x".repeat(MAX_ACCOUNT_ID_BYTES);
         assert!(AccountRef::open(&keys, &sealed(&longest)).is_some());

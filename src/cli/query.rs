@@ -25,6 +25,7 @@ use tonic::{Code, Request, Status};
 use tonic_types::StatusExt;
 
 use crate::cli::tls_args::ClientTlsArgs;
+use crate::proto::SummarySms;
 use crate::proto::account_gateway_client::AccountGatewayClient;
 use crate::proto::app_result::State;
 use crate::proto::linked_account::Ownership;
@@ -769,6 +770,7 @@ pub fn collect_stream(results: Vec<AppResult>) -> ListLinkedAccountsResponse {
             seconds: now.timestamp(),
             nanos: i32::try_from(now.timestamp_subsec_nanos()).unwrap_or(0),
         }),
+        summary_sms: SummarySms::Unspecified as i32,
     }
 }
 
@@ -1126,7 +1128,10 @@ async fn run_with(args: QueryArgs, interactive: bool) -> anyhow::Result<()> {
         println!("{}", render_listing(&response, &rows, &Local));
     }
     if args.sms {
-        out.info("A summary was also sent by SMS.");
+        out.info(match response.summary_sms() {
+            SummarySms::Sent => "A summary was also sent by SMS.",
+            _ => "No SMS was sent: this number has had its summaries for this hour.",
+        });
     }
 
     let (selection, resolved) = match &args.unbind {
@@ -1255,11 +1260,20 @@ async fn stream_lookup(
 ) -> anyhow::Result<ListLinkedAccountsResponse> {
     let mut request = Request::new(request);
     request.set_timeout(deadline);
-    let mut stream = client
+    let response = client
         .stream_linked_accounts(request)
         .await
-        .map_err(|s| report("StreamLinkedAccounts", &s))?
-        .into_inner();
+        .map_err(|s| report("StreamLinkedAccounts", &s))?;
+    let summary_sms = match response
+        .metadata()
+        .get(crate::api::gateway::SUMMARY_SMS_HEADER)
+        .and_then(|v| v.to_str().ok())
+    {
+        Some("sent") => SummarySms::Sent,
+        Some("limited") => SummarySms::Limited,
+        _ => SummarySms::Unspecified,
+    };
+    let mut stream = response.into_inner();
     let mut results = Vec::new();
     while let Some(result) = stream
         .message()
@@ -1276,7 +1290,10 @@ async fn stream_lookup(
     if !out.json {
         println!();
     }
-    Ok(collect_stream(results))
+    Ok(ListLinkedAccountsResponse {
+        summary_sms: summary_sms as i32,
+        ..collect_stream(results)
+    })
 }
 
 /// Asks until the answer names rows that exist (or nothing).
@@ -1650,6 +1667,7 @@ mod tests {
             total_accounts: 4,
             complete: false,
             generated_at: ts(JAN_2023),
+            summary_sms: 0,
         };
         let text = render_listing(&response, &rows, &Utc);
         let first = text.lines().next().unwrap();
@@ -1684,6 +1702,7 @@ mod tests {
             total_accounts: 2,
             complete: true,
             generated_at: None,
+            summary_sms: 0,
         };
         let text = render_listing(&response, &[], &Utc);
         assert!(text.starts_with("2 accounts found; 2 of 2 apps answered; complete"));
@@ -1729,6 +1748,7 @@ mod tests {
             total_accounts: 4,
             complete: true,
             generated_at: ts(JAN_2023),
+            summary_sms: 0,
         };
         assert_eq!(listing_json_lines(&response, &rows, false).len(), 4 + 1);
         let lines = listing_json_lines(&response, &rows, true);
@@ -1992,6 +2012,7 @@ mod tests {
                 session_token: SESSION.to_owned(),
                 expires_at: ts(JAN_2023),
                 phone_number: "+86 138****8000".to_owned(),
+                holder_since: None,
             }))
         }
 
@@ -2015,6 +2036,7 @@ mod tests {
                 total_accounts: 4,
                 complete: false,
                 generated_at: ts(JAN_2023),
+                summary_sms: 0,
             }))
         }
 

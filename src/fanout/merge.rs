@@ -8,7 +8,7 @@ use crate::{
     proto::{
         AdapterAccount, AppResult, LinkedAccount, UnbindTicket, app_result::State, linked_account,
     },
-    security::{AccountRef, Keys, NumberHash, Ownership},
+    security::{AccountRef, Keys, NumberHash, Ownership, OwnershipRule},
 };
 
 use super::{AppOutcome, CallError};
@@ -17,7 +17,12 @@ use super::{AppOutcome, CallError};
 pub struct MergeContext<'a> {
     pub keys: &'a Keys,
     pub number: &'a NumberHash,
-    pub holder_since_ms: i64,
+    /// The session the accounts are shown to: their refs are good for it only.
+    pub session_id: &'a str,
+    /// When the current holder got the number; `None` when the registry did not say.
+    pub holder_since_ms: Option<i64>,
+    pub ownership: OwnershipRule,
+    pub now_ms: i64,
     /// Open unbind tickets of this number, by account key.
     pub open_tickets: &'a HashMap<String, UnbindTicket>,
     /// When an unbind of this number's accounts completed, by account key.
@@ -66,6 +71,12 @@ pub fn mask_hint(hint: &str) -> String {
     }
 }
 
+/// The start of the (UTC) day `ms` falls in: a date without the time of day.
+fn day_of(ms: i64) -> i64 {
+    const DAY_MS: i64 = 86_400_000;
+    ms - ms.rem_euclid(DAY_MS)
+}
+
 fn to_proto(o: Ownership) -> linked_account::Ownership {
     match o {
         Ownership::CurrentHolder => linked_account::Ownership::CurrentHolder,
@@ -85,12 +96,20 @@ pub fn linked_accounts(
         .iter()
         .map(|a| {
             let bound_at_ms = a.bound_at.as_ref().map(ms_from_timestamp);
-            let ownership = Ownership::decide(bound_at_ms, ctx.holder_since_ms);
-            // A previous holder's account shows only app, masked hint and date; the adapter's
-            // hint is masked again in case the app masked too little.
-            let display_hint = match ownership {
-                Ownership::PreviousHolder | Ownership::Unknown => mask_hint(&a.display_hint),
-                Ownership::CurrentHolder => a.display_hint.chars().take(MAX_HINT_CHARS).collect(),
+            let ownership = ctx
+                .ownership
+                .decide(bound_at_ms, ctx.holder_since_ms, ctx.now_ms);
+            // A previous holder's account, or one nobody can place, shows only app, masked hint
+            // and the day it was bound; the adapter's hint is masked again in case the app
+            // masked too little.
+            let (display_hint, shown_bound_at) = match ownership {
+                Ownership::PreviousHolder | Ownership::Unknown => {
+                    (mask_hint(&a.display_hint), bound_at_ms.map(day_of))
+                }
+                Ownership::CurrentHolder => (
+                    a.display_hint.chars().take(MAX_HINT_CHARS).collect(),
+                    bound_at_ms,
+                ),
             };
             let open_ticket = if ctx.open_tickets.is_empty() {
                 None
@@ -107,12 +126,13 @@ pub fn linked_accounts(
                     app.id.as_str(),
                     &a.account_id,
                     ctx.number,
-                    ownership,
+                    ctx.session_id,
+                    bound_at_ms,
                     a.unbind_supported,
                 )
                 .seal(ctx.keys),
                 display_hint,
-                bound_at: bound_at_ms.map(timestamp_from_ms),
+                bound_at: shown_bound_at.map(timestamp_from_ms),
                 ownership: to_proto(ownership) as i32,
                 unbind_supported: a.unbind_supported,
                 open_ticket,
@@ -176,6 +196,13 @@ mod tests {
         assert_eq!(mask_hint("张三丰"), "张***丰");
         assert_eq!(mask_hint("ab"), "***");
         assert_eq!(mask_hint(""), "***");
+    }
+
+    #[test]
+    fn days_drop_the_time_of_day() {
+        assert_eq!(day_of(1_709_251_200_000 + 3_600_123), 1_709_251_200_000);
+        assert_eq!(day_of(1_709_251_200_000), 1_709_251_200_000);
+        assert_eq!(day_of(-1), -86_400_000);
     }
 
     #[test]

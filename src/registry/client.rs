@@ -22,6 +22,23 @@ pub struct RegistryError {
     pub code: tonic::Code,
 }
 
+/// What the registry said of a number and ID characters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// They belong together; `holder_since_ms` when the registry said since when.
+    Matched { holder_since_ms: Option<i64> },
+    /// They do not (or the registry would not say).
+    NotMatched,
+}
+
+/// Failures that happen whatever the question was: the only registry errors a caller may see.
+fn is_transient(code: tonic::Code) -> bool {
+    matches!(
+        code,
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+    )
+}
+
 /// A registry client. Cheap to clone.
 #[derive(Clone)]
 pub struct RegistryClient {
@@ -61,28 +78,42 @@ impl RegistryClient {
         })
     }
 
-    /// Checks the number against the ID characters: `Some(holder_since_ms)` when they match.
-    pub async fn verify(&self, phone: &E164, id: &IdLastSix) -> Result<Option<i64>, RegistryError> {
+    /// Checks the number against the ID characters.
+    ///
+    /// Only a failure that happens whatever the ID characters are (the registry unreachable,
+    /// `UNAVAILABLE`, out of time) is an error. Every other answer, including errors such as
+    /// `NOT_FOUND` or `INVALID_ARGUMENT` that real registries give for a mismatch or an unknown
+    /// number, is a mismatch: otherwise the gateway's answer would tell a caller which it was.
+    pub async fn verify(&self, phone: &E164, id: &IdLastSix) -> Result<Verdict, RegistryError> {
         let mut request = tonic::Request::new(VerifySubscriberRequest {
             phone_number: phone.expose().to_owned(),
             id_last_six: id.expose().to_owned(),
         });
         request.set_timeout(self.timeout);
-        let answer = self
-            .inner
-            .clone()
-            .verify_subscriber(request)
-            .await
-            .map_err(|s| RegistryError { code: s.code() })?
-            .into_inner();
-        Ok(answer.matched.then(|| {
-            answer
+        let answer = match self.inner.clone().verify_subscriber(request).await {
+            Ok(answer) => answer.into_inner(),
+            Err(status) if is_transient(status.code()) => {
+                return Err(RegistryError {
+                    code: status.code(),
+                });
+            }
+            Err(status) => {
+                tracing::debug!(code = ?status.code(), "registry answered an error; taken as a mismatch");
+                return Ok(Verdict::NotMatched);
+            }
+        };
+        if !answer.matched {
+            return Ok(Verdict::NotMatched);
+        }
+        Ok(Verdict::Matched {
+            // A missing or zero date is no date: ownership is then unknown (fail closed), never
+            // "every account is the holder's".
+            holder_since_ms: answer
                 .holder_since
                 .as_ref()
                 .map(ms_from_timestamp)
-                // A match without a date: treat every account as the holder's own.
-                .unwrap_or(0)
-        }))
+                .filter(|&ms| ms > 0),
+        })
     }
 
     /// Sends one SMS from a template.

@@ -4,4 +4,4 @@
 pub mod client;
 pub mod embedded;
 
-pub use client::{RegistryClient, RegistryError, templates};
+pub use client::{RegistryClient, RegistryError, Verdict, templates};

@@ -9,26 +9,51 @@ use super::{Keys, NumberHash, Purpose};
 /// Whose account this is, decided from `bound_at` against `holder_since`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Ownership {
-    /// Bound on or after the current holder got the number.
+    /// Bound after the current holder got the number (beyond the margin).
     CurrentHolder,
     /// Bound before: a previous holder's account.
     PreviousHolder,
-    /// The app gave no binding date.
+    /// Nobody can tell: no binding date, no `holder_since`, a date in the future, or one too
+    /// close to `holder_since` to trust. Treated like a previous holder's (fail closed).
     Unknown,
 }
 
-impl Ownership {
-    /// Ownership of an account bound at `bound_at_ms` for a holder since `holder_since_ms`.
-    pub fn decide(bound_at_ms: Option<i64>, holder_since_ms: i64) -> Self {
-        match bound_at_ms {
-            Some(b) if b < holder_since_ms => Self::PreviousHolder,
-            Some(_) => Self::CurrentHolder,
-            None => Self::Unknown,
+/// How ownership is decided. Only an account the dates clearly put after the holder got the
+/// number is the holder's own: every doubt falls to `Unknown`, which shows as little as a
+/// previous holder's account and is never unbound as the holder's request.
+#[derive(Clone, Copy, Debug)]
+pub struct OwnershipRule {
+    /// Clock skew allowed between the carrier and the apps, either side of `holder_since`.
+    pub margin_ms: i64,
+}
+
+impl OwnershipRule {
+    /// Ownership of an account bound at `bound_at_ms` for a holder since `holder_since_ms`, at
+    /// `now_ms`.
+    pub fn decide(
+        &self,
+        bound_at_ms: Option<i64>,
+        holder_since_ms: Option<i64>,
+        now_ms: i64,
+    ) -> Ownership {
+        let (Some(bound), Some(since)) = (bound_at_ms, holder_since_ms) else {
+            return Ownership::Unknown;
+        };
+        if bound > now_ms {
+            // A binding in the future is a broken or lying clock: no evidence either way.
+            Ownership::Unknown
+        } else if bound < since.saturating_sub(self.margin_ms) {
+            Ownership::PreviousHolder
+        } else if bound > since.saturating_add(self.margin_ms) {
+            Ownership::CurrentHolder
+        } else {
+            Ownership::Unknown
         }
     }
 }
 
-/// What an account ref stands for.
+/// What an account ref stands for. It carries the binding date, not a verdict: `Unbind` decides
+/// ownership again from the session's `holder_since`, and refuses a ref shown to another session.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccountRef {
     #[serde(rename = "a")]
@@ -38,27 +63,33 @@ pub struct AccountRef {
     /// First 32 hex characters of the number's keyed hash.
     #[serde(rename = "n")]
     pub number: String,
-    #[serde(rename = "o")]
-    pub ownership: Ownership,
+    /// The session the account was shown to.
+    #[serde(rename = "s")]
+    pub session: String,
+    /// When the app said the account was bound (ms since the epoch).
+    #[serde(rename = "b")]
+    pub bound_at_ms: Option<i64>,
     /// Whether the app said this account can be unbound.
     #[serde(rename = "u")]
     pub unbind_supported: bool,
 }
 
 impl AccountRef {
-    /// A ref for an account of `app_id` shown for the number hashed as `number`.
+    /// A ref for an account of `app_id` shown in `session` for the number hashed as `number`.
     pub fn new(
         app_id: &str,
         account_id: &str,
         number: &NumberHash,
-        ownership: Ownership,
+        session: &str,
+        bound_at_ms: Option<i64>,
         unbind_supported: bool,
     ) -> Self {
         Self {
             app_id: app_id.to_owned(),
             account_id: account_id.to_owned(),
             number: number.hex_prefix(16),
-            ownership,
+            session: session.to_owned(),
+            bound_at_ms,
             unbind_supported,
         }
     }
@@ -78,6 +109,11 @@ impl AccountRef {
     pub fn is_for(&self, number: &NumberHash) -> bool {
         number.hex().starts_with(&self.number) && self.number.len() == 32
     }
+
+    /// Whether this ref was shown in the session `session_id` (and no other).
+    pub fn shown_in(&self, session_id: &str) -> bool {
+        !self.session.is_empty() && self.session == session_id
+    }
 }
 
 #[cfg(test)]
@@ -86,10 +122,29 @@ mod tests {
     use crate::domain::E164;
 
     #[test]
-    fn ownership_from_dates() {
-        assert_eq!(Ownership::decide(Some(5), 10), Ownership::PreviousHolder);
-        assert_eq!(Ownership::decide(Some(10), 10), Ownership::CurrentHolder);
-        assert_eq!(Ownership::decide(None, 10), Ownership::Unknown);
+    fn ownership_from_dates_fails_closed() {
+        let rule = OwnershipRule { margin_ms: 10 };
+        let now = 1_000;
+        let decide = |bound, since| rule.decide(bound, since, now);
+        assert_eq!(decide(Some(89), Some(100)), Ownership::PreviousHolder);
+        assert_eq!(decide(Some(111), Some(100)), Ownership::CurrentHolder);
+        // Within the margin of holder_since, either side: nobody can tell.
+        for bound in [90, 95, 100, 105, 110] {
+            assert_eq!(
+                decide(Some(bound), Some(100)),
+                Ownership::Unknown,
+                "{bound}"
+            );
+        }
+        // No date, no holder_since, or a date in the future.
+        assert_eq!(decide(None, Some(100)), Ownership::Unknown);
+        assert_eq!(decide(Some(500), None), Ownership::Unknown);
+        assert_eq!(decide(Some(now + 1), Some(100)), Ownership::Unknown);
+        assert_eq!(decide(Some(now), Some(100)), Ownership::CurrentHolder);
+        assert_eq!(
+            rule.decide(Some(i64::MIN), Some(i64::MIN), now),
+            Ownership::Unknown
+        );
     }
 
     #[test]
@@ -97,19 +152,14 @@ mod tests {
         let k = Keys::derive(&[4; 32]);
         let a = k.number_hash(&E164::parse("13800138000").unwrap());
         let b = k.number_hash(&E164::parse("13900139000").unwrap());
-        let r = AccountRef::new(
-            "app-001",
-            "acct-secret-42",
-            &a,
-            Ownership::PreviousHolder,
-            true,
-        );
+        let r = AccountRef::new("app-001", "acct-secret-42", &a, "ses_1", Some(5), true);
         let sealed = r.seal(&k);
         assert!(!sealed.contains("acct-secret-42"));
         let opened = AccountRef::open(&k, &sealed).unwrap();
         assert_eq!(opened, r);
         assert!(opened.is_for(&a));
         assert!(!opened.is_for(&b));
+        assert!(opened.shown_in("ses_1") && !opened.shown_in("ses_2"));
         assert!(AccountRef::open(&k, &format!("{sealed}x")).is_none());
     }
 }

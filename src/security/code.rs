@@ -50,6 +50,15 @@ impl OneTimeCode {
         keys::hex(&keys::hmac_label(&keys.code, &data))
     }
 
+    /// A digest of the same shape that no code matches: what a verification whose ID characters
+    /// did not match stores, so neither a guessed code nor a reader of the store can tell it
+    /// from a real one, and the store needs no column saying which it is.
+    pub fn unusable_digest(keys: &Keys, verification_id: &str) -> String {
+        // A 32-character secret that is not six digits, forgotten at once.
+        let never_sent = Self(random_id("none"));
+        never_sent.digest(keys, verification_id)
+    }
+
     /// Whether this code matches a stored digest, in constant time.
     pub fn matches(&self, keys: &Keys, verification_id: &str, stored_digest: &str) -> bool {
         let digest = self.digest(keys, verification_id);
@@ -83,6 +92,9 @@ mod tests {
         });
         assert!(!other.unwrap().matches(&k, "ver_1", &d));
         assert!(OneTimeCode::parse("12345").is_none());
+        let unusable = OneTimeCode::unusable_digest(&k, "ver_1");
+        assert_eq!(unusable.len(), d.len());
+        assert!(!c.matches(&k, "ver_1", &unusable));
         assert!(OneTimeCode::parse("12345a").is_none());
         assert_eq!(format!("{c:?}"), "OneTimeCode(******)");
     }

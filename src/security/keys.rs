@@ -7,7 +7,7 @@
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::domain::E164;
+use crate::domain::{E164, IdLastSix};
 
 pub(super) type HmacSha256 = Hmac<Sha256>;
 
@@ -94,6 +94,20 @@ impl Keys {
         hex(&hmac_label(&self.number, &data))
     }
 
+    /// A keyed digest of a number together with the ID characters someone typed for it: what
+    /// per-number limits and superseding are keyed on, so starts with other ID characters (a
+    /// stranger's guesses) never count against, or replace, the holder's. As irreversible as the
+    /// number hash without the key; with it, the ID space (341,000 endings) could be searched,
+    /// which is why the store keeps the digest only as long as the verification.
+    pub fn pair_hash(&self, phone: &E164, id: &IdLastSix) -> String {
+        let mut data = Vec::with_capacity(40);
+        data.extend_from_slice(b"id-pair\0");
+        data.extend_from_slice(phone.expose().as_bytes());
+        data.push(0);
+        data.extend_from_slice(id.expose().as_bytes());
+        hex(&hmac_label(&self.number, &data))
+    }
+
     /// The keyed hash of a phone number.
     pub fn number_hash(&self, phone: &E164) -> NumberHash {
         NumberHash(hmac_label(&self.number, phone.expose().as_bytes()))
@@ -142,6 +156,20 @@ mod tests {
         let h = a.number_hash(&n);
         assert_eq!(NumberHash::from_hex(&h.hex()), Some(h));
         assert_eq!(NumberHash::from_hex("zz"), None);
+        let id = |s| IdLastSix::parse(s).unwrap();
+        assert_eq!(
+            a.pair_hash(&n, &id("12345X")),
+            a.pair_hash(&n, &id("12345x"))
+        );
+        assert_ne!(
+            a.pair_hash(&n, &id("12345X")),
+            a.pair_hash(&n, &id("123450"))
+        );
+        assert_ne!(
+            a.pair_hash(&n, &id("12345X")),
+            b.pair_hash(&n, &id("12345X"))
+        );
+        assert_ne!(a.pair_hash(&n, &id("12345X")), a.number_hash(&n).hex());
         assert_ne!(
             a.account_key(&h, "app-1", "x"),
             a.account_key(&h, "app-1", "y")

@@ -17,8 +17,12 @@ pub struct Session {
     pub phone: E164,
     /// The tenant that verified it.
     pub tenant: String,
-    /// When the current holder got the number (ms since the epoch).
-    pub holder_since_ms: i64,
+    /// When the current holder got the number (ms since the epoch); `None` when the registry
+    /// did not say, and then no account is taken for the holder's own (fail closed).
+    pub holder_since_ms: Option<i64>,
+    /// When the session began (ms since the epoch); without `holder_since`, the session reads
+    /// no ticket of the number from before it.
+    pub issued_ms: i64,
     /// When the session ends (ms since the epoch).
     pub expires_ms: i64,
 }
@@ -53,7 +57,12 @@ struct Claims {
     #[serde(default)]
     cc: usize,
     tn: String,
-    hs: i64,
+    /// Absent (or 0, as tokens from before it could be absent said) when the registry gave no
+    /// date.
+    #[serde(default)]
+    hs: Option<i64>,
+    #[serde(default)]
+    iat: i64,
     exp: i64,
 }
 
@@ -66,6 +75,7 @@ impl Session {
             cc: self.phone.country_code_len(),
             tn: self.tenant.clone(),
             hs: self.holder_since_ms,
+            iat: self.issued_ms,
             exp: self.expires_ms,
         };
         // Serialising a struct of strings and integers cannot fail.
@@ -100,7 +110,8 @@ impl Session {
             id: claims.sid,
             phone,
             tenant: claims.tn,
-            holder_since_ms: claims.hs,
+            holder_since_ms: claims.hs.filter(|&ms| ms != 0),
+            issued_ms: claims.iat,
             expires_ms: claims.exp,
         })
     }
@@ -115,7 +126,8 @@ mod tests {
             id: "s1".into(),
             phone: E164::parse("13800138000").unwrap(),
             tenant: "dev".into(),
-            holder_since_ms: 1_700_000_000_000,
+            holder_since_ms: Some(1_700_000_000_000),
+            issued_ms: 1_000,
             expires_ms: 2_000,
         }
     }
@@ -126,7 +138,14 @@ mod tests {
         let t = session().token(&k);
         let s = Session::verify(&k, &t, "dev", 1_999).unwrap();
         assert_eq!(s.phone.expose(), "+8613800138000");
-        assert_eq!(s.holder_since_ms, 1_700_000_000_000);
+        assert_eq!(s.holder_since_ms, Some(1_700_000_000_000));
+        assert_eq!(s.issued_ms, 1_000);
+        let unknown = Session {
+            holder_since_ms: None,
+            ..session()
+        };
+        let s = Session::verify(&k, &unknown.token(&k), "dev", 1).unwrap();
+        assert_eq!(s.holder_since_ms, None);
         assert_eq!(
             Session::verify(&k, &t, "dev", 2_000).unwrap_err(),
             SessionError::Expired

@@ -42,6 +42,8 @@ impl VerificationState {
 pub struct NewVerification<'a> {
     pub id: &'a str,
     pub number_hash: &'a str,
+    /// Keyed digest of (number, ID characters typed): what limits and superseding key on.
+    pub pair_hash: &'a str,
     pub sealed_number: &'a str,
     pub tenant: &'a str,
     pub code_digest: &'a str,
@@ -58,6 +60,8 @@ pub struct VerificationRow {
     pub sealed_number: String,
     pub tenant: String,
     pub code_digest: String,
+    /// `None` for rows from before pairs were recorded.
+    pub pair_hash: Option<String>,
     pub holder_since: Option<i64>,
     pub expires_at: i64,
     pub attempts: i64,
@@ -70,6 +74,7 @@ type RawRow = (
     String,
     String,
     String,
+    Option<String>,
     Option<i64>,
     i64,
     i64,
@@ -77,9 +82,15 @@ type RawRow = (
 );
 
 impl Store {
-    /// Records a new verification and supersedes the number's older pending ones, unless the
-    /// number already started `max_per_window` verifications since `window_start`; then nothing
-    /// is kept and `false` is returned.
+    /// Records a new verification and supersedes the same tenant's older pending ones for the
+    /// same (number, ID characters), unless that pair already started `max_per_window`
+    /// verifications since `window_start` (from any tenant, on any replica); then nothing is kept
+    /// and `false` is returned.
+    ///
+    /// Nothing here is keyed on the number alone: a start with other ID characters (a stranger's
+    /// guess) neither counts against the holder's starts nor replaces the holder's pending code,
+    /// and a start from another tenant never replaces one. The answer depends only on the pair
+    /// the caller typed and how often they typed it, never on whether it matched.
     pub async fn start_verification(
         &self,
         v: &NewVerification<'_>,
@@ -88,12 +99,13 @@ impl Store {
     ) -> sqlx::Result<bool> {
         // Insert first and count after, so concurrent starts cannot both slip under the limit.
         sqlx::query(
-            "INSERT INTO verifications (id, number_hash, sealed_number, tenant, code_digest, \
-             holder_since, created_at, expires_at, attempts, state) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, 'pending')",
+            "INSERT INTO verifications (id, number_hash, pair_hash, sealed_number, tenant, \
+             code_digest, holder_since, created_at, expires_at, attempts, state) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 0, 'pending')",
         )
         .bind(v.id)
         .bind(v.number_hash)
+        .bind(v.pair_hash)
         .bind(v.sealed_number)
         .bind(v.tenant)
         .bind(v.code_digest)
@@ -103,9 +115,9 @@ impl Store {
         .execute(self.pool())
         .await?;
         let (count,): (i64,) = sqlx::query_as(
-            "SELECT COUNT(*) FROM verifications WHERE number_hash = $1 AND created_at >= $2",
+            "SELECT COUNT(*) FROM verifications WHERE pair_hash = $1 AND created_at >= $2",
         )
-        .bind(v.number_hash)
+        .bind(v.pair_hash)
         .bind(window_start)
         .fetch_one(self.pool())
         .await?;
@@ -118,9 +130,10 @@ impl Store {
         }
         sqlx::query(
             "UPDATE verifications SET state = 'superseded' \
-             WHERE number_hash = $1 AND state = 'pending' AND id <> $2",
+             WHERE pair_hash = $1 AND tenant = $2 AND state = 'pending' AND id <> $3",
         )
-        .bind(v.number_hash)
+        .bind(v.pair_hash)
+        .bind(v.tenant)
         .bind(v.id)
         .execute(self.pool())
         .await?;
@@ -130,8 +143,8 @@ impl Store {
     /// Reads one verification.
     pub async fn verification(&self, id: &str) -> sqlx::Result<Option<VerificationRow>> {
         let row: Option<RawRow> = sqlx::query_as(
-            "SELECT id, number_hash, sealed_number, tenant, code_digest, holder_since, \
-             expires_at, attempts, state FROM verifications WHERE id = $1",
+            "SELECT id, number_hash, sealed_number, tenant, code_digest, pair_hash, \
+             holder_since, expires_at, attempts, state FROM verifications WHERE id = $1",
         )
         .bind(id)
         .fetch_optional(self.pool())
@@ -142,10 +155,11 @@ impl Store {
             sealed_number: r.2,
             tenant: r.3,
             code_digest: r.4,
-            holder_since: r.5,
-            expires_at: r.6,
-            attempts: r.7,
-            state: VerificationState::parse(&r.8),
+            pair_hash: r.5,
+            holder_since: r.6,
+            expires_at: r.7,
+            attempts: r.8,
+            state: VerificationState::parse(&r.9),
         }))
     }
 
@@ -178,6 +192,49 @@ impl Store {
                 .execute(self.pool())
                 .await?;
         Ok(done.rows_affected() == 1)
+    }
+
+    /// Counts a look-up summary SMS for the number, unless `max_per_window` were already sent
+    /// since `window_start` (on any replica); then nothing is kept and `false` is returned.
+    pub async fn claim_summary_sms(
+        &self,
+        id: &str,
+        number_hash: &str,
+        now: i64,
+        window_start: i64,
+        max_per_window: u32,
+    ) -> sqlx::Result<bool> {
+        // Insert first and count after, as for verifications.
+        sqlx::query("INSERT INTO summary_sms (id, number_hash, sent_at) VALUES ($1, $2, $3)")
+            .bind(id)
+            .bind(number_hash)
+            .bind(now)
+            .execute(self.pool())
+            .await?;
+        let (count,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM summary_sms WHERE number_hash = $1 AND sent_at >= $2",
+        )
+        .bind(number_hash)
+        .bind(window_start)
+        .fetch_one(self.pool())
+        .await?;
+        if count > i64::from(max_per_window) {
+            sqlx::query("DELETE FROM summary_sms WHERE id = $1")
+                .bind(id)
+                .execute(self.pool())
+                .await?;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    /// Deletes the summary SMS counts from before `before`; returns how many.
+    pub async fn purge_summary_sms(&self, before: i64) -> sqlx::Result<u64> {
+        let done = sqlx::query("DELETE FROM summary_sms WHERE sent_at < $1")
+            .bind(before)
+            .execute(self.pool())
+            .await?;
+        Ok(done.rows_affected())
     }
 
     /// Deletes verifications that expired before `before`; returns how many.

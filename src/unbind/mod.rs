@@ -15,7 +15,7 @@ use crate::{
     config::UnbindConfig,
     fanout::Catalog,
     proto::{UnbindTicket, unbind_ticket},
-    security::{AccountRef, Keys, Ownership, Purpose, Session, random_id},
+    security::{AccountRef, Keys, Ownership, OwnershipRule, Purpose, Session, random_id},
     store::{CreateOutcome, NewTicket, Store, TicketRow, TicketState},
 };
 
@@ -30,7 +30,7 @@ pub enum UnbindError {
     Duplicate { index: usize },
     #[error("forged or altered account ref")]
     Forged { index: usize },
-    #[error("account ref of another number")]
+    #[error("account ref of another number or session")]
     Foreign { index: usize },
     #[error("app no longer in the catalog")]
     UnknownApp { index: usize, app_id: String },
@@ -54,6 +54,8 @@ pub struct Unbinder {
     clock: Clock,
     catalog: Arc<Catalog>,
     config: UnbindConfig,
+    /// Decides again, from the session, whose each account is.
+    ownership: OwnershipRule,
     /// Wakes this replica's worker when tickets are created here.
     pub(crate) wake: Arc<Notify>,
 }
@@ -65,6 +67,7 @@ impl Unbinder {
         clock: Clock,
         catalog: Arc<Catalog>,
         config: UnbindConfig,
+        ownership: OwnershipRule,
     ) -> Self {
         Self {
             store,
@@ -72,6 +75,7 @@ impl Unbinder {
             clock,
             catalog,
             config,
+            ownership,
             wake: Arc::new(Notify::new()),
         }
     }
@@ -106,7 +110,9 @@ impl Unbinder {
         for (index, sealed) in account_refs.iter().enumerate() {
             let account =
                 AccountRef::open(&self.keys, sealed).ok_or(UnbindError::Forged { index })?;
-            if !account.is_for(&number) {
+            // Only in the session that was shown it: a ref cannot outlive its session, nor
+            // carry one session's view of the number into another's.
+            if !account.is_for(&number) || !account.shown_in(&session.id) {
                 return Err(UnbindError::Foreign { index });
             }
             let account_key = self
@@ -125,10 +131,19 @@ impl Unbinder {
             if !account.unbind_supported {
                 return Err(UnbindError::NotSupported { index });
             }
-            let reason = match account.ownership {
-                Ownership::PreviousHolder => "NUMBER_RECYCLED",
-                Ownership::CurrentHolder | Ownership::Unknown => "HOLDER_REQUEST",
-            };
+            // Decided again now, from the session's holder_since and the binding date the ref
+            // carries. Only the holder's own account is unbound as the holder's request; an
+            // account nobody can place is released from the number as recycled, which tells the
+            // app to detach the number and keep the account for its owner, never that the
+            // owner asked.
+            let reason =
+                match self
+                    .ownership
+                    .decide(account.bound_at_ms, session.holder_since_ms, now)
+                {
+                    Ownership::CurrentHolder => "HOLDER_REQUEST",
+                    Ownership::PreviousHolder | Ownership::Unknown => "NUMBER_RECYCLED",
+                };
             tickets.push(NewTicket {
                 id: random_id("tkt"),
                 number_hash: number_hex.clone(),
@@ -169,12 +184,13 @@ impl Unbinder {
             .collect())
     }
 
-    /// Every tenant's tickets of the session's number since the holder got it.
+    /// Every tenant's tickets of the session's number since the holder got it. When the
+    /// registry did not say since when, nobody can tell the holder's tickets from a previous
+    /// holder's: only those since the session began.
     async fn tickets_of_number(&self, session: &Session) -> Result<Vec<TicketRow>, sqlx::Error> {
         let number = self.keys.number_hash(&session.phone).hex();
-        self.store
-            .tickets_for_number(&number, session.holder_since_ms)
-            .await
+        let since = session.holder_since_ms.unwrap_or(session.issued_ms);
+        self.store.tickets_for_number(&number, since).await
     }
 
     /// Tickets by id, only those of `tenant`.

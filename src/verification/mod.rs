@@ -3,8 +3,21 @@
 //!
 //! Anti-enumeration is the point of the design: `start` does the same work and gives the same
 //! answer whether or not the ID characters match. On a mismatch no SMS is sent and the stored
-//! digest is of a code nobody knows, so the verification simply never completes. The SMS itself
-//! is sent in the background so its latency cannot tell the two cases apart.
+//! digest is of a secret that is not a code, so the verification simply never completes. The
+//! SMS itself is sent in the background, and `start` answers no sooner than a floor
+//! (`verification.min_start_latency`, by default the registry's timeout), so neither the SMS nor
+//! the registry's own speed shows. A registry error that is not transient is a mismatch (see
+//! `RegistryClient::verify`).
+//!
+//! Nobody without the ID characters can stop the holder from verifying. The hourly cap and the
+//! superseding of older codes are keyed on (number, ID characters typed), never on the number
+//! alone, and a start never supersedes another tenant's verification: a stranger's starts with
+//! made-up ID characters count against, and replace, only the stranger's own. That leaks
+//! nothing: the cap answers the same whether the pair matched or not (it counts the pair, not
+//! matches), so a guesser sees `MAX_CODES_EXCEEDED` after the same number of starts of a pair
+//! whatever the truth, and a guesser who changes the ID characters each time never sees it at
+//! all. SMS codes go only to matched pairs, so they too are capped per number at
+//! `max_codes_per_hour`, without a second, number-wide cap that a stranger could fill.
 //!
 //! State lives in the store, so `start` and `complete` may run on different replicas.
 
@@ -15,7 +28,7 @@ use crate::{
     clock::Clock,
     config::VerificationConfig,
     domain::{E164, IdLastSix},
-    registry::{RegistryClient, RegistryError, templates},
+    registry::{RegistryClient, RegistryError, Verdict, templates},
     security::{Keys, OneTimeCode, Purpose, Session, random_id},
     store::{NewVerification, Store, VerificationState},
 };
@@ -52,6 +65,8 @@ pub struct Verifier {
     keys: Arc<Keys>,
     clock: Clock,
     config: VerificationConfig,
+    /// `start` answers no sooner than this.
+    start_floor: Duration,
 }
 
 const HOUR_MS: i64 = 3_600_000;
@@ -77,6 +92,7 @@ impl Verifier {
         keys: Arc<Keys>,
         clock: Clock,
         config: VerificationConfig,
+        start_floor: Duration,
     ) -> Self {
         Self {
             store,
@@ -85,6 +101,7 @@ impl Verifier {
             keys,
             clock,
             config,
+            start_floor,
         }
     }
 
@@ -97,7 +114,11 @@ impl Verifier {
         phone: &E164,
         id: &IdLastSix,
     ) -> Result<Started, VerifyError> {
+        let began = tokio::time::Instant::now();
         let result = self.start_inner(tenant, phone, id).await;
+        // Every answer, error or not, waits for the floor: how long the registry or the store
+        // took must not show.
+        tokio::time::sleep_until(began + self.start_floor).await;
         self.audit.record(Entry {
             tenant,
             number_hash: &self.keys.number_hash(phone).hex(),
@@ -115,14 +136,25 @@ impl Verifier {
         phone: &E164,
         id: &IdLastSix,
     ) -> Result<Started, VerifyError> {
-        let holder_since = self.registry.verify(phone, id).await?;
+        let verdict = self.registry.verify(phone, id).await?;
         let now = self.clock.now_ms();
         let verification_id = random_id("ver");
-        // On a mismatch, store the digest of a code that is never sent.
         let code = OneTimeCode::generate();
-        let code_digest = code.digest(&self.keys, &verification_id);
+        // On a mismatch, store a digest no code matches, and no date.
+        let (code_digest, holder_since) = match verdict {
+            Verdict::Matched { holder_since_ms } => (
+                code.digest(&self.keys, &verification_id),
+                // A date in the future is no date either.
+                holder_since_ms.filter(|&ms| ms <= now),
+            ),
+            Verdict::NotMatched => (
+                OneTimeCode::unusable_digest(&self.keys, &verification_id),
+                None,
+            ),
+        };
         let expires_ms = now + self.config.code_ttl.as_millis() as i64;
         let number_hash = self.keys.number_hash(phone).hex();
+        let pair_hash = self.keys.pair_hash(phone, id);
         let sealed_number = self
             .keys
             .seal(Purpose::StoredNumber, phone.expose().as_bytes());
@@ -132,6 +164,7 @@ impl Verifier {
                 &NewVerification {
                     id: &verification_id,
                     number_hash: &number_hash,
+                    pair_hash: &pair_hash,
                     sealed_number: &sealed_number,
                     tenant,
                     code_digest: &code_digest,
@@ -144,12 +177,12 @@ impl Verifier {
             )
             .await?;
         if !kept {
-            tracing::info!(number = %phone, "verification refused: too many codes this hour");
+            tracing::info!(number = %phone, "verification refused: too many codes this hour for these ID characters");
             return Err(VerifyError::MaxCodesExceeded {
                 retry_after: Duration::from_secs(3600),
             });
         }
-        if holder_since.is_some() {
+        if matches!(verdict, Verdict::Matched { .. }) {
             let minutes = self.config.code_ttl.as_secs().div_ceil(60).to_string();
             let params = HashMap::from([
                 ("code".to_owned(), code.expose().to_owned()),
@@ -210,9 +243,10 @@ impl Verifier {
             _ => return Err(VerifyError::Expired),
         }
         let max_attempts = self.config.max_attempts;
-        // A row without holder_since never matched: no code can verify it.
-        let right =
-            row.holder_since.is_some() && code.matches(&self.keys, &row.id, &row.code_digest);
+        // A mismatched row holds a digest no code matches. Rows from before pairs were recorded
+        // marked a mismatch by a NULL holder_since instead (and held a real code's digest).
+        let right = (row.pair_hash.is_some() || row.holder_since.is_some())
+            && code.matches(&self.keys, &row.id, &row.code_digest);
         if !right {
             return match self.store.record_wrong_code(&row.id, max_attempts).await? {
                 Some(attempts) if attempts < i64::from(max_attempts) => {
@@ -238,7 +272,8 @@ impl Verifier {
             id: random_id("ses"),
             phone,
             tenant: tenant.to_owned(),
-            holder_since_ms: row.holder_since.unwrap_or(0),
+            holder_since_ms: row.holder_since,
+            issued_ms: now,
             expires_ms: now + self.config.session_ttl.as_millis() as i64,
         })
     }
@@ -253,9 +288,26 @@ impl Verifier {
 
     /// Deletes verifications that expired over an hour ago (they still count towards the hourly
     /// limit until then).
+    /// Also forgets the look-up summary SMS counted more than an hour ago.
     pub async fn purge(&self) -> Result<u64, sqlx::Error> {
+        let hour_ago = self.clock.now_ms() - HOUR_MS;
+        let verifications = self.store.purge_verifications(hour_ago).await?;
+        let sms = self.store.purge_summary_sms(hour_ago).await?;
+        Ok(verifications + sms)
+    }
+
+    /// Whether a look-up summary may go to the number by SMS: at most
+    /// `max_summary_sms_per_hour` per number, across replicas. Counted when it says yes.
+    pub async fn claim_summary_sms(&self, phone: &E164) -> Result<bool, sqlx::Error> {
+        let now = self.clock.now_ms();
         self.store
-            .purge_verifications(self.clock.now_ms() - HOUR_MS)
+            .claim_summary_sms(
+                &random_id("sms"),
+                &self.keys.number_hash(phone).hex(),
+                now,
+                now - HOUR_MS,
+                self.config.max_summary_sms_per_hour,
+            )
             .await
     }
 }

@@ -1,0 +1,372 @@
+//! Tenants under abuse, over mutual TLS with tenant certificates (issue 11):
+//! - no pattern of requests by a tenant's end users makes the gateway refuse verifications to
+//!   its other users; guessing above the alert rate is reported (metric and audit record);
+//! - a start from one tenant never supersedes another tenant's verification;
+//! - refusals at the edge (unknown tenant, rate limit, budget, invalid input) and
+//!   `GetUnbindTickets` are audited.
+
+mod common;
+
+use common::*;
+use futures::StreamExt;
+use tonic::{
+    Code,
+    transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
+};
+use unbind_gateway::{
+    cli::certs::{DevPki, generate},
+    config::{Role, TenantConfig, TlsConfig},
+    proto::{
+        CompleteVerificationRequest, GetUnbindTicketsRequest, ListAppsRequest,
+        StartVerificationRequest, account_gateway_client::AccountGatewayClient,
+    },
+    security::Keys,
+    store::{AuditFilter, AuditRecord},
+};
+
+type Client = AccountGatewayClient<Channel>;
+
+/// A gateway in development mode on loopback but with a TLS listener that asks for client
+/// certificates, so tenants are who their certificates say (callers without one would be the
+/// development tenant; these tests always present one).
+struct Rig {
+    h: Harness,
+    pki: DevPki,
+    _pki_dir: tempfile::TempDir,
+}
+
+fn tenant(name: &str, rate: f64, burst: u32) -> TenantConfig {
+    TenantConfig {
+        name: name.into(),
+        role: Role::Portal,
+        requests_per_second: rate,
+        burst,
+        max_code_failures_per_hour: None,
+        wrong_codes_alert_per_hour: 1000,
+    }
+}
+
+impl Rig {
+    async fn start() -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        let names = [
+            "portal-a",
+            "portal-b",
+            "portal-tiny",
+            "portal-capped",
+            "portal-ghost",
+        ];
+        let tenants: Vec<(String, Role)> = names
+            .iter()
+            .map(|n| ((*n).to_owned(), Role::Portal))
+            .collect();
+        let pki = generate(dir.path(), &tenants, &[], 30, false).unwrap();
+        let mut h = Harness::start(Options {
+            apps: 2,
+            ..Options::default()
+        })
+        .await;
+        let c = &mut h.stack.config;
+        c.tls = Some(TlsConfig {
+            cert: pki.gateway.cert.clone(),
+            key: pki.gateway.key.clone(),
+            client_ca: Some(pki.ca.cert.clone()),
+        });
+        c.tenants = vec![
+            // As the defaults are, but a rate high enough for a thousand wrong codes, and an
+            // alert at 500 of them.
+            TenantConfig {
+                wrong_codes_alert_per_hour: 500,
+                ..tenant("portal-a", 100_000.0, 100_000)
+            },
+            tenant("portal-b", 100.0, 100),
+            tenant("portal-tiny", 0.001, 1),
+            // The operator's opt-in hard cap.
+            TenantConfig {
+                max_code_failures_per_hour: Some(1),
+                ..tenant("portal-capped", 100.0, 100)
+            },
+        ];
+        with_admin(c);
+        h.restart_gateway().await;
+        Rig {
+            h,
+            pki,
+            _pki_dir: dir,
+        }
+    }
+
+    async fn client(&self, tenant: &str) -> Client {
+        let files = &self
+            .pki
+            .tenants
+            .iter()
+            .find(|t| t.name == tenant)
+            .unwrap()
+            .files;
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(
+                std::fs::read(&self.pki.ca.cert).unwrap(),
+            ))
+            .domain_name("localhost")
+            .identity(Identity::from_pem(
+                std::fs::read(&files.cert).unwrap(),
+                std::fs::read(&files.key).unwrap(),
+            ));
+        let addr = self.h.stack.gateway.as_ref().unwrap().addr;
+        let channel = Endpoint::from_shared(format!("https://{addr}"))
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        AccountGatewayClient::new(channel)
+    }
+
+    /// The audit records written so far, oldest first.
+    async fn audit(&self) -> Vec<AuditRecord> {
+        let gateway = &self.h.stack.gateway.as_ref().unwrap().gateway;
+        gateway.audit.flush().await;
+        let mut records = gateway
+            .store
+            .audit_records(&AuditFilter {
+                since: 0,
+                number_hash: None,
+                tenant: None,
+                limit: 10_000,
+            })
+            .await
+            .unwrap();
+        records.sort_by_key(|r| r.at);
+        records
+    }
+
+    fn number_hash(&self, phone: &str) -> String {
+        Keys::derive(&self.h.stack.config.signing_secret().unwrap())
+            .number_hash(&unbind_gateway::domain::E164::parse(phone).unwrap())
+            .hex()
+    }
+}
+
+async fn start(c: &mut Client, phone: &str, id: &str) -> Result<String, tonic::Status> {
+    c.start_verification(StartVerificationRequest {
+        phone_number: phone.into(),
+        id_last_six: id.into(),
+    })
+    .await
+    .map(|r| r.into_inner().verification_id)
+}
+
+async fn complete(c: &mut Client, id: &str, code: &str) -> Result<String, tonic::Status> {
+    c.complete_verification(CompleteVerificationRequest {
+        verification_id: id.into(),
+        code: code.into(),
+    })
+    .await
+    .map(|r| r.into_inner().session_token)
+}
+
+/// Over a thousand wrong codes from one portal's users (the old per-tenant budget was 1,000 an
+/// hour, spent by codes typed on verifications whose ID never matched): the portal's next user
+/// still verifies, and the guessing shows in the metrics and the audit trail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_end_users_cannot_switch_it_off() {
+    let rig = Rig::start().await;
+    let guesser = rig.client("portal-a").await;
+    // 220 numbers with made-up ID characters, five wrong codes each.
+    let wrong_codes: usize = futures::stream::iter(0..220usize)
+        .map(|i| {
+            let mut c = guesser.clone();
+            async move {
+                let id = format!("{:02}{:03}{}", 1 + i % 28, i, i % 10);
+                let phone = format!("+8613700{i:06}");
+                let v = start(&mut c, &phone, &id).await.unwrap();
+                let mut n = 0;
+                for _ in 0..5 {
+                    let err = complete(&mut c, &v, "999999").await.unwrap_err();
+                    assert!(
+                        matches!(err.code(), Code::InvalidArgument | Code::FailedPrecondition),
+                        "{err:?}"
+                    );
+                    n += 1;
+                }
+                n
+            }
+        })
+        .buffer_unordered(16)
+        .fold(0, |total, n| async move { total + n })
+        .await;
+    assert_eq!(wrong_codes, 1100);
+
+    // The holder, on the same portal, right after.
+    let mut holder = rig.client("portal-a").await;
+    let v = start(&mut holder, PHONE, ID_LAST_SIX).await.unwrap();
+    let code = rig.h.wait_for_code(PHONE, 1).await;
+    complete(&mut holder, &v, &code).await.unwrap();
+
+    // Reported, once, without refusing anyone.
+    let (_, metrics) = http_get(admin_addr(&rig.h), "/metrics").await;
+    assert_eq!(
+        metric(&metrics, "unbind_wrong_codes_total{tenant=\"portal-a\"}"),
+        Some(1100.0)
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "unbind_wrong_code_alerts_total{tenant=\"portal-a\"}"
+        ),
+        Some(1.0)
+    );
+    let alerts: Vec<_> = rig
+        .audit()
+        .await
+        .into_iter()
+        .filter(|r| r.action == "tenant.wrong_codes_alert")
+        .collect();
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(alerts[0].tenant, "portal-a");
+    rig.h.stop().await;
+}
+
+/// A start from one tenant, even with the right ID characters, leaves another tenant's
+/// verification of the number alive.
+#[tokio::test]
+async fn a_start_never_supersedes_another_tenants_verification() {
+    let rig = Rig::start().await;
+    let mut a = rig.client("portal-a").await;
+    let mut b = rig.client("portal-b").await;
+    let v = start(&mut a, PHONE, ID_LAST_SIX).await.unwrap();
+    let code = rig.h.wait_for_code(PHONE, 1).await;
+    start(&mut b, PHONE, ID_LAST_SIX).await.unwrap();
+    rig.h.wait_for_code(PHONE, 2).await;
+    complete(&mut a, &v, &code).await.unwrap();
+    // Within one tenant, a newer start of the same pair does supersede.
+    let older = start(&mut a, PHONE, ID_LAST_SIX).await.unwrap();
+    let older_code = rig.h.wait_for_code(PHONE, 3).await;
+    start(&mut a, PHONE, ID_LAST_SIX).await.unwrap();
+    let err = complete(&mut a, &older, &older_code).await.unwrap_err();
+    assert_error(&err, Code::FailedPrecondition, "VERIFICATION_EXPIRED");
+    rig.h.stop().await;
+}
+
+#[tokio::test]
+async fn refusals_at_the_edge_are_audited() {
+    let rig = Rig::start().await;
+    let number = rig.number_hash(PHONE);
+    // A certificate naming no configured tenant.
+    let mut ghost = rig.client("portal-ghost").await;
+    let err = start(&mut ghost, PHONE, ID_LAST_SIX).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    // A tenant over its rate.
+    let mut tiny = rig.client("portal-tiny").await;
+    tiny.list_apps(ListAppsRequest {}).await.unwrap();
+    let err = tiny.list_apps(ListAppsRequest {}).await.unwrap_err();
+    assert_error(&err, Code::ResourceExhausted, "RATE_LIMITED");
+    // Invalid input.
+    let mut a = rig.client("portal-a").await;
+    let err = start(&mut a, "12345", ID_LAST_SIX).await.unwrap_err();
+    assert_error(&err, Code::InvalidArgument, "INVALID_PHONE_NUMBER");
+    let err = start(&mut a, PHONE, "1234").await.unwrap_err();
+    assert_error(&err, Code::InvalidArgument, "INVALID_ID_LAST_SIX");
+    let err = complete(&mut a, "ver_nope", "123456").await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    // The operator's opt-in budget: one wrong code, then refused.
+    let mut capped = rig.client("portal-capped").await;
+    let v = start(&mut capped, PHONE, "280011").await.unwrap();
+    complete(&mut capped, &v, "999999").await.unwrap_err();
+    let err = start(&mut capped, PHONE, "280011").await.unwrap_err();
+    assert_error(&err, Code::ResourceExhausted, "RATE_LIMITED");
+    // Reading tickets, with a session and with a bad one.
+    let n = rig.h.codes_sent_to(PHONE).len();
+    let v = start(&mut a, PHONE, ID_LAST_SIX).await.unwrap();
+    let code = rig.h.wait_for_code(PHONE, n + 1).await;
+    let token = complete(&mut a, &v, &code).await.unwrap();
+    a.get_unbind_tickets(GetUnbindTicketsRequest {
+        session_token: token,
+        ticket_ids: Vec::new(),
+    })
+    .await
+    .unwrap();
+    let err = a
+        .get_unbind_tickets(GetUnbindTicketsRequest {
+            session_token: "forged".into(),
+            ticket_ids: Vec::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_error(&err, Code::Unauthenticated, "INVALID_SESSION");
+
+    let records = rig.audit().await;
+    let has = |tenant: &str, hash: &str, action: &str, outcome: &str| {
+        records.iter().any(|r| {
+            r.tenant == tenant
+                && r.number_hash == hash
+                && r.action == action
+                && r.outcome == outcome
+        })
+    };
+    let shown: Vec<_> = records
+        .iter()
+        .map(|r| {
+            format!(
+                "{} {} {} {}",
+                r.tenant,
+                &r.number_hash.get(..8).unwrap_or(""),
+                r.action,
+                r.outcome
+            )
+        })
+        .collect();
+    assert!(
+        has("", "", "verification.start", "PERMISSION_DENIED"),
+        "{shown:#?}"
+    );
+    assert!(
+        has("portal-tiny", "", "apps.list", "RATE_LIMITED"),
+        "{shown:#?}"
+    );
+    assert!(
+        has("portal-a", "", "verification.start", "INVALID_PHONE_NUMBER"),
+        "{shown:#?}"
+    );
+    assert!(
+        has(
+            "portal-a",
+            &number,
+            "verification.start",
+            "INVALID_ID_LAST_SIX"
+        ),
+        "{shown:#?}"
+    );
+    assert!(
+        has("portal-a", "", "verification.complete", "INVALID_FIELD"),
+        "{shown:#?}"
+    );
+    assert!(
+        has(
+            "portal-capped",
+            &number,
+            "verification.start",
+            "RATE_LIMITED"
+        ),
+        "{shown:#?}"
+    );
+    assert!(
+        has("portal-a", &number, "tickets.read", "0 tickets"),
+        "{shown:#?}"
+    );
+    assert!(
+        has("portal-a", "", "tickets.read", "INVALID_SESSION"),
+        "{shown:#?}"
+    );
+    // Nothing raw in the trail.
+    for r in &records {
+        let line = format!("{r:?}");
+        assert!(
+            !line.contains("13800138000") && !line.contains(ID_LAST_SIX),
+            "{line}"
+        );
+    }
+    rig.h.stop().await;
+}

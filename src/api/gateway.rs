@@ -22,13 +22,12 @@ use crate::{
         App, AppOutcome,
         merge::{self, MergeContext},
     },
-    proto::SummarySms,
     proto::{
         self, AppInfo, AppResult, CompleteVerificationRequest, CompleteVerificationResponse,
         GetUnbindTicketsRequest, GetUnbindTicketsResponse, LinkedAccount, ListAppsRequest,
         ListAppsResponse, ListLinkedAccountsRequest, ListLinkedAccountsResponse,
-        StartVerificationRequest, StartVerificationResponse, UnbindRequest, UnbindResponse,
-        account_gateway_server::AccountGateway, app_result::State,
+        StartVerificationRequest, StartVerificationResponse, SummarySms, UnbindRequest,
+        UnbindResponse, account_gateway_server::AccountGateway, app_result::State,
     },
     registry::templates,
     security::{CODE_LENGTH, OneTimeCode, OwnershipRule, Session},
@@ -252,9 +251,7 @@ impl GatewayService {
             correlator,
         });
     }
-}
 
-impl GatewayService {
     /// The tickets a `GetUnbindTickets` asks for; `number_hash` is set once a session names
     /// the number (for the audit trail).
     async fn read_tickets(

@@ -32,11 +32,15 @@ pub enum Verdict {
 }
 
 /// Failures that happen whatever the question was: the only registry errors a caller may see.
-fn is_transient(code: tonic::Code) -> bool {
+/// Besides the transient codes, a call that got no answer at all (the connection failed or was
+/// refused, e.g. a TLS handshake the registry rejected: tonic then makes the status up, with the
+/// transport error as its source) is the registry being unreachable, not an answer.
+fn is_transient(status: &tonic::Status) -> bool {
+    use std::error::Error;
     matches!(
-        code,
+        status.code(),
         tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
-    )
+    ) || status.source().is_some()
 }
 
 /// A registry client. Cheap to clone.
@@ -92,7 +96,7 @@ impl RegistryClient {
         request.set_timeout(self.timeout);
         let answer = match self.inner.clone().verify_subscriber(request).await {
             Ok(answer) => answer.into_inner(),
-            Err(status) if is_transient(status.code()) => {
+            Err(status) if is_transient(&status) => {
                 return Err(RegistryError {
                     code: status.code(),
                 });

@@ -188,8 +188,19 @@ impl Rig {
         accounts: Vec<FakeAccount>,
         floor: Duration,
     ) -> Rig {
+        Self::start_on(None, registry, accounts, floor).await
+    }
+
+    /// As [`Rig::start`], on the store at `store_url` (default: a SQLite file).
+    async fn start_on(
+        store_url: Option<String>,
+        registry: RegistryBehaviour,
+        accounts: Vec<FakeAccount>,
+        floor: Duration,
+    ) -> Rig {
         let mut h = Harness::start(Options {
             apps: 1,
+            store_url,
             ..Options::default()
         })
         .await;
@@ -342,8 +353,20 @@ fn account(id: &str, hint: &str, bound_at_ms: Option<i64>) -> FakeAccount {
 /// no ticket history of the number; unbound as NUMBER_RECYCLED, never HOLDER_REQUEST.
 #[tokio::test]
 async fn a_match_without_holder_since_fails_closed() {
+    fails_closed(None).await;
+}
+
+#[tokio::test]
+async fn a_match_without_holder_since_fails_closed_on_postgres() {
+    if let Some(url) = fresh_postgres_database().await {
+        fails_closed(Some(url)).await;
+    }
+}
+
+async fn fails_closed(store_url: Option<String>) {
     let bound = HOLDER_SINCE_MS + 400 * DAY_MS + 3_723_000;
-    let rig = Rig::start(
+    let rig = Rig::start_on(
+        store_url,
         RegistryBehaviour::new(&[(PHONE, ID_LAST_SIX, Some(HOLDER_SINCE_MS))]),
         vec![
             account("acct-zs", "zhang san", Some(bound)),
@@ -514,7 +537,19 @@ async fn ownership_is_decided_from_dates_only_when_they_are_clear() {
 /// per session.
 #[tokio::test]
 async fn summary_sms_are_capped_per_number() {
-    let rig = Rig::start(
+    summary_sms_cap(None).await;
+}
+
+#[tokio::test]
+async fn summary_sms_are_capped_per_number_on_postgres() {
+    if let Some(url) = fresh_postgres_database().await {
+        summary_sms_cap(Some(url)).await;
+    }
+}
+
+async fn summary_sms_cap(store_url: Option<String>) {
+    let rig = Rig::start_on(
+        store_url,
         RegistryBehaviour::new(&[(PHONE, ID_LAST_SIX, Some(HOLDER_SINCE_MS))]),
         vec![account(
             "a1",

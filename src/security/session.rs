@@ -111,7 +111,9 @@ impl Session {
             phone,
             tenant: claims.tn,
             holder_since_ms: claims.hs.filter(|&ms| ms != 0),
-            issued_ms: claims.iat,
+            // A token from before `iat` existed claims no start: then it reads no history at
+            // all rather than all of it.
+            issued_ms: if claims.iat > 0 { claims.iat } else { claims.exp },
             expires_ms: claims.exp,
         })
     }

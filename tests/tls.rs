@@ -207,7 +207,7 @@ async fn tenants_are_their_certificates_and_roles_decide() {
     let verification_id = carrier
         .start_verification(StartVerificationRequest {
             phone_number: OTHER_PHONE.into(),
-            id_last_six: "000000".into(),
+            id_last_six: "010000".into(),
         })
         .await
         .unwrap()

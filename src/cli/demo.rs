@@ -63,12 +63,12 @@ pub fn demo_subscribers() -> Vec<Subscriber> {
         },
         Subscriber {
             phone_number: "+8613900139000".into(),
-            id_last_six: "654321".into(),
+            id_last_six: "154321".into(),
             holder_since: day(2019, 6, 15),
         },
         Subscriber {
             phone_number: "+8618612345678".into(),
-            id_last_six: "00012X".into(),
+            id_last_six: "30012X".into(),
             holder_since: day(2025, 11, 1),
         },
     ]
@@ -284,7 +284,7 @@ impl Stack {
 }
 
 /// `n` more subscribers for load tests: `+86137000000NN`, ID characters `1NNNNN` (the index,
-/// zero-padded), holders since 2020-01-01.
+/// zero-padded: born on the 10th to the 19th), holders since 2020-01-01.
 pub fn numbered_subscribers(n: usize) -> Vec<Subscriber> {
     let since = Utc
         .with_ymd_and_hms(2020, 1, 1, 0, 0, 0)

@@ -21,7 +21,7 @@ pub const PHONE_BARE: &str = "13800138000";
 pub const ID_LAST_SIX: &str = "12345X";
 /// Another subscriber in the demo registry.
 pub const OTHER_PHONE: &str = "+8613900139000";
-pub const OTHER_ID: &str = "654321";
+pub const OTHER_ID: &str = "154321";
 
 pub struct Options {
     pub apps: usize,

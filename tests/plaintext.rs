@@ -261,3 +261,26 @@ endpoint = "http://127.0.0.1:1"
     let _ = child.wait().await;
     assert!(finished && logged && boxed, "{seen}");
 }
+
+/// The README's full config example is a production config that start-up would accept (given
+/// its secret file): what it shows is what works.
+#[test]
+fn the_readmes_config_example_is_accepted() {
+    let readme = include_str!("../README.md");
+    let section = &readme[readme.find("### The config file").unwrap()..];
+    let start = section.find("```toml\n").unwrap() + "```toml\n".len();
+    let end = start + section[start..].find("```").unwrap();
+    let text = section[start..end].replace(
+        "signing_secret_file = \"/etc/unbind/secret\"",
+        "signing_secret = \"0123456789abcdef0123456789abcdef\"",
+    );
+    let config = Config::parse(&text).unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(!config.development);
+    assert!(config.registry.endpoint.starts_with("https://"));
+    assert!(
+        config
+            .apps
+            .iter()
+            .all(|a| a.endpoint.starts_with("https://"))
+    );
+}

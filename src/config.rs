@@ -601,9 +601,11 @@ impl Config {
         Ok(secret.into_bytes())
     }
 
-    /// Checks what serde cannot: ids, endpoints, uniqueness, non-zero limits.
+    /// Checks what serde cannot: ids, endpoints, uniqueness, non-zero limits, and that plain
+    /// text is used only where it is harmless (see [`Config::check_plain_text`]).
     pub fn validate(&self) -> anyhow::Result<()> {
         self.signing_secret()?;
+        self.check_plain_text()?;
         if !self.development {
             let Some(tls) = &self.tls else {
                 bail!(
@@ -645,7 +647,11 @@ impl Config {
         if !(self.store.url.starts_with("sqlite:") || self.store.url.starts_with("postgres:")) {
             bail!("`store.url` must start with sqlite: or postgres:");
         }
-        check_endpoint(&self.registry.endpoint, "registry.endpoint")?;
+        check_endpoint(
+            &self.registry.endpoint,
+            "registry.endpoint",
+            self.development,
+        )?;
         check_nonzero(self.registry.timeout, "registry.timeout")?;
         check_nonzero(self.cache.ttl, "cache.ttl")?;
         check_nonzero(self.lookup.default_deadline, "lookup.default_deadline")?;
@@ -718,7 +724,7 @@ impl Config {
             if app.name.trim().is_empty() {
                 bail!("`{}` must not be empty", at("name"));
             }
-            check_endpoint(&app.endpoint, &at("endpoint"))?;
+            check_endpoint(&app.endpoint, &at("endpoint"), self.development)?;
             if let Some(t) = app.timeout {
                 check_nonzero(t, &at("timeout"))?;
             }
@@ -730,12 +736,38 @@ impl Config {
     }
 }
 
-fn check_endpoint(endpoint: &str, key: &str) -> anyhow::Result<()> {
+impl Config {
+    /// Plain text only where it is harmless. `development = true` is refused unless `listen` is
+    /// a loopback address: it turns off TLS and client certificates, so every caller that can
+    /// reach the port is the carrier. (The admin endpoint does not matter here: it is plain HTTP
+    /// in every mode, carries no caller data, and is bound wherever the operator puts it.)
+    /// Outside development every outbound endpoint must be `https://` (checked with the
+    /// endpoints, see [`check_endpoint`]): numbers, ID characters and codes cross those links.
+    fn check_plain_text(&self) -> anyhow::Result<()> {
+        if self.development && !self.listen.ip().to_canonical().is_loopback() {
+            bail!(
+                "listen: development = true is only allowed on a loopback address \
+                 (127.0.0.0/8 or [::1]), not {}: development mode serves plain text and treats \
+                 every caller as the carrier",
+                self.listen
+            );
+        }
+        Ok(())
+    }
+}
+
+/// An `http://` or `https://` URL with a host; `http://` only in development.
+fn check_endpoint(endpoint: &str, key: &str, development: bool) -> anyhow::Result<()> {
     let uri: tonic::transport::Uri = endpoint
         .parse()
         .map_err(|e| anyhow::anyhow!("`{key}`: {endpoint:?} is not a URL: {e}"))?;
     match uri.scheme_str() {
-        Some("http" | "https") if uri.host().is_some() => Ok(()),
+        Some("https") if uri.host().is_some() => Ok(()),
+        Some("http") if uri.host().is_some() && development => Ok(()),
+        Some("http") if uri.host().is_some() => bail!(
+            "{key}: plain http:// is only allowed in development ({endpoint:?}): \
+             use https:// (and `outbound_tls`)"
+        ),
         _ => bail!("`{key}`: {endpoint:?} must be an http:// or https:// URL with a host"),
     }
 }
@@ -806,6 +838,81 @@ mod tests {
             let err = format!("{:#}", Config::parse(&text).unwrap_err());
             assert!(err.contains(key), "{key}: {err}");
         }
+    }
+
+    /// [`MINIMAL`] outside development: TLS with client certificates, one tenant, every
+    /// endpoint `https://`.
+    fn production() -> String {
+        MINIMAL
+            .replace("development = true", "development = false")
+            .replace("http://", "https://")
+            .replace(
+                "[store]",
+                "[tls]\ncert = \"gw.pem\"\nkey = \"gw.key\"\nclient_ca = \"ca.pem\"\n\
+                 [[tenants]]\nname = \"carrier-a\"\nrole = \"carrier\"\n[store]",
+            )
+    }
+
+    /// A fourth app (`apps[3]`) at `endpoint`.
+    fn with_apps(text: &str, endpoint: &str) -> String {
+        let mut text = text.to_owned();
+        for (i, e) in [(2, "https://b:1"), (3, "https://c:1"), (4, endpoint)] {
+            text.push_str(&format!(
+                "\n[[apps]]\nid = \"app-00{i}\"\nname = \"x\"\nendpoint = \"{e}\"\n"
+            ));
+        }
+        text
+    }
+
+    #[test]
+    fn plain_http_is_refused_outside_development_naming_the_key() {
+        Config::parse(&production()).unwrap();
+        let registry = production().replace("https://127.0.0.1:50052", "http://127.0.0.1:50052");
+        let err = format!("{:#}", Config::parse(&registry).unwrap_err());
+        assert!(
+            err.contains("registry.endpoint: plain http:// is only allowed in development"),
+            "{err}"
+        );
+        let app = with_apps(&production(), "http://10.0.0.7:443");
+        let err = format!("{:#}", Config::parse(&app).unwrap_err());
+        assert!(
+            err.contains("apps[3].endpoint: plain http:// is only allowed in development"),
+            "{err}"
+        );
+        // Every app is checked, not only the first; and https:// everywhere passes.
+        Config::parse(&with_apps(&production(), "https://10.0.0.7:443")).unwrap();
+    }
+
+    #[test]
+    fn plain_http_is_accepted_in_development_on_loopback() {
+        let c = Config::parse(&with_apps(MINIMAL, "http://127.0.0.1:60004")).unwrap();
+        assert!(c.development);
+        assert_eq!(c.apps[3].endpoint, "http://127.0.0.1:60004");
+        for listen in ["127.0.0.1:50051", "127.8.9.10:0", "[::1]:50051"] {
+            let text = MINIMAL.replace("127.0.0.1:50051", listen);
+            Config::parse(&text).unwrap_or_else(|e| panic!("{listen}: {e:#}"));
+        }
+        // Https is fine in development too.
+        Config::parse(&MINIMAL.replace("http://", "https://")).unwrap();
+    }
+
+    #[test]
+    fn development_is_refused_off_loopback_naming_the_key() {
+        for listen in [
+            "0.0.0.0:50051",
+            "10.1.2.3:50051",
+            "[::]:50051",
+            "[2001:db8::1]:50051",
+        ] {
+            let text = MINIMAL.replace("127.0.0.1:50051", listen);
+            let err = format!("{:#}", Config::parse(&text).unwrap_err());
+            assert!(
+                err.contains("listen: development = true is only allowed on a loopback address"),
+                "{listen}: {err}"
+            );
+        }
+        // Outside development any address will do (TLS and client certificates guard it).
+        Config::parse(&production().replace("127.0.0.1:50051", "0.0.0.0:50051")).unwrap();
     }
 
     #[test]

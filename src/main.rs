@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use unbind_gateway::{cli, clock::Clock, config::Config, server, simulator, telemetry};
 
@@ -35,6 +36,10 @@ enum Command {
         /// Overrides `store.url` (e.g. postgres://...).
         #[arg(long)]
         database_url: Option<String>,
+        /// Validate the config file (as start-up and a reload would) and exit: status 0 if it
+        /// would be accepted, else non-zero with the reason naming the key.
+        #[arg(long)]
+        check_config: bool,
     },
     /// Everything in one process on loopback: gateway, registry, simulated apps.
     Demo(cli::demo::DemoArgs),
@@ -58,6 +63,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve {
             config,
             database_url,
+            check_config,
         } => {
             telemetry::init(cli.log_json);
             let path = config;
@@ -68,6 +74,13 @@ async fn main() -> anyhow::Result<()> {
                 }
             };
             adjust(&mut config);
+            if check_config {
+                config
+                    .validate()
+                    .with_context(|| format!("invalid config file {}", path.display()))?;
+                println!("{}: the config is valid", path.display());
+                return Ok(());
+            }
             let watch_interval = config.reload.watch_interval;
             let listener = tokio::net::TcpListener::bind(config.listen).await?;
             let running = server::start(config, Clock::system(), listener).await?;

@@ -198,6 +198,14 @@ pub async fn start(
     listener: TcpListener,
 ) -> anyhow::Result<RunningGateway> {
     config.validate()?;
+    let addr = listener.local_addr()?;
+    // `listen` was checked, but the caller bound the socket: development mode stays on loopback.
+    if config.development && !addr.ip().to_canonical().is_loopback() {
+        anyhow::bail!(
+            "listen: development = true is only allowed on a loopback address, not {addr}"
+        );
+    }
+    announce_development(&config);
     let admin = match &config.admin {
         Some(admin) => Some(
             TcpListener::bind(admin.listen)
@@ -208,7 +216,6 @@ pub async fn start(
     };
     let admin_addr = admin.as_ref().map(|l| l.local_addr()).transpose()?;
     let gateway = Gateway::build(config, clock).await?;
-    let addr = listener.local_addr()?;
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(serve(Arc::clone(&gateway), listener, admin, async {
         let _ = rx.await;
@@ -221,6 +228,32 @@ pub async fn start(
         task,
     })
 }
+
+/// Says loudly what development mode gives away when it is not obvious. Without `[tls]` the
+/// plain-text warning comes when serving starts (and the demo prints its own box); with `[tls]`
+/// but no `tls.client_ca` the listener looks secure, yet no caller is identified: every one is
+/// the carrier, with no rate limit. That goes to the log and, boxed, to stderr.
+fn announce_development(config: &Config) {
+    let Some(tls) = &config.tls else { return };
+    if !config.development || tls.client_ca.is_some() {
+        return;
+    }
+    tracing::warn!(
+        "DEVELOPMENT MODE: TLS without tls.client_ca: no caller is identified, every caller is \
+         treated as the carrier, with no rate limits"
+    );
+    eprintln!("{}", DEVELOPMENT_TLS_BOX);
+}
+
+/// The stderr notice of [`announce_development`].
+const DEVELOPMENT_TLS_BOX: &str = "\n\
+==========================================================================\n\
+  DEVELOPMENT MODE: TLS without tls.client_ca. No caller is identified:\n\
+  EVERY CALLER IS TREATED AS THE CARRIER, WITH NO LIMITS (verification,\n\
+  look-ups, unbinding and the recycled-number push, no rate limit).\n\
+  Set tls.client_ca and [[tenants]] (and development = false) for anything\n\
+  but a test on this machine.\n\
+==========================================================================\n";
 
 /// Serves the gRPC API (and the admin HTTP endpoint on `admin`) until `shutdown` resolves.
 pub async fn serve(

@@ -8,17 +8,14 @@
 
 mod common;
 
-use std::{collections::BTreeMap, path::Path};
+use std::collections::BTreeMap;
 
 use common::{ID_LAST_SIX, PHONE, assert_error};
-use tonic::{
-    Code,
-    transport::{Certificate, Channel, Identity, ServerTlsConfig},
-};
+use tonic::{Code, transport::Channel};
 use unbind_gateway::{
     cli::{
         certs::{DevPki, generate},
-        demo::{demo_config, demo_subscribers},
+        demo::{BackendTls, demo_config, demo_subscribers},
     },
     clock::Clock,
     config::{AppConfig, Config, OutboundTlsConfig},
@@ -40,14 +37,6 @@ const WRONG_CA: &str = "app-003";
 /// Given a `tls_server_name` the adapter certificate does not carry in the misconfigured gateway.
 const WRONG_NAME: &str = "app-004";
 
-/// Server TLS requiring client certificates signed by `pki`'s CA.
-fn mtls(pki: &DevPki, cert: &Path, key: &Path) -> ServerTlsConfig {
-    let read = |path: &Path| std::fs::read(path).unwrap();
-    ServerTlsConfig::new()
-        .identity(Identity::from_pem(read(cert), read(key)))
-        .client_ca_root(Certificate::from_pem(read(&pki.ca.cert)))
-}
-
 /// The adapters and the registry, serving mTLS, and what a gateway needs to reach them.
 struct World {
     dir: tempfile::TempDir,
@@ -64,12 +53,13 @@ impl World {
         let dir = tempfile::tempdir().unwrap();
         let pki = generate(&dir.path().join("pki"), &[], &[], 1, false).unwrap();
         let other_pki = generate(&dir.path().join("other-pki"), &[], &[], 1, false).unwrap();
+        let backends = BackendTls::from_pki(&pki).unwrap();
         let simulator = Simulator::start_with_tls(
             SimulatorConfig {
                 apps: APPS,
                 ..SimulatorConfig::default()
             },
-            Some(mtls(&pki, &pki.adapter.cert, &pki.adapter.key)),
+            Some(backends.apps),
         )
         .await
         .unwrap();
@@ -81,7 +71,7 @@ impl World {
                 echo_sms: false,
             },
             tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
-            Some(mtls(&pki, &pki.registry.cert, &pki.registry.key)),
+            Some(backends.registry),
         )
         .await
         .unwrap();
@@ -133,11 +123,7 @@ impl World {
             &self.registry.endpoint(),
             apps,
         );
-        config.outbound_tls = Some(OutboundTlsConfig {
-            ca: self.pki.ca.cert.clone(),
-            cert: Some(self.pki.gateway_client.cert.clone()),
-            key: Some(self.pki.gateway_client.key.clone()),
-        });
+        config.outbound_tls = BackendTls::from_pki(&self.pki).ok().map(|b| b.outbound);
         config
     }
 

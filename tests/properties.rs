@@ -303,13 +303,14 @@ proptest! {
 // IdLastSix, AppId, OneTimeCode
 // ---------------------------------------------------------------------------------------------
 
-/// The documented grammar of the ID characters: five ASCII digits then a digit or X/x, after
-/// trimming.
+/// The documented grammar of the ID characters: a day of the month (`01`-`31`), three ASCII
+/// digits, then a digit or X/x, after trimming.
 fn id_last_six_oracle(s: &str) -> Option<String> {
     let t = s.trim().as_bytes();
     let ok = t.len() == 6
         && t[..5].iter().all(u8::is_ascii_digit)
-        && (t[5].is_ascii_digit() || t[5] == b'x' || t[5] == b'X');
+        && (t[5].is_ascii_digit() || t[5] == b'x' || t[5] == b'X')
+        && (b"01".as_slice()..=b"31".as_slice()).contains(&&t[..2]);
     ok.then(|| s.trim().to_ascii_uppercase())
 }
 
@@ -326,7 +327,7 @@ proptest! {
 
     #[test]
     fn id_last_six_accepts_and_upper_cases(
-        id in r"[0-9]{5}[0-9Xx]",
+        id in r"(0[1-9]|[12][0-9]|3[01])[0-9]{3}[0-9Xx]",
         pad_l in r"[ \t\n\u{3000}]{0,2}",
         pad_r in r"[ \t\n\u{3000}]{0,2}",
     ) {
@@ -339,7 +340,7 @@ proptest! {
     }
 
     #[test]
-    fn id_last_six_rejects_other_lengths(id in r"[0-9]{0,5}|[0-9]{7,20}|[0-9]{4}X[0-9]|[0-9]{5}[A-WYZa-wyz]") {
+    fn id_last_six_rejects_other_lengths(id in r"[0-9]{0,5}|[0-9]{7,20}|[0-9]{4}X[0-9]|[0-9]{5}[A-WYZa-wyz]|(00|3[2-9]|[4-9][0-9])[0-9]{3}[0-9Xx]") {
         prop_assert!(IdLastSix::parse(&id).is_err(), "{:?}", id);
     }
 

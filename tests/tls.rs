@@ -2,7 +2,8 @@
 //! `unbind-gateway certs`. A call without a client certificate is refused; tenants are who their
 //! certificate says; roles decide what they may call; a session from one tenant is useless to
 //! another; per-tenant rate limits answer RESOURCE_EXHAUSTED with RetryInfo; an unconfigured
-//! certificate is refused; plain text is refused outside development mode.
+//! certificate is refused; plain text is refused outside development mode, on the listener and
+//! towards the apps and the registry (which serve mutual TLS from the same development PKI).
 
 mod common;
 
@@ -15,7 +16,10 @@ use tonic::{
 };
 use tonic_types::StatusExt;
 use unbind_gateway::{
-    cli::certs::{DevPki, generate},
+    cli::{
+        certs::{DevPki, generate},
+        demo::BackendTls,
+    },
     config::{Role, TenantConfig, TlsConfig},
     proto::{
         CompleteVerificationRequest, ListAppsRequest, ListLinkedAccountsRequest,
@@ -44,6 +48,13 @@ fn pki() -> &'static DevPki {
     .1
 }
 
+/// The apps and the registry over mutual TLS from [`pki`]: a production-mode gateway refuses
+/// `http://` backends.
+fn backends() -> Option<BackendTls> {
+    Some(BackendTls::from_pki(pki()).unwrap())
+}
+
+/// Production mode: TLS with client certificates, and the tenants. Goes with [`backends`].
 fn secure(c: &mut unbind_gateway::config::Config) {
     let pki = pki();
     c.development = false;
@@ -123,6 +134,7 @@ async fn tenants_are_their_certificates_and_roles_decide() {
     let h = Harness::start(Options {
         apps: 3,
         tweak: secure,
+        backend_tls: backends(),
         ..Options::default()
     })
     .await;
@@ -195,7 +207,7 @@ async fn tenants_are_their_certificates_and_roles_decide() {
     let verification_id = carrier
         .start_verification(StartVerificationRequest {
             phone_number: OTHER_PHONE.into(),
-            id_last_six: "000000".into(),
+            id_last_six: "010000".into(),
         })
         .await
         .unwrap()
@@ -236,6 +248,7 @@ async fn only_carriers_push_and_only_apps_and_carriers_check_numbers() {
     let h = Harness::start(Options {
         apps: 2,
         tweak: secure,
+        backend_tls: backends(),
         ..Options::default()
     })
     .await;
@@ -308,11 +321,26 @@ async fn plain_text_is_refused_outside_development() {
     config.development = false;
     let err = format!("{:#}", config.validate().unwrap_err());
     assert!(err.contains("tls"), "{err}");
+    // With TLS and tenants, but the apps and the registry still at http://: refused, naming the
+    // key.
+    secure(&mut config);
+    let err = format!("{:#}", config.validate().unwrap_err());
+    assert!(
+        err.contains("registry.endpoint: plain http:// is only allowed in development"),
+        "{err}"
+    );
+    config.registry.endpoint = config.registry.endpoint.replace("http://", "https://");
+    let err = format!("{:#}", config.validate().unwrap_err());
+    assert!(
+        err.contains("apps[0].endpoint: plain http:// is only allowed in development"),
+        "{err}"
+    );
     // And a plain-text client cannot talk to a TLS gateway.
     h.stop().await;
     let h = Harness::start(Options {
         apps: 1,
         tweak: secure,
+        backend_tls: backends(),
         ..Options::default()
     })
     .await;
@@ -341,6 +369,7 @@ async fn query_speaks_mutual_tls_with_a_tenant_certificate() {
     let h = Harness::start(Options {
         apps: 3,
         tweak: secure,
+        backend_tls: backends(),
         ..Options::default()
     })
     .await;

@@ -75,7 +75,7 @@ async fn verified_holder_gets_a_session_with_a_masked_number() {
 async fn a_wrong_id_looks_the_same_sends_nothing_and_never_verifies() {
     let h = Harness::start(Options::default()).await;
     // Wrong ID characters for the demo number: same kind of answer as a match.
-    let mismatched = start(&h, PHONE, "000000").await.unwrap();
+    let mismatched = start(&h, PHONE, "010000").await.unwrap();
     assert!(mismatched.starts_with("ver_"));
     // A matching start for another number; once its SMS arrived, the mismatched one would have too.
     start(&h, OTHER_PHONE, OTHER_ID).await.unwrap();
@@ -114,7 +114,10 @@ async fn malformed_phone_numbers_are_refused_with_the_field_named() {
 #[tokio::test]
 async fn malformed_id_characters_are_refused() {
     let h = Harness::start(Options::default()).await;
-    for bad in ["12345", "1234567", "12345Y", "A2345X", "", "12 45X"] {
+    // Malformed, or an impossible day of birth (the first two characters are the day: 01-31).
+    for bad in [
+        "12345", "1234567", "12345Y", "A2345X", "", "12 45X", "00012X", "321234", "654321",
+    ] {
         let err = start(&h, PHONE, bad).await.unwrap_err();
         assert_error(&err, Code::InvalidArgument, "INVALID_ID_LAST_SIX");
         assert_eq!(bad_fields(&err), ["id_last_six"]);

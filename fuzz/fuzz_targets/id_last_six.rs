@@ -1,5 +1,6 @@
-//! Fuzzes `IdLastSix::parse` on any text: it accepts exactly five ASCII digits then a digit or
-//! X/x (after trimming), normalises to upper case, and `Debug` never shows the characters.
+//! Fuzzes `IdLastSix::parse` on any text: it accepts exactly a day of the month (`01`-`31`),
+//! three ASCII digits, then a digit or X/x (after trimming), normalises to upper case, and
+//! `Debug` never shows the characters.
 
 #![no_main]
 
@@ -11,7 +12,8 @@ fuzz_target!(|data: &[u8]| {
     let t = input.trim().as_bytes();
     let expected = (t.len() == 6
         && t[..5].iter().all(u8::is_ascii_digit)
-        && matches!(t[5], b'0'..=b'9' | b'x' | b'X'))
+        && matches!(t[5], b'0'..=b'9' | b'x' | b'X')
+        && (b"01".as_slice()..=b"31".as_slice()).contains(&&t[..2]))
     .then(|| input.trim().to_ascii_uppercase());
 
     let parsed = IdLastSix::parse(&input);

@@ -7,11 +7,14 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use anyhow::Context;
 use chrono::{TimeZone, Utc};
 
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+
 use crate::{
+    cli::certs::{CertAndKey, DevPki},
     clock::Clock,
     config::{
-        AppConfig, AppDefaults, CacheConfig, Config, LimitsConfig, LookupConfig, RegistryConfig,
-        StoreConfig, UnbindConfig, VerificationConfig,
+        AppConfig, AppDefaults, CacheConfig, Config, LimitsConfig, LookupConfig, OutboundTlsConfig,
+        RegistryConfig, StoreConfig, UnbindConfig, VerificationConfig,
     },
     proto::{
         CompleteVerificationRequest, StartVerificationRequest,
@@ -60,12 +63,12 @@ pub fn demo_subscribers() -> Vec<Subscriber> {
         },
         Subscriber {
             phone_number: "+8613900139000".into(),
-            id_last_six: "654321".into(),
+            id_last_six: "154321".into(),
             holder_since: day(2019, 6, 15),
         },
         Subscriber {
             phone_number: "+8618612345678".into(),
-            id_last_six: "00012X".into(),
+            id_last_six: "30012X".into(),
             holder_since: day(2025, 11, 1),
         },
     ]
@@ -88,6 +91,46 @@ pub struct StackOptions {
     pub clock: Clock,
     /// The registry's subscribers.
     pub subscribers: Vec<Subscriber>,
+    /// `Some`: the apps and the registry serve mutual TLS and the gateway reaches them over
+    /// `https://` (what a production-mode gateway requires). `None`: plain text, as the demo.
+    pub backend_tls: Option<BackendTls>,
+}
+
+/// The simulated apps and the registry over mutual TLS, and the gateway's side of it.
+#[derive(Clone, Debug)]
+pub struct BackendTls {
+    /// What every simulated app serves.
+    pub apps: ServerTlsConfig,
+    /// What the registry serves.
+    pub registry: ServerTlsConfig,
+    /// How the gateway reaches both.
+    pub outbound: OutboundTlsConfig,
+}
+
+impl BackendTls {
+    /// From a development PKI (`unbind-gateway certs`): the apps and the registry present its
+    /// adapter and registry certificates and require client certificates signed by its CA; the
+    /// gateway trusts that CA and presents its client certificate.
+    pub fn from_pki(pki: &DevPki) -> anyhow::Result<Self> {
+        let read = |path: &std::path::Path| {
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+        };
+        let ca = read(&pki.ca.cert)?;
+        let serve = |files: &CertAndKey| -> anyhow::Result<ServerTlsConfig> {
+            Ok(ServerTlsConfig::new()
+                .identity(Identity::from_pem(read(&files.cert)?, read(&files.key)?))
+                .client_ca_root(Certificate::from_pem(&ca)))
+        };
+        Ok(Self {
+            apps: serve(&pki.adapter)?,
+            registry: serve(&pki.registry)?,
+            outbound: OutboundTlsConfig {
+                ca: pki.ca.cert.clone(),
+                cert: Some(pki.gateway_client.cert.clone()),
+                key: Some(pki.gateway_client.key.clone()),
+            },
+        })
+    }
 }
 
 impl StackOptions {
@@ -111,6 +154,7 @@ impl StackOptions {
             store_url: None,
             clock: Clock::system(),
             subscribers: demo_subscribers(),
+            backend_tls: None,
         }
     }
 }
@@ -131,26 +175,31 @@ impl Stack {
         options: StackOptions,
         tweak: impl FnOnce(&mut Config),
     ) -> anyhow::Result<Self> {
-        let simulator = Simulator::start(SimulatorConfig {
-            apps: options.apps,
-            seed: options.seed,
-            behaviour: options.behaviour,
-            bind_ip: [127, 0, 0, 1].into(),
-            base_port: None,
-        })
+        let tls = options.backend_tls;
+        let simulator = Simulator::start_with_tls(
+            SimulatorConfig {
+                apps: options.apps,
+                seed: options.seed,
+                behaviour: options.behaviour,
+                bind_ip: [127, 0, 0, 1].into(),
+                base_port: None,
+            },
+            tls.as_ref().map(|t| t.apps.clone()),
+        )
         .await
         .context("cannot start the simulated apps")?;
         let subscribers = options.subscribers;
         write_subscribers(&options.data_dir.join("subscribers.toml"), &subscribers)?;
         let sms_file = options.data_dir.join("sms.jsonl");
         let registry_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let registry = EmbeddedRegistry::start(
+        let registry = EmbeddedRegistry::start_with_tls(
             EmbeddedRegistryOptions {
                 subscribers,
                 sms_file: sms_file.clone(),
                 echo_sms: options.echo_sms,
             },
             registry_listener,
+            tls.as_ref().map(|t| t.registry.clone()),
         )
         .await?;
         let apps = simulator
@@ -167,6 +216,7 @@ impl Stack {
         if let Some(url) = options.store_url {
             config.store.url = url;
         }
+        config.outbound_tls = tls.map(|t| t.outbound);
         tweak(&mut config);
         config.validate()?;
         let mut stack = Self {
@@ -234,7 +284,7 @@ impl Stack {
 }
 
 /// `n` more subscribers for load tests: `+86137000000NN`, ID characters `1NNNNN` (the index,
-/// zero-padded), holders since 2020-01-01.
+/// zero-padded: born on the 10th to the 19th), holders since 2020-01-01.
 pub fn numbered_subscribers(n: usize) -> Vec<Subscriber> {
     let since = Utc
         .with_ymd_and_hms(2020, 1, 1, 0, 0, 0)

@@ -2300,7 +2300,7 @@ mod tests {
             "--id-last-six",
             "12345X",
             "--code",
-            "654321",
+            "154321",
             "--apps",
             "alipay,wechat",
             "--unbind",
@@ -2316,7 +2316,7 @@ mod tests {
         assert_eq!(cli.args.unbind, Some(Selection::Rows(vec![2, 3])));
         assert_eq!(cli.args.deadline, Duration::from_millis(800));
         let debug = format!("{:?}", cli.args);
-        for secret in ["13800138000", "12345X", "654321"] {
+        for secret in ["13800138000", "12345X", "154321"] {
             assert!(!debug.contains(secret), "{debug}");
         }
 

@@ -1,15 +1,22 @@
-//! `IdLastSix`: the last six characters of a Chinese national ID (five digits, then a digit or
-//! `X`). They are a secret: never stored, never logged; `Debug` prints stars.
+//! `IdLastSix`: the last six characters of a Chinese national ID: the day of birth (`01` to
+//! `31`), a three-digit sequence number, and a check character (a digit or `X`). They are a
+//! secret: never stored, never logged; `Debug` prints stars.
+//!
+//! So there are at most 31 × 1,000 × 11 = 341,000 endings, and about 11,000 (1,000 × 11) for
+//! someone who knows the holder's birthday: the gateway's limits on codes and tries, not the
+//! size of this space, are what stop guessing.
 
 use std::fmt;
 
-/// Five digits then a digit or `X` (a lower-case `x` is normalised).
+/// A day of the month (`01`–`31`), three digits, then a digit or `X` (a lower-case `x` is
+/// normalised).
 #[derive(Clone, PartialEq, Eq)]
 pub struct IdLastSix([u8; 6]);
 
-/// The input was not five digits followed by a digit or X. Carries no copy of the input.
+/// The input was not a day of the month, three digits and a digit or X. Carries no copy of the
+/// input.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("the ID characters must be five digits followed by a digit or X")]
+#[error("the ID characters must be a day of the month (01-31), three digits, then a digit or X")]
 pub struct InvalidIdLastSix;
 
 impl IdLastSix {
@@ -26,6 +33,12 @@ impl IdLastSix {
                 b'x' | b'X' if i == 5 => b'X',
                 _ => return Err(InvalidIdLastSix),
             };
+        }
+        // No day 00, none after 31 (months are not checked: the day alone is what the ID's
+        // structure allows without the birth date).
+        let day = (out[0] - b'0') * 10 + (out[1] - b'0');
+        if !(1..=31).contains(&day) {
+            return Err(InvalidIdLastSix);
         }
         Ok(Self(out))
     }
@@ -65,7 +78,19 @@ mod tests {
             "x12345",
             "１２３４５６",
             "12 456",
+            "00000X",
         ] {
+            assert_eq!(IdLastSix::parse(bad), Err(InvalidIdLastSix), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_first_two_are_a_day_of_the_month() {
+        for day in 1..=31 {
+            let id = format!("{day:02}000X");
+            assert_eq!(IdLastSix::parse(&id).unwrap().expose(), id);
+        }
+        for bad in ["000000", "00012X", "321234", "399999", "654321", "99999X"] {
             assert_eq!(IdLastSix::parse(bad), Err(InvalidIdLastSix), "{bad:?}");
         }
     }

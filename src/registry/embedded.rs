@@ -39,7 +39,8 @@ use crate::proto::{
 pub struct Subscriber {
     /// E.164.
     pub phone_number: String,
-    /// The last six characters of the holder's national ID: five digits, then a digit or `X`.
+    /// The last six characters of the holder's national ID: the day of birth (`01`–`31`), three
+    /// digits, then a digit or `X`.
     pub id_last_six: String,
     /// When the current holder got the number.
     pub holder_since: DateTime<Utc>,
@@ -106,7 +107,10 @@ fn parse_subscribers(text: &str) -> anyhow::Result<Vec<Subscriber>> {
         }
         let id_last_six = entry.id_last_six.to_ascii_uppercase();
         if !is_id_last_six(&id_last_six) {
-            bail!("subscriber {n}: id_last_six must be five digits then a digit or X");
+            bail!(
+                "subscriber {n}: id_last_six must be a day of the month (01-31), three digits, \
+                 then a digit or X"
+            );
         }
         let holder_since = parse_holder_since(&entry.holder_since)
             .with_context(|| format!("subscriber {n}: holder_since"))?;
@@ -546,11 +550,10 @@ fn is_e164(number: &str) -> bool {
 }
 
 /// Five digits then a digit or `X` (already upper-cased).
+/// The gateway's own rule ([`crate::domain::IdLastSix`]): a subscriber the gateway could never
+/// be asked about is a mistake in the file.
 fn is_id_last_six(text: &str) -> bool {
-    let bytes = text.as_bytes();
-    bytes.len() == 6
-        && bytes[..5].iter().all(u8::is_ascii_digit)
-        && (bytes[5].is_ascii_digit() || bytes[5] == b'X')
+    text.len() == 6 && crate::domain::IdLastSix::parse(text).is_ok()
 }
 
 /// `+8613800138000` → `138****8000`: the first three and last four national digits. Numbers too
@@ -649,12 +652,12 @@ mod tests {
 
             [[subscribers]]
             phone_number = "+8613900139000"
-            id_last_six = "654321"
+            id_last_six = "154321"
             holder_since = "2019-07-15T08:30:00+08:00"
 
             [[subscribers]]
             phone_number = "+8613700137000"
-            id_last_six = "000001"
+            id_last_six = "010001"
             holder_since = 2020-01-02
         "#;
         let subscribers = parse_subscribers(text).expect("a valid file");
@@ -690,6 +693,13 @@ mod tests {
         let error = format!("{:#}", parse_subscribers(bad_id).expect_err("an error"));
         assert!(error.contains("subscriber 1: id_last_six"), "{error}");
         assert!(!error.contains("12345Y"), "{error}");
+        // No 0th or 32nd day of a month.
+        for day in ["00012X", "32012X"] {
+            let bad = bad_id.replace("12345Y", day);
+            let error = format!("{:#}", parse_subscribers(&bad).expect_err("an error"));
+            assert!(error.contains("subscriber 1: id_last_six"), "{error}");
+            assert!(!error.contains(day), "{error}");
+        }
 
         let bad_number = "[[subscribers]]\nphone_number = \"13800138000\"\nid_last_six = \"123456\"\nholder_since = \"2024-03-01\"\n";
         assert!(parse_subscribers(bad_number).is_err());
@@ -698,7 +708,7 @@ mod tests {
         let error = format!("{:#}", parse_subscribers(bad_date).expect_err("an error"));
         assert!(error.contains("holder_since"), "{error}");
 
-        let duplicate = "[[subscribers]]\nphone_number = \"+8613800138000\"\nid_last_six = \"123456\"\nholder_since = \"2024-03-01\"\n[[subscribers]]\nphone_number = \"+8613800138000\"\nid_last_six = \"654321\"\nholder_since = \"2024-03-01\"\n";
+        let duplicate = "[[subscribers]]\nphone_number = \"+8613800138000\"\nid_last_six = \"123456\"\nholder_since = \"2024-03-01\"\n[[subscribers]]\nphone_number = \"+8613800138000\"\nid_last_six = \"154321\"\nholder_since = \"2024-03-01\"\n";
         let error = format!("{:#}", parse_subscribers(duplicate).expect_err("an error"));
         assert!(error.contains("138****8000"), "{error}");
     }
@@ -728,7 +738,7 @@ mod tests {
             },
             Subscriber {
                 phone_number: "+8613900139000".to_owned(),
-                id_last_six: "654321".to_owned(),
+                id_last_six: "154321".to_owned(),
                 holder_since: parse_holder_since(&toml::Value::String(
                     "2019-07-15T08:30:00Z".into(),
                 ))

@@ -8,7 +8,7 @@ use std::{path::PathBuf, time::Duration};
 use tonic::transport::Channel;
 use unbind_gateway::{
     api::error::reason_of,
-    cli::demo::{Stack, StackOptions, demo_subscribers, numbered_subscribers},
+    cli::demo::{BackendTls, Stack, StackOptions, demo_subscribers, numbered_subscribers},
     clock::Clock,
     config::Config,
     proto::{StartVerificationRequest, account_gateway_client::AccountGatewayClient},
@@ -21,7 +21,7 @@ pub const PHONE_BARE: &str = "13800138000";
 pub const ID_LAST_SIX: &str = "12345X";
 /// Another subscriber in the demo registry.
 pub const OTHER_PHONE: &str = "+8613900139000";
-pub const OTHER_ID: &str = "654321";
+pub const OTHER_ID: &str = "154321";
 
 pub struct Options {
     pub apps: usize,
@@ -32,6 +32,9 @@ pub struct Options {
     /// Subscribers beyond the demo's: `numbered_subscribers(n)`.
     pub extra_subscribers: usize,
     pub tweak: fn(&mut Config),
+    /// `Some`: the apps and the registry serve mutual TLS, and the gateway's config reaches
+    /// them over `https://` (a production-mode gateway refuses `http://` backends).
+    pub backend_tls: Option<BackendTls>,
 }
 
 impl Default for Options {
@@ -43,6 +46,7 @@ impl Default for Options {
             store_url: None,
             extra_subscribers: 0,
             tweak: |_| {},
+            backend_tls: None,
         }
     }
 }
@@ -70,6 +74,7 @@ impl Harness {
                     .into_iter()
                     .chain(numbered_subscribers(options.extra_subscribers))
                     .collect(),
+                backend_tls: options.backend_tls,
                 ..StackOptions::new(dir.path().to_path_buf())
             },
             tweak,

@@ -249,6 +249,19 @@ pub struct VerificationConfig {
     /// Look-up summaries sent by SMS per number per hour (`deliver_by_sms`); beyond it the
     /// look-up still answers, with `summary_sms = SUMMARY_SMS_LIMITED`.
     pub max_summary_sms_per_hour: u32,
+    /// Different ID characters tried for one number in an hour (from any tenant) above which
+    /// the number is reported as being guessed at: a warning, an audit record
+    /// (`number.id_guessing_alert`) and `unbind_id_guessing_alerts_total`. Nothing is refused.
+    /// Someone holding the phone learns a match when a code arrives, so this is how an operator
+    /// sees the ID characters being enumerated.
+    pub id_guess_alert_per_hour: u32,
+    /// An opt-in hard cap on different ID characters tried for one number in an hour: beyond
+    /// it, starts with ID characters not already tried this hour get `MAX_CODES_EXCEEDED`
+    /// (whether or not they match, so it reveals nothing). It stops someone holding the phone
+    /// from enumerating the ID characters, at a price: a stranger who fills it first locks out
+    /// a holder who has not started this hour. Off unless set.
+    #[serde(default)]
+    pub max_ids_per_number_per_hour: Option<u32>,
     /// How far a binding date may sit from `holder_since` (either way), or in the future, and
     /// still be trusted to tell whose account it is; within it the account is
     /// `OWNERSHIP_UNKNOWN`. Covers clock skew between the carrier and the apps.
@@ -518,6 +531,8 @@ impl Default for VerificationConfig {
             session_ttl: Duration::from_secs(600),
             min_start_latency: None,
             max_summary_sms_per_hour: 3,
+            id_guess_alert_per_hour: 20,
+            max_ids_per_number_per_hour: None,
             ownership_margin: Duration::from_secs(3600),
         }
     }
@@ -665,6 +680,13 @@ impl Config {
         }
         if self.verification.max_codes_per_hour == 0 {
             bail!("`verification.max_codes_per_hour` must be at least 1");
+        }
+        if self.verification.id_guess_alert_per_hour == 0
+            || self.verification.max_ids_per_number_per_hour == Some(0)
+        {
+            bail!(
+                "`verification.id_guess_alert_per_hour` and `verification.max_ids_per_number_per_hour` must be at least 1"
+            );
         }
         if self.verification.start_floor(self.registry.timeout) > Duration::from_secs(30) {
             bail!("`verification.min_start_latency` must be at most 30s");

@@ -19,6 +19,7 @@
 //! | `unbind_verifications_total` | counter | `outcome` |
 //! | `unbind_wrong_codes_total` | counter | `tenant` |
 //! | `unbind_wrong_code_alerts_total` | counter (a tenant went over its alert rate) | `tenant` |
+//! | `unbind_id_guessing_alerts_total` | counter (a number had many ID characters tried) | |
 //! | `unbind_tickets` | gauge | `state` |
 //! | `unbind_catalog_apps` | gauge | |
 //! | `unbind_catalog_reloads_total` | counter | `result` (applied, unchanged, rejected) |
@@ -139,6 +140,7 @@ struct Inner {
     verifications: Family<OutcomeLabels, Counter>,
     wrong_codes: Family<TenantLabels, Counter>,
     wrong_code_alerts: Family<TenantLabels, Counter>,
+    id_guessing_alerts: Counter,
     tickets: Family<StateLabels, Gauge>,
     catalog_apps: Gauge,
     catalog_reloads: Family<ResultLabels, Counter>,
@@ -179,6 +181,7 @@ impl Metrics {
         let verifications = Family::<OutcomeLabels, Counter>::default();
         let wrong_codes = Family::<TenantLabels, Counter>::default();
         let wrong_code_alerts = Family::<TenantLabels, Counter>::default();
+        let id_guessing_alerts = Counter::default();
         let tickets = Family::<StateLabels, Gauge>::default();
         let catalog_apps = Gauge::default();
         let catalog_reloads = Family::<ResultLabels, Counter>::default();
@@ -253,6 +256,11 @@ impl Metrics {
             wrong_code_alerts.clone(),
         );
         registry.register(
+            "id_guessing_alerts",
+            "Times a number had more different ID characters tried in an hour than the alert rate",
+            id_guessing_alerts.clone(),
+        );
+        registry.register(
             "tickets",
             "Unbind tickets by state (all replicas: read from the store)",
             tickets.clone(),
@@ -291,6 +299,7 @@ impl Metrics {
                 verifications,
                 wrong_codes,
                 wrong_code_alerts,
+                id_guessing_alerts,
                 tickets,
                 catalog_apps,
                 catalog_reloads,
@@ -391,6 +400,11 @@ impl Metrics {
         if alert {
             self.inner.wrong_code_alerts.get_or_create(&labels).inc();
         }
+    }
+
+    /// Counts a number whose ID characters are being guessed at.
+    pub fn id_guessing_alert(&self) {
+        self.inner.id_guessing_alerts.inc();
     }
 
     /// Counts a catalog reload (`applied`, `unchanged` or `rejected`).

@@ -87,7 +87,7 @@ impl Gateway {
             Arc::clone(&keys),
             clock.clone(),
             config.verification.clone(),
-            config.verification.start_floor(config.registry.timeout),
+            metrics.clone(),
         );
         let catalog = Arc::new(Catalog::new(&config, metrics.clone())?);
         let fanout = FanOut::new(

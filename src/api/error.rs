@@ -20,7 +20,7 @@ pub const ERROR_DOMAIN: &str = "unbind-gateway";
 pub enum ApiError {
     #[error("`{field}` is not a valid mobile phone number")]
     InvalidPhoneNumber { field: &'static str },
-    #[error("`{field}` must be five digits followed by a digit or X")]
+    #[error("`{field}` must be a day of the month (01-31), three digits, then a digit or X")]
     InvalidIdLastSix { field: &'static str },
     #[error("`{field}`: {description}")]
     InvalidField { field: String, description: String },

@@ -82,6 +82,11 @@ impl RegistryClient {
         })
     }
 
+    /// How long a call may take.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// Checks the number against the ID characters.
     ///
     /// Only a failure that happens whatever the ID characters are (the registry unreachable,

@@ -113,7 +113,11 @@ impl Session {
             holder_since_ms: claims.hs.filter(|&ms| ms != 0),
             // A token from before `iat` existed claims no start: then it reads no history at
             // all rather than all of it.
-            issued_ms: if claims.iat > 0 { claims.iat } else { claims.exp },
+            issued_ms: if claims.iat > 0 {
+                claims.iat
+            } else {
+                claims.exp
+            },
             expires_ms: claims.exp,
         })
     }

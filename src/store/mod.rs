@@ -21,7 +21,9 @@ use sqlx::{
 pub use audit::{AuditFilter, AuditRecord};
 pub use push::{AppProgress, Delivery, PushedNumber};
 pub use tickets::{CreateOutcome, Finished, NewTicket, TicketEvent, TicketRow, TicketState};
-pub use verifications::{NewVerification, VerificationRow, VerificationState};
+pub use verifications::{
+    NewVerification, StartLimits, StartOutcome, VerificationRow, VerificationState,
+};
 
 /// Which database is behind the store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

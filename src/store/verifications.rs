@@ -52,6 +52,26 @@ pub struct NewVerification<'a> {
     pub expires_at: i64,
 }
 
+/// The hourly limits a start is held to.
+#[derive(Clone, Copy, Debug)]
+pub struct StartLimits {
+    /// Starts per (number, ID characters).
+    pub per_pair: u32,
+    /// Different ID characters per number (the operator's opt-in cap).
+    pub pairs_per_number: Option<u32>,
+}
+
+/// What became of a start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StartOutcome {
+    /// Kept; `pairs_tried` different ID characters were tried for the number this hour.
+    Kept { pairs_tried: u64 },
+    /// Not kept: these ID characters were tried too often this hour.
+    PairCapped,
+    /// Not kept: too many different ID characters were tried for the number this hour.
+    NumberCapped,
+}
+
 /// A stored verification.
 #[derive(Debug)]
 pub struct VerificationRow {
@@ -83,20 +103,21 @@ type RawRow = (
 
 impl Store {
     /// Records a new verification and supersedes the same tenant's older pending ones for the
-    /// same (number, ID characters), unless that pair already started `max_per_window`
-    /// verifications since `window_start` (from any tenant, on any replica); then nothing is kept
-    /// and `false` is returned.
+    /// same (number, ID characters), unless that pair already started `limits.per_pair`
+    /// verifications since `window_start` (from any tenant, on any replica), or the number had
+    /// `limits.pairs_per_number` other pairs tried (when that opt-in cap is set); then nothing is
+    /// kept.
     ///
-    /// Nothing here is keyed on the number alone: a start with other ID characters (a stranger's
-    /// guess) neither counts against the holder's starts nor replaces the holder's pending code,
-    /// and a start from another tenant never replaces one. The answer depends only on the pair
-    /// the caller typed and how often they typed it, never on whether it matched.
+    /// Nothing here is keyed on the number alone unless the operator set that cap: a start with
+    /// other ID characters (a stranger's guess) neither counts against the holder's starts nor
+    /// replaces the holder's pending code, and a start from another tenant never replaces one.
+    /// The answer depends only on the pairs typed and how often, never on whether they matched.
     pub async fn start_verification(
         &self,
         v: &NewVerification<'_>,
         window_start: i64,
-        max_per_window: u32,
-    ) -> sqlx::Result<bool> {
+        limits: StartLimits,
+    ) -> sqlx::Result<StartOutcome> {
         // Insert first and count after, so concurrent starts cannot both slip under the limit.
         sqlx::query(
             "INSERT INTO verifications (id, number_hash, pair_hash, sealed_number, tenant, \
@@ -114,19 +135,38 @@ impl Store {
         .bind(v.expires_at)
         .execute(self.pool())
         .await?;
-        let (count,): (i64,) = sqlx::query_as(
+        let (of_pair,): (i64,) = sqlx::query_as(
             "SELECT COUNT(*) FROM verifications WHERE pair_hash = $1 AND created_at >= $2",
         )
         .bind(v.pair_hash)
         .bind(window_start)
         .fetch_one(self.pool())
         .await?;
-        if count > i64::from(max_per_window) {
+        let (pairs,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(DISTINCT pair_hash) FROM verifications \
+             WHERE number_hash = $1 AND created_at >= $2",
+        )
+        .bind(v.number_hash)
+        .bind(window_start)
+        .fetch_one(self.pool())
+        .await?;
+        let refused = if of_pair > i64::from(limits.per_pair) {
+            Some(StartOutcome::PairCapped)
+        } else if limits
+            .pairs_per_number
+            .is_some_and(|cap| of_pair == 1 && pairs > i64::from(cap))
+        {
+            // A pair new this hour, beyond the number's cap of pairs.
+            Some(StartOutcome::NumberCapped)
+        } else {
+            None
+        };
+        if let Some(refused) = refused {
             sqlx::query("DELETE FROM verifications WHERE id = $1")
                 .bind(v.id)
                 .execute(self.pool())
                 .await?;
-            return Ok(false);
+            return Ok(refused);
         }
         sqlx::query(
             "UPDATE verifications SET state = 'superseded' \
@@ -137,7 +177,9 @@ impl Store {
         .bind(v.id)
         .execute(self.pool())
         .await?;
-        Ok(true)
+        Ok(StartOutcome::Kept {
+            pairs_tried: u64::try_from(pairs).unwrap_or(0),
+        })
     }
 
     /// Reads one verification.

@@ -28,9 +28,10 @@ use crate::{
     clock::Clock,
     config::VerificationConfig,
     domain::{E164, IdLastSix},
+    metrics::Metrics,
     registry::{RegistryClient, RegistryError, Verdict, templates},
     security::{Keys, OneTimeCode, Purpose, Session, random_id},
-    store::{NewVerification, Store, VerificationState},
+    store::{NewVerification, StartLimits, StartOutcome, Store, VerificationState},
 };
 
 /// Why a verification step failed.
@@ -67,6 +68,7 @@ pub struct Verifier {
     config: VerificationConfig,
     /// `start` answers no sooner than this.
     start_floor: Duration,
+    metrics: Metrics,
 }
 
 const HOUR_MS: i64 = 3_600_000;
@@ -92,8 +94,9 @@ impl Verifier {
         keys: Arc<Keys>,
         clock: Clock,
         config: VerificationConfig,
-        start_floor: Duration,
+        metrics: Metrics,
     ) -> Self {
+        let start_floor = config.start_floor(registry.timeout());
         Self {
             store,
             audit,
@@ -102,6 +105,7 @@ impl Verifier {
             clock,
             config,
             start_floor,
+            metrics,
         }
     }
 
@@ -158,7 +162,7 @@ impl Verifier {
         let sealed_number = self
             .keys
             .seal(Purpose::StoredNumber, phone.expose().as_bytes());
-        let kept = self
+        let outcome = self
             .store
             .start_verification(
                 &NewVerification {
@@ -173,14 +177,31 @@ impl Verifier {
                     expires_at: expires_ms,
                 },
                 now - HOUR_MS,
-                self.config.max_codes_per_hour,
+                StartLimits {
+                    per_pair: self.config.max_codes_per_hour,
+                    pairs_per_number: self.config.max_ids_per_number_per_hour,
+                },
             )
             .await?;
-        if !kept {
-            tracing::info!(number = %phone, "verification refused: too many codes this hour for these ID characters");
-            return Err(VerifyError::MaxCodesExceeded {
-                retry_after: Duration::from_secs(3600),
-            });
+        match outcome {
+            StartOutcome::Kept { pairs_tried } => {
+                // Reported once, as the count goes over (it only grows within the hour).
+                if pairs_tried == u64::from(self.config.id_guess_alert_per_hour) + 1 {
+                    self.report_guessing(tenant, phone, &number_hash);
+                }
+            }
+            StartOutcome::PairCapped => {
+                tracing::info!(number = %phone, "verification refused: too many codes this hour for these ID characters");
+                return Err(VerifyError::MaxCodesExceeded {
+                    retry_after: Duration::from_secs(3600),
+                });
+            }
+            StartOutcome::NumberCapped => {
+                tracing::info!(number = %phone, "verification refused: too many different ID characters this hour");
+                return Err(VerifyError::MaxCodesExceeded {
+                    retry_after: Duration::from_secs(3600),
+                });
+            }
         }
         if matches!(verdict, Verdict::Matched { .. }) {
             let minutes = self.config.code_ttl.as_secs().div_ceil(60).to_string();
@@ -196,6 +217,25 @@ impl Verifier {
             verification_id,
             expires_ms,
         })
+    }
+
+    /// Reports a number whose ID characters are being guessed at (many different ones within
+    /// the hour): whoever holds the phone learns a match when a code arrives.
+    fn report_guessing(&self, tenant: &str, phone: &E164, number_hash: &str) {
+        tracing::warn!(
+            number = %phone,
+            tenant,
+            "many different ID characters tried for one number this hour: someone may be guessing"
+        );
+        self.metrics.id_guessing_alert();
+        self.audit.record(Entry {
+            tenant,
+            number_hash,
+            action: "number.id_guessing_alert",
+            apps: String::new(),
+            outcome: "over_alert_rate".to_owned(),
+            correlator: "",
+        });
     }
 
     /// Checks a code; on success the verification is used up and a session begins. Audited.

@@ -17,8 +17,10 @@ use unbind_gateway::{
     cli::certs::{DevPki, generate},
     config::{Role, TenantConfig, TlsConfig},
     proto::{
-        CompleteVerificationRequest, GetUnbindTicketsRequest, ListAppsRequest,
-        StartVerificationRequest, account_gateway_client::AccountGatewayClient,
+        CheckNumberRecycledRequest, CompleteVerificationRequest, GetSubmissionRequest,
+        GetUnbindTicketsRequest, ListAppsRequest, StartVerificationRequest,
+        account_gateway_client::AccountGatewayClient, carrier_push_client::CarrierPushClient,
+        number_status_client::NumberStatusClient,
     },
     security::Keys,
     store::{AuditFilter, AuditRecord},
@@ -97,6 +99,10 @@ impl Rig {
     }
 
     async fn client(&self, tenant: &str) -> Client {
+        AccountGatewayClient::new(self.channel(tenant).await)
+    }
+
+    async fn channel(&self, tenant: &str) -> Channel {
         let files = &self
             .pki
             .tenants
@@ -114,14 +120,13 @@ impl Rig {
                 std::fs::read(&files.key).unwrap(),
             ));
         let addr = self.h.stack.gateway.as_ref().unwrap().addr;
-        let channel = Endpoint::from_shared(format!("https://{addr}"))
+        Endpoint::from_shared(format!("https://{addr}"))
             .unwrap()
             .tls_config(tls)
             .unwrap()
             .connect()
             .await
-            .unwrap();
-        AccountGatewayClient::new(channel)
+            .unwrap()
     }
 
     /// The audit records written so far, oldest first.
@@ -296,6 +301,22 @@ async fn refusals_at_the_edge_are_audited() {
         .await
         .unwrap_err();
     assert_error(&err, Code::Unauthenticated, "INVALID_SESSION");
+    // A portal asking what only apps and carriers may.
+    let err = NumberStatusClient::new(rig.channel("portal-a").await)
+        .check_number_recycled(CheckNumberRecycledRequest {
+            phone_number: PHONE.into(),
+            specified_date: Some(prost_types::Timestamp::default()),
+        })
+        .await
+        .unwrap_err();
+    assert_error(&err, Code::PermissionDenied, "PERMISSION_DENIED");
+    let err = CarrierPushClient::new(rig.channel("portal-a").await)
+        .get_submission(GetSubmissionRequest {
+            submission_id: "sub_00000000000000000000000000000000".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_error(&err, Code::PermissionDenied, "PERMISSION_DENIED");
 
     let records = rig.audit().await;
     let has = |tenant: &str, hash: &str, action: &str, outcome: &str| {

@@ -8,6 +8,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::{
     ApiError,
     correlator::correlator_of,
+    error::reason_of,
     tenant::{Action, Tenant},
 };
 use crate::{
@@ -55,20 +56,51 @@ impl PushService {
     }
 }
 
-fn is_submission_id(id: &str) -> bool {
-    id.strip_prefix("sub_")
-        .is_some_and(|hex| hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
-}
-
-#[tonic::async_trait]
-impl CarrierPush for PushService {
-    async fn submit_recycled_numbers(
+impl PushService {
+    /// Identifies the calling tenant and checks its role and rate; a refusal is audited under
+    /// `action`.
+    fn admit<T>(
         &self,
-        request: Request<Streaming<SubmitRecycledNumbersRequest>>,
-    ) -> Result<Response<SubmitRecycledNumbersResponse>, Status> {
-        let tenant = self.gateway.tenants.admit(&request, Action::Push)?;
-        let correlator = correlator_of(&request);
-        let mut stream = request.into_inner();
+        request: &Request<T>,
+        action: Action,
+        audited_as: &str,
+    ) -> Result<Arc<Tenant>, Status> {
+        self.gateway
+            .tenants
+            .admit_or_refuse(request, action)
+            .map_err(|refusal| {
+                let status = Status::from(refusal.error);
+                let tenant = refusal.tenant.as_ref().map_or("", |t| t.name.as_str());
+                self.audit_refusal(tenant, "", audited_as, &correlator_of(request), &status);
+                status
+            })
+    }
+
+    /// Audits a refused request, with the reason the caller was given.
+    fn audit_refusal(
+        &self,
+        tenant: &str,
+        number_hash: &str,
+        action: &str,
+        correlator: &str,
+        status: &Status,
+    ) {
+        self.gateway.audit.record(Entry {
+            tenant,
+            number_hash,
+            action,
+            apps: String::new(),
+            outcome: reason_of(status).unwrap_or_else(|| format!("{:?}", status.code())),
+            correlator,
+        });
+    }
+
+    async fn submit(
+        &self,
+        tenant: &Tenant,
+        correlator: &str,
+        mut stream: Streaming<SubmitRecycledNumbersRequest>,
+    ) -> Result<SubmitRecycledNumbersResponse, Status> {
         let mut numbers = Vec::new();
         while let Some(message) = stream.message().await? {
             for n in message.numbers {
@@ -118,25 +150,25 @@ impl CarrierPush for PushService {
             .map_err(ApiError::store)?;
         let apps = self.gateway.catalog.snapshot().enabled().count();
         self.audit(
-            &tenant,
+            tenant,
             "",
             "push",
             format!("{apps} apps"),
             format!("{} numbers stored as {id}", numbers.len()),
-            &correlator,
+            correlator,
         );
-        Ok(Response::new(SubmitRecycledNumbersResponse {
+        Ok(SubmitRecycledNumbersResponse {
             submission_id: id,
             accepted: numbers.len() as u32,
-        }))
+        })
     }
 
-    async fn get_submission(
+    async fn progress(
         &self,
-        request: Request<GetSubmissionRequest>,
-    ) -> Result<Response<GetSubmissionResponse>, Status> {
-        let tenant = self.gateway.tenants.admit(&request, Action::Push)?;
-        let id = &request.get_ref().submission_id;
+        tenant: &Tenant,
+        request: &GetSubmissionRequest,
+    ) -> Result<GetSubmissionResponse, Status> {
+        let id = &request.submission_id;
         if !is_submission_id(id) {
             return Err(ApiError::field("submission_id", "not a submission id").into());
         }
@@ -150,7 +182,7 @@ impl CarrierPush for PushService {
         let Some((_, total, created_at, apps)) = found.filter(|f| f.0 == tenant.name) else {
             return Err(ApiError::NotFound { what: "submission" }.into());
         };
-        Ok(Response::new(GetSubmissionResponse {
+        Ok(GetSubmissionResponse {
             submission_id: id.clone(),
             total_numbers: total as u32,
             deliveries: apps
@@ -163,23 +195,21 @@ impl CarrierPush for PushService {
                 })
                 .collect(),
             created_at: Some(timestamp_from_ms(created_at)),
-        }))
+        })
     }
-}
 
-#[tonic::async_trait]
-impl NumberStatus for PushService {
-    async fn check_number_recycled(
+    /// The check; `number_hash` is set once the number is known (for the audit trail).
+    async fn check(
         &self,
-        request: Request<CheckNumberRecycledRequest>,
-    ) -> Result<Response<CheckNumberRecycledResponse>, Status> {
-        let tenant = self.gateway.tenants.admit(&request, Action::CheckNumber)?;
-        let correlator = correlator_of(&request);
-        let body = request.get_ref();
-        let phone = E164::parse(&body.phone_number).map_err(|_| ApiError::InvalidPhoneNumber {
-            field: "phone_number",
-        })?;
-        let Some(date) = &body.specified_date else {
+        request: &CheckNumberRecycledRequest,
+        number_hash: &mut String,
+    ) -> Result<bool, Status> {
+        let phone =
+            E164::parse(&request.phone_number).map_err(|_| ApiError::InvalidPhoneNumber {
+                field: "phone_number",
+            })?;
+        *number_hash = self.gateway.keys.number_hash(&phone).hex();
+        let Some(date) = &request.specified_date else {
             return Err(ApiError::field("specified_date", "required").into());
         };
         let since = ms_from_timestamp(date);
@@ -190,17 +220,68 @@ impl NumberStatus for PushService {
             }
             .into());
         }
-        let recycled = self
+        Ok(self
             .gateway
             .pusher
             .recycled_since(&phone, since)
             .await
-            .map_err(ApiError::store)?;
-        let hash = self.gateway.keys.number_hash(&phone).hex();
+            .map_err(ApiError::store)?)
+    }
+}
+
+fn is_submission_id(id: &str) -> bool {
+    id.strip_prefix("sub_")
+        .is_some_and(|hex| hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+#[tonic::async_trait]
+impl CarrierPush for PushService {
+    async fn submit_recycled_numbers(
+        &self,
+        request: Request<Streaming<SubmitRecycledNumbersRequest>>,
+    ) -> Result<Response<SubmitRecycledNumbersResponse>, Status> {
+        const ACTION: &str = "push";
+        let tenant = self.admit(&request, Action::Push, ACTION)?;
+        let correlator = correlator_of(&request);
+        self.submit(&tenant, &correlator, request.into_inner())
+            .await
+            .map(Response::new)
+            .inspect_err(|s| self.audit_refusal(&tenant.name, "", ACTION, &correlator, s))
+    }
+
+    async fn get_submission(
+        &self,
+        request: Request<GetSubmissionRequest>,
+    ) -> Result<Response<GetSubmissionResponse>, Status> {
+        const ACTION: &str = "push.progress";
+        let tenant = self.admit(&request, Action::Push, ACTION)?;
+        self.progress(&tenant, request.get_ref())
+            .await
+            .map(Response::new)
+            .inspect_err(|s| {
+                self.audit_refusal(&tenant.name, "", ACTION, &correlator_of(&request), s)
+            })
+    }
+}
+
+#[tonic::async_trait]
+impl NumberStatus for PushService {
+    async fn check_number_recycled(
+        &self,
+        request: Request<CheckNumberRecycledRequest>,
+    ) -> Result<Response<CheckNumberRecycledResponse>, Status> {
+        const ACTION: &str = "check_recycled";
+        let tenant = self.admit(&request, Action::CheckNumber, ACTION)?;
+        let correlator = correlator_of(&request);
+        let mut hash = String::new();
+        let recycled = self
+            .check(request.get_ref(), &mut hash)
+            .await
+            .inspect_err(|s| self.audit_refusal(&tenant.name, &hash, ACTION, &correlator, s))?;
         self.audit(
             &tenant,
             &hash,
-            "check_recycled",
+            ACTION,
             String::new(),
             format!("recycled={recycled}"),
             &correlator,

@@ -48,12 +48,13 @@ async fn every_verification_lookup_and_unbind_is_audited() {
     });
     req.metadata_mut()
         .insert("x-correlator", "corr-lookup".parse().unwrap());
-    let accounts = client
-        .list_linked_accounts(req)
-        .await
-        .unwrap()
-        .into_inner()
-        .accounts;
+    let listing = client.list_linked_accounts(req).await.unwrap().into_inner();
+    assert!(
+        listing.complete,
+        "every app answered: {:?}",
+        listing.app_results
+    );
+    let accounts = listing.accounts;
     let target = accounts.iter().find(|a| a.unbind_supported).unwrap();
     client
         .unbind(UnbindRequest {
@@ -90,7 +91,10 @@ async fn every_verification_lookup_and_unbind_is_audited() {
             ("verification.start", "started"),
             ("verification.complete", "invalid_code"),
             ("verification.complete", "verified"),
-            ("lookup", records[3].outcome.as_str()),
+            (
+                "lookup",
+                format!("{} accounts, complete", accounts.len()).as_str()
+            ),
             ("unbind", "1 tickets"),
         ]
     );

@@ -500,6 +500,14 @@ async fn ownership_is_decided_from_dates_only_when_they_are_clear() {
     assert_eq!(by_id("t").ownership(), Ownership::Unknown);
     assert_eq!(by_id("p").ownership(), Ownership::PreviousHolder);
     assert_eq!(by_id("clearly-mine").ownership(), Ownership::CurrentHolder);
+    // The gateway masks what the app sent unmasked, for everyone's but the holder's own.
+    let mut hints: Vec<&str> = found
+        .accounts
+        .iter()
+        .map(|a| a.display_hint.as_str())
+        .collect();
+    hints.sort_unstable();
+    assert_eq!(hints, ["clearly-mine", "m***r", "p***s", "s***t", "t***w"]);
 
     // Another session of the same holder cannot use these refs.
     let (other, _) = rig.session(&mut c).await;

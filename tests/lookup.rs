@@ -78,9 +78,8 @@ async fn lists_every_apps_accounts_telling_the_holders_apart() {
             Ownership::CurrentHolder
         };
         assert_eq!(ownership, expected);
-        if ownership == Ownership::PreviousHolder {
-            assert!(a.display_hint.contains("***"), "{}", a.display_hint);
-        }
+        // (The simulator masks its hints already; that the gateway masks a previous holder's
+        // hint whatever the app sends is checked with unmasked hints in holder_protection.rs.)
         assert!(!a.account_ref.contains("acct-"), "account refs are opaque");
     }
     assert_eq!(

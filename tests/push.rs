@@ -273,5 +273,37 @@ async fn bad_pushes_are_refused_and_store_nothing() {
         .await
         .unwrap_err();
     assert_error(&err, Code::InvalidArgument, "INVALID_FIELD");
+    // Nothing was stored: not the valid numbers sent beside a bad one (the API says they were
+    // never recycled), and no submission, delivery or number in any table.
+    let mut status = NumberStatusClient::connect(h.endpoint()).await.unwrap();
+    for n in numbers(0..3).iter().take(2) {
+        let recycled = status
+            .check_number_recycled(CheckNumberRecycledRequest {
+                phone_number: n.phone_number.clone(),
+                specified_date: ts(CANCELLED - 86_400),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .recycled;
+        assert!(!recycled, "{} was stored", n.phone_number);
+    }
+    sqlx::any::install_default_drivers();
+    let db = sqlx::AnyPool::connect(&h.stack.config.store.url)
+        .await
+        .unwrap();
+    for table in [
+        "submissions",
+        "submission_numbers",
+        "deliveries",
+        "recycled_numbers",
+    ] {
+        let (rows,): (i64,) = sqlx::query_as(&format!("SELECT COUNT(*) FROM {table}"))
+            .fetch_one(&db)
+            .await
+            .unwrap();
+        assert_eq!(rows, 0, "{table}");
+    }
+    db.close().await;
     h.stop().await;
 }

@@ -7,6 +7,7 @@ mod common;
 use std::{collections::HashMap, time::Duration};
 
 use common::*;
+use tokio::time::Instant;
 use tonic::{Code, Request};
 use unbind_gateway::{
     config::Config,
@@ -226,7 +227,8 @@ async fn ten_times_the_sustainable_load_is_shed_not_queued() {
     let h = Harness::start(Options {
         apps: 200,
         behaviour: Behaviour {
-            latency: Latency::Fixed(Duration::from_millis(100)),
+            // Long enough that the overload lasts while the test looks at it.
+            latency: Latency::Fixed(Duration::from_millis(300)),
             ..Behaviour::default()
         },
         tweak: saturated_config,
@@ -236,19 +238,56 @@ async fn ten_times_the_sustainable_load_is_shed_not_queued() {
     let token = h.session().await;
     let client = h.client().await;
     // Forty full look-ups at once against a gateway that handles four at a time.
-    let calls = (0..40).map(|_| {
-        let mut client = client.clone();
-        let token = token.clone();
-        tokio::spawn(async move {
-            let mut request = Request::new(ListLinkedAccountsRequest {
-                session_token: token,
-                bypass_cache: true,
-                ..Default::default()
-            });
-            request.set_timeout(Duration::from_secs(5));
-            client.list_linked_accounts(request).await
+    let channel = tonic::transport::Channel::from_shared(h.endpoint())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let calls: Vec<_> = (0..40)
+        .map(|_| {
+            let mut client = client.clone();
+            let token = token.clone();
+            tokio::spawn(async move {
+                let mut request = Request::new(ListLinkedAccountsRequest {
+                    session_token: token,
+                    bypass_cache: true,
+                    ..Default::default()
+                });
+                request.set_timeout(Duration::from_secs(5));
+                client.list_linked_accounts(request).await
+            })
         })
-    });
+        .collect();
+    // While the gateway is saturated (every permit taken, the rest shed), health checks are
+    // still answered: the gateway stays visibly alive under overload.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, text) = http_get(admin_addr(&h), "/metrics").await;
+        let shed = metric(&text, "unbind_requests_shed_total").unwrap_or(0.0);
+        if shed >= 1.0 && metric(&text, "unbind_requests_in_flight") == Some(4.0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never saturated: {text}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let status = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    assert_eq!(
+        status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+    let (_, text) = http_get(admin_addr(&h), "/metrics").await;
+    assert!(
+        metric(&text, "unbind_requests_in_flight").unwrap_or(0.0) >= 1.0,
+        "the health check was answered during the overload, not after it"
+    );
     let results = futures::future::join_all(calls).await;
     let (mut answered, mut shed) = (0, 0);
     for result in results {
@@ -278,25 +317,6 @@ async fn ten_times_the_sustainable_load_is_shed_not_queued() {
         Some(shed as f64)
     );
     assert_eq!(metric(&text, "unbind_requests_in_flight"), Some(0.0));
-    // Health checks are never shed: the gateway stays visibly alive under overload.
-    let channel = tonic::transport::Channel::from_shared(h.endpoint())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
-    let status = health
-        .check(tonic_health::pb::HealthCheckRequest {
-            service: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .status;
-    assert_eq!(
-        status,
-        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
-    );
     // And once the burst is over, look-ups are admitted again.
     assert!(lookup_ok(&client, &token).await);
     h.stop().await;

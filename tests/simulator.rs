@@ -87,10 +87,10 @@ async fn apps_have_catalog_entries_and_distinct_ports() {
     assert_eq!(apps[0].name, "Sim Pay 1");
     assert_eq!(apps[0].category, "payments");
     assert_eq!(apps[0].customer_service, "+86 400-800-0001");
-    let mut endpoints: Vec<&str> = apps.iter().map(|a| a.endpoint.as_str()).collect();
+    let endpoints: Vec<&str> = apps.iter().map(|a| a.endpoint.as_str()).collect();
     assert!(endpoints.iter().all(|e| e.starts_with("http://127.0.0.1:")));
-    endpoints.dedup();
-    assert_eq!(endpoints.len(), 3);
+    let distinct: std::collections::HashSet<&str> = endpoints.iter().copied().collect();
+    assert_eq!(distinct.len(), 3, "{endpoints:?}");
     sim.shutdown().await;
 }
 

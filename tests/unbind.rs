@@ -135,13 +135,47 @@ async fn unbind_previous_holders_accounts(h: &Harness) {
     let replay = unbind(h, &token, refs, "key-1").await.unwrap();
     assert_eq!(ids(&replay), ids(&created));
     assert!(replay.iter().all(|t| t.state == State::Completed as i32));
-    // The holder heard about each outcome by SMS.
-    let sms = unbind_gateway::registry::embedded::read_sms_file(&h.sms_file).unwrap();
-    let outcomes = sms
+    // The holder heard about each outcome by SMS (outcomes close together share one SMS):
+    // every ticket, and no more.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let told = unbound_told_by_sms(h);
+        assert!(
+            told <= created.len(),
+            "{told} outcomes told for {} tickets",
+            created.len()
+        );
+        if told == created.len() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {told} of {} outcomes told by SMS",
+            created.len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// How many unbound accounts the SMS sent so far tell of ("...unbound from your account at X."
+/// is one, "...unbound from 3 accounts: ..." three).
+fn unbound_told_by_sms(h: &Harness) -> usize {
+    unbind_gateway::registry::embedded::read_sms_file(&h.sms_file)
+        .unwrap()
         .iter()
-        .filter(|m| m.text.contains("was unbound"))
-        .count();
-    assert!(outcomes <= created.len());
+        .map(|m| {
+            if m.text.contains("was unbound from your account") {
+                1
+            } else if let Some(rest) = m.text.split("was unbound from ").nth(1) {
+                rest.split(' ')
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0)
+            } else {
+                0
+            }
+        })
+        .sum()
 }
 
 #[tokio::test]
@@ -213,7 +247,8 @@ async fn accepted_tickets_are_polled_until_done_and_show_in_look_ups() {
     let h = Harness::start(Options {
         apps: 10,
         behaviour: Behaviour {
-            unbind_completion: Duration::from_millis(600),
+            // Held in ACCEPTED until the test finishes it.
+            unbind_completion: Duration::from_secs(3600),
             ..Behaviour::default()
         },
         tweak: fast_worker,
@@ -229,24 +264,37 @@ async fn accepted_tickets_are_polled_until_done_and_show_in_look_ups() {
     let created = unbind(&h, &token, vec![target.account_ref.clone()], "k1")
         .await
         .unwrap();
-    let accepted = wait_for(&h, &ids(&created), &[State::Accepted, State::Completed]).await;
-    if accepted[0].state == State::Accepted as i32 {
-        // While under way, the account carries its open ticket.
-        let listed = accounts(&h, &token).await;
-        let shown = listed
-            .iter()
-            .find(|a| a.app_id == target.app_id && a.display_hint == target.display_hint)
-            .unwrap();
-        assert_eq!(
-            shown.open_ticket.as_ref().unwrap().ticket_id,
-            created[0].ticket_id
+    wait_for(&h, &ids(&created), &[State::Accepted]).await;
+    // Polled while under way (not only sent once).
+    let polls = h.simulator.stats(&target.app_id).status_calls;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while h.simulator.stats(&target.app_id).status_calls < polls + 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the accepted ticket is not polled"
         );
-        // Another key for the same account gets the open ticket, not a second one.
-        let again = unbind(&h, &token, vec![shown.account_ref.clone()], "k2")
-            .await
-            .unwrap();
-        assert_eq!(again[0].ticket_id, created[0].ticket_id);
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // While under way, the account carries its open ticket.
+    let listed = accounts(&h, &token).await;
+    let shown = listed
+        .iter()
+        .find(|a| a.app_id == target.app_id && a.display_hint == target.display_hint)
+        .expect("the account is still listed while its unbind is under way");
+    assert_eq!(
+        shown
+            .open_ticket
+            .as_ref()
+            .expect("its open ticket")
+            .ticket_id,
+        created[0].ticket_id
+    );
+    // Another key for the same account gets the open ticket, not a second one.
+    let again = unbind(&h, &token, vec![shown.account_ref.clone()], "k2")
+        .await
+        .unwrap();
+    assert_eq!(again[0].ticket_id, created[0].ticket_id);
+    h.simulator.finish_unbinds(&target.app_id);
     wait_for(&h, &ids(&created), &[State::Completed]).await;
     assert_eq!(
         h.simulator.stats(&target.app_id).unbind_keys,
@@ -321,27 +369,26 @@ async fn refused_and_given_up_tickets_end_rejected_and_failed() {
         rejected[0]
     );
 
-    // An app failing every call: retried until the due date, then failed.
+    // An app failing every call: retried until the due date, then failed. (The account is
+    // found first: an app failing every call would list none.)
+    let real = accounts(&h, &token)
+        .await
+        .into_iter()
+        .find(|a| a.app_id != "app-001" && a.unbind_supported)
+        .expect("one of the other apps holds an account that can be unbound");
+    let app = real.app_id.clone();
     h.simulator.set_behaviour(
-        "app-002",
+        &app,
         Behaviour {
             error_rate: 1.0,
             ..Behaviour::default()
         },
     );
-    let real = accounts(&h, &token)
-        .await
-        .into_iter()
-        .find(|a| a.app_id == "app-002" && a.unbind_supported);
-    let Some(real) = real else {
-        h.stop().await;
-        return;
-    };
     let failing = unbind(&h, &token, vec![real.account_ref], "k2")
         .await
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while h.simulator.stats("app-002").unbind_calls < 2 {
+    while h.simulator.stats(&app).unbind_calls < 2 {
         assert!(Instant::now() < deadline, "no retry");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -512,12 +559,15 @@ async fn bad_unbind_requests_are_refused_and_write_nothing() {
         assert_error(&err, code, reason);
         assert_eq!(bad_fields(&err), [field]);
     }
-    if let Some(unsupported) = mine.iter().find(|a| !a.unbind_supported) {
-        let err = unbind(&h, &token, vec![unsupported.account_ref.clone()], "k")
-            .await
-            .unwrap_err();
-        assert_eq!(err.code(), Code::FailedPrecondition);
-    }
+    let unsupported = mine
+        .iter()
+        .find(|a| !a.unbind_supported)
+        .expect("the simulator's seed gives the holder an account that cannot be unbound");
+    let err = unbind(&h, &token, vec![unsupported.account_ref.clone()], "k")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert_eq!(bad_fields(&err), ["account_refs[0]"]);
     let err = unbind(&h, "forged-session", vec![supported[0].clone()], "k")
         .await
         .unwrap_err();

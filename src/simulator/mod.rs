@@ -289,6 +289,15 @@ impl Simulator {
         }
     }
 
+    /// Makes every unbind an app accepted done now (its `GetUnbindStatus` answers `DONE`), so a
+    /// test can hold an unbind in `ACCEPTED` as long as it needs and then end it. Unknown ids
+    /// are ignored.
+    pub fn finish_unbinds(&self, app_id: &str) {
+        if let Some(slot) = self.slot(app_id) {
+            slot.state.finish_unbinds();
+        }
+    }
+
     /// Changes how every app behaves, from its next call on.
     pub fn set_behaviour_all(&self, behaviour: &Behaviour) {
         for slot in &self.inner.slots {

@@ -107,6 +107,16 @@ impl AppState {
         *lock(&self.behaviour) = behaviour;
     }
 
+    /// Makes every accepted unbind done now, whatever its completion time said.
+    pub(crate) fn finish_unbinds(&self) {
+        let now = Instant::now();
+        for record in lock(&self.memory).by_key.values_mut() {
+            if let Some(done_at) = &mut record.done_at {
+                *done_at = (*done_at).min(now);
+            }
+        }
+    }
+
     pub(crate) fn stats(&self) -> AppStats {
         lock(&self.memory).stats.clone()
     }

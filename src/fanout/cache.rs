@@ -18,13 +18,14 @@ use std::{
     collections::HashMap,
     future::Future,
     sync::{Arc, Mutex, RwLock},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use futures::{
     FutureExt,
     future::{BoxFuture, Shared},
 };
+use tokio::time::Instant;
 use tonic::Code;
 
 use super::CallError;
@@ -53,7 +54,8 @@ pub fn accounts(list: Vec<AdapterAccount>) -> Accounts {
 
 /// One app's answer and when it was fetched.
 struct Answer {
-    /// For the TTL.
+    /// For the TTL: tokio's clock (the real one in production, a paused one in tests; never the
+    /// gateway's wall clock, which tests move by hours).
     fetched: Instant,
     /// On the gateway's clock, to compare with when an unbind completed (on any replica).
     fetched_ms: i64,
@@ -272,21 +274,27 @@ mod tests {
         assert_eq!(cache.len(), 3);
     }
 
-    #[test]
-    fn an_answer_is_fresh_for_its_own_ttl() {
-        // Margins wide enough for a loaded machine: a sleep may overrun by up to 400 ms.
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_is_fresh_for_its_own_ttl() {
         let cache = cache(Duration::from_secs(1), 1_000);
         let (a, b) = (app("a"), app("b"));
         cache.insert((1, a.clone()), accounts(vec![account("x")]));
-        std::thread::sleep(Duration::from_millis(600));
+        tokio::time::advance(Duration::from_millis(600)).await;
         cache.insert((1, b.clone()), accounts(vec![account("y")]));
-        std::thread::sleep(Duration::from_millis(600));
-        // a was fetched at least 1.2 s ago, b about 0.6 s ago: the entry is alive (touched
-        // 0.6 s ago), a's answer is stale.
+        tokio::time::advance(Duration::from_millis(399)).await;
+        // a was fetched 999 ms ago: still fresh.
+        assert_eq!(
+            ids(&cache.cached(1, [&a, &b].into_iter())),
+            vec![Some(vec!["x".into()]), Some(vec!["y".into()])]
+        );
+        tokio::time::advance(Duration::from_millis(1)).await;
+        // a is exactly a TTL old, b 400 ms: the entry lives on, a's answer is stale.
         assert_eq!(
             ids(&cache.cached(1, [&a, &b].into_iter())),
             vec![None, Some(vec!["y".into()])]
         );
+        tokio::time::advance(Duration::from_millis(600)).await;
+        assert_eq!(ids(&cache.cached(1, [&a, &b].into_iter())), vec![None, None]);
     }
 
     #[test]
@@ -325,19 +333,22 @@ mod tests {
         );
     }
 
-    #[test]
-    fn an_answer_is_dated_on_the_gateways_clock_and_expires_in_real_time() {
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_is_dated_on_the_gateways_clock_and_expires_on_tokios() {
         let clock = Clock::system();
         let cache = LookupCache::new(Duration::from_secs(60), 1_000, clock.clone());
         let a = app("a");
         let before = clock.now_ms();
         cache.insert((1, a.clone()), accounts(vec![]));
         let after = clock.now_ms();
-        // A test clock moved on an hour neither re-dates nor expires it.
+        // The gateway's clock moved on an hour neither re-dates nor expires it.
         clock.advance(Duration::from_secs(3600));
         let found = cache.cached(1, [&a].into_iter());
         let fetched_ms = found[0].as_ref().expect("still fresh").fetched_ms;
         assert!((before..=after).contains(&fetched_ms));
+        // Tokio's clock past the TTL does.
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert!(cache.cached(1, [&a].into_iter())[0].is_none());
     }
 
     #[tokio::test]

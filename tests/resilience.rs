@@ -199,9 +199,22 @@ async fn chaos_every_look_up_answers_in_time_and_breakers_open_and_close() {
             },
         );
     }
-    tokio::time::sleep(Duration::from_millis(3_200)).await;
-    let answer = lookup(&h, &token).await.unwrap();
-    let states = states(&answer);
+    // Waited for, not slept: look-ups skip the apps until their open period is over, then
+    // probe them once each.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let states = loop {
+        let states = states(&lookup(&h, &token).await.unwrap());
+        let closed = stalled
+            .iter()
+            .chain(down)
+            .chain(healthy)
+            .all(|id| states[id] == State::Answered);
+        if closed {
+            break states;
+        }
+        assert!(Instant::now() < deadline, "the breakers never closed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     for id in stalled.iter().chain(down).chain(healthy) {
         assert_eq!(states[id], State::Answered, "{id}");
     }
@@ -411,8 +424,30 @@ async fn a_callers_tiny_deadline_cannot_open_an_apps_breaker() {
     let state = state_with_deadline(&h, &token, &app, Some(Duration::from_millis(300))).await;
     assert!(matches!(state, Some(State::TimedOut) | None), "{state:?}");
     if state.is_none() {
-        // The app's call runs on as its own task until its deadline; let it report.
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // The app's call runs on as its own task until its deadline: wait until it has
+        // reported (the app shows as down), rather than for a guessed time.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let apps = h
+                .client()
+                .await
+                .list_apps(ListAppsRequest::default())
+                .await
+                .unwrap()
+                .into_inner()
+                .apps;
+            if apps
+                .iter()
+                .any(|a| a.app_id == app && a.health == Health::Down as i32)
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the timeout never opened the breaker"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
     let state = state_with_deadline(&h, &token, &app, Some(Duration::from_secs(2))).await;
     assert_eq!(state, Some(State::SkippedCircuitOpen));

@@ -299,11 +299,20 @@ async fn errors_and_stalls_follow_the_behaviour() {
     );
 
     // Stopping an app with a stalled call in flight does not hang.
+    let calls_before = sim.stats(&app.id).find_calls;
     let stalled = tokio::spawn({
         let mut client = client.clone();
         async move { client.find_accounts(find(PHONE)).await }
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Once the call has reached the app (not after a guessed pause).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while sim.stats(&app.id).find_calls < calls_before + 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the call never reached the app"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     tokio::time::timeout(Duration::from_secs(5), sim.stop_app(&app.id))
         .await
         .expect("stop_app ends stalled calls");

@@ -647,12 +647,21 @@ async fn a_failing_apps_breaker_holds_back_its_unbinds_too() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     // ...then the worker, which retries every 50-200 ms, leaves the app alone for the open
-    // period (5 s; we look for 1 s) while the ticket stays open.
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // period (5 s) while the ticket stays open: it tries, the breaker refuses, no call is made.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let t = loop {
+        let t = tickets(&h, &ids(&created)).await.remove(0);
+        if t.detail.contains("circuit open") {
+            break t;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the breaker never held the worker back: {t:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
     assert_eq!(h.simulator.stats(&app).unbind_calls, 3);
-    let t = &tickets(&h, &ids(&created)).await[0];
     assert_eq!(t.state, State::Sent as i32, "{t:?}");
-    assert!(t.detail.contains("circuit open"), "{t:?}");
     // Look-ups skip it meanwhile.
     let listed = h
         .client()

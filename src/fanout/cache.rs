@@ -294,7 +294,10 @@ mod tests {
             vec![None, Some(vec!["y".into()])]
         );
         tokio::time::advance(Duration::from_millis(600)).await;
-        assert_eq!(ids(&cache.cached(1, [&a, &b].into_iter())), vec![None, None]);
+        assert_eq!(
+            ids(&cache.cached(1, [&a, &b].into_iter())),
+            vec![None, None]
+        );
     }
 
     #[test]

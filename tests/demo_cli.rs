@@ -3,8 +3,9 @@
 //! accounts told apart.
 
 use std::{
-    io::{BufRead, BufReader},
-    process::{Child, Command, Stdio},
+    io::{BufRead, BufReader, Read},
+    process::{Child, Command, Output, Stdio},
+    sync::mpsc,
     time::{Duration, Instant},
 };
 
@@ -14,6 +15,46 @@ impl Drop for KillOnDrop {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// Runs a command to its end, as `Command::output` does, but fails the test if it takes longer
+/// than `limit` (the child is killed) rather than hanging CI.
+fn output_within(command: &mut Command, limit: Duration) -> Output {
+    let mut child = KillOnDrop(
+        command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut stdout = child.0.stdout.take().unwrap();
+    let mut stderr = child.0.stderr.take().unwrap();
+    let out = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = stdout.read_to_end(&mut buf);
+        buf
+    });
+    let err = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = stderr.read_to_end(&mut buf);
+        buf
+    });
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{command:?} ran longer than {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
     }
 }
 
@@ -39,26 +80,36 @@ fn query_against_the_demo_lists_all_200_apps() {
             .spawn()
             .unwrap(),
     );
-    // Wait for the banner, which is printed once everything is up.
+    // Wait for the banner, which is printed once everything is up. The demo's stdout is read
+    // on a thread of its own (which also keeps draining the SMS echo so the demo never blocks),
+    // so a demo that prints nothing fails this test at the deadline instead of hanging it.
     let stdout = demo.0.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            // Once nobody listens any more, this just keeps draining.
+            let _ = tx.send(line);
+        }
+    });
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut banner = String::new();
-    for line in lines.by_ref() {
-        let line = line.unwrap();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = rx
+            .recv_timeout(left)
+            .unwrap_or_else(|e| panic!("demo did not start within 60 s ({e}): {banner}"));
         banner.push_str(&line);
         banner.push('\n');
         if line.contains("Press Ctrl-C") {
             break;
         }
-        assert!(Instant::now() < deadline, "demo did not start");
     }
     assert!(banner.contains("DEVELOPMENT MODE"), "{banner}");
-    // Keep draining the demo's stdout (the SMS echo) so it never blocks.
-    std::thread::spawn(move || for _ in lines {});
 
     let sms = dir.path().join("sms.jsonl");
-    let output = Command::new(bin)
+    let mut output = Command::new(bin);
+    output
         .args([
             "query",
             "--endpoint",
@@ -71,9 +122,8 @@ fn query_against_the_demo_lists_all_200_apps() {
         ])
         .arg(&sms)
         .arg("--json")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+        .stdin(Stdio::null());
+    let output = output_within(&mut output, Duration::from_secs(120));
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
@@ -96,7 +146,8 @@ fn query_against_the_demo_lists_all_200_apps() {
     assert_eq!(app_ids.len(), 200, "{text}");
 
     // Then unbind every previous holder's account and watch the tickets complete.
-    let output = Command::new(bin)
+    let mut output = Command::new(bin);
+    output
         .args([
             "query",
             "--endpoint",
@@ -109,9 +160,8 @@ fn query_against_the_demo_lists_all_200_apps() {
         ])
         .arg(&sms)
         .args(["--json", "--unbind", "previous", "--watch"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+        .stdin(Stdio::null());
+    let output = output_within(&mut output, Duration::from_secs(120));
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),

@@ -300,7 +300,11 @@ async fn the_gateway_presents_its_certificate_and_verifies_adapters_and_the_regi
     assert_eq!(answer.app_results.len(), APPS, "{answer:?}");
     for result in &answer.app_results {
         assert_eq!(result.state(), State::Unavailable, "{result:?}");
-        assert!(result.latency_ms < 1_000, "not a real timeout: {result:?}");
+        // Refused, not waited out: well inside the app's own timeout.
+        assert!(
+            u128::from(result.latency_ms) < config.app_defaults.timeout.as_millis(),
+            "not a refusal but a timeout: {result:?}"
+        );
     }
     assert_eq!(answer.total_accounts, 0);
     assert!(!answer.complete);

@@ -391,3 +391,66 @@ async fn refusals_at_the_edge_are_audited() {
     }
     rig.h.stop().await;
 }
+
+/// Another tenant's ticket ids and verification ids get nothing: no tickets, the same answer as
+/// an unknown verification, and no effect on the owner's verification.
+#[tokio::test]
+async fn another_tenants_ids_get_nothing() {
+    use unbind_gateway::proto::{ListLinkedAccountsRequest, UnbindRequest};
+    let rig = Rig::start().await;
+    let mut a = rig.client("portal-a").await;
+    let mut b = rig.client("portal-b").await;
+    let v = start(&mut a, PHONE, ID_LAST_SIX).await.unwrap();
+    let code = rig.h.wait_for_code(PHONE, 1).await;
+    // B tries A's verification: told it does not exist, with the right code or a wrong one.
+    for guess in [code.as_str(), "999999"] {
+        let err = complete(&mut b, &v, guess).await.unwrap_err();
+        assert_error(&err, Code::FailedPrecondition, "VERIFICATION_EXPIRED");
+    }
+    // A's verification is untouched: no tries used, the code still good.
+    let token = complete(&mut a, &v, &code).await.unwrap();
+    let accounts = a
+        .list_linked_accounts(ListLinkedAccountsRequest {
+            session_token: token.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .accounts;
+    let target = accounts
+        .iter()
+        .find(|x| x.unbind_supported)
+        .expect("an account to unbind");
+    let tickets = a
+        .unbind(UnbindRequest {
+            session_token: token,
+            account_refs: vec![target.account_ref.clone()],
+            idempotency_key: "a-1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .tickets;
+    let ids: Vec<String> = tickets.iter().map(|t| t.ticket_id.clone()).collect();
+    let read = |c: &mut Client| {
+        let mut c = c.clone();
+        let ids = ids.clone();
+        async move {
+            c.get_unbind_tickets(GetUnbindTicketsRequest {
+                session_token: String::new(),
+                ticket_ids: ids,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .tickets
+        }
+    };
+    assert_eq!(read(&mut a).await.len(), 1, "the owner reads its ticket");
+    assert!(
+        read(&mut b).await.is_empty(),
+        "another tenant reads nothing"
+    );
+    rig.h.stop().await;
+}

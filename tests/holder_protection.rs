@@ -146,6 +146,7 @@ async fn a_guesser_sees_the_same_answers_whatever_the_truth() {
 /// Two replicas on PostgreSQL: a stranger's starts on one replica neither cap nor supersede the
 /// holder's verification started on the other.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(no_database, ignore = "needs DATABASE_URL")]
 async fn two_replicas_strangers_cannot_lock_the_holder_out() {
     let Some(url) = fresh_postgres_database().await else {
         return;
@@ -357,6 +358,7 @@ async fn a_match_without_holder_since_fails_closed() {
 }
 
 #[tokio::test]
+#[cfg_attr(no_database, ignore = "needs DATABASE_URL")]
 async fn a_match_without_holder_since_fails_closed_on_postgres() {
     if let Some(url) = fresh_postgres_database().await {
         fails_closed(Some(url)).await;
@@ -549,6 +551,7 @@ async fn summary_sms_are_capped_per_number() {
 }
 
 #[tokio::test]
+#[cfg_attr(no_database, ignore = "needs DATABASE_URL")]
 async fn summary_sms_are_capped_per_number_on_postgres() {
     if let Some(url) = fresh_postgres_database().await {
         summary_sms_cap(Some(url)).await;

@@ -1,44 +1,17 @@
 //! Fuzzes `E164::parse` on any text. An accepted number must be in E.164 form, parse to itself,
 //! and no printed form (`masked`, `masked_international`, `Display`, `Debug`) may show the whole
 //! national number, any 8 consecutive digits of it, or fewer than four stars.
+//!
+//! The checks live in `fuzz/checks/phone.rs`, shared with the seed test `tests/fuzz_seeds.rs`.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use unbind_gateway::domain::E164;
+
+mod check {
+    include!("../checks/phone.rs");
+}
 
 fuzz_target!(|data: &[u8]| {
-    let input = String::from_utf8_lossy(data);
-    let Ok(phone) = E164::parse(&input) else {
-        return;
-    };
-    let e164 = phone.expose();
-    assert!(e164.starts_with('+'), "{e164:?}");
-    assert!(e164[1..].bytes().all(|b| b.is_ascii_digit()), "{e164:?}");
-    assert!((3..=16).contains(&e164.len()), "{e164:?}");
-    assert_eq!(E164::parse(e164).as_ref(), Ok(&phone), "not idempotent");
-
-    let international = phone.masked_international();
-    let country_code = international[1..].split(' ').next().unwrap_or_default();
-    assert!(e164[1..].starts_with(country_code), "{international:?}");
-    let national = &e164[1 + country_code.len()..];
-
-    let masked = phone.masked();
-    assert_eq!(masked.len(), national.len());
-    assert!(masked.bytes().filter(|&b| b == b'*').count() >= 4.min(national.len()));
-    for shown in [
-        masked,
-        international,
-        format!("{phone}"),
-        format!("{phone:?}"),
-    ] {
-        assert!(
-            !shown.contains(national),
-            "{shown:?} shows the national number"
-        );
-        for i in 0..national.len().saturating_sub(7) {
-            let window = &national[i..i + 8];
-            assert!(!shown.contains(window), "{shown:?} shows {window:?}");
-        }
-    }
+    check::check(data);
 });

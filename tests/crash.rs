@@ -53,9 +53,7 @@ async fn no_ticket_is_lost_when_the_gateway_is_killed_on_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(no_database, ignore = "needs DATABASE_URL")]
 async fn no_ticket_is_lost_when_the_gateway_is_killed_on_postgres() {
-    let Some(url) = common::fresh_postgres_database().await else {
-        return;
-    };
+    let url = common::fresh_postgres_database().await;
     crash_and_recover("postgres", Some(url)).await;
 }
 

@@ -69,9 +69,8 @@ async fn pushed_numbers_reach_every_app_in_batches_at_least_once() {
 #[tokio::test]
 #[cfg_attr(no_database, ignore = "needs DATABASE_URL")]
 async fn the_push_works_the_same_on_postgres() {
-    if let Some(url) = fresh_postgres_database().await {
-        push_scenario(Some(url)).await;
-    }
+    let url = fresh_postgres_database().await;
+    push_scenario(Some(url)).await;
 }
 
 async fn push_scenario(store_url: Option<String>) {

@@ -166,8 +166,8 @@ pub fn bad_fields(status: &tonic::Status) -> Vec<String> {
 /// `build.rs` sets `no_database` when `DATABASE_URL` is unset outside CI, so `cargo test` reports
 /// such a test as ignored instead of running it. Reaching this without `DATABASE_URL` (under
 /// `CI=true`, with `--include-ignored`, or a test binary run by hand) fails the test, never passes
-/// it. Always `Some`: the `Option` keeps the callers' `let Some(url) = ... else` compiling.
-pub async fn fresh_postgres_database() -> Option<String> {
+/// it.
+pub async fn fresh_postgres_database() -> String {
     let Ok(base) = std::env::var("DATABASE_URL") else {
         assert!(
             std::env::var("CI").as_deref() != Ok("true"),
@@ -178,11 +178,9 @@ pub async fn fresh_postgres_database() -> Option<String> {
              without it `cargo test` reports it as ignored"
         );
     };
-    Some(
-        unbind_gateway::store::Store::create_scratch_postgres_database(&base, "unbind_test")
-            .await
-            .expect("DATABASE_URL is set but a database cannot be created"),
-    )
+    unbind_gateway::store::Store::create_scratch_postgres_database(&base, "unbind_test")
+        .await
+        .expect("DATABASE_URL is set but a database cannot be created")
 }
 
 /// `GET http://addr/path` over a plain TCP connection (HTTP/1.1, `Connection: close`); the

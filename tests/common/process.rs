@@ -141,6 +141,7 @@ impl World {
             child,
             addr,
             log,
+            config,
             client: None,
         };
         process.wait_until_ready(self.simulator.apps().len()).await;
@@ -194,6 +195,8 @@ pub struct GatewayProcess {
     child: Child,
     pub addr: SocketAddr,
     log: PathBuf,
+    /// The config file it was started with (and reads again on SIGHUP).
+    pub config: PathBuf,
     client: Option<AccountGatewayClient<Channel>>,
 }
 
@@ -254,14 +257,23 @@ impl GatewayProcess {
 
     /// Sends SIGTERM (std has no signal API; `kill` does it); returns when it was sent.
     pub fn sigterm(&mut self) -> Instant {
+        self.signal("TERM")
+    }
+
+    /// Sends SIGHUP: reload the config file.
+    pub fn sighup(&mut self) -> Instant {
+        self.signal("HUP")
+    }
+
+    fn signal(&mut self, name: &str) -> Instant {
         if let Some(status) = self.child.try_wait().expect("the process's status") {
             panic!("the gateway had already exited: {status}");
         }
         let kill = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args([&format!("-{name}"), &self.child.id().to_string()])
             .status()
             .expect("kill runs");
-        assert!(kill.success(), "kill -TERM: {kill}");
+        assert!(kill.success(), "kill -{name}: {kill}");
         Instant::now()
     }
 

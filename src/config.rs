@@ -754,11 +754,37 @@ impl Config {
                 bail!("`{}` must be at least 1", at("concurrency"));
             }
         }
+        self.check_lease_outlasts_calls()?;
         Ok(())
     }
 }
 
 impl Config {
+    /// A worker holds a ticket's lease while it waits for the app, for up to the app's timeout,
+    /// and does not renew it. A lease shorter than that ends while the call is still running:
+    /// the worker's next claim (or another replica's) takes the ticket and sends it again, and
+    /// the first answer can no longer be recorded, for ever if the app is always that slow.
+    fn check_lease_outlasts_calls(&self) -> anyhow::Result<()> {
+        let (key, longest) = self
+            .apps
+            .iter()
+            .enumerate()
+            .filter_map(|(i, app)| app.timeout.map(|t| (format!("apps[{i}].timeout"), t)))
+            .chain([("app_defaults.timeout".to_owned(), self.app_defaults.timeout)])
+            .max_by_key(|(_, t)| *t)
+            .unwrap_or_default();
+        if self.unbind.lease <= longest {
+            bail!(
+                "`unbind.lease` ({}) must be longer than the longest app timeout (`{key}`, {}): \
+                 a call still running when its lease ends is sent again and its answer is never \
+                 recorded",
+                humantime::format_duration(self.unbind.lease),
+                humantime::format_duration(longest)
+            );
+        }
+        Ok(())
+    }
+
     /// Plain text only where it is harmless. `development = true` is refused unless `listen` is
     /// a loopback address: it turns off TLS and client certificates, so every caller that can
     /// reach the port is the carrier. (The admin endpoint does not matter here: it is plain HTTP
@@ -935,6 +961,19 @@ mod tests {
         }
         // Outside development any address will do (TLS and client certificates guard it).
         Config::parse(&production().replace("127.0.0.1:50051", "0.0.0.0:50051")).unwrap();
+    }
+
+    #[test]
+    fn the_lease_must_outlast_every_app_call() {
+        let short = format!("{MINIMAL}\n[unbind]\nlease = \"800ms\"\n");
+        let err = format!("{:#}", Config::parse(&short).unwrap_err());
+        assert!(err.contains("`unbind.lease` (800ms)"), "{err}");
+        assert!(err.contains("`app_defaults.timeout`, 2s"), "{err}");
+        let app_longer = MINIMAL.replace("timeout = \"800ms\"", "timeout = \"40s\"");
+        let err = format!("{:#}", Config::parse(&app_longer).unwrap_err());
+        assert!(err.contains("`apps[0].timeout`, 40s"), "{err}");
+        // The defaults (30 s against 2 s) pass.
+        Config::parse(MINIMAL).unwrap();
     }
 
     #[test]

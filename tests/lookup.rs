@@ -94,7 +94,7 @@ async fn lists_every_apps_accounts_telling_the_holders_apart() {
 async fn a_stalled_app_times_out_alone_within_the_deadline() {
     let h = Harness::start(Options {
         apps: 20,
-        app_timeout: Duration::from_secs(30),
+        app_timeout: Duration::from_secs(20),
         ..Options::default()
     })
     .await;

@@ -265,6 +265,33 @@ impl GatewayProcess {
         self.signal("HUP")
     }
 
+    /// Sends SIGSTOP: the process freezes where it is, its leases and connections held, as a
+    /// replica does in a long GC-like pause or a VM migration.
+    pub fn sigstop(&mut self) -> Instant {
+        self.signal("STOP")
+    }
+
+    /// Sends SIGCONT: a stopped process resumes where it was.
+    pub fn sigcont(&mut self) -> Instant {
+        self.signal("CONT")
+    }
+
+    /// Waits (at most `within`) for a log line containing `text`.
+    pub async fn wait_for_log(&self, text: &str, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            let line = self.log_line(text);
+            if line.contains(text) && !line.starts_with("no log line with") {
+                return line;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no log line with {text:?} within {within:?}"
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
     fn signal(&mut self, name: &str) -> Instant {
         if let Some(status) = self.child.try_wait().expect("the process's status") {
             panic!("the gateway had already exited: {status}");

@@ -23,7 +23,7 @@ use tonic::{Code, transport::Channel};
 use unbind_gateway::{
     proto::{
         CompleteVerificationRequest, GetUnbindTicketsRequest, ListLinkedAccountsRequest,
-        ListLinkedAccountsResponse, StartVerificationRequest, SummarySms, UnbindRequest,
+        ListLinkedAccountsResponse, SummarySms, UnbindRequest,
         account_gateway_client::AccountGatewayClient, linked_account::Ownership,
         unbind_account_request::Reason, unbind_ticket::State,
     },
@@ -40,24 +40,6 @@ fn made_up_id(i: usize) -> String {
 const DAY_MS: i64 = 86_400_000;
 /// 2024-03-01, the demo holder's date.
 const HOLDER_SINCE_MS: i64 = 1_709_251_200_000;
-
-async fn start(c: &mut Client, phone: &str, id: &str) -> Result<String, tonic::Status> {
-    c.start_verification(StartVerificationRequest {
-        phone_number: phone.into(),
-        id_last_six: id.into(),
-    })
-    .await
-    .map(|r| r.into_inner().verification_id)
-}
-
-async fn complete(c: &mut Client, id: &str, code: &str) -> Result<String, tonic::Status> {
-    c.complete_verification(CompleteVerificationRequest {
-        verification_id: id.into(),
-        code: code.into(),
-    })
-    .await
-    .map(|r| r.into_inner().session_token)
-}
 
 /// What a caller can see of an answer: OK, or the code and reason.
 fn seen<T>(r: &Result<T, tonic::Status>) -> String {
@@ -78,19 +60,19 @@ async fn strangers_without_the_id_cannot_lock_the_holder_out() {
     // Six starts with the same made-up ID characters: the sixth is capped, as it would be for
     // anyone repeating one pair...
     for _ in 0..5 {
-        start(&mut c, PHONE, &made_up_id(7)).await.unwrap();
+        start_with(&mut c, PHONE, &made_up_id(7)).await.unwrap();
     }
-    let err = start(&mut c, PHONE, &made_up_id(7)).await.unwrap_err();
+    let err = start_with(&mut c, PHONE, &made_up_id(7)).await.unwrap_err();
     assert_error(&err, Code::ResourceExhausted, "MAX_CODES_EXCEEDED");
     // ...and twenty more with other made-up characters are never capped.
     for i in 100..120 {
-        start(&mut c, PHONE, &made_up_id(i)).await.unwrap();
+        start_with(&mut c, PHONE, &made_up_id(i)).await.unwrap();
     }
     // The holder still gets a code, and a stranger's start right after does not kill it.
-    let v = start(&mut c, PHONE, ID_LAST_SIX).await.unwrap();
+    let v = start_with(&mut c, PHONE, ID_LAST_SIX).await.unwrap();
     let code = h.wait_for_code(PHONE, 1).await;
-    start(&mut c, PHONE, &made_up_id(8)).await.unwrap();
-    complete(&mut c, &v, &code).await.unwrap();
+    start_with(&mut c, PHONE, &made_up_id(8)).await.unwrap();
+    complete_with(&mut c, &v, &code).await.unwrap();
     // No code went to the number for any of the strangers' starts.
     assert_eq!(h.codes_sent_to(PHONE).len(), 1);
     h.stop().await;
@@ -109,15 +91,15 @@ async fn a_guesser_sees_the_same_answers_whatever_the_truth() {
         (OTHER_PHONE, made_up_id(4)),
     ] {
         let mut seq = Vec::new();
-        let first = start(&mut c, phone, &id).await;
+        let first = start_with(&mut c, phone, &id).await;
         seq.push(seen(&first));
         let v = first.unwrap();
         // Five wrong codes (a guesser does not know the code either way).
         for _ in 0..5 {
-            seq.push(seen(&complete(&mut c, &v, "999999").await));
+            seq.push(seen(&complete_with(&mut c, &v, "999999").await));
         }
         for _ in 0..5 {
-            seq.push(seen(&start(&mut c, phone, &id).await));
+            seq.push(seen(&start_with(&mut c, phone, &id).await));
         }
         sequences.push(seq);
     }
@@ -163,13 +145,15 @@ async fn two_replicas_strangers_cannot_lock_the_holder_out() {
     let mut stranger = Client::connect(b.endpoint()).await.unwrap();
     for i in 0..6 {
         // Five of one pair, then another.
-        let _ = start(&mut stranger, PHONE, &made_up_id(i / 5)).await;
+        let _ = start_with(&mut stranger, PHONE, &made_up_id(i / 5)).await;
     }
-    let v = start(&mut a, PHONE, ID_LAST_SIX).await.unwrap();
+    let v = start_with(&mut a, PHONE, ID_LAST_SIX).await.unwrap();
     let code = h.wait_for_code(PHONE, 1).await;
-    start(&mut stranger, PHONE, &made_up_id(9)).await.unwrap();
+    start_with(&mut stranger, PHONE, &made_up_id(9))
+        .await
+        .unwrap();
     // Completed on the stranger's replica, even.
-    complete(&mut stranger, &v, &code).await.unwrap();
+    complete_with(&mut stranger, &v, &code).await.unwrap();
     b.stop().await.unwrap();
     h.stop().await;
 }
@@ -221,7 +205,7 @@ impl Rig {
 
     async fn session(&self, c: &mut Client) -> (String, Option<prost_types::Timestamp>) {
         let n = self.registry.sms_of(PHONE, "verification_code").len();
-        let v = start(c, PHONE, ID_LAST_SIX).await.unwrap();
+        let v = start_with(c, PHONE, ID_LAST_SIX).await.unwrap();
         let code = self.registry.wait_for_code(PHONE, n + 1).await;
         let done = c
             .complete_verification(CompleteVerificationRequest {
@@ -309,11 +293,11 @@ async fn the_registry_is_no_oracle() {
         // four times (under the hourly cap).
         for i in 0..12 {
             let at = Instant::now();
-            let r = start(&mut c, PHONE, ID_LAST_SIX).await;
+            let r = start_with(&mut c, PHONE, ID_LAST_SIX).await;
             right.push(at.elapsed());
             assert_eq!(seen(&r), "OK", "{mismatch:?}");
             let at = Instant::now();
-            let w = start(&mut c, PHONE, &made_up_id(i)).await;
+            let w = start_with(&mut c, PHONE, &made_up_id(i)).await;
             wrong.push(at.elapsed());
             assert_eq!(seen(&w), "OK", "{mismatch:?}");
             if i % 4 == 3 {
@@ -333,8 +317,8 @@ async fn the_registry_is_no_oracle() {
     }
     // Down for everyone: the same UNAVAILABLE whatever the ID.
     rig.registry.set(|b| b.down = true);
-    let r = start(&mut c, PHONE, ID_LAST_SIX).await;
-    let w = start(&mut c, PHONE, &made_up_id(50)).await;
+    let r = start_with(&mut c, PHONE, ID_LAST_SIX).await;
+    let w = start_with(&mut c, PHONE, &made_up_id(50)).await;
     assert_eq!(seen(&r), seen(&w));
     assert_eq!(seen(&r), "Unavailable/SERVICE_UNAVAILABLE");
     rig.h.stop().await;
@@ -631,9 +615,9 @@ async fn guessing_at_one_numbers_id_is_reported() {
     .await;
     let mut c = h.client().await;
     for i in 0..9 {
-        start(&mut c, PHONE, &made_up_id(i)).await.unwrap();
+        start_with(&mut c, PHONE, &made_up_id(i)).await.unwrap();
     }
-    start(&mut c, PHONE, ID_LAST_SIX).await.unwrap();
+    start_with(&mut c, PHONE, ID_LAST_SIX).await.unwrap();
     let gateway = &h.stack.gateway.as_ref().unwrap().gateway;
     gateway.audit.flush().await;
     let keys = unbind_gateway::security::Keys::derive(&h.stack.config.signing_secret().unwrap());
@@ -675,22 +659,24 @@ async fn an_operator_may_cap_the_id_characters_tried_per_number() {
     })
     .await;
     let mut c = h.client().await;
-    start(&mut c, PHONE, ID_LAST_SIX).await.unwrap();
-    start(&mut c, PHONE, &made_up_id(1)).await.unwrap();
-    start(&mut c, PHONE, &made_up_id(2)).await.unwrap();
-    let err = start(&mut c, PHONE, &made_up_id(3)).await.unwrap_err();
+    start_with(&mut c, PHONE, ID_LAST_SIX).await.unwrap();
+    start_with(&mut c, PHONE, &made_up_id(1)).await.unwrap();
+    start_with(&mut c, PHONE, &made_up_id(2)).await.unwrap();
+    let err = start_with(&mut c, PHONE, &made_up_id(3)).await.unwrap_err();
     assert_error(&err, Code::ResourceExhausted, "MAX_CODES_EXCEEDED");
     // Already tried: still served, right or wrong.
-    start(&mut c, PHONE, ID_LAST_SIX).await.unwrap();
-    start(&mut c, PHONE, &made_up_id(2)).await.unwrap();
+    start_with(&mut c, PHONE, ID_LAST_SIX).await.unwrap();
+    start_with(&mut c, PHONE, &made_up_id(2)).await.unwrap();
     // On another number, the right ID characters as the fourth new pair get the same refusal.
     for i in 10..13 {
-        start(&mut c, OTHER_PHONE, &made_up_id(i)).await.unwrap();
+        start_with(&mut c, OTHER_PHONE, &made_up_id(i))
+            .await
+            .unwrap();
     }
-    let err = start(&mut c, OTHER_PHONE, OTHER_ID).await.unwrap_err();
+    let err = start_with(&mut c, OTHER_PHONE, OTHER_ID).await.unwrap_err();
     assert_error(&err, Code::ResourceExhausted, "MAX_CODES_EXCEEDED");
     // An hour later, room again.
     h.clock.advance(Duration::from_secs(3601));
-    start(&mut c, OTHER_PHONE, OTHER_ID).await.unwrap();
+    start_with(&mut c, OTHER_PHONE, OTHER_ID).await.unwrap();
     h.stop().await;
 }

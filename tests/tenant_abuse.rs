@@ -17,8 +17,7 @@ use unbind_gateway::{
     cli::certs::{DevPki, generate},
     config::{Role, TenantConfig, TlsConfig},
     proto::{
-        CheckNumberRecycledRequest, CompleteVerificationRequest, GetSubmissionRequest,
-        GetUnbindTicketsRequest, ListAppsRequest, StartVerificationRequest,
+        CheckNumberRecycledRequest, GetSubmissionRequest, GetUnbindTicketsRequest, ListAppsRequest,
         account_gateway_client::AccountGatewayClient, carrier_push_client::CarrierPushClient,
         number_status_client::NumberStatusClient,
     },
@@ -154,24 +153,6 @@ impl Rig {
     }
 }
 
-async fn start(c: &mut Client, phone: &str, id: &str) -> Result<String, tonic::Status> {
-    c.start_verification(StartVerificationRequest {
-        phone_number: phone.into(),
-        id_last_six: id.into(),
-    })
-    .await
-    .map(|r| r.into_inner().verification_id)
-}
-
-async fn complete(c: &mut Client, id: &str, code: &str) -> Result<String, tonic::Status> {
-    c.complete_verification(CompleteVerificationRequest {
-        verification_id: id.into(),
-        code: code.into(),
-    })
-    .await
-    .map(|r| r.into_inner().session_token)
-}
-
 /// Over a thousand wrong codes from one portal's users (the old per-tenant budget was 1,000 an
 /// hour, spent by codes typed on verifications whose ID never matched): the portal's next user
 /// still verifies, and the guessing shows in the metrics and the audit trail.
@@ -186,10 +167,10 @@ async fn a_tenants_end_users_cannot_switch_it_off() {
             async move {
                 let id = format!("{:02}{:03}{}", 1 + i % 28, i, i % 10);
                 let phone = format!("+8613700{i:06}");
-                let v = start(&mut c, &phone, &id).await.unwrap();
+                let v = start_with(&mut c, &phone, &id).await.unwrap();
                 let mut n = 0;
                 for _ in 0..5 {
-                    let err = complete(&mut c, &v, "999999").await.unwrap_err();
+                    let err = complete_with(&mut c, &v, "999999").await.unwrap_err();
                     assert!(
                         matches!(err.code(), Code::InvalidArgument | Code::FailedPrecondition),
                         "{err:?}"
@@ -206,9 +187,9 @@ async fn a_tenants_end_users_cannot_switch_it_off() {
 
     // The holder, on the same portal, right after.
     let mut holder = rig.client("portal-a").await;
-    let v = start(&mut holder, PHONE, ID_LAST_SIX).await.unwrap();
+    let v = start_with(&mut holder, PHONE, ID_LAST_SIX).await.unwrap();
     let code = rig.h.wait_for_code(PHONE, 1).await;
-    complete(&mut holder, &v, &code).await.unwrap();
+    complete_with(&mut holder, &v, &code).await.unwrap();
 
     // Reported, once, without refusing anyone.
     let (_, metrics) = http_get(admin_addr(&rig.h), "/metrics").await;
@@ -241,16 +222,18 @@ async fn a_start_never_supersedes_another_tenants_verification() {
     let rig = Rig::start().await;
     let mut a = rig.client("portal-a").await;
     let mut b = rig.client("portal-b").await;
-    let v = start(&mut a, PHONE, ID_LAST_SIX).await.unwrap();
+    let v = start_with(&mut a, PHONE, ID_LAST_SIX).await.unwrap();
     let code = rig.h.wait_for_code(PHONE, 1).await;
-    start(&mut b, PHONE, ID_LAST_SIX).await.unwrap();
+    start_with(&mut b, PHONE, ID_LAST_SIX).await.unwrap();
     rig.h.wait_for_code(PHONE, 2).await;
-    complete(&mut a, &v, &code).await.unwrap();
+    complete_with(&mut a, &v, &code).await.unwrap();
     // Within one tenant, a newer start of the same pair does supersede.
-    let older = start(&mut a, PHONE, ID_LAST_SIX).await.unwrap();
+    let older = start_with(&mut a, PHONE, ID_LAST_SIX).await.unwrap();
     let older_code = rig.h.wait_for_code(PHONE, 3).await;
-    start(&mut a, PHONE, ID_LAST_SIX).await.unwrap();
-    let err = complete(&mut a, &older, &older_code).await.unwrap_err();
+    start_with(&mut a, PHONE, ID_LAST_SIX).await.unwrap();
+    let err = complete_with(&mut a, &older, &older_code)
+        .await
+        .unwrap_err();
     assert_error(&err, Code::FailedPrecondition, "VERIFICATION_EXPIRED");
     rig.h.stop().await;
 }
@@ -261,7 +244,9 @@ async fn refusals_at_the_edge_are_audited() {
     let number = rig.number_hash(PHONE);
     // A certificate naming no configured tenant.
     let mut ghost = rig.client("portal-ghost").await;
-    let err = start(&mut ghost, PHONE, ID_LAST_SIX).await.unwrap_err();
+    let err = start_with(&mut ghost, PHONE, ID_LAST_SIX)
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
     // A tenant over its rate.
     let mut tiny = rig.client("portal-tiny").await;
@@ -270,23 +255,25 @@ async fn refusals_at_the_edge_are_audited() {
     assert_error(&err, Code::ResourceExhausted, "RATE_LIMITED");
     // Invalid input.
     let mut a = rig.client("portal-a").await;
-    let err = start(&mut a, "12345", ID_LAST_SIX).await.unwrap_err();
+    let err = start_with(&mut a, "12345", ID_LAST_SIX).await.unwrap_err();
     assert_error(&err, Code::InvalidArgument, "INVALID_PHONE_NUMBER");
-    let err = start(&mut a, PHONE, "1234").await.unwrap_err();
+    let err = start_with(&mut a, PHONE, "1234").await.unwrap_err();
     assert_error(&err, Code::InvalidArgument, "INVALID_ID_LAST_SIX");
-    let err = complete(&mut a, "ver_nope", "123456").await.unwrap_err();
+    let err = complete_with(&mut a, "ver_nope", "123456")
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     // The operator's opt-in budget: one wrong code, then refused.
     let mut capped = rig.client("portal-capped").await;
-    let v = start(&mut capped, PHONE, "280011").await.unwrap();
-    complete(&mut capped, &v, "999999").await.unwrap_err();
-    let err = start(&mut capped, PHONE, "280011").await.unwrap_err();
+    let v = start_with(&mut capped, PHONE, "280011").await.unwrap();
+    complete_with(&mut capped, &v, "999999").await.unwrap_err();
+    let err = start_with(&mut capped, PHONE, "280011").await.unwrap_err();
     assert_error(&err, Code::ResourceExhausted, "RATE_LIMITED");
     // Reading tickets, with a session and with a bad one.
     let n = rig.h.codes_sent_to(PHONE).len();
-    let v = start(&mut a, PHONE, ID_LAST_SIX).await.unwrap();
+    let v = start_with(&mut a, PHONE, ID_LAST_SIX).await.unwrap();
     let code = rig.h.wait_for_code(PHONE, n + 1).await;
-    let token = complete(&mut a, &v, &code).await.unwrap();
+    let token = complete_with(&mut a, &v, &code).await.unwrap();
     a.get_unbind_tickets(GetUnbindTicketsRequest {
         session_token: token,
         ticket_ids: Vec::new(),
@@ -400,15 +387,15 @@ async fn another_tenants_ids_get_nothing() {
     let rig = Rig::start().await;
     let mut a = rig.client("portal-a").await;
     let mut b = rig.client("portal-b").await;
-    let v = start(&mut a, PHONE, ID_LAST_SIX).await.unwrap();
+    let v = start_with(&mut a, PHONE, ID_LAST_SIX).await.unwrap();
     let code = rig.h.wait_for_code(PHONE, 1).await;
     // B tries A's verification: told it does not exist, with the right code or a wrong one.
     for guess in [code.as_str(), "999999"] {
-        let err = complete(&mut b, &v, guess).await.unwrap_err();
+        let err = complete_with(&mut b, &v, guess).await.unwrap_err();
         assert_error(&err, Code::FailedPrecondition, "VERIFICATION_EXPIRED");
     }
     // A's verification is untouched: no tries used, the code still good.
-    let token = complete(&mut a, &v, &code).await.unwrap();
+    let token = complete_with(&mut a, &v, &code).await.unwrap();
     let accounts = a
         .list_linked_accounts(ListLinkedAccountsRequest {
             session_token: token.clone(),

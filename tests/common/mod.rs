@@ -143,6 +143,36 @@ impl Harness {
     }
 }
 
+/// `StartVerification` through `client`; the verification id.
+pub async fn start_with(
+    client: &mut AccountGatewayClient<Channel>,
+    phone: &str,
+    id: &str,
+) -> Result<String, tonic::Status> {
+    client
+        .start_verification(StartVerificationRequest {
+            phone_number: phone.into(),
+            id_last_six: id.into(),
+        })
+        .await
+        .map(|r| r.into_inner().verification_id)
+}
+
+/// `CompleteVerification` through `client`; the session token.
+pub async fn complete_with(
+    client: &mut AccountGatewayClient<Channel>,
+    verification_id: &str,
+    code: &str,
+) -> Result<String, tonic::Status> {
+    client
+        .complete_verification(unbind_gateway::proto::CompleteVerificationRequest {
+            verification_id: verification_id.into(),
+            code: code.into(),
+        })
+        .await
+        .map(|r| r.into_inner().session_token)
+}
+
 /// Asserts a status's code and `ErrorInfo` reason.
 #[track_caller]
 pub fn assert_error(status: &tonic::Status, code: tonic::Code, reason: &str) {

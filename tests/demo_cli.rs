@@ -58,25 +58,20 @@ fn output_within(command: &mut Command, limit: Duration) -> Output {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn query_against_the_demo_lists_all_200_apps() {
     let bin = env!("CARGO_BIN_EXE_unbind-gateway");
     let dir = tempfile::tempdir().unwrap();
-    let listen = format!("127.0.0.1:{}", free_port());
+    // Port 0: the demo binds a free port itself and prints it. (A port found free beforehand
+    // could be taken meanwhile by one of the demo's own 200 simulated apps.)
+    // Its log, for the message should it not start.
+    let log = dir.path().join("demo.log");
     let mut demo = KillOnDrop(
         Command::new(bin)
-            .args(["demo", "--listen", &listen, "--data-dir"])
+            .args(["demo", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(dir.path())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap(),
     );
@@ -98,7 +93,14 @@ fn query_against_the_demo_lists_all_200_apps() {
         let left = deadline.saturating_duration_since(Instant::now());
         let line = rx
             .recv_timeout(left)
-            .unwrap_or_else(|e| panic!("demo did not start within 60 s ({e}): {banner}"));
+            .unwrap_or_else(|e| {
+                let log = std::fs::read_to_string(&log).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(20).collect();
+                panic!(
+                    "demo did not start within 60 s ({e}): {banner}\n--- its log, last lines first ---\n{}",
+                    tail.join("\n")
+                )
+            });
         banner.push_str(&line);
         banner.push('\n');
         if line.contains("Press Ctrl-C") {
@@ -106,6 +108,12 @@ fn query_against_the_demo_lists_all_200_apps() {
         }
     }
     assert!(banner.contains("DEVELOPMENT MODE"), "{banner}");
+    let endpoint = banner
+        .lines()
+        .find_map(|l| l.strip_prefix("gateway"))
+        .map(|rest| rest.trim().to_owned())
+        .filter(|e| e.starts_with("http://127.0.0.1:") && !e.ends_with(":0"))
+        .unwrap_or_else(|| panic!("the banner names the gateway's address: {banner}"));
 
     let sms = dir.path().join("sms.jsonl");
     let mut output = Command::new(bin);
@@ -113,7 +121,7 @@ fn query_against_the_demo_lists_all_200_apps() {
         .args([
             "query",
             "--endpoint",
-            &format!("http://{listen}"),
+            &endpoint,
             "--phone",
             "13800138000",
             "--id-last-six",
@@ -151,7 +159,7 @@ fn query_against_the_demo_lists_all_200_apps() {
         .args([
             "query",
             "--endpoint",
-            &format!("http://{listen}"),
+            &endpoint,
             "--phone",
             "13800138000",
             "--id-last-six",

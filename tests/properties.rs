@@ -795,6 +795,9 @@ url = "sqlite://unbind.db"
 endpoint = {}
 [cache]
 ttl = {}
+[unbind]
+# Longer than any app timeout generated (the config requires it).
+lease = "300000d"
 [[tenants]]
 name = {}
 role = "portal"

@@ -224,6 +224,11 @@ impl Unbinder {
         Ok(tickets)
     }
 
+    /// How whose account is decided: the rule `Unbind` applies, for look-ups to show the same.
+    pub fn ownership(&self) -> OwnershipRule {
+        self.ownership
+    }
+
     /// Tickets as the caller sees them.
     pub fn to_proto(&self, rows: &[TicketRow]) -> Vec<UnbindTicket> {
         let now = self.clock.now_ms();

@@ -127,18 +127,11 @@ impl FakeRegistry {
 
     /// Waits (at most 10 s) until `phone` has been sent `n` codes; the newest.
     pub async fn wait_for_code(&self, phone: &str, n: usize) -> String {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let codes = self.sms_of(phone, "verification_code");
-            if codes.len() >= n {
-                return codes[n - 1].params["code"].clone();
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "code {n} never sent"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let codes = wait_until(&format!("code {n}"), || {
+            Some(self.sms_of(phone, "verification_code")).filter(|c| c.len() >= n)
+        })
+        .await;
+        codes[n - 1].params["code"].clone()
     }
 }
 
@@ -248,19 +241,10 @@ impl FakeAdapter {
 
     /// Waits (at most 10 s) until `n` unbinds were asked for.
     pub async fn wait_for_unbinds(&self, n: usize) -> Vec<UnbindCall> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let calls = self.unbinds();
-            if calls.len() >= n {
-                return calls;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "only {} unbinds of {n}",
-                calls.len()
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        wait_until(&format!("{n} unbinds"), || {
+            Some(self.unbinds()).filter(|c| c.len() >= n)
+        })
+        .await
     }
 }
 
@@ -321,6 +305,18 @@ impl AppAdapter for AdapterState {
         Ok(Response::new(NotifyNumbersRecycledResponse {
             accepted: request.into_inner().numbers.len() as u32,
         }))
+    }
+}
+
+/// Polls `check` until it gives a value, for at most 10 s; `what` names it if it never does.
+async fn wait_until<T>(what: &str, check: impl Fn() -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(found) = check() {
+            return found;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never came: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 

@@ -340,6 +340,11 @@ pub struct UnbindConfig {
     pub sms_window: Duration,
     /// Run the worker in this process.
     pub worker: bool,
+    /// On shutdown, how long the worker lets the calls it has in flight finish; then it releases
+    /// what is left for another replica (which sends it again under the same key). Keep it within
+    /// the orchestrator's grace period (Kubernetes' `terminationGracePeriodSeconds`, 30 s).
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
 }
 
 impl Default for UnbindConfig {
@@ -355,6 +360,7 @@ impl Default for UnbindConfig {
             worker_concurrency: 256,
             sms_window: Duration::from_secs(2),
             worker: true,
+            shutdown_grace: Duration::from_secs(5),
         }
     }
 }

@@ -146,6 +146,36 @@ pub struct AppStats {
     pub unbind_keys: Vec<String>,
     /// Distinct batch ids of the recycled-number notices the app handled, in first-seen order.
     pub notified_batches: Vec<String>,
+    /// Every well-formed recycled-number notice the app received, replays and calls it then
+    /// failed included, in order: what a gateway sent, to check none was sent under two ids.
+    pub notices: Vec<Notice>,
+}
+
+/// One recycled-number notice as an app received it: its batch id and a digest of its numbers
+/// (not the numbers: a long demo would keep millions of them).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Notice {
+    pub batch_id: String,
+    pub numbers: usize,
+    pub digest: u64,
+}
+
+/// The digest [`Notice`] keeps of a batch's numbers, in order, with their dates.
+pub fn notice_digest(numbers: &[crate::proto::RecycledNumber]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    // `DefaultHasher::new` has fixed keys: the same numbers give the same digest throughout a
+    // build (the tests compare digests computed by the same binary).
+    let mut hasher = std::hash::DefaultHasher::new();
+    for n in numbers {
+        n.phone_number.hash(&mut hasher);
+        n.cancelled_at
+            .map(|t| (t.seconds, t.nanos))
+            .hash(&mut hasher);
+        n.reissued_at
+            .map(|t| (t.seconds, t.nanos))
+            .hash(&mut hasher);
+    }
+    hasher.finish()
 }
 
 /// A running gRPC server of one app.

@@ -353,6 +353,11 @@ impl AppAdapter for SimulatedAdapter {
         for number in &request.numbers {
             check_phone_number(&number.phone_number)?;
         }
+        lock(&state.memory).stats.notices.push(super::Notice {
+            batch_id: request.batch_id.clone(),
+            numbers: request.numbers.len(),
+            digest: super::notice_digest(&request.numbers),
+        });
         state.behave().await?;
 
         {

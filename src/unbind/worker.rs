@@ -143,7 +143,7 @@ impl Worker {
             }
         }
         // Give in-flight tickets a moment; whatever is left is released for others.
-        let grace = tokio::time::sleep(Duration::from_secs(5));
+        let grace = tokio::time::sleep(self.config.shutdown_grace);
         tokio::pin!(grace);
         loop {
             tokio::select! {

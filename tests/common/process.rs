@@ -60,7 +60,8 @@ pub struct World {
     pub sms_file: PathBuf,
     pub store_url: String,
     secret: &'static str,
-    tweak: fn(&mut Config),
+    /// Applied to the config of every process started from now on.
+    pub tweak: fn(&mut Config),
     starts: usize,
     // Last, so it is removed after everything that writes into it.
     dir: tempfile::TempDir,
@@ -244,7 +245,12 @@ impl GatewayProcess {
 
     /// A client on a connection of its own.
     pub async fn connect(&self) -> AccountGatewayClient<Channel> {
-        AccountGatewayClient::new(self.endpoint().connect().await.expect("a connection"))
+        AccountGatewayClient::new(self.channel().await)
+    }
+
+    /// A connection of its own, for any of its services.
+    pub async fn channel(&self) -> Channel {
+        self.endpoint().connect().await.expect("a connection")
     }
 
     /// SIGKILL: no shutdown handler runs, no lease is released, in-flight calls are cut off.

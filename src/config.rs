@@ -992,4 +992,290 @@ mod tests {
         assert!(!err.contains("0123456789abcdef"), "{err}");
         assert!(err.contains("line"), "{err}");
     }
+
+    /// One change to a valid config, and whether the result must still be valid.
+    type Case = (&'static str, fn(&mut Config), bool);
+
+    /// Every limit `validate` checks, on both sides of its boundary, each condition of a
+    /// compound check on its own.
+    #[test]
+    fn every_limit_is_checked_at_its_boundary() {
+        fn tenant(c: &mut Config) -> &mut TenantConfig {
+            if c.tenants.is_empty() {
+                c.tenants.push(TenantConfig {
+                    name: "portal".into(),
+                    role: Role::Portal,
+                    requests_per_second: 10.0,
+                    burst: 10,
+                    max_code_failures_per_hour: None,
+                    wrong_codes_alert_per_hour: 1000,
+                });
+            }
+            &mut c.tenants[0]
+        }
+        let cases: &[Case] = &[
+            ("a tenant as configured", |c| tenant(c).burst = 1, true),
+            ("rate 0", |c| tenant(c).requests_per_second = 0.0, false),
+            (
+                "rate NaN",
+                |c| tenant(c).requests_per_second = f64::NAN,
+                false,
+            ),
+            (
+                "rate infinite",
+                |c| tenant(c).requests_per_second = f64::INFINITY,
+                false,
+            ),
+            ("burst 0", |c| tenant(c).burst = 0, false),
+            (
+                "code cap 0",
+                |c| tenant(c).max_code_failures_per_hour = Some(0),
+                false,
+            ),
+            (
+                "code cap 1",
+                |c| tenant(c).max_code_failures_per_hour = Some(1),
+                true,
+            ),
+            (
+                "code alert 0",
+                |c| tenant(c).wrong_codes_alert_per_hour = 0,
+                false,
+            ),
+            (
+                "outbound cert alone",
+                |c| {
+                    c.outbound_tls = Some(OutboundTlsConfig {
+                        ca: "ca.pem".into(),
+                        cert: Some("c.pem".into()),
+                        key: None,
+                    })
+                },
+                false,
+            ),
+            (
+                "outbound key alone",
+                |c| {
+                    c.outbound_tls = Some(OutboundTlsConfig {
+                        ca: "ca.pem".into(),
+                        cert: None,
+                        key: Some("k.pem".into()),
+                    })
+                },
+                false,
+            ),
+            (
+                "outbound cert and key",
+                |c| {
+                    c.outbound_tls = Some(OutboundTlsConfig {
+                        ca: "ca.pem".into(),
+                        cert: Some("c.pem".into()),
+                        key: Some("k.pem".into()),
+                    })
+                },
+                true,
+            ),
+            (
+                "outbound CA only",
+                |c| {
+                    c.outbound_tls = Some(OutboundTlsConfig {
+                        ca: "ca.pem".into(),
+                        cert: None,
+                        key: None,
+                    })
+                },
+                true,
+            ),
+            (
+                "max deadline = default",
+                |c| c.lookup.max_deadline = c.lookup.default_deadline,
+                true,
+            ),
+            (
+                "max deadline < default",
+                |c| c.lookup.max_deadline = c.lookup.default_deadline - Duration::from_millis(1),
+                false,
+            ),
+            (
+                "code ttl 0",
+                |c| c.verification.code_ttl = Duration::ZERO,
+                false,
+            ),
+            ("attempts 0", |c| c.verification.max_attempts = 0, false),
+            ("attempts 1", |c| c.verification.max_attempts = 1, true),
+            (
+                "codes per hour 0",
+                |c| c.verification.max_codes_per_hour = 0,
+                false,
+            ),
+            (
+                "id alert 0",
+                |c| c.verification.id_guess_alert_per_hour = 0,
+                false,
+            ),
+            (
+                "id cap 0",
+                |c| c.verification.max_ids_per_number_per_hour = Some(0),
+                false,
+            ),
+            (
+                "id cap 1",
+                |c| c.verification.max_ids_per_number_per_hour = Some(1),
+                true,
+            ),
+            (
+                "start floor 30s",
+                |c| c.verification.min_start_latency = Some(Duration::from_secs(30)),
+                true,
+            ),
+            (
+                "start floor 30.001s",
+                |c| c.verification.min_start_latency = Some(Duration::from_millis(30_001)),
+                false,
+            ),
+            (
+                "start floor from a 31s registry timeout",
+                |c| {
+                    c.verification.min_start_latency = None;
+                    c.registry.timeout = Duration::from_secs(31);
+                },
+                false,
+            ),
+            (
+                "request bytes 1024",
+                |c| c.limits.max_request_bytes = 1024,
+                true,
+            ),
+            (
+                "request bytes 1023",
+                |c| c.limits.max_request_bytes = 1023,
+                false,
+            ),
+            ("lease 0", |c| c.unbind.lease = Duration::ZERO, false),
+            (
+                "retry max = base",
+                |c| c.unbind.retry_max = c.unbind.retry_base,
+                true,
+            ),
+            (
+                "retry max < base",
+                |c| c.unbind.retry_max = c.unbind.retry_base - Duration::from_millis(1),
+                false,
+            ),
+            ("refs 0", |c| c.unbind.max_refs_per_request = 0, false),
+            (
+                "worker concurrency 0",
+                |c| c.unbind.worker_concurrency = 0,
+                false,
+            ),
+            ("in flight 0", |c| c.limits.max_in_flight = 0, false),
+            (
+                "streams 0",
+                |c| c.limits.max_streams_per_connection = 0,
+                false,
+            ),
+            (
+                "consecutive failures 0",
+                |c| c.breaker.consecutive_failures = 0,
+                false,
+            ),
+            ("min calls 0", |c| c.breaker.min_calls = 0, false),
+            ("failure ratio 0", |c| c.breaker.failure_ratio = 0.0, false),
+            ("failure ratio 1", |c| c.breaker.failure_ratio = 1.0, true),
+            (
+                "failure ratio 1.01",
+                |c| c.breaker.failure_ratio = 1.01,
+                false,
+            ),
+            (
+                "failure ratio NaN",
+                |c| c.breaker.failure_ratio = f64::NAN,
+                false,
+            ),
+            ("jitter 0", |c| c.breaker.jitter = 0.0, true),
+            ("jitter 1", |c| c.breaker.jitter = 1.0, true),
+            ("jitter 1.01", |c| c.breaker.jitter = 1.01, false),
+            ("jitter < 0", |c| c.breaker.jitter = -0.01, false),
+            (
+                "open max = base",
+                |c| c.breaker.open_max = c.breaker.open_base,
+                true,
+            ),
+            (
+                "open max < base",
+                |c| c.breaker.open_max = c.breaker.open_base - Duration::from_millis(1),
+                false,
+            ),
+            ("budget 1000", |c| c.retry.budget_ratio = 1000.0, true),
+            ("budget 1000.1", |c| c.retry.budget_ratio = 1000.1, false),
+            ("budget < 0", |c| c.retry.budget_ratio = -0.1, false),
+            (
+                "default concurrency 0",
+                |c| c.app_defaults.concurrency = 0,
+                false,
+            ),
+            ("app name blank", |c| c.apps[0].name = "  ".into(), false),
+            (
+                "app timeout 0",
+                |c| c.apps[0].timeout = Some(Duration::ZERO),
+                false,
+            ),
+            (
+                "app concurrency 0",
+                |c| c.apps[0].concurrency = Some(0),
+                false,
+            ),
+            (
+                "app concurrency 1",
+                |c| c.apps[0].concurrency = Some(1),
+                true,
+            ),
+            (
+                "lease = the longest app timeout",
+                |c| {
+                    c.app_defaults.timeout = Duration::from_millis(500);
+                    c.unbind.lease = Duration::from_millis(800);
+                },
+                false,
+            ),
+            (
+                "lease just over it",
+                |c| {
+                    c.app_defaults.timeout = Duration::from_millis(500);
+                    c.unbind.lease = Duration::from_millis(801);
+                },
+                true,
+            ),
+            (
+                "lease = the default timeout",
+                |c| {
+                    c.apps[0].timeout = None;
+                    c.unbind.lease = c.app_defaults.timeout;
+                },
+                false,
+            ),
+        ];
+        let base = Config::parse(MINIMAL).unwrap();
+        for (name, change, valid) in cases {
+            let mut c = base.clone();
+            change(&mut c);
+            assert_eq!(
+                c.validate().is_ok(),
+                *valid,
+                "{name}: {:?}",
+                c.validate().err()
+            );
+        }
+    }
+
+    #[test]
+    fn an_error_line_names_a_short_key_only() {
+        let long = "k".repeat(65);
+        let short = "k".repeat(64);
+        for (key, shown) in [(long, false), (short, true)] {
+            let text = format!("{MINIMAL}\n{key} = \n");
+            let err = format!("{:#}", Config::parse(&text).unwrap_err());
+            assert_eq!(err.contains(&format!("(`{key}`)")), shown, "{err}");
+        }
+    }
 }

@@ -20,7 +20,7 @@ use unbind_gateway::{
     config::AppConfig,
     domain::E164,
     fanout::{
-        AppOutcome, Catalog,
+        AppOutcome, Catalog, FanoutMetrics,
         merge::{MergeContext, app_result, linked_accounts},
     },
     metrics::Metrics,
@@ -122,7 +122,7 @@ fn outcomes(rt: &tokio::runtime::Runtime) -> Vec<AppOutcome> {
     );
     let catalog = {
         let _guard = rt.enter();
-        Catalog::new(&config, Metrics::new()).expect("catalog")
+        Catalog::new(&config, FanoutMetrics::register(&Metrics::new())).expect("catalog")
     };
     catalog
         .snapshot()

@@ -7,7 +7,7 @@ use std::{future::Future, sync::Arc};
 use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
 use tokio::net::TcpListener;
 
-use crate::server::Gateway;
+use crate::gateway::Gateway;
 
 /// Serves the admin endpoint on `listener` until `shutdown` resolves.
 pub async fn serve(
@@ -29,8 +29,10 @@ pub async fn serve(
 
 async fn metrics(State(gateway): State<Arc<Gateway>>) -> impl IntoResponse {
     let m = &gateway.metrics;
-    m.observe_catalog(&gateway.catalog.snapshot());
-    m.observe_cache_entries(gateway.fanout.cache().len());
+    gateway
+        .catalog
+        .metrics()
+        .observe(&gateway.catalog.snapshot(), gateway.fanout.cache().len());
     match gateway.store.count_tickets_by_state().await {
         Ok(counts) => m.observe_tickets(
             &counts

@@ -1,29 +1,52 @@
 //! unbind-gateway: find every app account bound to a mobile number and unbind the ones its holder
 //! no longer wants, including those a previous holder of a recycled number left behind.
 //!
-//! The folders are the architecture:
+//! The layout, one line per module (docs/ARCHITECTURE.md tells how a request travels through it):
+//!
+//! Values and secrets
 //! - `domain`: validated value types (phone number, ID characters, app id) that never print secrets;
-//! - `security`: keys, sealed tokens (sessions, account refs), one-time codes;
-//! - `store`: the SQLite / PostgreSQL store and its migrations;
-//! - `verification`: proving who the person is (registry check + SMS code → session);
-//! - `fanout`: the app catalog, adapter calls, the cache and the merge into one answer;
-//! - `unbind`: durable unbind tickets and the worker that carries them to the apps;
-//! - `api`: the gRPC services, and the one module that maps errors to statuses;
+//! - `security`: keys, sealed tokens (sessions, account refs), one-time codes, the ownership rule;
+//! - `clock`: the wall clock behind a handle tests can move.
+//!
+//! What the gateway does
+//! - `verification`: proving who the person is (registry check + SMS code -> session);
+//! - `fanout`: the app catalog, adapter calls, breakers, the cache, the merge, and their metrics;
+//! - `unbind`: durable unbind tickets, and the worker that carries them to the apps;
+//! - `push`: the carrier's recycled-number push, and the worker that delivers it to the apps;
+//! - `audit`: the audit trail, written in batches off the request path;
 //! - `registry`: the carrier's subscriber registry (client, and an embedded file-backed one);
-//! - `simulator`: simulated app adapters for the demo, tests and benchmarks;
-//! - `cli`: the `demo`, `query`, `certs`, `audit` and `check-adapter` commands (`simulate-apps` is in
-//!   `simulator`).
+//! - `store`: the SQLite / PostgreSQL store and its migrations.
+//!
+//! Running it
+//! - `config`: the TOML config and everything `validate` checks;
+//! - `gateway`: the shared state, built once from the config (depends on no surface);
+//! - `api`: the gRPC services, the door (tenants, refusals audited), the layers (shedding,
+//!   correlator, deadlines), and the one module that maps errors to statuses;
+//! - `admin`: `/metrics`, `/healthz`, `/readyz` over plain HTTP on a private port;
+//! - `server`: composes the tonic server around the state (services, layers, health, reflection)
+//!   and drains it on shutdown;
+//! - `background`: readiness and housekeeping, beside the server;
+//! - `shutdown`: the signals that stop it; `reload`: the catalog re-read on SIGHUP or change;
+//! - `metrics`: the one Prometheus registry, shared label types, encoding;
+//! - `tls`: rustls settings in and out; `telemetry`: logging set-up; `proto`: generated code.
+//!
+//! Around it
+//! - `cli`: the `demo`, `query`, `certs`, `audit` and `check-adapter` commands;
+//! - `simulator`: simulated app adapters (never run in production) for the demo, tests and
+//!   benchmarks (`simulate-apps`).
 
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod api;
 pub mod audit;
+pub mod background;
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod domain;
 pub mod fanout;
+pub mod gateway;
 pub mod metrics;
 pub mod proto;
 pub mod push;
@@ -31,6 +54,7 @@ pub mod registry;
 pub mod reload;
 pub mod security;
 pub mod server;
+pub mod shutdown;
 pub mod simulator;
 pub mod store;
 pub mod telemetry;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use unbind_gateway::{cli, clock::Clock, config::Config, server, simulator, telemetry};
+use unbind_gateway::{cli, clock::Clock, config::Config, server, shutdown, simulator, telemetry};
 
 /// mimalloc instead of the system allocator: a profile of the gateway at saturation spent about a
 /// fifth of its CPU in glibc's malloc and free (see BENCHMARKS.md).
@@ -90,7 +90,7 @@ async fn main() -> anyhow::Result<()> {
                 adjust,
             )
             .spawn(watch_interval);
-            server::shutdown_signal().await;
+            shutdown::shutdown_signal().await;
             reloader.abort();
             running.stop().await
         }

@@ -4,14 +4,12 @@
 //! number, a hash of one, a token or a code. The set of `method` values is closed (the methods of
 //! our protos, else `other`), so a caller cannot grow the label space.
 //!
+//! This module keeps the one registry, the shared label types and the encoding; a subsystem
+//! may declare its families beside what they measure and register them here (the fan-out's
+//! per-app calls, breakers, cache and catalog: `fanout::metrics`). The rest:
+//!
 //! | metric | type | labels |
 //! |---|---|---|
-//! | `unbind_app_calls_total` | counter | `app`, `outcome` (answered, timed_out, unavailable, failed, circuit_open) |
-//! | `unbind_app_call_duration_seconds` | histogram | `app` |
-//! | `unbind_app_breaker_state` | gauge (0 closed, 1 half-open, 2 open) | `app` |
-//! | `unbind_app_breaker_opened` | gauge (times opened since the entry was built) | `app` |
-//! | `unbind_cache_hits_total`, `unbind_cache_misses_total` | counter | |
-//! | `unbind_cache_entries` | gauge | |
 //! | `unbind_requests_in_flight` | gauge | |
 //! | `unbind_requests_shed_total` | counter | |
 //! | `unbind_requests_total` | counter | `method`, `code` |
@@ -21,12 +19,13 @@
 //! | `unbind_wrong_code_alerts_total` | counter (a tenant went over its alert rate) | `tenant` |
 //! | `unbind_id_guessing_alerts_total` | counter (a number had many ID characters tried) | |
 //! | `unbind_tickets` | gauge | `state` |
-//! | `unbind_catalog_apps` | gauge | |
-//! | `unbind_catalog_reloads_total` | counter | `result` (applied, unchanged, rejected) |
 //! | `unbind_audit_write_failures_total` | counter (batches retried) | |
 //! | `unbind_audit_records_lost_total` | counter (queue full) | |
 
-use std::{collections::HashSet, sync::Arc};
+use std::{
+    collections::HashSet,
+    sync::{Arc, Mutex},
+};
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -36,25 +35,9 @@ use prometheus_client::{
         gauge::Gauge,
         histogram::{Histogram, exponential_buckets},
     },
-    registry::Registry,
+    registry::{Metric, Registry},
 };
 use prost::Message;
-
-use crate::{
-    domain::AppId,
-    fanout::{CallError, CatalogSnapshot},
-};
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct AppLabels {
-    app: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct AppOutcomeLabels {
-    app: String,
-    outcome: &'static str,
-}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct MethodLabels {
@@ -82,57 +65,25 @@ struct StateLabels {
     state: &'static str,
 }
 
+/// A fixed result word (`applied`, `rejected`, …).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ResultLabels {
-    result: &'static str,
+pub struct ResultLabels {
+    pub result: &'static str,
 }
 
-type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+/// A family of latency histograms.
+pub type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
-fn latency_histogram() -> Histogram {
+/// The buckets of every latency histogram.
+pub fn latency_histogram() -> Histogram {
     // 1 ms .. ~16 s.
     Histogram::new(exponential_buckets(0.001, 2.0, 15))
 }
 
-/// One app's counters, resolved once when its catalog entry is built (no label look-up per call).
-#[derive(Clone)]
-pub struct AppMetrics {
-    answered: Counter,
-    timed_out: Counter,
-    unavailable: Counter,
-    failed: Counter,
-    circuit_open: Counter,
-    latency: Histogram,
-}
-
-impl AppMetrics {
-    /// Counts one call and, if the app was asked, its latency.
-    pub fn record(&self, result: Result<(), CallError>, seconds: f64) {
-        let counter = match result {
-            Ok(()) => &self.answered,
-            Err(CallError::TimedOut | CallError::CallerDeadline) => &self.timed_out,
-            Err(CallError::Unavailable) => &self.unavailable,
-            Err(CallError::Failed(_)) => &self.failed,
-            Err(CallError::CircuitOpen) => {
-                self.circuit_open.inc();
-                return;
-            }
-        };
-        counter.inc();
-        self.latency.observe(seconds);
-    }
-}
-
 struct Inner {
-    registry: Registry,
+    /// Locked to register (at start-up) and to encode (per scrape).
+    registry: Mutex<Registry>,
     methods: HashSet<String>,
-    app_calls: Family<AppOutcomeLabels, Counter>,
-    app_latency: HistogramFamily<AppLabels>,
-    breaker_state: Family<AppLabels, Gauge>,
-    breaker_opened: Family<AppLabels, Gauge>,
-    cache_hits: Counter,
-    cache_misses: Counter,
-    cache_entries: Gauge,
     in_flight: Gauge,
     shed: Counter,
     requests: Family<MethodCodeLabels, Counter>,
@@ -142,8 +93,6 @@ struct Inner {
     wrong_code_alerts: Family<TenantLabels, Counter>,
     id_guessing_alerts: Counter,
     tickets: Family<StateLabels, Gauge>,
-    catalog_apps: Gauge,
-    catalog_reloads: Family<ResultLabels, Counter>,
     audit_write_failures: Counter,
     audit_lost: Counter,
 }
@@ -163,14 +112,6 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("unbind");
-        let app_calls = Family::<AppOutcomeLabels, Counter>::default();
-        let app_latency: HistogramFamily<AppLabels> =
-            Family::new_with_constructor(latency_histogram);
-        let breaker_state = Family::<AppLabels, Gauge>::default();
-        let breaker_opened = Family::<AppLabels, Gauge>::default();
-        let cache_hits = Counter::default();
-        let cache_misses = Counter::default();
-        let cache_entries = Gauge::default();
         let in_flight = Gauge::default();
         let shed = Counter::default();
         let audit_write_failures = Counter::default();
@@ -183,43 +124,6 @@ impl Metrics {
         let wrong_code_alerts = Family::<TenantLabels, Counter>::default();
         let id_guessing_alerts = Counter::default();
         let tickets = Family::<StateLabels, Gauge>::default();
-        let catalog_apps = Gauge::default();
-        let catalog_reloads = Family::<ResultLabels, Counter>::default();
-        registry.register(
-            "app_calls",
-            "FindAccounts calls to each app, by outcome",
-            app_calls.clone(),
-        );
-        registry.register(
-            "app_call_duration_seconds",
-            "Latency of FindAccounts calls to each app",
-            app_latency.clone(),
-        );
-        registry.register(
-            "app_breaker_state",
-            "Circuit breaker of each app: 0 closed, 1 half-open, 2 open",
-            breaker_state.clone(),
-        );
-        registry.register(
-            "app_breaker_opened",
-            "Times each app's breaker opened since its catalog entry was built",
-            breaker_opened.clone(),
-        );
-        registry.register(
-            "cache_hits",
-            "App answers served from the cache",
-            cache_hits.clone(),
-        );
-        registry.register(
-            "cache_misses",
-            "App answers not in the cache (the app was asked)",
-            cache_misses.clone(),
-        );
-        registry.register(
-            "cache_entries",
-            "(number, app) answers held in the cache",
-            cache_entries.clone(),
-        );
         registry.register(
             "requests_in_flight",
             "gRPC requests being handled",
@@ -265,12 +169,6 @@ impl Metrics {
             "Unbind tickets by state (all replicas: read from the store)",
             tickets.clone(),
         );
-        registry.register("catalog_apps", "Apps in the catalog", catalog_apps.clone());
-        registry.register(
-            "catalog_reloads",
-            "Catalog reloads by result",
-            catalog_reloads.clone(),
-        );
         registry.register(
             "audit_write_failures",
             "Audit batches the store refused (each is retried until stored)",
@@ -283,15 +181,8 @@ impl Metrics {
         );
         Self {
             inner: Arc::new(Inner {
-                registry,
+                registry: Mutex::new(registry),
                 methods: known_methods(),
-                app_calls,
-                app_latency,
-                breaker_state,
-                breaker_opened,
-                cache_hits,
-                cache_misses,
-                cache_entries,
                 in_flight,
                 shed,
                 requests,
@@ -301,40 +192,10 @@ impl Metrics {
                 wrong_code_alerts,
                 id_guessing_alerts,
                 tickets,
-                catalog_apps,
-                catalog_reloads,
                 audit_write_failures,
                 audit_lost,
             }),
         }
-    }
-
-    /// The counters of one app.
-    pub fn app(&self, id: &AppId) -> AppMetrics {
-        let calls = |outcome| {
-            self.inner.app_calls.get_or_create_owned(&AppOutcomeLabels {
-                app: id.to_string(),
-                outcome,
-            })
-        };
-        AppMetrics {
-            answered: calls("answered"),
-            timed_out: calls("timed_out"),
-            unavailable: calls("unavailable"),
-            failed: calls("failed"),
-            circuit_open: calls("circuit_open"),
-            latency: self.inner.app_latency.get_or_create_owned(&AppLabels {
-                app: id.to_string(),
-            }),
-        }
-    }
-
-    pub fn cache_hits(&self, n: u64) {
-        self.inner.cache_hits.inc_by(n);
-    }
-
-    pub fn cache_misses(&self, n: u64) {
-        self.inner.cache_misses.inc_by(n);
     }
 
     /// The in-flight gauge.
@@ -407,38 +268,6 @@ impl Metrics {
         self.inner.id_guessing_alerts.inc();
     }
 
-    /// Counts a catalog reload (`applied`, `unchanged` or `rejected`).
-    pub fn catalog_reload(&self, result: &'static str) {
-        self.inner
-            .catalog_reloads
-            .get_or_create(&ResultLabels { result })
-            .inc();
-    }
-
-    /// Reads the gauges that are states rather than events: breakers and catalog size.
-    pub fn observe_catalog(&self, catalog: &CatalogSnapshot) {
-        self.inner.breaker_state.clear();
-        self.inner.breaker_opened.clear();
-        for app in catalog.all() {
-            let labels = AppLabels {
-                app: app.id.to_string(),
-            };
-            self.inner
-                .breaker_state
-                .get_or_create(&labels)
-                .set(app.breaker_state().as_gauge());
-            self.inner
-                .breaker_opened
-                .get_or_create(&labels)
-                .set(app.breaker.times_opened() as i64);
-        }
-        self.inner.catalog_apps.set(catalog.all().len() as i64);
-    }
-
-    pub fn observe_cache_entries(&self, entries: u64) {
-        self.inner.cache_entries.set(entries as i64);
-    }
-
     /// Sets the ticket gauges from counts read from the store.
     pub fn observe_tickets(&self, counts: &[(&'static str, i64)]) {
         self.inner.tickets.clear();
@@ -450,11 +279,25 @@ impl Metrics {
         }
     }
 
+    /// Declares a metric family of a subsystem (`unbind_` is prefixed to `name`).
+    pub fn register(&self, name: &str, help: &str, metric: impl Metric) {
+        self.inner
+            .registry
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .register(name, help, metric);
+    }
+
     /// The Prometheus text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::with_capacity(64 * 1024);
+        let registry = self
+            .inner
+            .registry
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         // Writing to a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.inner.registry);
+        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
         out
     }
 }
@@ -524,8 +367,6 @@ mod tests {
     #[test]
     fn exposition_names_every_family() {
         let m = Metrics::new();
-        m.app(&AppId::parse("app-001").unwrap())
-            .record(Ok(()), 0.02);
         m.request(
             "unbind.v1.AccountGateway/ListApps".into(),
             tonic::Code::Ok,
@@ -533,11 +374,9 @@ mod tests {
         );
         let text = m.encode();
         for name in [
-            "unbind_app_calls_total{app=\"app-001\",outcome=\"answered\"} 1",
-            "unbind_app_call_duration_seconds_bucket",
             "unbind_requests_total{method=\"unbind.v1.AccountGateway/ListApps\",code=\"OK\"} 1",
             "unbind_requests_in_flight",
-            "unbind_cache_hits_total",
+            "unbind_requests_shed_total",
         ] {
             assert!(text.contains(name), "{name} missing from\n{text}");
         }

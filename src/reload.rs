@@ -12,7 +12,7 @@ use std::{
 
 use tokio::task::JoinHandle;
 
-use crate::{config::Config, fanout::CatalogChange, server::Gateway};
+use crate::{config::Config, fanout::CatalogChange, gateway::Gateway};
 
 /// What a reload did.
 #[derive(Debug)]
@@ -47,7 +47,7 @@ impl Reloader {
 
     /// Reads the file and applies its catalog, or rejects it. Logs and counts the result.
     pub fn reload(&self) -> Reloaded {
-        let metrics = &self.gateway.metrics;
+        let metrics = self.gateway.catalog.metrics();
         let config = match Config::load(&self.path) {
             Ok(mut config) => {
                 (self.adjust)(&mut config);

@@ -1,16 +1,10 @@
-//! Assembling and running the gateway: the shared state ([`Gateway`]), the tonic server with
-//! health, reflection and the correlator layer, background housekeeping, and graceful shutdown
-//! (in-flight requests finish; new connections are refused).
+//! Running the gateway: the tonic server composed around the shared state
+//! ([`crate::gateway::Gateway`]): the services and the door they share, the layers (shedding,
+//! correlator), health and reflection, the admin endpoint, the workers and the background tasks;
+//! and the graceful drain on shutdown (health first, in-flight requests finish, new connections
+//! are refused, then the workers and the audit writer).
 
-use std::{
-    future::Future,
-    net::SocketAddr,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::Duration,
-};
+use std::{future::Future, net::SocketAddr, sync::Arc};
 
 use anyhow::Context;
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
@@ -18,151 +12,20 @@ use tonic::transport::{Server, server::TcpIncoming};
 
 use crate::{
     api::{
-        GatewayService, correlator::CorrelatorLayer, push::PushService, shed::ShedLayer,
-        tenant::Tenants,
+        GatewayService, correlator::CorrelatorLayer, edge::Edge, push::PushService,
+        shed::ShedLayer, tenant::Tenants,
     },
-    audit::AuditLog,
     clock::Clock,
     config::Config,
-    fanout::{Catalog, FanOut, LookupCache},
-    metrics::Metrics,
+    gateway::Gateway,
     proto::{
         FILE_DESCRIPTOR_SET, account_gateway_server::AccountGatewayServer,
         carrier_push_server::CarrierPushServer, number_status_server::NumberStatusServer,
     },
-    push::{Pusher, worker::PushWorker},
-    registry::RegistryClient,
-    security::{Keys, OwnershipRule, random_id},
-    store::Store,
-    unbind::{Unbinder, notify::OutcomeNotifier, worker::Worker},
-    verification::Verifier,
 };
 
 /// How long shutdown waits for the audit writer to store what it still holds.
 const AUDIT_FLUSH_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// Everything a request handler needs, shared by all of them.
-pub struct Gateway {
-    pub config: Config,
-    pub keys: Arc<Keys>,
-    pub clock: Clock,
-    pub store: Store,
-    pub registry: RegistryClient,
-    pub verifier: Verifier,
-    pub catalog: Arc<Catalog>,
-    pub fanout: FanOut,
-    pub unbinder: Unbinder,
-    pub tenants: Tenants,
-    pub audit: AuditLog,
-    pub pusher: Pusher,
-    pub metrics: Metrics,
-    /// The store answered the last readiness check.
-    ready: AtomicBool,
-}
-
-impl Gateway {
-    /// Connects the store (running migrations), builds the catalog and the clients.
-    pub async fn build(config: Config, clock: Clock) -> anyhow::Result<Arc<Self>> {
-        let keys = Arc::new(Keys::derive(&config.signing_secret()?));
-        let store = Store::connect(&config.store.url, config.store.max_connections).await?;
-        let registry_tls = crate::tls::client_config(
-            &config.registry.endpoint,
-            config.outbound_tls.as_ref(),
-            None,
-            config.registry.tls_server_name.as_deref(),
-        )
-        .context("registry")?;
-        let registry = RegistryClient::new(
-            &config.registry.endpoint,
-            config.registry.timeout,
-            registry_tls,
-        )
-        .context("registry.endpoint")?;
-        let metrics = Metrics::new();
-        let audit = AuditLog::start(store.clone(), clock.clone(), metrics.clone());
-        let verifier = Verifier::new(
-            store.clone(),
-            audit.clone(),
-            registry.clone(),
-            Arc::clone(&keys),
-            clock.clone(),
-            config.verification.clone(),
-            metrics.clone(),
-        );
-        let catalog = Arc::new(Catalog::new(&config, metrics.clone())?);
-        let fanout = FanOut::new(
-            LookupCache::new(config.cache.ttl, config.cache.capacity, clock.clone()),
-            metrics.clone(),
-            clock.clone(),
-        );
-        let unbinder = Unbinder::new(
-            store.clone(),
-            Arc::clone(&keys),
-            clock.clone(),
-            Arc::clone(&catalog),
-            config.unbind.clone(),
-            OwnershipRule {
-                margin_ms: config.verification.ownership_margin.as_millis() as i64,
-            },
-        );
-        let tenants = Tenants::new(&config.tenants, config.development);
-        let pusher = Pusher::new(
-            store.clone(),
-            Arc::clone(&keys),
-            clock.clone(),
-            Arc::clone(&catalog),
-        );
-        Ok(Arc::new(Self {
-            metrics,
-            ready: AtomicBool::new(true),
-            pusher,
-            audit,
-            tenants,
-            config,
-            keys,
-            clock,
-            store,
-            registry,
-            verifier,
-            catalog,
-            fanout,
-            unbinder,
-        }))
-    }
-
-    /// Whether the store answered the last readiness check.
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
-    }
-
-    /// This replica's push worker.
-    pub fn push_worker(&self) -> PushWorker {
-        PushWorker {
-            store: self.store.clone(),
-            keys: Arc::clone(&self.keys),
-            clock: self.clock.clone(),
-            catalog: Arc::clone(&self.catalog),
-            config: self.config.unbind.clone(),
-            wake: Arc::clone(&self.pusher.wake),
-            owner: random_id("pusher"),
-        }
-    }
-
-    /// This replica's ticket worker.
-    pub fn worker(&self) -> Worker {
-        Worker {
-            store: self.store.clone(),
-            keys: Arc::clone(&self.keys),
-            clock: self.clock.clone(),
-            catalog: Arc::clone(&self.catalog),
-            cache: Arc::clone(self.fanout.cache()),
-            notifier: OutcomeNotifier::start(self.registry.clone(), self.config.unbind.sms_window),
-            config: self.config.unbind.clone(),
-            wake: Arc::clone(&self.unbinder.wake),
-            owner: random_id("worker"),
-        }
-    }
-}
 
 /// A gateway serving on a listener.
 pub struct RunningGateway {
@@ -264,8 +127,11 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let (health, health_service) = tonic_health::server::health_reporter();
     // Store and catalog are built: every service is ready.
-    set_health(&health, true).await;
-    let readiness = tokio::spawn(readiness(Arc::clone(&gateway), health.clone()));
+    crate::background::set_health(&health, true).await;
+    let readiness = tokio::spawn(crate::background::readiness(
+        Arc::clone(&gateway),
+        health.clone(),
+    ));
     let (stop_admin, admin_stopped) = oneshot::channel::<()>();
     let admin = admin.map(|listener| {
         tokio::spawn(crate::admin::serve(Arc::clone(&gateway), listener, async {
@@ -277,9 +143,19 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
     let max_request = gateway.config.limits.max_request_bytes;
-    let service = AccountGatewayServer::new(GatewayService::new(Arc::clone(&gateway)))
-        .max_decoding_message_size(max_request);
-    let housekeeping = tokio::spawn(housekeeping(Arc::clone(&gateway)));
+    // The handlers hold what they use: the state, and who may call (mTLS tenants and their
+    // rate limits, shared by both services).
+    let edge = Edge::new(
+        Arc::new(Tenants::new(
+            &gateway.config.tenants,
+            gateway.config.development,
+        )),
+        gateway.audit.clone(),
+    );
+    let service =
+        AccountGatewayServer::new(GatewayService::new(Arc::clone(&gateway), edge.clone()))
+            .max_decoding_message_size(max_request);
+    let housekeeping = tokio::spawn(crate::background::housekeeping(Arc::clone(&gateway)));
     let (stop_worker, worker_stopped) = tokio::sync::watch::channel(false);
     let worker = gateway.config.unbind.worker.then(|| {
         let push = tokio::spawn(Arc::new(gateway.push_worker()).run(worker_stopped.clone()));
@@ -303,8 +179,8 @@ pub async fn serve(
             shutdown.await;
             // Not ready from here on, whatever the store does: `/readyz` and health agree.
             readiness.abort();
-            gateway.ready.store(false, Ordering::Relaxed);
-            set_health(&health, false).await;
+            gateway.set_ready(false);
+            crate::background::set_health(&health, false).await;
             let _ = drain_started.send(());
         }
     };
@@ -329,11 +205,11 @@ pub async fn serve(
         .add_service(reflection)
         .add_service(service)
         .add_service(
-            CarrierPushServer::new(PushService::new(Arc::clone(&gateway)))
+            CarrierPushServer::new(PushService::new(Arc::clone(&gateway), edge.clone()))
                 .max_decoding_message_size(max_request),
         )
         .add_service(
-            NumberStatusServer::new(PushService::new(Arc::clone(&gateway)))
+            NumberStatusServer::new(PushService::new(Arc::clone(&gateway), edge))
                 .max_decoding_message_size(max_request),
         )
         .serve_with_incoming_shutdown(incoming, draining);
@@ -375,93 +251,4 @@ pub async fn serve(
     }
     tracing::info!("gateway stopped");
     Ok(result?)
-}
-
-/// Sets every service's health status (and the server's, the empty name).
-async fn set_health(health: &tonic_health::server::HealthReporter, serving: bool) {
-    let status = if serving {
-        tonic_health::ServingStatus::Serving
-    } else {
-        tonic_health::ServingStatus::NotServing
-    };
-    use tonic::server::NamedService;
-    for name in [
-        "",
-        <AccountGatewayServer<GatewayService> as NamedService>::NAME,
-        <CarrierPushServer<PushService> as NamedService>::NAME,
-        <NumberStatusServer<PushService> as NamedService>::NAME,
-    ] {
-        health.set_service_status(name, status).await;
-    }
-}
-
-/// Checks the store every few seconds; while it does not answer, every service reports
-/// `NOT_SERVING` (and `/readyz` 503), so load balancers send callers to another replica.
-async fn readiness(gateway: Arc<Gateway>, health: tonic_health::server::HealthReporter) {
-    let mut tick = tokio::time::interval(Duration::from_secs(5));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let ok = tokio::time::timeout(Duration::from_secs(2), gateway.store.ping())
-            .await
-            .unwrap_or(false);
-        if gateway.ready.swap(ok, Ordering::Relaxed) != ok {
-            if ok {
-                tracing::info!("store reachable again: serving");
-            } else {
-                tracing::warn!("store unreachable: reporting NOT_SERVING");
-            }
-            set_health(&health, ok).await;
-        }
-    }
-}
-
-/// Periodic clean-up: expired verifications, and idempotency keys older than 48 hours (kept at
-/// least 24, as promised).
-async fn housekeeping(gateway: Arc<Gateway>) {
-    const KEY_RETENTION_MS: i64 = 48 * 3_600_000;
-    let mut tick = tokio::time::interval(Duration::from_secs(60));
-    loop {
-        tick.tick().await;
-        match gateway.verifier.purge().await {
-            Ok(0) => {}
-            Ok(n) => tracing::debug!(purged = n, "expired verifications deleted"),
-            Err(e) => tracing::warn!(error = %e, "could not purge verifications"),
-        }
-        let now = gateway.clock.now_ms();
-        if let Err(e) = gateway
-            .store
-            .purge_unbind_requests(now - KEY_RETENTION_MS)
-            .await
-        {
-            tracing::warn!(error = %e, "could not purge idempotency keys");
-        }
-        let retention = gateway.config.audit.retention.as_millis() as i64;
-        if let Err(e) = gateway.store.purge_audit(now - retention).await {
-            tracing::warn!(error = %e, "could not purge old audit records");
-        }
-    }
-}
-
-/// Resolves on SIGTERM or Ctrl-C.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
-    }
-    tracing::info!("shutdown signal received");
 }

@@ -11,12 +11,12 @@ use tokio::time::Instant;
 use tonic::transport::Channel;
 use unbind_gateway::{
     config::{AppConfig, Config},
+    gateway::Gateway,
     proto::{
         CompleteVerificationRequest, ListAppsRequest, ListLinkedAccountsRequest, UnbindRequest,
         app_result::State,
     },
     reload::{Reloaded, Reloader},
-    server::Gateway,
     simulator::{Behaviour, Latency, SimulatedApp},
 };
 

@@ -12,6 +12,7 @@ use super::{
     ApiError,
     correlator::correlator_of,
     deadline::deadline_of,
+    edge::Edge,
     tenant::{Action, Tenant},
 };
 use crate::{
@@ -22,6 +23,7 @@ use crate::{
         App, AppOutcome,
         merge::{self, MergeContext},
     },
+    gateway::Gateway,
     proto::{
         self, AppInfo, AppResult, CompleteVerificationRequest, CompleteVerificationResponse,
         GetUnbindTicketsRequest, GetUnbindTicketsResponse, LinkedAccount, ListAppsRequest,
@@ -31,7 +33,6 @@ use crate::{
     },
     registry::templates,
     security::{CODE_LENGTH, OneTimeCode, Session},
-    server::Gateway,
     store::TicketRow,
     unbind::LookupTickets,
     verification::VerifyError,
@@ -41,24 +42,19 @@ use crate::{
 #[derive(Clone)]
 pub struct GatewayService {
     gateway: Arc<Gateway>,
+    /// Who may call, and the audit of refusals.
+    edge: Edge,
 }
 
 impl GatewayService {
-    pub fn new(gateway: Arc<Gateway>) -> Self {
-        Self { gateway }
+    pub fn new(gateway: Arc<Gateway>, edge: Edge) -> Self {
+        Self { gateway, edge }
     }
 
     /// Identifies the calling tenant, checks its role and rate; a refusal is audited under
     /// `action`.
     fn admit<T>(&self, request: &Request<T>, action: &str) -> Result<Arc<Tenant>, ApiError> {
-        self.gateway
-            .tenants
-            .admit_or_refuse(request, Action::Holder)
-            .map_err(|refusal| {
-                let tenant = refusal.tenant.as_ref().map_or("", |t| t.name.as_str());
-                self.audit_refusal(tenant, "", action, &correlator_of(request), &refusal.error);
-                refusal.error
-            })
+        self.edge.admit(request, Action::Holder, action)
     }
 
     /// Audits a request refused before it reached a step that audits itself, and hands back
@@ -71,7 +67,7 @@ impl GatewayService {
         request: &Request<T>,
         e: ApiError,
     ) -> ApiError {
-        self.audit_refusal(
+        self.edge.refused(
             &tenant.name,
             number_hash,
             action,
@@ -140,7 +136,8 @@ impl GatewayService {
                 },
             )),
             Err(e) => {
-                self.audit_refusal(&tenant.name, "", "lookup", &correlator, &e);
+                self.edge
+                    .refused(&tenant.name, "", "lookup", &correlator, &e);
                 Err(e)
             }
         }
@@ -231,25 +228,6 @@ impl GatewayService {
                 SummarySms::Limited
             }
         }
-    }
-
-    /// Audits a request that failed.
-    fn audit_refusal(
-        &self,
-        tenant: &str,
-        number_hash: &str,
-        action: &str,
-        correlator: &str,
-        e: &ApiError,
-    ) {
-        self.gateway.audit.record(Entry {
-            tenant,
-            number_hash,
-            action,
-            apps: String::new(),
-            outcome: e.code_and_reason().1.as_str_name().to_owned(),
-            correlator,
-        });
     }
 
     /// The tickets a `GetUnbindTickets` asks for; `number_hash` is set once a session names
@@ -612,7 +590,8 @@ impl AccountGateway for GatewayService {
         let session = self
             .session(&tenant, &body.session_token)
             .inspect_err(|e| {
-                self.audit_refusal(&tenant.name, "", "unbind", &correlator, e);
+                self.edge
+                    .refused(&tenant.name, "", "unbind", &correlator, e);
             })?;
         let number_hash = self.gateway.keys.number_hash(&session.phone).hex();
         let unbinder = &self.gateway.unbinder;
@@ -621,7 +600,8 @@ impl AccountGateway for GatewayService {
             .await
             .map_err(ApiError::from)
             .inspect_err(|e| {
-                self.audit_refusal(&tenant.name, &number_hash, "unbind", &correlator, e)
+                self.edge
+                    .refused(&tenant.name, &number_hash, "unbind", &correlator, e)
             })?;
         let mut apps: Vec<&str> = rows.iter().map(|t| t.app_id.as_str()).collect();
         apps.sort_unstable();

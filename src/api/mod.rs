@@ -3,6 +3,7 @@
 
 pub mod correlator;
 pub mod deadline;
+pub mod edge;
 pub mod error;
 pub mod gateway;
 pub mod push;

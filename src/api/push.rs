@@ -8,13 +8,14 @@ use tonic::{Request, Response, Status, Streaming};
 use super::{
     ApiError,
     correlator::correlator_of,
-    error::reason_of,
+    edge::Edge,
     tenant::{Action, Tenant},
 };
 use crate::{
     audit::Entry,
     clock::{ms_from_timestamp, timestamp_from_ms},
     domain::E164,
+    gateway::Gateway,
     proto::{
         CheckNumberRecycledRequest, CheckNumberRecycledResponse, GetSubmissionRequest,
         GetSubmissionResponse, SubmitRecycledNumbersRequest, SubmitRecycledNumbersResponse,
@@ -22,18 +23,19 @@ use crate::{
         number_status_server::NumberStatus,
     },
     push::{MAX_NUMBERS, Recycled},
-    server::Gateway,
 };
 
 /// Both services; cheap to clone.
 #[derive(Clone)]
 pub struct PushService {
     gateway: Arc<Gateway>,
+    /// Who may call, and the audit of refusals.
+    edge: Edge,
 }
 
 impl PushService {
-    pub fn new(gateway: Arc<Gateway>) -> Self {
-        Self { gateway }
+    pub fn new(gateway: Arc<Gateway>, edge: Edge) -> Self {
+        Self { gateway, edge }
     }
 
     fn audit(
@@ -65,34 +67,9 @@ impl PushService {
         action: Action,
         audited_as: &str,
     ) -> Result<Arc<Tenant>, Status> {
-        self.gateway
-            .tenants
-            .admit_or_refuse(request, action)
-            .map_err(|refusal| {
-                let status = Status::from(refusal.error);
-                let tenant = refusal.tenant.as_ref().map_or("", |t| t.name.as_str());
-                self.audit_refusal(tenant, "", audited_as, &correlator_of(request), &status);
-                status
-            })
-    }
-
-    /// Audits a refused request, with the reason the caller was given.
-    fn audit_refusal(
-        &self,
-        tenant: &str,
-        number_hash: &str,
-        action: &str,
-        correlator: &str,
-        status: &Status,
-    ) {
-        self.gateway.audit.record(Entry {
-            tenant,
-            number_hash,
-            action,
-            apps: String::new(),
-            outcome: reason_of(status).unwrap_or_else(|| format!("{:?}", status.code())),
-            correlator,
-        });
+        self.edge
+            .admit(request, action, audited_as)
+            .map_err(Status::from)
     }
 
     async fn submit(
@@ -246,7 +223,10 @@ impl CarrierPush for PushService {
         self.submit(&tenant, &correlator, request.into_inner())
             .await
             .map(Response::new)
-            .inspect_err(|s| self.audit_refusal(&tenant.name, "", ACTION, &correlator, s))
+            .inspect_err(|s| {
+                self.edge
+                    .refused_with(&tenant.name, "", ACTION, &correlator, s)
+            })
     }
 
     async fn get_submission(
@@ -259,7 +239,8 @@ impl CarrierPush for PushService {
             .await
             .map(Response::new)
             .inspect_err(|s| {
-                self.audit_refusal(&tenant.name, "", ACTION, &correlator_of(&request), s)
+                self.edge
+                    .refused_with(&tenant.name, "", ACTION, &correlator_of(&request), s)
             })
     }
 }
@@ -277,7 +258,10 @@ impl NumberStatus for PushService {
         let recycled = self
             .check(request.get_ref(), &mut hash)
             .await
-            .inspect_err(|s| self.audit_refusal(&tenant.name, &hash, ACTION, &correlator, s))?;
+            .inspect_err(|s| {
+                self.edge
+                    .refused_with(&tenant.name, &hash, ACTION, &correlator, s)
+            })?;
         self.audit(
             &tenant,
             &hash,

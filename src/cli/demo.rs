@@ -24,7 +24,7 @@ use crate::{
         EmbeddedRegistry, EmbeddedRegistryOptions, Subscriber, read_sms_file, write_subscribers,
     },
     security::random_id,
-    server,
+    server, shutdown,
     simulator::{Behaviour, Latency, Simulator, SimulatorConfig},
 };
 
@@ -408,7 +408,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             &admin
         )
     );
-    server::shutdown_signal().await;
+    shutdown::shutdown_signal().await;
     stack.stop().await
 }
 

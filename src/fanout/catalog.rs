@@ -23,11 +23,11 @@ use tonic::transport::{Channel, Endpoint};
 use super::{
     adapter::{AppService, app_stack},
     breaker::{BreakerState, CircuitBreaker},
+    metrics::{AppMetrics, FanoutMetrics},
 };
 use crate::{
     config::{AppConfig, AppDefaults, BreakerConfig, Config, OutboundTlsConfig, RetryConfig},
     domain::AppId,
-    metrics::{AppMetrics, Metrics},
     proto::{app_adapter_client::AppAdapterClient, app_info::Health},
     tls::client_config,
 };
@@ -68,7 +68,7 @@ pub struct App {
 }
 
 impl App {
-    fn build(settings: Settings, position: usize, metrics: &Metrics) -> anyhow::Result<Self> {
+    fn build(settings: Settings, position: usize, metrics: &FanoutMetrics) -> anyhow::Result<Self> {
         let app = &settings.app;
         let defaults = &settings.defaults;
         let id = AppId::parse(&app.id).map_err(|e| anyhow::anyhow!("apps[{position}].id: {e}"))?;
@@ -190,18 +190,23 @@ impl CatalogChange {
 /// The live catalog.
 pub struct Catalog {
     current: RwLock<Arc<CatalogSnapshot>>,
-    metrics: Metrics,
+    metrics: FanoutMetrics,
 }
 
 impl Catalog {
     /// Builds the catalog from config; channels connect lazily, so an app that is down at start-up
     /// does not stop the gateway.
-    pub fn new(config: &Config, metrics: Metrics) -> anyhow::Result<Self> {
+    pub fn new(config: &Config, metrics: FanoutMetrics) -> anyhow::Result<Self> {
         let (snapshot, _) = build(config, None, &metrics)?;
         Ok(Self {
             current: RwLock::new(Arc::new(snapshot)),
             metrics,
         })
+    }
+
+    /// The fan-out's metrics (the catalog's entries hold their apps' counters).
+    pub fn metrics(&self) -> &FanoutMetrics {
+        &self.metrics
     }
 
     /// The catalog as it is now; keep it for the whole request.
@@ -227,7 +232,7 @@ impl Catalog {
 fn build(
     config: &Config,
     old: Option<&CatalogSnapshot>,
-    metrics: &Metrics,
+    metrics: &FanoutMetrics,
 ) -> anyhow::Result<(CatalogSnapshot, CatalogChange)> {
     let mut change = CatalogChange::default();
     let mut apps = Vec::with_capacity(config.apps.len());

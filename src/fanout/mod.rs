@@ -10,6 +10,7 @@ pub mod breaker;
 mod cache;
 mod catalog;
 pub mod merge;
+pub mod metrics;
 
 use std::{sync::Arc, time::Duration};
 
@@ -19,9 +20,10 @@ use tokio::time::Instant;
 pub use adapter::{AppCall, AppService, CallError, app_call_span, find_accounts};
 pub use cache::{Accounts, CacheKey, Cached, LookupCache, accounts};
 pub use catalog::{App, Catalog, CatalogChange, CatalogSnapshot};
+pub use metrics::FanoutMetrics;
 use tracing::Instrument;
 
-use crate::{clock::Clock, domain::E164, metrics::Metrics, security::NumberHash};
+use crate::{clock::Clock, domain::E164, security::NumberHash};
 
 /// How one app's part of a look-up ended.
 pub struct AppOutcome {
@@ -37,12 +39,12 @@ pub struct AppOutcome {
 /// The fan-out engine.
 pub struct FanOut {
     cache: Arc<LookupCache>,
-    metrics: Metrics,
+    metrics: FanoutMetrics,
     clock: Clock,
 }
 
 impl FanOut {
-    pub fn new(cache: LookupCache, metrics: Metrics, clock: Clock) -> Self {
+    pub fn new(cache: LookupCache, metrics: FanoutMetrics, clock: Clock) -> Self {
         Self {
             cache: Arc::new(cache),
             metrics,

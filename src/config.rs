@@ -815,10 +815,12 @@ fn check_endpoint(endpoint: &str, key: &str, development: bool) -> anyhow::Resul
     let uri: tonic::transport::Uri = endpoint
         .parse()
         .map_err(|e| anyhow::anyhow!("`{key}`: {endpoint:?} is not a URL: {e}"))?;
+    // `https://:443` parses, with an empty host.
+    let has_host = uri.host().is_some_and(|host| !host.is_empty());
     match uri.scheme_str() {
-        Some("https") if uri.host().is_some() => Ok(()),
-        Some("http") if uri.host().is_some() && development => Ok(()),
-        Some("http") if uri.host().is_some() => bail!(
+        Some("https") if has_host => Ok(()),
+        Some("http") if has_host && development => Ok(()),
+        Some("http") if has_host => bail!(
             "{key}: plain http:// is only allowed in development ({endpoint:?}): \
              use https:// (and `outbound_tls`)"
         ),
@@ -1266,6 +1268,27 @@ mod tests {
                 c.validate().err()
             );
         }
+    }
+
+    #[test]
+    fn an_endpoint_needs_a_scheme_and_a_host() {
+        for bad in [
+            "https://:443",
+            "http://:80",
+            "127.0.0.1:50052",
+            "/x",
+            "ftp://a:1",
+        ] {
+            for development in [true, false] {
+                assert!(
+                    check_endpoint(bad, "k", development).is_err(),
+                    "{bad:?} development={development}"
+                );
+            }
+        }
+        assert!(check_endpoint("https://a:1", "k", false).is_ok());
+        assert!(check_endpoint("http://a:1", "k", true).is_ok());
+        assert!(check_endpoint("http://a:1", "k", false).is_err());
     }
 
     #[test]

@@ -52,6 +52,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn prints_the_id() {
+        let id = AppId::parse("app-001").unwrap();
+        assert_eq!(format!("{id}"), "app-001");
+        assert_eq!(format!("{id:?}"), "AppId(app-001)");
+    }
+
+    #[test]
     fn parses_catalog_ids() {
         assert_eq!(AppId::parse("app-001").unwrap().as_str(), "app-001");
         assert!(AppId::parse("wechat.pay_2").is_ok());

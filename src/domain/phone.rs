@@ -140,6 +140,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn input_up_to_32_characters_is_parsed_and_longer_refused() {
+        // The same valid number, padded with spaces between its digits.
+        let padded = |len: usize| format!("+86{}13800138000", " ".repeat(len - 14));
+        assert_eq!(padded(MAX_INPUT_LEN).len(), MAX_INPUT_LEN);
+        assert_eq!(
+            E164::parse(&padded(MAX_INPUT_LEN)).unwrap().expose(),
+            "+8613800138000"
+        );
+        assert_eq!(
+            E164::parse(&padded(MAX_INPUT_LEN + 1)),
+            Err(InvalidPhoneNumber)
+        );
+        assert_eq!(E164::parse(&padded(200)), Err(InvalidPhoneNumber));
+        assert_eq!(E164::parse("   "), Err(InvalidPhoneNumber));
+    }
+
+    #[test]
     fn bare_chinese_mobile_means_plus_86() {
         let n = E164::parse("13800138000").unwrap();
         assert_eq!(n.expose(), "+8613800138000");

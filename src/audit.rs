@@ -14,6 +14,7 @@ use futures::{FutureExt, future::BoxFuture};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
+    backoff::Backoff,
     clock::Clock,
     metrics::Metrics,
     store::{AuditRecord, Store},
@@ -91,8 +92,11 @@ async fn store_batch<F>(records: &[AuditRecord], mut append: F, metrics: &Metric
 where
     F: for<'a> FnMut(&'a [AuditRecord]) -> BoxFuture<'a, sqlx::Result<()>>,
 {
-    let mut wait = RETRY_FIRST;
+    let backoff = Backoff::new(RETRY_FIRST, RETRY_MAX);
+    let mut failures = 0;
     while let Err(e) = append(records).await {
+        let wait = backoff.nth(failures);
+        failures = failures.saturating_add(1);
         metrics.audit_write_failed();
         if !worth_retrying(&e) {
             for _ in records {
@@ -108,7 +112,6 @@ where
             "audit records not stored yet: the store refused them"
         );
         tokio::time::sleep(wait).await;
-        wait = (wait * 2).min(RETRY_MAX);
     }
 }
 

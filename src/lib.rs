@@ -6,7 +6,8 @@
 //! Values and secrets
 //! - `domain`: validated value types (phone number, ID characters, app id) that never print secrets;
 //! - `security`: keys, sealed tokens (sessions, account refs), one-time codes, the ownership rule;
-//! - `clock`: the wall clock behind a handle tests can move.
+//! - `clock`: the wall clock behind a handle tests can move; `backoff`: the one exponential
+//!   backoff of every retry and open period.
 //!
 //! What the gateway does
 //! - `verification`: proving who the person is (registry check + SMS code -> session);
@@ -41,6 +42,7 @@ pub mod admin;
 pub mod api;
 pub mod audit;
 pub mod background;
+pub mod backoff;
 pub mod cli;
 pub mod clock;
 pub mod config;

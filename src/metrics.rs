@@ -323,7 +323,9 @@ fn known_methods() -> HashSet<String> {
     methods
 }
 
-fn code_name(code: tonic::Code) -> &'static str {
+/// The canonical gRPC name of a status code (`INVALID_ARGUMENT`): the `code` label here, and
+/// the word the CLI prints.
+pub fn code_name(code: tonic::Code) -> &'static str {
     use tonic::Code::*;
     match code {
         Ok => "OK",

@@ -24,7 +24,6 @@ use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Response, Status};
 
-use crate::cli::query::{code_name, error_chain, parse_deadline};
 use crate::cli::tls_args::ClientTlsArgs;
 use crate::domain::{E164, mask_digits};
 use crate::proto::app_adapter_client::AppAdapterClient;
@@ -35,6 +34,13 @@ use crate::proto::{
     UnbindAccountRequest, UnbindAccountResponse,
 };
 use crate::security::random_id;
+use crate::{
+    cli::{
+        plural,
+        query::{error_chain, parse_deadline},
+    },
+    metrics::code_name,
+};
 
 /// The longest `account_id` the gateway can carry, in bytes once JSON-escaped. The gateway seals
 /// each account id into an account ref (JSON
@@ -420,7 +426,7 @@ impl Suite {
             )),
             Ok(accounts) => pass(format!(
                 "a random valid number got OK with {} in {} (expected none; fine if that number is real)",
-                plural(accounts.len(), "account"),
+                plural(accounts.len(), "account", "accounts"),
                 millis(elapsed)
             )),
             Err(status) if status.code() == Code::NotFound => fail(
@@ -442,7 +448,7 @@ impl Suite {
                 Err(status) if status.code() == Code::InvalidArgument => {}
                 Ok(accounts) => wrong.push(format!(
                     "{name} ({input:?}) got OK with {}",
-                    plural(accounts.len(), "account")
+                    plural(accounts.len(), "account", "accounts")
                 )),
                 Err(status) => wrong.push(format!(
                     "{name} ({input:?}) got {}",
@@ -491,7 +497,7 @@ impl Suite {
             "{} ({supported} can be unbound): unique ids of at most {longest} bytes (limit \
              {MAX_ACCOUNT_ID_BYTES}: the most a sealed account ref carries), masked hints, past \
              bound_at",
-            plural(accounts.len(), "account")
+            plural(accounts.len(), "account", "accounts")
         ))
     }
 
@@ -533,7 +539,7 @@ impl Suite {
         if gone == 0 && new == 0 && moved == 0 {
             pass(format!(
                 "two calls listed the same {}",
-                plural(a.len(), "account")
+                plural(a.len(), "account", "accounts")
             ))
         } else {
             fail(format!(
@@ -816,7 +822,7 @@ impl Suite {
             }
             Ok(accounts) => pass(format!(
                 "after DONE, FindAccounts no longer lists the account ({} left)",
-                plural(accounts.len(), "account")
+                plural(accounts.len(), "account", "accounts")
             )),
             Err(status) => fail(format!(
                 "FindAccounts after the unbind answered {}",
@@ -1172,14 +1178,6 @@ fn random_number(avoid: Option<&E164>) -> String {
 
 fn millis(d: Duration) -> String {
     format!("{} ms", d.as_millis())
-}
-
-fn plural(n: usize, one: &str) -> String {
-    if n == 1 {
-        format!("1 {one}")
-    } else {
-        format!("{n} {one}s")
-    }
 }
 
 #[cfg(test)]

@@ -6,3 +6,12 @@ pub mod check_adapter;
 pub mod demo;
 pub mod query;
 pub mod tls_args;
+
+/// "1 account", "3 accounts".
+pub(crate) fn plural(n: usize, one: &str, many: &str) -> String {
+    if n == 1 {
+        format!("1 {one}")
+    } else {
+        format!("{n} {many}")
+    }
+}

@@ -21,10 +21,11 @@ use anyhow::{Context, anyhow, bail};
 use chrono::{DateTime, Local, SecondsFormat, TimeZone, Utc};
 use serde_json::{Value, json};
 use tonic::transport::{Channel, Endpoint};
-use tonic::{Code, Request, Status};
+use tonic::{Request, Status};
 use tonic_types::StatusExt;
 
-use crate::cli::tls_args::ClientTlsArgs;
+use crate::cli::{plural, tls_args::ClientTlsArgs};
+use crate::metrics::code_name;
 use crate::proto::SummarySms;
 use crate::proto::account_gateway_client::AccountGatewayClient;
 use crate::proto::app_result::State;
@@ -605,14 +606,6 @@ fn app_label_with_id(name: &str, id: &str) -> String {
     }
 }
 
-fn plural(n: usize, one: &str, many: &str) -> String {
-    if n == 1 {
-        format!("1 {one}")
-    } else {
-        format!("{n} {many}")
-    }
-}
-
 fn ownership_word(ownership: Ownership) -> &'static str {
     match ownership {
         Ownership::CurrentHolder => "yours",
@@ -822,29 +815,6 @@ fn national_digits(number: &str) -> String {
         format!("86{digits}")
     } else {
         digits
-    }
-}
-
-/// The canonical gRPC name of a status code, e.g. `INVALID_ARGUMENT`.
-pub fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
     }
 }
 
@@ -1419,6 +1389,7 @@ async fn watch(
 mod tests {
     use super::*;
     use clap::Parser;
+    use tonic::Code;
     use tonic_types::{ErrorDetails, FieldViolation};
 
     fn ts(seconds: i64) -> Option<prost_types::Timestamp> {

@@ -29,7 +29,10 @@ use tokio::time::Instant;
 use tower::{Layer, Service};
 
 use super::CallError;
-use crate::config::BreakerConfig;
+use crate::{
+    backoff::{Backoff, stretch_up},
+    config::BreakerConfig,
+};
 
 /// Where a breaker is, as reported by [`CircuitBreaker::state`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -292,16 +295,8 @@ impl CircuitBreaker {
     /// when `jitter` is 0.
     fn open_period(&self, failed_probes: u32) -> Duration {
         let c = &self.config;
-        let period = 2u32
-            .checked_pow(failed_probes)
-            .and_then(|factor| c.open_base.checked_mul(factor))
-            .map_or(c.open_max, |period| period.min(c.open_max));
-        if c.jitter > 0.0 {
-            let stretch = 1.0 + rand::random::<f64>() * c.jitter;
-            Duration::try_from_secs_f64(period.as_secs_f64() * stretch).unwrap_or(period)
-        } else {
-            period
-        }
+        let period = Backoff::new(c.open_base, c.open_max).nth(failed_probes);
+        stretch_up(period, c.jitter)
     }
 }
 

@@ -8,13 +8,13 @@ use std::{sync::Arc, time::Duration};
 use tokio::sync::{Notify, watch};
 
 use crate::{
+    backoff::Backoff,
     clock::{Clock, timestamp_from_ms},
     config::UnbindConfig,
     fanout::Catalog,
     proto::{NotifyNumbersRecycledRequest, RecycledNumber},
     security::{Keys, Purpose},
     store::{Delivery, Store},
-    unbind::worker::backoff,
 };
 
 /// Batches a replica delivers at once.
@@ -71,7 +71,9 @@ impl PushWorker {
         let next = if delivered {
             now
         } else {
-            now + backoff(d.attempts, c.retry_base, c.retry_max, c.retry_jitter).as_millis() as i64
+            now + Backoff::new(c.retry_base, c.retry_max)
+                .retry(d.attempts, c.retry_jitter)
+                .as_millis() as i64
         };
         if let Err(e) = self.store.finish_delivery(d, lease, delivered, next).await {
             tracing::warn!(error = %e, "could not record a push delivery; it will be retried");

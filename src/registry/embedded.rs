@@ -13,7 +13,7 @@
 //! ```
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -308,7 +308,7 @@ impl EmbeddedRegistry {
     /// TLS, `https://localhost:PORT` for loopback and unspecified addresses (the name the
     /// development registry certificate carries), else `https://IP:PORT`.
     pub fn endpoint(&self) -> String {
-        endpoint_of(self.addr, self.tls)
+        crate::tls::endpoint_for(self.addr, self.tls)
     }
 
     /// The address it listens on.
@@ -419,20 +419,6 @@ impl SubscriberRegistry for RegistryService {
         let message_id = format!("sms-{n:06}-{:08x}", rand::random::<u32>());
         tracing::debug!(template = %request.template, %message_id, "SendSms");
         Ok(Response::new(SendSmsResponse { message_id }))
-    }
-}
-
-/// See [`EmbeddedRegistry::endpoint`].
-fn endpoint_of(addr: SocketAddr, tls: bool) -> String {
-    let ip = match addr.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
-        ip => ip,
-    };
-    match (tls, ip.is_loopback()) {
-        (false, _) => format!("http://{}", SocketAddr::new(ip, addr.port())),
-        (true, true) => format!("https://localhost:{}", addr.port()),
-        (true, false) => format!("https://{}", SocketAddr::new(ip, addr.port())),
     }
 }
 
@@ -749,18 +735,6 @@ mod tests {
         let text = std::fs::read_to_string(&path).expect("readable");
         assert!(text.contains("holder_since = \"2024-03-01\""), "{text}");
         assert_eq!(load_subscribers(&path).expect("loads"), subscribers);
-    }
-
-    #[test]
-    fn endpoints_name_localhost_only_with_tls() {
-        let any: SocketAddr = "0.0.0.0:7000".parse().expect("a socket address");
-        assert_eq!(endpoint_of(any, false), "http://127.0.0.1:7000");
-        assert_eq!(endpoint_of(any, true), "https://localhost:7000");
-        let v6: SocketAddr = "[::1]:7001".parse().expect("a socket address");
-        assert_eq!(endpoint_of(v6, false), "http://[::1]:7001");
-        assert_eq!(endpoint_of(v6, true), "https://localhost:7001");
-        let lan: SocketAddr = "10.0.0.7:7002".parse().expect("a socket address");
-        assert_eq!(endpoint_of(lan, true), "https://10.0.0.7:7002");
     }
 
     #[test]

@@ -260,7 +260,7 @@ impl Simulator {
             let addr = listener.local_addr()?;
             let entry = accounts::catalog_entry(number);
             let app = SimulatedApp {
-                endpoint: endpoint_of(addr, tls.is_some()),
+                endpoint: crate::tls::endpoint_for(addr, tls.is_some()),
                 id: entry.id,
                 name: entry.name,
                 category: entry.category,
@@ -493,43 +493,9 @@ async fn stop(slot: &AppSlot) {
     tracing::info!(app_id = %slot.app.id, "simulated app stopped");
 }
 
-/// `http://IP:PORT`, with loopback standing in for an unspecified bind address. With TLS,
-/// `https://localhost:PORT` for loopback and unspecified addresses (certificates name hosts, and
-/// the development adapter certificate names `localhost`), else `https://IP:PORT`.
-fn endpoint_of(addr: SocketAddr, tls: bool) -> String {
-    let ip = match addr.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
-        ip => ip,
-    };
-    match (tls, ip.is_loopback()) {
-        (false, _) => format!("http://{}", SocketAddr::new(ip, addr.port())),
-        (true, true) => format!("https://localhost:{}", addr.port()),
-        (true, false) => format!("https://{}", SocketAddr::new(ip, addr.port())),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn endpoints_advertise_loopback_for_unspecified_addresses() {
-        let any: SocketAddr = "0.0.0.0:60001".parse().expect("a socket address");
-        assert_eq!(endpoint_of(any, false), "http://127.0.0.1:60001");
-        let v6: SocketAddr = "[::]:60002".parse().expect("a socket address");
-        assert_eq!(endpoint_of(v6, false), "http://[::1]:60002");
-    }
-
-    #[test]
-    fn tls_endpoints_name_localhost_for_loopback() {
-        let loopback: SocketAddr = "127.0.0.1:60001".parse().expect("a socket address");
-        assert_eq!(endpoint_of(loopback, true), "https://localhost:60001");
-        let any: SocketAddr = "[::]:60002".parse().expect("a socket address");
-        assert_eq!(endpoint_of(any, true), "https://localhost:60002");
-        let lan: SocketAddr = "10.0.0.5:60003".parse().expect("a socket address");
-        assert_eq!(endpoint_of(lan, true), "https://10.0.0.5:60003");
-    }
 
     #[test]
     fn catalog_is_a_list_of_apps_tables() {

@@ -8,9 +8,8 @@
 //! ticket id, whoever sends it and however often. A worker that lost its lease cannot record
 //! anything (every write is fenced on the lease owner).
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
-use rand::Rng;
 use tokio::{
     sync::{Notify, Semaphore, mpsc, watch},
     task::JoinSet,
@@ -18,6 +17,7 @@ use tokio::{
 use tonic::Code;
 
 use crate::{
+    backoff::Backoff,
     clock::Clock,
     config::UnbindConfig,
     domain::{AppId, E164},
@@ -53,19 +53,6 @@ struct Decision {
     vendor_ref: String,
     next_attempt_at: i64,
     cause: String,
-}
-
-/// Delay before retry number `attempts` (1-based): `base * 2^(attempts-1)`, capped at `max`;
-/// with jitter, uniformly between half of it and all of it.
-pub fn backoff(attempts: i64, base: Duration, max: Duration, jitter: bool) -> Duration {
-    let exp = u32::try_from(attempts.saturating_sub(1).clamp(0, 30)).unwrap_or(30);
-    let delay = base.saturating_mul(1u32 << exp).min(max);
-    if jitter && !delay.is_zero() {
-        let half = delay / 2;
-        half + Duration::from_nanos(rand::rng().random_range(0..=half.as_nanos() as u64))
-    } else {
-        delay
-    }
 }
 
 /// Whether an app's error is worth retrying.
@@ -356,12 +343,7 @@ impl Worker {
             return self.give_up(ticket, &format!("{why}; gave up at the due date"));
         }
         let c = &self.config;
-        let delay = backoff(
-            ticket.attempts.max(1),
-            c.retry_base,
-            c.retry_max,
-            c.retry_jitter,
-        );
+        let delay = Backoff::new(c.retry_base, c.retry_max).retry(ticket.attempts, c.retry_jitter);
         Decision {
             to: ticket.state,
             detail: why.to_owned(),
@@ -440,31 +422,6 @@ fn pick(new: String, old: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_doubles_up_to_the_cap_without_jitter() {
-        let base = Duration::from_millis(500);
-        let max = Duration::from_secs(60);
-        let d: Vec<_> = (1..=9)
-            .map(|a| backoff(a, base, max, false).as_millis())
-            .collect();
-        assert_eq!(d, [500, 1000, 2000, 4000, 8000, 16000, 32000, 60000, 60000]);
-        assert_eq!(backoff(1000, base, max, false), max);
-    }
-
-    #[test]
-    fn jitter_stays_between_half_and_all() {
-        for a in 1..10 {
-            let full = backoff(
-                a,
-                Duration::from_millis(100),
-                Duration::from_secs(10),
-                false,
-            );
-            let j = backoff(a, Duration::from_millis(100), Duration::from_secs(10), true);
-            assert!(j >= full / 2 && j <= full, "{j:?} vs {full:?}");
-        }
-    }
 
     #[test]
     fn only_transient_codes_are_retried() {

@@ -41,11 +41,63 @@ pub struct AuditLog {
     metrics: Metrics,
 }
 
+/// What an audit record is about; stored as its word (`lookup`, `verification.start`, ...).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuditAction {
+    /// `StartVerification`.
+    VerificationStart,
+    /// `CompleteVerification`.
+    VerificationComplete,
+    /// a number had more ID characters tried than the alert rate.
+    IdGuessingAlert,
+    /// a tenant's callers went over its wrong-code alert rate.
+    WrongCodesAlert,
+    /// `ListLinkedAccounts`.
+    Lookup,
+    /// `StreamLinkedAccounts`.
+    LookupStream,
+    /// A `StreamLinkedAccounts` whose caller went away before the end.
+    LookupStreamAbandoned,
+    /// `Unbind`.
+    Unbind,
+    /// `GetUnbindTickets`.
+    TicketsRead,
+    /// `ListApps`.
+    AppsList,
+    /// `SubmitRecycledNumbers`.
+    Push,
+    /// `GetSubmission`.
+    PushProgress,
+    /// `CheckNumberRecycled`.
+    CheckRecycled,
+}
+
+impl AuditAction {
+    /// The word stored in the record (what `unbind-gateway audit --action` filters on).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::VerificationStart => "verification.start",
+            Self::VerificationComplete => "verification.complete",
+            Self::IdGuessingAlert => "number.id_guessing_alert",
+            Self::WrongCodesAlert => "tenant.wrong_codes_alert",
+            Self::Lookup => "lookup",
+            Self::LookupStream => "lookup.stream",
+            Self::LookupStreamAbandoned => "lookup.stream.abandoned",
+            Self::Unbind => "unbind",
+            Self::TicketsRead => "tickets.read",
+            Self::AppsList => "apps.list",
+            Self::Push => "push",
+            Self::PushProgress => "push.progress",
+            Self::CheckRecycled => "check_recycled",
+        }
+    }
+}
+
 /// What one audited action was.
 pub struct Entry<'a> {
     pub tenant: &'a str,
     pub number_hash: &'a str,
-    pub action: &'a str,
+    pub action: AuditAction,
     pub apps: String,
     pub outcome: String,
     pub correlator: &'a str,
@@ -65,14 +117,17 @@ impl AuditLog {
             at: self.clock.now_ms(),
             tenant: entry.tenant.to_owned(),
             number_hash: entry.number_hash.to_owned(),
-            action: entry.action.to_owned(),
+            action: entry.action.as_str().to_owned(),
             apps: entry.apps,
             outcome: entry.outcome,
             correlator: entry.correlator.to_owned(),
         };
         if self.tx.try_send(Message::Record(record)).is_err() {
             self.metrics.audit_record_lost();
-            tracing::error!(action = entry.action, "audit record lost: queue full");
+            tracing::error!(
+                action = entry.action.as_str(),
+                "audit record lost: queue full"
+            );
         }
     }
 

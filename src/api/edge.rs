@@ -12,7 +12,7 @@ use super::{
     error::reason_of,
     tenant::{Action, Tenant, Tenants},
 };
-use crate::audit::{AuditLog, Entry};
+use crate::audit::{AuditAction, AuditLog, Entry};
 
 /// The door; cheap to clone.
 #[derive(Clone)]
@@ -32,7 +32,7 @@ impl Edge {
         &self,
         request: &Request<T>,
         action: Action,
-        audited_as: &str,
+        audited_as: AuditAction,
     ) -> Result<Arc<Tenant>, ApiError> {
         self.tenants
             .admit_or_refuse(request, action)
@@ -49,7 +49,7 @@ impl Edge {
         &self,
         tenant: &str,
         number_hash: &str,
-        action: &str,
+        action: AuditAction,
         correlator: &str,
         e: &ApiError,
     ) {
@@ -62,7 +62,7 @@ impl Edge {
         &self,
         tenant: &str,
         number_hash: &str,
-        action: &str,
+        action: AuditAction,
         correlator: &str,
         status: &Status,
     ) {
@@ -74,7 +74,7 @@ impl Edge {
         &self,
         tenant: &str,
         number_hash: &str,
-        action: &str,
+        action: AuditAction,
         correlator: &str,
         outcome: String,
     ) {

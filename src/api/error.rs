@@ -9,7 +9,8 @@ use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::{
-    proto::ErrorReason, security::SessionError, unbind::UnbindError, verification::VerifyError,
+    proto::ErrorReason, push::PushError, security::SessionError, unbind::UnbindError,
+    verification::VerifyError,
 };
 
 /// The `ErrorInfo.domain` of every error.
@@ -192,6 +193,21 @@ impl From<UnbindError> for ApiError {
             UnbindError::KeyReused => Self::IdempotencyKeyReused,
             UnbindError::Store(e) => Self::store(e),
         }
+    }
+}
+
+impl From<PushError> for ApiError {
+    fn from(e: PushError) -> Self {
+        match e {
+            PushError::Store(e) => Self::store(e),
+        }
+    }
+}
+
+/// For the push services, whose handlers answer with a `Status` (stream errors are statuses).
+impl From<PushError> for Status {
+    fn from(e: PushError) -> Self {
+        ApiError::from(e).into()
     }
 }
 

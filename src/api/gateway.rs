@@ -16,7 +16,7 @@ use super::{
     tenant::{Action, Tenant},
 };
 use crate::{
-    audit::{AuditLog, Entry},
+    audit::{AuditAction, AuditLog, Entry},
     clock::timestamp_from_ms,
     domain::{E164, IdLastSix},
     fanout::{
@@ -53,7 +53,7 @@ impl GatewayService {
 
     /// Identifies the calling tenant, checks its role and rate; a refusal is audited under
     /// `action`.
-    fn admit<T>(&self, request: &Request<T>, action: &str) -> Result<Arc<Tenant>, ApiError> {
+    fn admit<T>(&self, request: &Request<T>, action: AuditAction) -> Result<Arc<Tenant>, ApiError> {
         self.edge.admit(request, Action::Holder, action)
     }
 
@@ -63,7 +63,7 @@ impl GatewayService {
         &self,
         tenant: &Tenant,
         number_hash: &str,
-        action: &str,
+        action: AuditAction,
         request: &Request<T>,
         e: ApiError,
     ) -> ApiError {
@@ -124,7 +124,7 @@ impl GatewayService {
         &self,
         request: &Request<ListLinkedAccountsRequest>,
     ) -> Result<(Session, Lookup), ApiError> {
-        let tenant = self.admit(request, "lookup")?;
+        let tenant = self.admit(request, AuditAction::Lookup)?;
         let correlator = correlator_of(request);
         match self.begin_lookup(request, &tenant).await {
             Ok((session, lookup)) => Ok((
@@ -137,7 +137,7 @@ impl GatewayService {
             )),
             Err(e) => {
                 self.edge
-                    .refused(&tenant.name, "", "lookup", &correlator, &e);
+                    .refused(&tenant.name, "", AuditAction::Lookup, &correlator, &e);
                 Err(e)
             }
         }
@@ -164,11 +164,7 @@ impl GatewayService {
             .lookup(&session.phone, &number, apps, deadline, body.bypass_cache);
         tracing::info!(number = %session.phone, apps = asked, "look-up started");
         // Also for a summary: its counts must not include accounts already unbound.
-        let tickets = g
-            .unbinder
-            .lookup_tickets(&session)
-            .await
-            .map_err(ApiError::store)?;
+        let tickets = g.unbinder.lookup_tickets(&session).await?;
         let summary_sms = if body.deliver_by_sms {
             self.claim_summary_sms(&session).await
         } else {
@@ -201,7 +197,7 @@ impl GatewayService {
             self.gateway.audit.record(Entry {
                 tenant: &tenant.name,
                 number_hash: "",
-                action: "tenant.wrong_codes_alert",
+                action: AuditAction::WrongCodesAlert,
                 apps: String::new(),
                 outcome: "over_alert_rate".to_owned(),
                 correlator: &correlator_of(request),
@@ -253,7 +249,7 @@ impl GatewayService {
                     "give a session_token (the holder's tickets) or ticket_ids",
                 ));
             };
-            return unbinder.tickets_of(&session).await.map_err(ApiError::store);
+            return Ok(unbinder.tickets_of(&session).await?);
         }
         if body.ticket_ids.len() > MAX_TICKET_IDS {
             return Err(ApiError::field(
@@ -273,8 +269,7 @@ impl GatewayService {
         }
         let mut rows = unbinder
             .tickets_by_ids(&tenant.name, &body.ticket_ids)
-            .await
-            .map_err(ApiError::store)?;
+            .await?;
         // With a session too, only that holder's tickets.
         if session.is_some() {
             rows.retain(|t| t.number_hash == *number_hash);
@@ -284,7 +279,7 @@ impl GatewayService {
 }
 
 /// Audits a finished look-up.
-fn audit_lookup(audit: &AuditLog, lookup: &Lookup, action: &str, results: &[AppResult]) {
+fn audit_lookup(audit: &AuditLog, lookup: &Lookup, action: AuditAction, results: &[AppResult]) {
     let answered = results
         .iter()
         .filter(|r| r.state == State::Answered as i32)
@@ -392,7 +387,7 @@ impl AccountGateway for GatewayService {
         &self,
         request: Request<StartVerificationRequest>,
     ) -> Result<Response<StartVerificationResponse>, Status> {
-        const ACTION: &str = "verification.start";
+        const ACTION: AuditAction = AuditAction::VerificationStart;
         let tenant = self.admit(&request, ACTION)?;
         let body = request.get_ref();
         let phone = validate_phone(&body.phone_number)
@@ -427,7 +422,7 @@ impl AccountGateway for GatewayService {
         &self,
         request: Request<CompleteVerificationRequest>,
     ) -> Result<Response<CompleteVerificationResponse>, Status> {
-        const ACTION: &str = "verification.complete";
+        const ACTION: AuditAction = AuditAction::VerificationComplete;
         let tenant = self.admit(&request, ACTION)?;
         let body = request.get_ref();
         if !is_well_formed_id(&body.verification_id, "ver") {
@@ -501,7 +496,7 @@ impl AccountGateway for GatewayService {
             );
         }
         tracing::info!(number = %session.phone, total_accounts, complete, "look-up answered");
-        audit_lookup(&g.audit, &lookup, "lookup", &results);
+        audit_lookup(&g.audit, &lookup, AuditAction::Lookup, &results);
         if lookup.summary_only {
             accounts.clear();
         }
@@ -554,13 +549,18 @@ impl AccountGateway for GatewayService {
                     audit_lookup(
                         &gateway.audit,
                         &lookup,
-                        "lookup.stream.abandoned",
+                        AuditAction::LookupStreamAbandoned,
                         &audit_results,
                     );
                     return;
                 }
             }
-            audit_lookup(&gateway.audit, &lookup, "lookup.stream", &audit_results);
+            audit_lookup(
+                &gateway.audit,
+                &lookup,
+                AuditAction::LookupStream,
+                &audit_results,
+            );
             if lookup.summary_sms == SummarySms::Sent {
                 let summary = merge::sms_summary(&results, &all_accounts);
                 gateway.registry.send_sms_detached(
@@ -584,14 +584,14 @@ impl AccountGateway for GatewayService {
         &self,
         request: Request<UnbindRequest>,
     ) -> Result<Response<UnbindResponse>, Status> {
-        let tenant = self.admit(&request, "unbind")?;
+        let tenant = self.admit(&request, AuditAction::Unbind)?;
         let correlator = correlator_of(&request);
         let body = request.get_ref();
         let session = self
             .session(&tenant, &body.session_token)
             .inspect_err(|e| {
                 self.edge
-                    .refused(&tenant.name, "", "unbind", &correlator, e);
+                    .refused(&tenant.name, "", AuditAction::Unbind, &correlator, e);
             })?;
         let number_hash = self.gateway.keys.number_hash(&session.phone).hex();
         let unbinder = &self.gateway.unbinder;
@@ -600,8 +600,13 @@ impl AccountGateway for GatewayService {
             .await
             .map_err(ApiError::from)
             .inspect_err(|e| {
-                self.edge
-                    .refused(&tenant.name, &number_hash, "unbind", &correlator, e)
+                self.edge.refused(
+                    &tenant.name,
+                    &number_hash,
+                    AuditAction::Unbind,
+                    &correlator,
+                    e,
+                )
             })?;
         let mut apps: Vec<&str> = rows.iter().map(|t| t.app_id.as_str()).collect();
         apps.sort_unstable();
@@ -609,7 +614,7 @@ impl AccountGateway for GatewayService {
         self.gateway.audit.record(Entry {
             tenant: &tenant.name,
             number_hash: &number_hash,
-            action: "unbind",
+            action: AuditAction::Unbind,
             apps: apps.join(","),
             outcome: format!("{} tickets", rows.len()),
             correlator: &correlator,
@@ -623,7 +628,7 @@ impl AccountGateway for GatewayService {
         &self,
         request: Request<GetUnbindTicketsRequest>,
     ) -> Result<Response<GetUnbindTicketsResponse>, Status> {
-        const ACTION: &str = "tickets.read";
+        const ACTION: AuditAction = AuditAction::TicketsRead;
         let tenant = self.admit(&request, ACTION)?;
         let mut number_hash = String::new();
         let rows = self
@@ -650,7 +655,7 @@ impl AccountGateway for GatewayService {
         &self,
         request: Request<ListAppsRequest>,
     ) -> Result<Response<ListAppsResponse>, Status> {
-        self.admit(&request, "apps.list")?;
+        self.admit(&request, AuditAction::AppsList)?;
         let apps = self
             .gateway
             .catalog

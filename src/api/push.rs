@@ -12,7 +12,7 @@ use super::{
     tenant::{Action, Tenant},
 };
 use crate::{
-    audit::Entry,
+    audit::{AuditAction, Entry},
     clock::{ms_from_timestamp, timestamp_from_ms},
     domain::E164,
     gateway::Gateway,
@@ -42,7 +42,7 @@ impl PushService {
         &self,
         tenant: &Tenant,
         number_hash: &str,
-        action: &str,
+        action: AuditAction,
         apps: String,
         outcome: String,
         correlator: &str,
@@ -65,7 +65,7 @@ impl PushService {
         &self,
         request: &Request<T>,
         action: Action,
-        audited_as: &str,
+        audited_as: AuditAction,
     ) -> Result<Arc<Tenant>, Status> {
         self.edge
             .admit(request, action, audited_as)
@@ -119,17 +119,12 @@ impl PushService {
         if numbers.is_empty() {
             return Err(ApiError::field("numbers", "at least one number is required").into());
         }
-        let id = self
-            .gateway
-            .pusher
-            .submit(&tenant.name, &numbers)
-            .await
-            .map_err(ApiError::store)?;
+        let id = self.gateway.pusher.submit(&tenant.name, &numbers).await?;
         let apps = self.gateway.catalog.snapshot().enabled().count();
         self.audit(
             tenant,
             "",
-            "push",
+            AuditAction::Push,
             format!("{apps} apps"),
             format!("{} numbers stored as {id}", numbers.len()),
             correlator,
@@ -149,12 +144,7 @@ impl PushService {
         if !is_submission_id(id) {
             return Err(ApiError::field("submission_id", "not a submission id").into());
         }
-        let found = self
-            .gateway
-            .pusher
-            .progress(id)
-            .await
-            .map_err(ApiError::store)?;
+        let found = self.gateway.pusher.progress(id).await?;
         // Another tenant's submission does not exist for this one.
         let Some((_, total, created_at, apps)) = found.filter(|f| f.0 == tenant.name) else {
             return Err(ApiError::NotFound { what: "submission" }.into());
@@ -197,12 +187,7 @@ impl PushService {
             }
             .into());
         }
-        Ok(self
-            .gateway
-            .pusher
-            .recycled_since(&phone, since)
-            .await
-            .map_err(ApiError::store)?)
+        Ok(self.gateway.pusher.recycled_since(&phone, since).await?)
     }
 }
 
@@ -217,7 +202,7 @@ impl CarrierPush for PushService {
         &self,
         request: Request<Streaming<SubmitRecycledNumbersRequest>>,
     ) -> Result<Response<SubmitRecycledNumbersResponse>, Status> {
-        const ACTION: &str = "push";
+        const ACTION: AuditAction = AuditAction::Push;
         let tenant = self.admit(&request, Action::Push, ACTION)?;
         let correlator = correlator_of(&request);
         self.submit(&tenant, &correlator, request.into_inner())
@@ -233,7 +218,7 @@ impl CarrierPush for PushService {
         &self,
         request: Request<GetSubmissionRequest>,
     ) -> Result<Response<GetSubmissionResponse>, Status> {
-        const ACTION: &str = "push.progress";
+        const ACTION: AuditAction = AuditAction::PushProgress;
         let tenant = self.admit(&request, Action::Push, ACTION)?;
         self.progress(&tenant, request.get_ref())
             .await
@@ -251,7 +236,7 @@ impl NumberStatus for PushService {
         &self,
         request: Request<CheckNumberRecycledRequest>,
     ) -> Result<Response<CheckNumberRecycledResponse>, Status> {
-        const ACTION: &str = "check_recycled";
+        const ACTION: AuditAction = AuditAction::CheckRecycled;
         let tenant = self.admit(&request, Action::CheckNumber, ACTION)?;
         let correlator = correlator_of(&request);
         let mut hash = String::new();

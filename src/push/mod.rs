@@ -21,6 +21,13 @@ pub const BATCH_SIZE: usize = 1_000;
 /// Most numbers in one submission.
 pub const MAX_NUMBERS: usize = 1_000_000;
 
+/// Why a push could not be stored or read.
+#[derive(Debug, thiserror::Error)]
+pub enum PushError {
+    #[error("store: {0}")]
+    Store(#[from] sqlx::Error),
+}
+
 /// One number as a carrier sends it, validated.
 pub struct Recycled {
     pub phone: E164,
@@ -49,7 +56,7 @@ impl Pusher {
     }
 
     /// Stores a submission and its deliveries (one per enabled app and batch); returns its id.
-    pub async fn submit(&self, tenant: &str, numbers: &[Recycled]) -> Result<String, sqlx::Error> {
+    pub async fn submit(&self, tenant: &str, numbers: &[Recycled]) -> Result<String, PushError> {
         let id = random_id("sub");
         let pushed: Vec<PushedNumber> = numbers
             .iter()
@@ -80,7 +87,7 @@ impl Pusher {
     pub async fn progress(
         &self,
         id: &str,
-    ) -> Result<Option<(String, i64, i64, Vec<AppProgress>)>, sqlx::Error> {
+    ) -> Result<Option<(String, i64, i64, Vec<AppProgress>)>, PushError> {
         let Some((tenant, total, created_at)) = self.store.submission(id).await? else {
             return Ok(None);
         };
@@ -89,7 +96,7 @@ impl Pusher {
     }
 
     /// Whether the number's holder changed after `since_ms`, as far as carriers have pushed.
-    pub async fn recycled_since(&self, phone: &E164, since_ms: i64) -> Result<bool, sqlx::Error> {
+    pub async fn recycled_since(&self, phone: &E164, since_ms: i64) -> Result<bool, PushError> {
         let hash = self.keys.number_hash(phone).hex();
         Ok(self
             .store

@@ -20,7 +20,9 @@ use sqlx::{
 
 pub use audit::{AuditFilter, AuditRecord};
 pub use push::{AppProgress, Delivery, PushedNumber};
-pub use tickets::{CreateOutcome, Finished, NewTicket, TicketEvent, TicketRow, TicketState};
+pub use tickets::{
+    CreateOutcome, Finished, NewTicket, TicketEvent, TicketRow, TicketState, UnbindReason,
+};
 pub use verifications::{
     NewVerification, StartLimits, StartOutcome, VerificationRow, VerificationState,
 };

@@ -6,6 +6,8 @@
 use sqlx::{Row, any::AnyRow};
 
 use super::{Backend, Store};
+/// Why an account is unbound, as the adapter is told (stored as its proto name).
+pub use crate::proto::unbind_account_request::Reason as UnbindReason;
 
 /// Where a ticket is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -62,7 +64,7 @@ pub struct NewTicket {
     pub sealed_account_id: String,
     pub account_key: String,
     pub account_ref: String,
-    pub reason: String,
+    pub reason: UnbindReason,
     pub due_at: i64,
 }
 
@@ -77,7 +79,7 @@ pub struct TicketRow {
     pub sealed_account_id: String,
     pub account_key: String,
     pub account_ref: String,
-    pub reason: String,
+    pub reason: UnbindReason,
     pub state: TicketState,
     pub detail: String,
     pub vendor_ref: String,
@@ -136,7 +138,10 @@ fn from_row(row: &AnyRow) -> sqlx::Result<TicketRow> {
         sealed_account_id: row.try_get("sealed_account_id")?,
         account_key: row.try_get("account_key")?,
         account_ref: row.try_get("account_ref")?,
-        reason: row.try_get("reason")?,
+        // Always one of the two words we store; anything else would be treated as the safer
+        // of them (detach the number, keep the account).
+        reason: UnbindReason::from_str_name(&row.try_get::<String, _>("reason")?)
+            .unwrap_or(UnbindReason::NumberRecycled),
         state: TicketState::parse(&row.try_get::<String, _>("state")?),
         detail: row.try_get("detail")?,
         vendor_ref: row.try_get("vendor_ref")?,
@@ -217,7 +222,7 @@ impl Store {
             .bind(&t.sealed_account_id)
             .bind(&t.account_key)
             .bind(&t.account_ref)
-            .bind(&t.reason)
+            .bind(t.reason.as_str_name())
             .bind(now)
             .bind(t.due_at)
             .execute(&mut *tx)

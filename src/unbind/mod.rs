@@ -16,7 +16,7 @@ use crate::{
     fanout::Catalog,
     proto::{UnbindTicket, unbind_ticket},
     security::{AccountRef, Keys, Ownership, OwnershipRule, Purpose, Session, random_id},
-    store::{CreateOutcome, NewTicket, Store, TicketRow, TicketState},
+    store::{CreateOutcome, NewTicket, Store, TicketRow, TicketState, UnbindReason},
 };
 
 /// Why an `Unbind` request was refused. `index` is the position in `account_refs`.
@@ -141,8 +141,8 @@ impl Unbinder {
                     .ownership
                     .decide(account.bound_at_ms, session.holder_since_ms, now)
                 {
-                    Ownership::CurrentHolder => "HOLDER_REQUEST",
-                    Ownership::PreviousHolder | Ownership::Unknown => "NUMBER_RECYCLED",
+                    Ownership::CurrentHolder => UnbindReason::HolderRequest,
+                    Ownership::PreviousHolder | Ownership::Unknown => UnbindReason::NumberRecycled,
                 };
             tickets.push(NewTicket {
                 id: random_id("tkt"),
@@ -154,7 +154,7 @@ impl Unbinder {
                     .seal(Purpose::StoredNumber, account.account_id.as_bytes()),
                 account_key,
                 account_ref: sealed.clone(),
-                reason: reason.to_owned(),
+                reason,
                 due_at: now + app.unbind_deadline.as_millis() as i64,
             });
         }
@@ -175,7 +175,7 @@ impl Unbinder {
     }
 
     /// The holder's tickets: those of the session's number since the holder got it.
-    pub async fn tickets_of(&self, session: &Session) -> Result<Vec<TicketRow>, sqlx::Error> {
+    pub async fn tickets_of(&self, session: &Session) -> Result<Vec<TicketRow>, UnbindError> {
         Ok(self
             .tickets_of_number(session)
             .await?
@@ -187,10 +187,10 @@ impl Unbinder {
     /// Every tenant's tickets of the session's number since the holder got it. When the
     /// registry did not say since when, nobody can tell the holder's tickets from a previous
     /// holder's: only those since the session began.
-    async fn tickets_of_number(&self, session: &Session) -> Result<Vec<TicketRow>, sqlx::Error> {
+    async fn tickets_of_number(&self, session: &Session) -> Result<Vec<TicketRow>, UnbindError> {
         let number = self.keys.number_hash(&session.phone).hex();
         let since = session.holder_since_ms.unwrap_or(session.issued_ms);
-        self.store.tickets_for_number(&number, since).await
+        Ok(self.store.tickets_for_number(&number, since).await?)
     }
 
     /// Tickets by id, only those of `tenant`.
@@ -198,13 +198,13 @@ impl Unbinder {
         &self,
         tenant: &str,
         ids: &[String],
-    ) -> Result<Vec<TicketRow>, sqlx::Error> {
+    ) -> Result<Vec<TicketRow>, UnbindError> {
         let rows = self.store.tickets_by_ids(ids).await?;
         Ok(rows.into_iter().filter(|t| t.tenant == tenant).collect())
     }
 
     /// What a look-up of the session's number needs from its tickets (one query).
-    pub async fn lookup_tickets(&self, session: &Session) -> Result<LookupTickets, sqlx::Error> {
+    pub async fn lookup_tickets(&self, session: &Session) -> Result<LookupTickets, UnbindError> {
         let now = self.clock.now_ms();
         let mut tickets = LookupTickets::default();
         for t in self.tickets_of_number(session).await? {

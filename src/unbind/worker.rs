@@ -24,7 +24,7 @@ use crate::{
     fanout::{App, Catalog, LookupCache},
     proto::{
         GetUnbindStatusRequest, UnbindAccountRequest, UnbindAccountResponse,
-        unbind_account_request::Reason, unbind_account_response::State as AppState,
+        unbind_account_response::State as AppState,
     },
     security::{Keys, NumberHash, Purpose, random_id},
     store::{Finished, Store, TicketRow, TicketState},
@@ -283,17 +283,12 @@ impl Worker {
         phone: &str,
         account_id: &str,
     ) -> Result<UnbindAccountResponse, tonic::Status> {
-        let reason = if ticket.reason == "NUMBER_RECYCLED" {
-            Reason::NumberRecycled
-        } else {
-            Reason::HolderRequest
-        };
         let mut request = tonic::Request::new(UnbindAccountRequest {
             request_id: random_id("req"),
             idempotency_key: ticket.id.clone(),
             account_id: account_id.to_owned(),
             phone_number: phone.to_owned(),
-            reason: reason as i32,
+            reason: ticket.reason as i32,
         });
         request.set_timeout(app.timeout);
         tokio::time::timeout(app.timeout, app.client().unbind_account(request))

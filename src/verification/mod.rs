@@ -24,7 +24,7 @@
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use crate::{
-    audit::{AuditLog, Entry},
+    audit::{AuditAction, AuditLog, Entry},
     clock::Clock,
     config::VerificationConfig,
     domain::{E164, IdLastSix},
@@ -126,7 +126,7 @@ impl Verifier {
         self.audit.record(Entry {
             tenant,
             number_hash: &self.keys.number_hash(phone).hex(),
-            action: "verification.start",
+            action: AuditAction::VerificationStart,
             apps: String::new(),
             outcome: audit_outcome(result.as_ref().map(|_| "started")),
             correlator,
@@ -231,7 +231,7 @@ impl Verifier {
         self.audit.record(Entry {
             tenant,
             number_hash,
-            action: "number.id_guessing_alert",
+            action: AuditAction::IdGuessingAlert,
             apps: String::new(),
             outcome: "over_alert_rate".to_owned(),
             correlator: "",
@@ -253,7 +253,7 @@ impl Verifier {
         self.audit.record(Entry {
             tenant,
             number_hash: &number_hash,
-            action: "verification.complete",
+            action: AuditAction::VerificationComplete,
             apps: String::new(),
             outcome: audit_outcome(result.as_ref().map(|_| "verified")),
             correlator,

@@ -140,6 +140,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_sealed_number_is_checked_for_shape() {
+        let parsed = E164::parse("+8613800138000").unwrap();
+        assert_eq!(E164::from_sealed("+8613800138000", 2), Some(parsed));
+        for (e164, cc) in [
+            ("8613800138000", 2),     // no '+'
+            ("+1234567", 1),          // 7 digits
+            ("+1234567890123456", 1), // 16 digits
+            ("+8613800138000", 0),    // no country code
+            ("+8613800138000", 4),    // too long a country code
+            ("+86138001380a0", 2),    // not a digit
+            ("+0613800138000", 2),    // leading zero
+        ] {
+            assert_eq!(E164::from_sealed(e164, cc), None, "{e164} {cc}");
+        }
+        assert!(E164::from_sealed("+12345678", 1).is_some());
+        assert!(E164::from_sealed("+123456789012345", 3).is_some());
+    }
+
+    #[test]
     fn input_up_to_32_characters_is_parsed_and_longer_refused() {
         // The same valid number, padded with spaces between its digits.
         let padded = |len: usize| format!("+86{}13800138000", " ".repeat(len - 14));
@@ -174,6 +193,14 @@ mod tests {
 
     #[test]
     fn other_countries_mobile_numbers_parse() {
+        assert_eq!(E164::parse("+8613800138000").unwrap().country_code_len(), 2);
+        assert_eq!(E164::parse("+12015550123").unwrap().country_code_len(), 1);
+        assert_eq!(
+            E164::parse("+8613800138000")
+                .unwrap()
+                .masked_international(),
+            "+86 138****8000"
+        );
         let n = E164::parse("+447911123456").unwrap();
         assert_eq!(n.expose(), "+447911123456");
         assert!(!n.masked().contains("7911123456"));

@@ -541,6 +541,36 @@ mod tests {
         assert_eq!(b.state(), BreakerState::Open);
     }
 
+    #[test]
+    fn states_have_their_words_and_gauge_values() {
+        let all = [
+            BreakerState::Closed,
+            BreakerState::HalfOpen,
+            BreakerState::Open,
+        ];
+        let words: Vec<_> = all.iter().map(|s| s.as_str()).collect();
+        assert_eq!(words, ["closed", "half_open", "open"]);
+        let gauges: Vec<_> = all.iter().map(|s| s.as_gauge()).collect();
+        assert_eq!(gauges, [0, 1, 2]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn closing_forgets_the_failures_that_opened_it() {
+        let b = breaker(ratio_config());
+        succeed(&b, 2);
+        fail(&b, 2); // 2 of 4: open.
+        assert_eq!(b.state(), BreakerState::Open);
+        advance(SEC).await;
+        b.try_acquire().unwrap().success();
+        assert_eq!(b.state(), BreakerState::Closed);
+        // Still within the window: had the earlier outcomes been kept, 3 of 5 would reopen it.
+        fail(&b, 1);
+        assert_eq!(b.state(), BreakerState::Closed);
+        succeed(&b, 2);
+        fail(&b, 1); // 2 of 4 since it closed.
+        assert_eq!(b.state(), BreakerState::Open);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn old_outcomes_age_out_of_the_window() {
         let b = breaker(ratio_config());

@@ -306,6 +306,59 @@ async fn selected_apps_summary_only_and_sms_delivery() {
     h.stop().await;
 }
 
+/// The summary SMS of a stream says what the unary answer's says, also when the caller asked
+/// for the summary only (the stream once counted no previous holder's accounts then).
+#[tokio::test]
+async fn both_look_ups_text_the_same_summary() {
+    let h = Harness::start(Options {
+        apps: 20,
+        ..Options::default()
+    })
+    .await;
+    let token = h.session().await;
+    let summary_sms = ListLinkedAccountsRequest {
+        summary_only: true,
+        deliver_by_sms: true,
+        ..request(&token)
+    };
+    list(&h, summary_sms.clone()).await.unwrap();
+    let mut stream = h
+        .client()
+        .await
+        .stream_linked_accounts(summary_sms)
+        .await
+        .unwrap()
+        .into_inner();
+    while let Some(result) = stream.next().await {
+        assert!(result.unwrap().accounts.is_empty(), "summary only");
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let texts = loop {
+        let sms =
+            unbind_gateway::registry::embedded::read_sms_file(&h.sms_file).unwrap_or_default();
+        let texts: Vec<String> = sms
+            .into_iter()
+            .filter(|m| m.text.contains("bound to"))
+            .map(|m| m.text)
+            .collect();
+        if texts.len() == 2 {
+            break texts;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "summaries: {texts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert!(
+        texts[0].contains("bound before you got the number"),
+        "the holder has a previous holder's accounts: {}",
+        texts[0]
+    );
+    assert_eq!(texts[0], texts[1]);
+    h.stop().await;
+}
+
 #[tokio::test]
 async fn unknown_duplicate_and_oversized_app_selections_are_refused() {
     let h = Harness::start(Options::default()).await;

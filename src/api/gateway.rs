@@ -3,7 +3,7 @@
 
 use std::{collections::HashSet, pin::Pin, sync::Arc};
 
-use futures::{Stream, StreamExt};
+use futures::Stream;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -13,28 +13,24 @@ use super::{
     correlator::correlator_of,
     deadline::deadline_of,
     edge::Edge,
+    lookup::{Lookup, LookupRun},
     tenant::{Action, Tenant},
 };
 use crate::{
-    audit::{AuditAction, AuditLog, Entry},
+    audit::{AuditAction, Entry},
     clock::timestamp_from_ms,
     domain::{E164, IdLastSix},
-    fanout::{
-        App, AppOutcome,
-        merge::{self, MergeContext},
-    },
+    fanout::App,
     gateway::Gateway,
     proto::{
         self, AppInfo, AppResult, CompleteVerificationRequest, CompleteVerificationResponse,
         GetUnbindTicketsRequest, GetUnbindTicketsResponse, LinkedAccount, ListAppsRequest,
         ListAppsResponse, ListLinkedAccountsRequest, ListLinkedAccountsResponse,
         StartVerificationRequest, StartVerificationResponse, SummarySms, UnbindRequest,
-        UnbindResponse, account_gateway_server::AccountGateway, app_result::State,
+        UnbindResponse, account_gateway_server::AccountGateway,
     },
-    registry::templates,
     security::{CODE_LENGTH, OneTimeCode, Session},
     store::TicketRow,
-    unbind::LookupTickets,
     verification::VerifyError,
 };
 
@@ -119,69 +115,51 @@ impl GatewayService {
     }
 
     /// Validates a look-up request, starts the fan-out, and reads the number's open tickets
-    /// meanwhile.
+    /// meanwhile; a refusal is audited.
     async fn start_lookup(
         &self,
         request: &Request<ListLinkedAccountsRequest>,
-    ) -> Result<(Session, Lookup), ApiError> {
+    ) -> Result<LookupRun, ApiError> {
         let tenant = self.admit(request, AuditAction::Lookup)?;
         let correlator = correlator_of(request);
-        match self.begin_lookup(request, &tenant).await {
-            Ok((session, lookup)) => Ok((
-                session,
-                Lookup {
-                    tenant,
-                    correlator,
-                    ..lookup
-                },
-            )),
-            Err(e) => {
-                self.edge
-                    .refused(&tenant.name, "", AuditAction::Lookup, &correlator, &e);
-                Err(e)
-            }
-        }
-    }
-
-    async fn begin_lookup(
-        &self,
-        request: &Request<ListLinkedAccountsRequest>,
-        tenant: &Arc<Tenant>,
-    ) -> Result<(Session, Lookup), ApiError> {
         let g = &self.gateway;
-        let body = request.get_ref();
-        let session = self.session(tenant, &body.session_token)?;
-        let apps = self.selected_apps(&body.app_ids)?;
-        let deadline = deadline_of(
-            request,
-            g.config.lookup.default_deadline,
-            g.config.lookup.max_deadline,
-        );
-        let number = g.keys.number_hash(&session.phone);
-        let asked = apps.len();
-        let outcomes = g
-            .fanout
-            .lookup(&session.phone, &number, apps, deadline, body.bypass_cache);
-        tracing::info!(number = %session.phone, apps = asked, "look-up started");
-        // Also for a summary: its counts must not include accounts already unbound.
-        let tickets = g.unbinder.lookup_tickets(&session).await?;
-        let summary_sms = if body.deliver_by_sms {
-            self.claim_summary_sms(&session).await
-        } else {
-            SummarySms::Unspecified
-        };
-        Ok((
-            session,
-            Lookup {
+        let started = async {
+            let body = request.get_ref();
+            let session = self.session(&tenant, &body.session_token)?;
+            let apps = self.selected_apps(&body.app_ids)?;
+            let deadline = deadline_of(
+                request,
+                g.config.lookup.default_deadline,
+                g.config.lookup.max_deadline,
+            );
+            let number = g.keys.number_hash(&session.phone);
+            let asked = apps.len();
+            let outcomes =
+                g.fanout
+                    .lookup(&session.phone, &number, apps, deadline, body.bypass_cache);
+            tracing::info!(number = %session.phone, apps = asked, "look-up started");
+            // Also for a summary: its counts must not include accounts already unbound.
+            let tickets = g.unbinder.lookup_tickets(&session).await?;
+            let summary_sms = if body.deliver_by_sms {
+                self.claim_summary_sms(&session).await
+            } else {
+                SummarySms::Unspecified
+            };
+            let lookup = Lookup {
                 outcomes,
                 number,
                 tickets,
                 summary_only: body.summary_only,
                 summary_sms,
-                tenant: Arc::clone(tenant),
-                correlator: String::new(),
-            },
-        ))
+                tenant: Arc::clone(&tenant),
+                correlator: correlator.clone(),
+            };
+            Ok::<_, ApiError>(LookupRun::new(Arc::clone(g), session, lookup))
+        };
+        started.await.inspect_err(|e| {
+            self.edge
+                .refused(&tenant.name, "", AuditAction::Lookup, &correlator, e);
+        })
     }
 
     /// Counts a wrong code against the tenant; reports a tenant whose callers guess faster than
@@ -276,66 +254,6 @@ impl GatewayService {
         }
         Ok(rows)
     }
-}
-
-/// Audits a finished look-up.
-fn audit_lookup(audit: &AuditLog, lookup: &Lookup, action: AuditAction, results: &[AppResult]) {
-    let answered = results
-        .iter()
-        .filter(|r| r.state == State::Answered as i32)
-        .count();
-    let total: u32 = results.iter().map(|r| r.account_count).sum();
-    audit.record(Entry {
-        tenant: &lookup.tenant.name,
-        number_hash: &lookup.number.hex(),
-        action,
-        apps: format!("{} asked, {answered} answered", results.len()),
-        outcome: format!(
-            "{total} accounts, {}",
-            if answered == results.len() {
-                "complete"
-            } else {
-                "incomplete"
-            }
-        ),
-        correlator: &lookup.correlator,
-    });
-}
-
-/// Drops from an app's answer the accounts unbound since it was given, and then forgets that
-/// stale answer.
-fn drop_unbound(gateway: &Gateway, ctx: &MergeContext<'_>, outcome: &mut AppOutcome) {
-    if merge::drop_unbound(ctx, outcome) {
-        gateway
-            .fanout
-            .cache()
-            .invalidate(&(ctx.number.short(), outcome.app.id.clone()));
-    }
-}
-
-/// How one look-up's accounts are merged: ownership decided from the session, refs bound to it.
-fn merge_context<'a>(g: &'a Gateway, session: &'a Session, lookup: &'a Lookup) -> MergeContext<'a> {
-    MergeContext {
-        keys: &g.keys,
-        number: &lookup.number,
-        session_id: &session.id,
-        holder_since_ms: session.holder_since_ms,
-        ownership: g.unbinder.ownership(),
-        now_ms: g.clock.now_ms(),
-        open_tickets: &lookup.tickets.open,
-        unbound_at: &lookup.tickets.unbound_at,
-    }
-}
-
-/// A look-up under way.
-struct Lookup {
-    outcomes: futures::stream::FuturesUnordered<futures::future::BoxFuture<'static, AppOutcome>>,
-    number: crate::security::NumberHash,
-    tickets: LookupTickets,
-    summary_only: bool,
-    summary_sms: SummarySms,
-    tenant: Arc<Tenant>,
-    correlator: String,
 }
 
 fn validate_phone(input: &str) -> Result<E164, ApiError> {
@@ -465,48 +383,28 @@ impl AccountGateway for GatewayService {
         &self,
         request: Request<ListLinkedAccountsRequest>,
     ) -> Result<Response<ListLinkedAccountsResponse>, Status> {
-        let g = &self.gateway;
-        let (session, mut lookup) = self.start_lookup(&request).await?;
-        let mut outcomes = Vec::new();
-        while let Some(outcome) = lookup.outcomes.next().await {
-            outcomes.push(outcome);
+        let mut run = self.start_lookup(&request).await?;
+        let summary_sms = run.summary_sms();
+        let mut finished = Vec::with_capacity(run.pending());
+        while let Some(f) = run.next().await {
+            finished.push(f);
         }
-        let ctx = merge_context(g, &session, &lookup);
-        for outcome in &mut outcomes {
-            drop_unbound(g, &ctx, outcome);
-        }
+        let totals = run.finish(AuditAction::Lookup);
         // A stable order: catalog order, whatever order the apps answered in.
-        outcomes.sort_by_key(|o| o.app.position());
+        finished.sort_by_key(|f| f.position);
         let mut accounts: Vec<LinkedAccount> = Vec::new();
-        let mut results = Vec::with_capacity(outcomes.len());
-        for outcome in &outcomes {
-            if let Ok(found) = &outcome.result {
-                accounts.extend(merge::linked_accounts(&ctx, outcome, found));
-            }
-            results.push(merge::app_result(outcome, Vec::new()));
-        }
-        let complete = results.iter().all(|r| r.state == State::Answered as i32);
-        let total_accounts = results.iter().map(|r| r.account_count).sum();
-        if lookup.summary_sms == SummarySms::Sent {
-            let summary = merge::sms_summary(&results, &accounts);
-            g.registry.send_sms_detached(
-                session.phone.clone(),
-                templates::LOOKUP_SUMMARY,
-                [("summary".to_owned(), summary)].into(),
-            );
-        }
-        tracing::info!(number = %session.phone, total_accounts, complete, "look-up answered");
-        audit_lookup(&g.audit, &lookup, AuditAction::Lookup, &results);
-        if lookup.summary_only {
-            accounts.clear();
+        let mut results = Vec::with_capacity(finished.len());
+        for mut f in finished {
+            accounts.append(&mut f.result.accounts);
+            results.push(f.result);
         }
         Ok(Response::new(ListLinkedAccountsResponse {
             accounts,
             app_results: results,
-            total_accounts,
-            complete,
-            generated_at: Some(timestamp_from_ms(g.clock.now_ms())),
-            summary_sms: lookup.summary_sms as i32,
+            total_accounts: totals.total_accounts,
+            complete: totals.complete,
+            generated_at: Some(timestamp_from_ms(self.gateway.clock.now_ms())),
+            summary_sms: summary_sms as i32,
         }))
     }
 
@@ -516,59 +414,18 @@ impl AccountGateway for GatewayService {
         &self,
         request: Request<ListLinkedAccountsRequest>,
     ) -> Result<Response<Self::StreamLinkedAccountsStream>, Status> {
-        let (session, mut lookup) = self.start_lookup(&request).await?;
-        let gateway = Arc::clone(&self.gateway);
-        let summary_sms = lookup.summary_sms;
-        let (tx, rx) = mpsc::channel(lookup.outcomes.len().max(1));
+        let mut run = self.start_lookup(&request).await?;
+        let summary_sms = run.summary_sms();
+        let (tx, rx) = mpsc::channel(run.pending().max(1));
         tokio::spawn(async move {
-            let mut outcomes = std::mem::take(&mut lookup.outcomes);
-            let mut results = Vec::new();
-            let mut all_accounts = Vec::new();
-            let mut audit_results = Vec::new();
-            while let Some(mut outcome) = outcomes.next().await {
-                let ctx = merge_context(&gateway, &session, &lookup);
-                drop_unbound(&gateway, &ctx, &mut outcome);
-                let accounts = match (&outcome.result, lookup.summary_only) {
-                    (Ok(found), false) => merge::linked_accounts(&ctx, &outcome, found),
-                    _ => Vec::new(),
-                };
-                let result = merge::app_result(&outcome, accounts);
-                audit_results.push(AppResult {
-                    accounts: Vec::new(),
-                    ..result.clone()
-                });
-                if lookup.summary_sms == SummarySms::Sent {
-                    all_accounts.extend(result.accounts.iter().cloned());
-                    results.push(AppResult {
-                        accounts: Vec::new(),
-                        ..result.clone()
-                    });
-                }
-                if tx.send(Ok(result)).await.is_err() {
+            while let Some(f) = run.next().await {
+                if tx.send(Ok(f.result)).await.is_err() {
                     // The caller went away; the adapter calls finish on their own and are cached.
-                    audit_lookup(
-                        &gateway.audit,
-                        &lookup,
-                        AuditAction::LookupStreamAbandoned,
-                        &audit_results,
-                    );
+                    run.finish(AuditAction::LookupStreamAbandoned);
                     return;
                 }
             }
-            audit_lookup(
-                &gateway.audit,
-                &lookup,
-                AuditAction::LookupStream,
-                &audit_results,
-            );
-            if lookup.summary_sms == SummarySms::Sent {
-                let summary = merge::sms_summary(&results, &all_accounts);
-                gateway.registry.send_sms_detached(
-                    session.phone.clone(),
-                    templates::LOOKUP_SUMMARY,
-                    [("summary".to_owned(), summary)].into(),
-                );
-            }
+            run.finish(AuditAction::LookupStream);
         });
         let mut response = Response::new(Box::pin(ReceiverStream::new(rx)) as AppResultStream);
         if let Some(word) = summary_sms_word(summary_sms) {

@@ -6,6 +6,7 @@ pub mod deadline;
 pub mod edge;
 pub mod error;
 pub mod gateway;
+mod lookup;
 pub mod push;
 pub mod shed;
 pub mod tenant;

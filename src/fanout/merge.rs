@@ -163,17 +163,14 @@ pub fn app_result(outcome: &AppOutcome, accounts: Vec<LinkedAccount>) -> AppResu
 }
 
 /// A one-line summary for the holder's SMS.
-pub fn sms_summary(results: &[AppResult], accounts: &[LinkedAccount]) -> String {
+pub fn sms_summary(results: &[AppResult], previous_holder_accounts: usize) -> String {
     let answered = results
         .iter()
         .filter(|r| r.state == State::Answered as i32)
         .count();
     let total: u32 = results.iter().map(|r| r.account_count).sum();
     let with_accounts = results.iter().filter(|r| r.account_count > 0).count();
-    let previous = accounts
-        .iter()
-        .filter(|a| a.ownership == linked_account::Ownership::PreviousHolder as i32)
-        .count();
+    let previous = previous_holder_accounts;
     let mut text = format!("Your number is bound to {total} accounts in {with_accounts} apps");
     if previous > 0 {
         text.push_str(&format!(" ({previous} bound before you got the number)"));

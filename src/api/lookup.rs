@@ -1,0 +1,175 @@
+//! One look-up run, shared by both look-up RPCs: `ListLinkedAccounts` collects it and
+//! `StreamLinkedAccounts` forwards it. The run owns the merge context; it yields one finished
+//! [`AppResult`] per app as the apps answer (accounts unbound meanwhile dropped, hints masked,
+//! ownership decided, refs sealed to the session), and ends with the audit entry, the log line
+//! and, when the caller claimed one, the summary SMS. Neither RPC merges, audits or texts on its
+//! own, so the two cannot drift apart.
+
+use std::sync::Arc;
+
+use futures::{StreamExt, future::BoxFuture, stream::FuturesUnordered};
+
+use super::tenant::Tenant;
+use crate::{
+    audit::{AuditAction, Entry},
+    fanout::{
+        AppOutcome,
+        merge::{self, MergeContext},
+    },
+    gateway::Gateway,
+    proto::{AppResult, SummarySms, app_result::State, linked_account::Ownership},
+    registry::templates,
+    security::{NumberHash, Session},
+    unbind::LookupTickets,
+};
+
+/// A look-up as started: the apps' calls under way and what the merge needs.
+pub(super) struct Lookup {
+    pub outcomes: FuturesUnordered<BoxFuture<'static, AppOutcome>>,
+    pub number: NumberHash,
+    pub tickets: LookupTickets,
+    pub summary_only: bool,
+    pub summary_sms: SummarySms,
+    pub tenant: Arc<Tenant>,
+    pub correlator: String,
+}
+
+/// One app's finished result, with the app's catalog position (the collected answer's order).
+pub(super) struct Finished {
+    pub position: usize,
+    pub result: AppResult,
+}
+
+/// What the run found in all, when it ended.
+pub(super) struct Totals {
+    pub total_accounts: u32,
+    pub complete: bool,
+}
+
+/// A look-up being run.
+pub(super) struct LookupRun {
+    gateway: Arc<Gateway>,
+    session: Session,
+    lookup: Lookup,
+    /// Every app's result so far, without its accounts: the audit entry and the SMS summary.
+    results: Vec<AppResult>,
+    /// Accounts found so far that a previous holder bound (the SMS summary counts them, also
+    /// when the caller asked for the summary only).
+    previous_holder: usize,
+}
+
+impl LookupRun {
+    pub fn new(gateway: Arc<Gateway>, session: Session, lookup: Lookup) -> Self {
+        let apps = lookup.outcomes.len();
+        Self {
+            gateway,
+            session,
+            lookup,
+            results: Vec::with_capacity(apps),
+            previous_holder: 0,
+        }
+    }
+
+    /// Apps not finished yet.
+    pub fn pending(&self) -> usize {
+        self.lookup.outcomes.len()
+    }
+
+    pub fn summary_sms(&self) -> SummarySms {
+        self.lookup.summary_sms
+    }
+
+    /// The next app to finish, merged; `None` once every app has.
+    pub async fn next(&mut self) -> Option<Finished> {
+        let mut outcome = self.lookup.outcomes.next().await?;
+        let g = &self.gateway;
+        let ctx = MergeContext {
+            keys: &g.keys,
+            number: &self.lookup.number,
+            session_id: &self.session.id,
+            holder_since_ms: self.session.holder_since_ms,
+            ownership: g.unbinder.ownership(),
+            now_ms: g.clock.now_ms(),
+            open_tickets: &self.lookup.tickets.open,
+            unbound_at: &self.lookup.tickets.unbound_at,
+        };
+        // Accounts unbound since the app's answer was cached: dropped, and the stale answer
+        // forgotten.
+        if merge::drop_unbound(&ctx, &mut outcome) {
+            g.fanout
+                .cache()
+                .invalidate(&(ctx.number.short(), outcome.app.id.clone()));
+        }
+        let accounts = match &outcome.result {
+            Ok(found) => merge::linked_accounts(&ctx, &outcome, found),
+            Err(_) => Vec::new(),
+        };
+        self.previous_holder += accounts
+            .iter()
+            .filter(|a| a.ownership == Ownership::PreviousHolder as i32)
+            .count();
+        let result = merge::app_result(&outcome, Vec::new());
+        self.results.push(result.clone());
+        let shown = if self.lookup.summary_only {
+            Vec::new()
+        } else {
+            accounts
+        };
+        Some(Finished {
+            position: outcome.app.position(),
+            result: AppResult {
+                accounts: shown,
+                ..result
+            },
+        })
+    }
+
+    /// Ends the run: every app finished, or (`LookupStreamAbandoned`) the caller went away.
+    /// Audits it, logs it and, unless abandoned, sends the summary SMS the caller claimed.
+    pub fn finish(self, action: AuditAction) -> Totals {
+        let results = &self.results;
+        let answered = results
+            .iter()
+            .filter(|r| r.state == State::Answered as i32)
+            .count();
+        let totals = Totals {
+            total_accounts: results.iter().map(|r| r.account_count).sum(),
+            complete: answered == results.len() && self.lookup.outcomes.is_empty(),
+        };
+        let g = &self.gateway;
+        if self.lookup.summary_sms == SummarySms::Sent
+            && action != AuditAction::LookupStreamAbandoned
+        {
+            let summary = merge::sms_summary(results, self.previous_holder);
+            g.registry.send_sms_detached(
+                self.session.phone.clone(),
+                templates::LOOKUP_SUMMARY,
+                [("summary".to_owned(), summary)].into(),
+            );
+        }
+        tracing::info!(
+            number = %self.session.phone,
+            total_accounts = totals.total_accounts,
+            complete = totals.complete,
+            action = action.as_str(),
+            "look-up answered"
+        );
+        g.audit.record(Entry {
+            tenant: &self.lookup.tenant.name,
+            number_hash: &self.lookup.number.hex(),
+            action,
+            apps: format!("{} asked, {answered} answered", results.len()),
+            outcome: format!(
+                "{} accounts, {}",
+                totals.total_accounts,
+                if totals.complete {
+                    "complete"
+                } else {
+                    "incomplete"
+                }
+            ),
+            correlator: &self.lookup.correlator,
+        });
+        totals
+    }
+}

@@ -34,12 +34,7 @@ async fn metrics(State(gateway): State<Arc<Gateway>>) -> impl IntoResponse {
         .metrics()
         .observe(&gateway.catalog.snapshot(), gateway.fanout.cache().len());
     match gateway.store.count_tickets_by_state().await {
-        Ok(counts) => m.observe_tickets(
-            &counts
-                .iter()
-                .map(|(state, n)| (state.as_str(), *n))
-                .collect::<Vec<_>>(),
-        ),
+        Ok(counts) => gateway.unbinder.metrics().observe(&counts),
         Err(e) => tracing::warn!(error = %e, "metrics: cannot count tickets"),
     }
     (

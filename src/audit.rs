@@ -11,6 +11,7 @@
 use std::time::Duration;
 
 use futures::{FutureExt, future::BoxFuture};
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
@@ -38,7 +39,7 @@ enum Message {
 pub struct AuditLog {
     tx: mpsc::Sender<Message>,
     clock: Clock,
-    metrics: Metrics,
+    metrics: AuditMetrics,
 }
 
 /// What an audit record is about; stored as its word (`lookup`, `verification.start`, ...).
@@ -103,9 +104,50 @@ pub struct Entry<'a> {
     pub correlator: &'a str,
 }
 
+/// The audit writer's metrics: batches the store refused (each retried), records lost.
+///
+/// | metric | type | labels |
+/// |---|---|---|
+/// | `unbind_audit_write_failures_total` | counter (batches retried) | |
+/// | `unbind_audit_records_lost_total` | counter (queue full, or refused for good) | |
+#[derive(Clone)]
+pub struct AuditMetrics {
+    write_failures: Counter,
+    lost: Counter,
+}
+
+impl AuditMetrics {
+    /// Declares the counters in `metrics`' registry (once per registry).
+    pub fn register(metrics: &Metrics) -> Self {
+        let m = Self {
+            write_failures: Counter::default(),
+            lost: Counter::default(),
+        };
+        metrics.register(
+            "audit_write_failures",
+            "Audit batches the store refused (each is retried until stored)",
+            m.write_failures.clone(),
+        );
+        metrics.register(
+            "audit_records_lost",
+            "Audit records dropped because the queue to the store was full",
+            m.lost.clone(),
+        );
+        m
+    }
+
+    fn audit_write_failed(&self) {
+        self.write_failures.inc();
+    }
+
+    fn audit_record_lost(&self) {
+        self.lost.inc();
+    }
+}
+
 impl AuditLog {
     /// Starts the writer.
-    pub fn start(store: Store, clock: Clock, metrics: Metrics) -> Self {
+    pub fn start(store: Store, clock: Clock, metrics: AuditMetrics) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
         tokio::spawn(write(store, rx, metrics.clone()));
         Self { tx, clock, metrics }
@@ -143,7 +185,7 @@ impl AuditLog {
 /// Stores one batch, writing it again after each failure (backing off) until the store takes
 /// it, unless the failure is one that no retry can fix (the records themselves are refused): then
 /// the batch is dropped, logged and counted as lost rather than blocking every later record.
-async fn store_batch<F>(records: &[AuditRecord], mut append: F, metrics: &Metrics)
+async fn store_batch<F>(records: &[AuditRecord], mut append: F, metrics: &AuditMetrics)
 where
     F: for<'a> FnMut(&'a [AuditRecord]) -> BoxFuture<'a, sqlx::Result<()>>,
 {
@@ -185,7 +227,7 @@ fn worth_retrying(e: &sqlx::Error) -> bool {
     }
 }
 
-async fn write(store: Store, mut rx: mpsc::Receiver<Message>, metrics: Metrics) {
+async fn write(store: Store, mut rx: mpsc::Receiver<Message>, metrics: AuditMetrics) {
     let mut messages = Vec::with_capacity(BATCH);
     while rx.recv_many(&mut messages, BATCH).await > 0 {
         let mut records = Vec::with_capacity(messages.len());
@@ -242,7 +284,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_refused_batch_is_written_again_with_backoff_until_stored() {
-        let metrics = Metrics::new();
+        let registry = Metrics::new();
+        let metrics = AuditMetrics::register(&registry);
         let attempts = AtomicU32::new(0);
         let started = tokio::time::Instant::now();
         store_batch(
@@ -258,7 +301,7 @@ mod tests {
         assert_eq!(attempts.load(Ordering::SeqCst), 5);
         // 100 + 200 + 400 + 800 ms of backing off.
         assert_eq!(started.elapsed(), Duration::from_millis(1500));
-        let text = metrics.encode();
+        let text = registry.encode();
         assert!(
             text.contains("unbind_audit_write_failures_total 4"),
             "{text}"
@@ -268,7 +311,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn records_the_store_itself_refuses_are_dropped_and_counted() {
-        let metrics = Metrics::new();
+        let registry = Metrics::new();
+        let metrics = AuditMetrics::register(&registry);
         let attempts = AtomicU32::new(0);
         store_batch(
             &records(2),
@@ -281,7 +325,7 @@ mod tests {
         .await;
         assert_eq!(attempts.load(Ordering::SeqCst), 1);
         assert!(
-            metrics
+            registry
                 .encode()
                 .contains("unbind_audit_records_lost_total 2")
         );

@@ -11,7 +11,7 @@ use std::sync::{
 use anyhow::Context;
 
 use crate::{
-    audit::AuditLog,
+    audit::{AuditLog, AuditMetrics},
     clock::Clock,
     config::Config,
     fanout::{Catalog, FanOut, FanoutMetrics, LookupCache},
@@ -20,8 +20,8 @@ use crate::{
     registry::RegistryClient,
     security::{Keys, OwnershipRule, random_id},
     store::Store,
-    unbind::{Unbinder, notify::OutcomeNotifier, worker::Worker},
-    verification::Verifier,
+    unbind::{Unbinder, metrics::TicketMetrics, notify::OutcomeNotifier, worker::Worker},
+    verification::{Verifier, metrics::VerificationMetrics},
 };
 
 /// Everything a request handler needs, shared by all of them.
@@ -61,7 +61,11 @@ impl Gateway {
         )
         .context("registry.endpoint")?;
         let metrics = Metrics::new();
-        let audit = AuditLog::start(store.clone(), clock.clone(), metrics.clone());
+        let audit = AuditLog::start(
+            store.clone(),
+            clock.clone(),
+            AuditMetrics::register(&metrics),
+        );
         let verifier = Verifier::new(
             store.clone(),
             audit.clone(),
@@ -69,7 +73,7 @@ impl Gateway {
             Arc::clone(&keys),
             clock.clone(),
             config.verification.clone(),
-            metrics.clone(),
+            VerificationMetrics::register(&metrics),
         );
         let fanout_metrics = FanoutMetrics::register(&metrics);
         let catalog = Arc::new(Catalog::new(&config, fanout_metrics.clone())?);
@@ -87,6 +91,7 @@ impl Gateway {
             OwnershipRule {
                 margin_ms: config.verification.ownership_margin.as_millis() as i64,
             },
+            TicketMetrics::register(&metrics),
         );
         let pusher = Pusher::new(
             store.clone(),

@@ -12,8 +12,8 @@ use tonic::transport::{Server, server::TcpIncoming};
 
 use crate::{
     api::{
-        GatewayService, correlator::CorrelatorLayer, edge::Edge, push::PushService,
-        shed::ShedLayer, tenant::Tenants,
+        GatewayService, correlator::CorrelatorLayer, edge::Edge, metrics::ApiMetrics,
+        push::PushService, shed::ShedLayer, tenant::Tenants,
     },
     clock::Clock,
     config::Config,
@@ -199,7 +199,7 @@ pub async fn serve(
         .layer(CorrelatorLayer)
         .layer(ShedLayer::new(
             gateway.config.limits.max_in_flight,
-            gateway.metrics.clone(),
+            ApiMetrics::register(&gateway.metrics),
         ))
         .add_service(health_service)
         .add_service(reflection)

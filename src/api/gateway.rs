@@ -166,7 +166,10 @@ impl GatewayService {
     /// its alert rate (log, metric, audit), without refusing anyone.
     fn wrong_code<T>(&self, tenant: &Tenant, request: &Request<T>) {
         let alert = tenant.record_failure();
-        self.gateway.metrics.wrong_code(&tenant.name, alert);
+        self.gateway
+            .verifier
+            .metrics()
+            .wrong_code(&tenant.name, alert);
         if alert {
             tracing::warn!(
                 tenant = %tenant.name,
@@ -326,7 +329,8 @@ impl AccountGateway for GatewayService {
             .start(&tenant.name, &correlator_of(&request), &phone, &id)
             .await;
         self.gateway
-            .metrics
+            .verifier
+            .metrics()
             .verification(verification_outcome("start", started.as_ref().err()));
         let started = started.map_err(ApiError::from)?;
         Ok(Response::new(StartVerificationResponse {
@@ -368,7 +372,8 @@ impl AccountGateway for GatewayService {
                 }
             });
         self.gateway
-            .metrics
+            .verifier
+            .metrics()
             .verification(verification_outcome("complete", session.as_ref().err()));
         let session = session.map_err(ApiError::from)?;
         Ok(Response::new(CompleteVerificationResponse {

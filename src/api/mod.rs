@@ -7,6 +7,7 @@ pub mod edge;
 pub mod error;
 pub mod gateway;
 mod lookup;
+pub mod metrics;
 pub mod push;
 pub mod shed;
 pub mod tenant;

@@ -27,7 +27,7 @@ use tokio::{
 use tower::{Layer, Service};
 
 use super::ApiError;
-use crate::metrics::Metrics;
+use super::metrics::ApiMetrics;
 
 /// How long a shed caller is told to wait before retrying.
 const RETRY_AFTER: Duration = Duration::from_millis(200);
@@ -36,12 +36,12 @@ const RETRY_AFTER: Duration = Duration::from_millis(200);
 #[derive(Clone)]
 pub struct ShedLayer {
     permits: Arc<Semaphore>,
-    metrics: Metrics,
+    metrics: ApiMetrics,
 }
 
 impl ShedLayer {
     /// At most `max_in_flight` requests at once.
-    pub fn new(max_in_flight: usize, metrics: Metrics) -> Self {
+    pub fn new(max_in_flight: usize, metrics: ApiMetrics) -> Self {
         Self {
             permits: Arc::new(Semaphore::new(max_in_flight)),
             metrics,
@@ -65,7 +65,7 @@ impl<S> Layer<S> for ShedLayer {
 pub struct Shed<S> {
     inner: S,
     permits: Arc<Semaphore>,
-    metrics: Metrics,
+    metrics: ApiMetrics,
 }
 
 /// Paths never shed nor counted: health checks and reflection.
@@ -127,14 +127,14 @@ where
 /// One admitted request: its permit, and what the metrics need when it ends.
 pub struct Guard {
     _permit: OwnedSemaphorePermit,
-    metrics: Metrics,
+    metrics: ApiMetrics,
     method: String,
     started: Instant,
     code: Option<tonic::Code>,
 }
 
 impl Guard {
-    fn new(permit: OwnedSemaphorePermit, metrics: Metrics, method: String) -> Self {
+    fn new(permit: OwnedSemaphorePermit, metrics: ApiMetrics, method: String) -> Self {
         metrics.in_flight().inc();
         Self {
             _permit: permit,

@@ -2,6 +2,7 @@
 //! one transaction, idempotent per key), reading tickets back, and — in `worker` — carrying each
 //! ticket to its app and back until it is final.
 
+pub mod metrics;
 pub mod notify;
 pub mod worker;
 
@@ -10,6 +11,7 @@ use std::{collections::HashMap, sync::Arc};
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 
+use self::metrics::TicketMetrics;
 use crate::{
     clock::{Clock, timestamp_from_ms},
     config::UnbindConfig,
@@ -56,6 +58,7 @@ pub struct Unbinder {
     config: UnbindConfig,
     /// Decides again, from the session, whose each account is.
     ownership: OwnershipRule,
+    metrics: TicketMetrics,
     /// Wakes this replica's worker when tickets are created here.
     pub(crate) wake: Arc<Notify>,
 }
@@ -68,6 +71,7 @@ impl Unbinder {
         catalog: Arc<Catalog>,
         config: UnbindConfig,
         ownership: OwnershipRule,
+        metrics: TicketMetrics,
     ) -> Self {
         Self {
             store,
@@ -76,8 +80,14 @@ impl Unbinder {
             catalog,
             config,
             ownership,
+            metrics,
             wake: Arc::new(Notify::new()),
         }
+    }
+
+    /// The ticket gauges (set from the store's counts when `/metrics` is scraped).
+    pub fn metrics(&self) -> &TicketMetrics {
+        &self.metrics
     }
 
     /// Creates one ticket per account ref (or returns those of an earlier identical request).

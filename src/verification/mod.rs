@@ -21,14 +21,16 @@
 //!
 //! State lives in the store, so `start` and `complete` may run on different replicas.
 
+pub mod metrics;
+
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
+use self::metrics::VerificationMetrics;
 use crate::{
     audit::{AuditAction, AuditLog, Entry},
     clock::Clock,
     config::VerificationConfig,
     domain::{E164, IdLastSix},
-    metrics::Metrics,
     registry::{RegistryClient, RegistryError, Verdict, templates},
     security::{Keys, OneTimeCode, Purpose, Session, random_id},
     store::{NewVerification, StartLimits, StartOutcome, Store, VerificationState},
@@ -68,7 +70,7 @@ pub struct Verifier {
     config: VerificationConfig,
     /// `start` answers no sooner than this.
     start_floor: Duration,
-    metrics: Metrics,
+    metrics: VerificationMetrics,
 }
 
 const HOUR_MS: i64 = 3_600_000;
@@ -94,7 +96,7 @@ impl Verifier {
         keys: Arc<Keys>,
         clock: Clock,
         config: VerificationConfig,
-        metrics: Metrics,
+        metrics: VerificationMetrics,
     ) -> Self {
         let start_floor = config.start_floor(registry.timeout());
         Self {
@@ -107,6 +109,11 @@ impl Verifier {
             start_floor,
             metrics,
         }
+    }
+
+    /// Verification's metrics (the API counts each step's outcome and wrong codes by tenant).
+    pub fn metrics(&self) -> &VerificationMetrics {
+        &self.metrics
     }
 
     /// Starts a verification for `phone`, sending a code only if `id` matches the registry, and

@@ -719,6 +719,8 @@ mod tests {
     struct Adapter {
         calls: Arc<AtomicUsize>,
         fail: Arc<AtomicBool>,
+        /// What `poll_ready` answers: 0 ready, 1 pending, 2 unavailable.
+        readiness: Arc<AtomicUsize>,
     }
 
     impl Adapter {
@@ -733,7 +735,11 @@ mod tests {
         type Future = futures::future::Ready<Result<(), CallError>>;
 
         fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), CallError>> {
-            Poll::Ready(Ok(()))
+            match self.readiness.load(Ordering::SeqCst) {
+                0 => Poll::Ready(Ok(())),
+                1 => Poll::Pending,
+                _ => Poll::Ready(Err(CallError::Unavailable)),
+            }
         }
 
         fn call(&mut self, (): ()) -> Self::Future {
@@ -751,6 +757,39 @@ mod tests {
         svc: &mut S,
     ) -> Result<(), CallError> {
         svc.ready().await?.call(()).await
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_inner_service_failing_before_the_call_counts_as_a_failure() {
+        let b = breaker(config());
+        let adapter = Adapter::default();
+        adapter.readiness.store(2, Ordering::SeqCst);
+        let mut svc = BreakerLayer::new(Arc::clone(&b)).layer(adapter.clone());
+        for _ in 0..3 {
+            assert_eq!(call(&mut svc).await, Err(CallError::Unavailable));
+        }
+        assert_eq!(b.state(), BreakerState::Open);
+        assert_eq!(adapter.calls(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_waiting_for_the_inner_service_keeps_its_slot() {
+        let b = breaker(config());
+        let adapter = Adapter::default();
+        let mut svc = BreakerLayer::new(Arc::clone(&b)).layer(adapter.clone());
+        fail(&b, 3);
+        advance(SEC).await;
+        adapter.readiness.store(1, Ordering::SeqCst);
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        for _ in 0..3 {
+            assert!(Service::<()>::poll_ready(&mut svc, &mut cx).is_pending());
+            assert_eq!(b.state(), BreakerState::HalfOpen, "the probe is still out");
+        }
+        adapter.readiness.store(0, Ordering::SeqCst);
+        assert_eq!(call(&mut svc).await, Ok(()));
+        assert_eq!(b.state(), BreakerState::Closed);
+        assert_eq!(b.times_opened(), 1);
     }
 
     #[tokio::test(start_paused = true)]

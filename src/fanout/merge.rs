@@ -185,7 +185,95 @@ pub fn sms_summary(results: &[AppResult], previous_holder_accounts: usize) -> St
 
 #[cfg(test)]
 mod tests {
+    use std::{sync::Arc, time::Duration};
+
     use super::*;
+    use crate::{cli::demo::demo_config, config::AppConfig, domain::E164};
+
+    /// One app's answer of three accounts, given at `answered_ms`, and the catalog it is from.
+    fn answer(answered_ms: i64) -> AppOutcome {
+        let app = AppConfig {
+            id: "app-001".into(),
+            name: "Sim Pay".into(),
+            category: "payments".into(),
+            customer_service: String::new(),
+            // Channels connect lazily: nothing is contacted.
+            endpoint: "http://127.0.0.1:1".into(),
+            timeout: None,
+            concurrency: None,
+            unbind_deadline: None,
+            enabled: true,
+            tls_ca: None,
+            tls_server_name: None,
+        };
+        let config = demo_config(
+            ([127, 0, 0, 1], 0).into(),
+            &std::env::temp_dir(),
+            "http://127.0.0.1:1",
+            vec![app],
+        );
+        let catalog = super::super::Catalog::new(
+            &config,
+            super::super::FanoutMetrics::register(&crate::metrics::Metrics::new()),
+        )
+        .unwrap();
+        let accounts = ["a-1", "a-2", "a-3"]
+            .map(|id| AdapterAccount {
+                account_id: id.into(),
+                ..Default::default()
+            })
+            .to_vec();
+        AppOutcome {
+            app: Arc::clone(&catalog.snapshot().all()[0]),
+            result: Ok(super::super::accounts(accounts)),
+            from_cache: true,
+            answered_ms,
+            latency: Duration::ZERO,
+        }
+    }
+
+    #[tokio::test]
+    async fn accounts_unbound_since_the_answer_are_dropped_and_reported() {
+        let keys = Keys::derive(b"merge-test-secret-0123456789abcdef");
+        let number = keys.number_hash(&E164::parse("+8613800138000").unwrap());
+        let key = |id: &str| keys.account_key(&number, "app-001", id);
+        let open = HashMap::new();
+        let ids = |o: &AppOutcome| -> Vec<String> {
+            o.result
+                .as_ref()
+                .unwrap()
+                .iter()
+                .map(|a| a.account_id.clone())
+                .collect()
+        };
+        let run = |unbound_at: &HashMap<String, i64>, outcome: &mut AppOutcome| {
+            let ctx = MergeContext {
+                keys: &keys,
+                number: &number,
+                session_id: "ses_x",
+                holder_since_ms: None,
+                ownership: OwnershipRule { margin_ms: 0 },
+                now_ms: 2_000,
+                open_tickets: &open,
+                unbound_at,
+            };
+            drop_unbound(&ctx, outcome)
+        };
+        // Unbound after the answer (at it, too): dropped.
+        let after: HashMap<String, i64> = [(key("a-2"), 1_500), (key("a-3"), 1_000)].into();
+        let mut outcome = answer(1_000);
+        assert!(run(&after, &mut outcome));
+        assert_eq!(ids(&outcome), ["a-1"]);
+        // Unbound before the answer (the app already left it out, or bound it again): kept.
+        let before: HashMap<String, i64> = [(key("a-2"), 999)].into();
+        let mut outcome = answer(1_000);
+        assert!(!run(&before, &mut outcome));
+        assert_eq!(ids(&outcome), ["a-1", "a-2", "a-3"]);
+        // Nothing unbound: nothing to do.
+        let mut outcome = answer(1_000);
+        assert!(!run(&HashMap::new(), &mut outcome));
+        assert_eq!(ids(&outcome).len(), 3);
+    }
 
     #[test]
     fn hints_are_masked_to_first_and_last() {

@@ -541,6 +541,16 @@ mod tests {
         assert_eq!(b.state(), BreakerState::Open);
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_permit_prints_its_generation_and_role() {
+        let b = breaker(config());
+        let permit = b.try_acquire().unwrap();
+        assert_eq!(
+            format!("{permit:?}"),
+            "BreakerPermit { generation: 0, probe: false }"
+        );
+    }
+
     #[test]
     fn states_have_their_words_and_gauge_values() {
         let all = [

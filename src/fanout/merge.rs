@@ -232,6 +232,149 @@ mod tests {
         }
     }
 
+    const DAY: i64 = 86_400_000;
+    /// When the holder got the number: 2024-03-01.
+    const SINCE: i64 = 1_709_251_200_000;
+
+    #[tokio::test]
+    async fn accounts_are_shown_by_ownership() {
+        let keys = Keys::derive(b"merge-test-secret-0123456789abcdef");
+        let number = keys.number_hash(&E164::parse("+8613800138000").unwrap());
+        let outcome = answer(SINCE + 40 * DAY);
+        let at = |ms: i64| Some(timestamp_from_ms(ms));
+        let accounts = vec![
+            // Bound 10 days after the holder got the number, at 10:00: theirs.
+            AdapterAccount {
+                account_id: "mine".into(),
+                display_hint: "zhangsan".into(),
+                bound_at: at(SINCE + 10 * DAY + 36_000_000),
+                unbind_supported: true,
+            },
+            // Bound the year before: a previous holder's.
+            AdapterAccount {
+                account_id: "theirs".into(),
+                display_hint: "lisi-wang".into(),
+                bound_at: at(SINCE - 365 * DAY + 36_000_000),
+                unbind_supported: false,
+            },
+            // No date: nobody can tell.
+            AdapterAccount {
+                account_id: "nobody".into(),
+                display_hint: "x".repeat(40),
+                bound_at: None,
+                unbind_supported: true,
+            },
+        ];
+        let ticket = UnbindTicket {
+            ticket_id: "tkt_1".into(),
+            ..Default::default()
+        };
+        let open: HashMap<String, UnbindTicket> =
+            [(keys.account_key(&number, "app-001", "mine"), ticket.clone())].into();
+        let unbound = HashMap::new();
+        let ctx = MergeContext {
+            keys: &keys,
+            number: &number,
+            session_id: "ses_x",
+            holder_since_ms: Some(SINCE),
+            ownership: OwnershipRule { margin_ms: DAY },
+            now_ms: SINCE + 50 * DAY,
+            open_tickets: &open,
+            unbound_at: &unbound,
+        };
+        let shown = linked_accounts(&ctx, &outcome, &accounts);
+        use linked_account::Ownership as O;
+        let owners: Vec<i32> = shown.iter().map(|a| a.ownership).collect();
+        assert_eq!(
+            owners,
+            [
+                O::CurrentHolder as i32,
+                O::PreviousHolder as i32,
+                O::Unknown as i32
+            ]
+        );
+        let hints: Vec<&str> = shown.iter().map(|a| a.display_hint.as_str()).collect();
+        assert_eq!(hints, ["zhangsan", "l***g", "x***x"]);
+        // The holder's own account keeps its time; the others show the day only.
+        assert_eq!(shown[0].bound_at, at(SINCE + 10 * DAY + 36_000_000));
+        assert_eq!(shown[1].bound_at, at(SINCE - 365 * DAY));
+        assert_eq!(shown[2].bound_at, None);
+        assert_eq!(shown[0].open_ticket, Some(ticket));
+        assert_eq!(shown[1].open_ticket, None);
+        let supported: Vec<bool> = shown.iter().map(|a| a.unbind_supported).collect();
+        assert_eq!(supported, [true, false, true]);
+        for a in &shown {
+            assert_eq!(
+                (a.app_id.as_str(), a.app_name.as_str()),
+                ("app-001", "Sim Pay")
+            );
+            let r = AccountRef::open(&keys, &a.account_ref).expect("a sealed ref");
+            assert_eq!(r.session, "ses_x");
+        }
+        let ids: Vec<String> = shown
+            .iter()
+            .map(|a| AccountRef::open(&keys, &a.account_ref).unwrap().account_id)
+            .collect();
+        assert_eq!(ids, ["mine", "theirs", "nobody"]);
+    }
+
+    #[tokio::test]
+    async fn an_app_result_tells_how_the_app_answered() {
+        let mut outcome = answer(SINCE);
+        outcome.latency = Duration::from_millis(42);
+        let r = app_result(&outcome, Vec::new());
+        assert_eq!(
+            (
+                r.app_id.as_str(),
+                r.app_name.as_str(),
+                r.state,
+                r.account_count
+            ),
+            ("app-001", "Sim Pay", State::Answered as i32, 3)
+        );
+        assert!(r.from_cache);
+        assert_eq!(r.latency_ms, 42);
+        for (error, state) in [
+            (CallError::TimedOut, State::TimedOut),
+            (CallError::CallerDeadline, State::TimedOut),
+            (CallError::Unavailable, State::Unavailable),
+            (CallError::Failed(tonic::Code::Internal), State::Failed),
+            (CallError::CircuitOpen, State::SkippedCircuitOpen),
+        ] {
+            outcome.result = Err(error);
+            let r = app_result(&outcome, Vec::new());
+            assert_eq!((r.state, r.account_count), (state as i32, 0));
+        }
+    }
+
+    #[test]
+    fn the_sms_summary_counts_accounts_apps_and_silences() {
+        let result = |state: State, account_count| AppResult {
+            state: state as i32,
+            account_count,
+            ..Default::default()
+        };
+        let all = [
+            result(State::Answered, 2),
+            result(State::Answered, 0),
+            result(State::Answered, 1),
+        ];
+        assert_eq!(
+            sms_summary(&all, 0),
+            "Your number is bound to 3 accounts in 2 apps."
+        );
+        let some = [
+            result(State::Answered, 2),
+            result(State::TimedOut, 0),
+            result(State::Failed, 0),
+        ];
+        assert_eq!(
+            sms_summary(&some, 1),
+            "Your number is bound to 2 accounts in 1 apps (1 bound before you got the number). \
+             2 apps did not answer; try again later."
+        );
+    }
+
     #[tokio::test]
     async fn accounts_unbound_since_the_answer_are_dropped_and_reported() {
         let keys = Keys::derive(b"merge-test-secret-0123456789abcdef");

@@ -145,6 +145,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn debug_prints_no_key_material_and_a_hash_prefix_only() {
+        let keys = Keys::derive(b"keys-debug-test-secret-0123456789ab");
+        assert_eq!(format!("{keys:?}"), "Keys(..)");
+        let hash = keys.number_hash(&crate::domain::E164::parse("13800138000").unwrap());
+        assert_eq!(
+            format!("{hash:?}"),
+            format!("NumberHash({}…)", &hash.hex()[..12])
+        );
+    }
+
+    #[test]
     fn number_hash_is_keyed_and_stable() {
         let n = E164::parse("13800138000").unwrap();
         let a = Keys::derive(&[1; 32]);

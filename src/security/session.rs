@@ -167,4 +167,12 @@ mod tests {
         assert!(!t.contains("13800138000"));
         assert!(!format!("{s:?}").contains("13800138000"));
     }
+
+    #[test]
+    fn debug_shows_the_masked_number_only() {
+        assert_eq!(
+            format!("{:?}", session()),
+            "Session { id: \"s1\", phone: E164(138****8000), tenant: \"dev\", .. }"
+        );
+    }
 }

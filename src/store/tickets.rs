@@ -509,3 +509,33 @@ async fn insert_event(
     .await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_round_trip_through_their_words_and_say_whether_open() {
+        use TicketState::*;
+        let all = [Queued, Sent, Accepted, Completed, Rejected, Failed];
+        let words: Vec<&str> = all.iter().map(|s| s.as_str()).collect();
+        assert_eq!(
+            words,
+            [
+                "queued",
+                "sent",
+                "accepted",
+                "completed",
+                "rejected",
+                "failed"
+            ]
+        );
+        for state in all {
+            assert_eq!(TicketState::parse(state.as_str()), state);
+        }
+        let open: Vec<bool> = all.iter().map(|s| s.is_open()).collect();
+        assert_eq!(open, [true, true, true, false, false, false]);
+        // A word never written is a failed ticket, never an open one that would be sent again.
+        assert_eq!(TicketState::parse("xyzzy"), Failed);
+    }
+}

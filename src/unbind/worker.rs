@@ -198,18 +198,27 @@ impl Worker {
     async fn attempt(&self, ticket: &TicketRow) -> Decision {
         let now = self.clock.now_ms();
         let Some(app) = self.catalog.get(&ticket.app_id) else {
-            return self.give_up(ticket, "the app is no longer integrated");
+            return give_up(ticket, "the app is no longer integrated", now);
         };
         let (Some(phone), Some(account_id)) = (
             self.open_sealed(&ticket.sealed_number),
             self.open_sealed(&ticket.sealed_account_id),
         ) else {
-            return self.give_up(ticket, "the ticket cannot be read with this gateway's key");
+            return give_up(
+                ticket,
+                "the ticket cannot be read with this gateway's key",
+                now,
+            );
         };
         // The app's circuit breaker, shared with look-ups: while it is open (the app keeps
         // failing or timing out) the ticket waits its backoff without adding to the app's load.
         let Ok(permit) = app.breaker.try_acquire() else {
-            return self.retry(ticket, "the app is failing (circuit open); not called", now);
+            return retry(
+                &self.config,
+                ticket,
+                "the app is failing (circuit open); not called",
+                now,
+            );
         };
         let answer = match ticket.state {
             TicketState::Accepted => self.poll_status(&app, ticket).await,
@@ -222,7 +231,7 @@ impl Worker {
         }
         match answer {
             Ok(answer) => match AppState::try_from(answer.state).unwrap_or(AppState::Unspecified) {
-                AppState::Done => self.decide(
+                AppState::Done => decide(
                     ticket,
                     TicketState::Completed,
                     clip(&answer.detail, "unbound"),
@@ -240,7 +249,7 @@ impl Worker {
                         cause: "app: accepted".into(),
                     }
                 }
-                AppState::Rejected => self.decide(
+                AppState::Rejected => decide(
                     ticket,
                     TicketState::Rejected,
                     clip(&answer.detail, "refused by the app"),
@@ -248,9 +257,12 @@ impl Worker {
                     now,
                     "app: rejected",
                 ),
-                AppState::Unspecified => {
-                    self.retry(ticket, "the app answered without a state", now)
-                }
+                AppState::Unspecified => retry(
+                    &self.config,
+                    ticket,
+                    "the app answered without a state",
+                    now,
+                ),
             },
             Err(status)
                 if ticket.state == TicketState::Accepted && status.code() == Code::NotFound =>
@@ -264,14 +276,16 @@ impl Worker {
                     cause: "app: status not found".into(),
                 }
             }
-            Err(status) if transient(status.code()) => self.retry(
+            Err(status) if transient(status.code()) => retry(
+                &self.config,
                 ticket,
                 &format!("app unreachable or failing ({:?})", status.code()),
                 now,
             ),
-            Err(status) => self.give_up(
+            Err(status) => give_up(
                 ticket,
                 &format!("the app refused the request ({:?})", status.code()),
+                self.clock.now_ms(),
             ),
         }
     }
@@ -313,51 +327,6 @@ impl Worker {
             .map(tonic::Response::into_inner)
     }
 
-    fn decide(
-        &self,
-        ticket: &TicketRow,
-        to: TicketState,
-        detail: String,
-        vendor_ref: String,
-        now: i64,
-        cause: &str,
-    ) -> Decision {
-        Decision {
-            to,
-            detail,
-            vendor_ref: pick(vendor_ref, &ticket.vendor_ref),
-            next_attempt_at: now,
-            cause: cause.into(),
-        }
-    }
-
-    /// A transient failure: try again later, unless the due date has passed (an accepted ticket
-    /// keeps being polled: the app has it, it is only overdue).
-    fn retry(&self, ticket: &TicketRow, why: &str, now: i64) -> Decision {
-        if now >= ticket.due_at && ticket.state != TicketState::Accepted {
-            return self.give_up(ticket, &format!("{why}; gave up at the due date"));
-        }
-        let c = &self.config;
-        let delay = Backoff::new(c.retry_base, c.retry_max).retry(ticket.attempts, c.retry_jitter);
-        Decision {
-            to: ticket.state,
-            detail: why.to_owned(),
-            vendor_ref: ticket.vendor_ref.clone(),
-            next_attempt_at: now + delay.as_millis() as i64,
-            cause: format!("retry: {why}"),
-        }
-    }
-
-    fn give_up(&self, ticket: &TicketRow, why: &str) -> Decision {
-        Decision {
-            to: TicketState::Failed,
-            detail: why.to_owned(),
-            vendor_ref: ticket.vendor_ref.clone(),
-            next_attempt_at: self.clock.now_ms(),
-            cause: format!("failed: {why}"),
-        }
-    }
-
     fn open_sealed(&self, sealed: &str) -> Option<String> {
         String::from_utf8(self.keys.open(Purpose::StoredNumber, sealed)?).ok()
     }
@@ -396,6 +365,53 @@ impl Worker {
     }
 }
 
+/// An answer of the app: the ticket moves to `to`, keeping the vendor reference it had if the
+/// app sent none.
+fn decide(
+    ticket: &TicketRow,
+    to: TicketState,
+    detail: String,
+    vendor_ref: String,
+    now: i64,
+    cause: &str,
+) -> Decision {
+    Decision {
+        to,
+        detail,
+        vendor_ref: pick(vendor_ref, &ticket.vendor_ref),
+        next_attempt_at: now,
+        cause: cause.into(),
+    }
+}
+
+/// A transient failure: try again later, unless the due date has passed (an accepted ticket
+/// keeps being polled: the app has it, it is only overdue).
+fn retry(config: &UnbindConfig, ticket: &TicketRow, why: &str, now: i64) -> Decision {
+    if now >= ticket.due_at && ticket.state != TicketState::Accepted {
+        return give_up(ticket, &format!("{why}; gave up at the due date"), now);
+    }
+    let delay = Backoff::new(config.retry_base, config.retry_max)
+        .retry(ticket.attempts, config.retry_jitter);
+    Decision {
+        to: ticket.state,
+        detail: why.to_owned(),
+        vendor_ref: ticket.vendor_ref.clone(),
+        next_attempt_at: now + delay.as_millis() as i64,
+        cause: format!("retry: {why}"),
+    }
+}
+
+/// A permanent failure: the ticket is FAILED now.
+fn give_up(ticket: &TicketRow, why: &str, now: i64) -> Decision {
+    Decision {
+        to: TicketState::Failed,
+        detail: why.to_owned(),
+        vendor_ref: ticket.vendor_ref.clone(),
+        next_attempt_at: now,
+        cause: format!("failed: {why}"),
+    }
+}
+
 /// The app's text, bounded, or a default.
 fn clip(detail: &str, default: &str) -> String {
     let d: String = detail
@@ -416,7 +432,116 @@ fn pick(new: String, old: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+    use crate::store::UnbindReason;
+
+    fn ticket(state: TicketState, attempts: i64, due_at: i64) -> TicketRow {
+        TicketRow {
+            id: "tkt_1".into(),
+            tenant: "dev".into(),
+            number_hash: String::new(),
+            sealed_number: String::new(),
+            app_id: "app-001".into(),
+            sealed_account_id: String::new(),
+            account_key: String::new(),
+            account_ref: String::new(),
+            reason: UnbindReason::HolderRequest,
+            state,
+            detail: String::new(),
+            vendor_ref: "v-old".into(),
+            attempts,
+            next_attempt_at: 0,
+            created_at: 0,
+            updated_at: 0,
+            due_at,
+        }
+    }
+
+    fn config() -> UnbindConfig {
+        UnbindConfig {
+            retry_base: Duration::from_millis(500),
+            retry_max: Duration::from_secs(60),
+            retry_jitter: false,
+            ..UnbindConfig::default()
+        }
+    }
+
+    #[test]
+    fn a_transient_failure_is_retried_with_backoff_until_the_due_date() {
+        let c = config();
+        let d = retry(&c, &ticket(TicketState::Sent, 3, 10_000), "busy", 1_000);
+        assert_eq!(d.to, TicketState::Sent);
+        assert_eq!(d.next_attempt_at, 1_000 + 2_000);
+        assert_eq!(
+            (d.detail.as_str(), d.cause.as_str()),
+            ("busy", "retry: busy")
+        );
+        assert_eq!(d.vendor_ref, "v-old");
+        // Due: given up, just before it: retried.
+        let d = retry(&c, &ticket(TicketState::Sent, 1, 10_000), "busy", 10_000);
+        assert_eq!(d.to, TicketState::Failed);
+        assert_eq!(d.detail, "busy; gave up at the due date");
+        assert_eq!(d.next_attempt_at, 10_000);
+        let d = retry(&c, &ticket(TicketState::Queued, 1, 10_000), "busy", 9_999);
+        assert_eq!(d.to, TicketState::Queued);
+        // An accepted ticket is overdue, not failed: the app has it; polled on.
+        let d = retry(
+            &c,
+            &ticket(TicketState::Accepted, 1, 10_000),
+            "busy",
+            20_000,
+        );
+        assert_eq!(d.to, TicketState::Accepted);
+        assert_eq!(d.next_attempt_at, 20_500);
+    }
+
+    #[test]
+    fn giving_up_fails_the_ticket_now() {
+        let d = give_up(&ticket(TicketState::Sent, 1, 0), "refused", 7);
+        assert_eq!(d.to, TicketState::Failed);
+        assert_eq!(
+            (d.detail.as_str(), d.cause.as_str()),
+            ("refused", "failed: refused")
+        );
+        assert_eq!((d.next_attempt_at, d.vendor_ref.as_str()), (7, "v-old"));
+    }
+
+    #[test]
+    fn an_answer_keeps_the_old_vendor_ref_when_the_app_sends_none() {
+        let t = ticket(TicketState::Sent, 1, 0);
+        let d = decide(
+            &t,
+            TicketState::Completed,
+            "done".into(),
+            String::new(),
+            5,
+            "app: done",
+        );
+        assert_eq!(d.to, TicketState::Completed);
+        assert_eq!((d.vendor_ref.as_str(), d.next_attempt_at), ("v-old", 5));
+        assert_eq!((d.detail.as_str(), d.cause.as_str()), ("done", "app: done"));
+        let d = decide(
+            &t,
+            TicketState::Accepted,
+            String::new(),
+            "v-new".into(),
+            5,
+            "x",
+        );
+        assert_eq!(d.vendor_ref, "v-new");
+    }
+
+    #[test]
+    fn an_apps_text_is_bounded_and_cleaned() {
+        assert_eq!(clip("refused\u{7}: frozen", "none"), "refused: frozen");
+        assert_eq!(clip("   ", "none"), "none");
+        assert_eq!(clip("", "none"), "none");
+        assert_eq!(clip(&"x".repeat(300), "none").len(), 200);
+        assert_eq!(pick(String::new(), "old"), "old");
+        assert_eq!(pick("new".into(), "old"), "new");
+    }
 
     #[test]
     fn only_transient_codes_are_retried() {

@@ -1286,6 +1286,11 @@ mod tests {
                 );
             }
         }
+        // Without a host, the answer says so (not that plain text is for development).
+        let err = check_endpoint("http://:80", "k", false)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("with a host"), "{err}");
         assert!(check_endpoint("https://a:1", "k", false).is_ok());
         assert!(check_endpoint("http://a:1", "k", true).is_ok());
         assert!(check_endpoint("http://a:1", "k", false).is_err());

@@ -169,6 +169,17 @@ mod tests {
     }
 
     #[test]
+    fn a_token_without_a_start_reads_no_history() {
+        let k = Keys::derive(&[3; 32]);
+        let old = Session {
+            issued_ms: 0,
+            ..session()
+        };
+        let s = Session::verify(&k, &old.token(&k), "dev", 1).unwrap();
+        assert_eq!(s.issued_ms, s.expires_ms);
+    }
+
+    #[test]
     fn debug_shows_the_masked_number_only() {
         assert_eq!(
             format!("{:?}", session()),

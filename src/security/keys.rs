@@ -153,6 +153,11 @@ mod tests {
             format!("{hash:?}"),
             format!("NumberHash({}…)", &hash.hex()[..12])
         );
+        // The cache's short key is the hash's first 16 bytes.
+        assert_eq!(
+            hash.short(),
+            u128::from_str_radix(&hash.hex()[..32], 16).unwrap()
+        );
     }
 
     #[test]

@@ -23,9 +23,9 @@ use std::{
 use common::{arg, median};
 use tonic::Request;
 use unbind_gateway::{
-    cli::demo::{Stack, StackOptions},
     proto::{ListLinkedAccountsRequest, account_gateway_client::AccountGatewayClient},
-    simulator::{Behaviour, Latency, Simulator},
+    testkit::simulated_apps::{Behaviour, Latency, Simulator},
+    testkit::stack::{Stack, StackOptions},
 };
 
 fn healthy() -> Behaviour {

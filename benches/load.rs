@@ -39,7 +39,6 @@ use futures::{FutureExt, future::BoxFuture};
 use hdrhistogram::Histogram;
 use tonic::{Request, transport::Channel};
 use unbind_gateway::{
-    cli::demo::{demo_config, demo_subscribers, numbered_subscribers, verified_session_at},
     clock::Clock,
     config::{AdminConfig, AppConfig},
     domain::AppId,
@@ -48,9 +47,10 @@ use unbind_gateway::{
         FindAccountsRequest, ListLinkedAccountsRequest,
         account_gateway_client::AccountGatewayClient, app_adapter_client::AppAdapterClient,
     },
-    registry::embedded::{EmbeddedRegistry, EmbeddedRegistryOptions, write_subscribers},
     security::Keys,
-    simulator::accounts_for,
+    testkit::simulated_apps::accounts_for,
+    testkit::simulated_registry::{SimulatedRegistry, SimulatedRegistryOptions, write_subscribers},
+    testkit::stack::{demo_config, demo_subscribers, numbered_subscribers, verified_session_at},
 };
 
 /// Distinct numbers the load rotates over.
@@ -61,7 +61,7 @@ fn phones() -> Arc<Vec<String>> {
     Arc::new(
         numbered_subscribers(NUMBERS)
             .into_iter()
-            .map(|s| s.phone_number)
+            .map(|s| s.phone_number.expose().to_owned())
             .collect(),
     )
 }
@@ -280,7 +280,7 @@ struct World {
     /// `unbind-gateway simulate-apps`, its own process.
     apps: Child,
     catalog: Vec<AppConfig>,
-    registry: EmbeddedRegistry,
+    registry: SimulatedRegistry,
     gateway: Child,
     endpoint: String,
     sms_file: PathBuf,
@@ -339,8 +339,8 @@ impl World {
             .collect();
         write_subscribers(&dir.path().join("subscribers.toml"), &subscribers)?;
         let sms_file = dir.path().join("sms.jsonl");
-        let registry = EmbeddedRegistry::start(
-            EmbeddedRegistryOptions {
+        let registry = SimulatedRegistry::start(
+            SimulatedRegistryOptions {
                 subscribers,
                 sms_file: sms_file.clone(),
                 echo_sms: false,
@@ -413,7 +413,10 @@ impl World {
     async fn sessions(&self) -> anyhow::Result<Arc<Vec<String>>> {
         let mut tokens = Vec::with_capacity(NUMBERS);
         for s in numbered_subscribers(NUMBERS) {
-            tokens.push(self.session(&s.phone_number, &s.id_last_six).await?);
+            tokens.push(
+                self.session(s.phone_number.expose(), s.id_last_six.expose())
+                    .await?,
+            );
         }
         Ok(Arc::new(tokens))
     }

@@ -16,17 +16,15 @@ use std::{collections::HashMap, hint::black_box, sync::Arc, time::Duration};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use unbind_gateway::{
-    cli::demo::demo_config,
     config::AppConfig,
     domain::E164,
     fanout::{
-        AppOutcome, Catalog, FanoutMetrics,
+        AppOutcome,
         merge::{MergeContext, app_result, linked_accounts},
     },
-    metrics::Metrics,
     proto::LinkedAccount,
     security::{AccountRef, Keys, OwnershipRule, Session},
-    simulator::accounts_for,
+    testkit::{simulated_apps::accounts_for, stack::offline_catalog},
 };
 
 /// The demo's first subscriber.
@@ -100,29 +98,18 @@ fn account_ref(c: &mut Criterion) {
 fn outcomes(rt: &tokio::runtime::Runtime) -> Vec<AppOutcome> {
     let apps: Vec<AppConfig> = (1..=APPS)
         .map(|n| AppConfig {
-            id: format!("app-{n:03}"),
-            name: format!("Sim App {n}"),
             category: "payments".into(),
             customer_service: format!("+86 400-800-{n:04}"),
-            // Channels connect lazily: nothing is ever contacted.
-            endpoint: "http://127.0.0.1:1".into(),
-            timeout: None,
-            concurrency: None,
-            unbind_deadline: None,
-            enabled: true,
-            tls_ca: None,
-            tls_server_name: None,
+            ..AppConfig::new(
+                format!("app-{n:03}"),
+                format!("Sim App {n}"),
+                "http://127.0.0.1:1",
+            )
         })
         .collect();
-    let config = demo_config(
-        ([127, 0, 0, 1], 0).into(),
-        &std::env::temp_dir(),
-        "http://127.0.0.1:1",
-        apps,
-    );
     let catalog = {
         let _guard = rt.enter();
-        Catalog::new(&config, FanoutMetrics::register(&Metrics::new())).expect("catalog")
+        offline_catalog(apps).expect("catalog")
     };
     catalog
         .snapshot()

@@ -14,12 +14,12 @@ use common::{arg, median};
 
 use futures::{StreamExt, stream};
 use unbind_gateway::{
-    cli::demo::{Stack, StackOptions, numbered_subscribers},
     proto::{
         ListLinkedAccountsRequest, UnbindRequest, account_gateway_client::AccountGatewayClient,
     },
-    simulator::{Behaviour, Latency},
     store::{Store, TicketState},
+    testkit::simulated_apps::{Behaviour, Latency},
+    testkit::stack::{Stack, StackOptions, numbered_subscribers},
 };
 
 struct Figures {
@@ -57,7 +57,7 @@ async fn run(store_url: Option<String>, tickets: usize) -> anyhow::Result<Figure
             break;
         }
         let token = stack
-            .verified_session(&s.phone_number, &s.id_last_six)
+            .verified_session(s.phone_number.expose(), s.id_last_six.expose())
             .await?;
         let answer = client
             .clone()

@@ -500,6 +500,30 @@ pub struct AppConfig {
     pub tls_server_name: Option<String>,
 }
 
+impl AppConfig {
+    /// An enabled app with no category or customer-service number and every per-app setting left
+    /// to `[app_defaults]`; set the rest with struct update syntax.
+    pub fn new(
+        id: impl Into<String>,
+        name: impl Into<String>,
+        endpoint: impl Into<String>,
+    ) -> Self {
+        Self {
+            id: id.into(),
+            name: name.into(),
+            category: String::new(),
+            customer_service: String::new(),
+            endpoint: endpoint.into(),
+            timeout: None,
+            concurrency: None,
+            unbind_deadline: None,
+            enabled: true,
+            tls_ca: None,
+            tls_server_name: None,
+        }
+    }
+}
+
 fn default_pool_size() -> u32 {
     16
 }

@@ -15,7 +15,7 @@
 //! - `unbind`: durable unbind tickets, and the worker that carries them to the apps;
 //! - `push`: the carrier's recycled-number push, and the worker that delivers it to the apps;
 //! - `audit`: the audit trail, written in batches off the request path;
-//! - `registry`: the carrier's subscriber registry (client, and an embedded file-backed one);
+//! - `registry`: the client of the carrier's subscriber registry;
 //! - `store`: the SQLite / PostgreSQL store and its migrations.
 //!
 //! Running it
@@ -29,12 +29,14 @@
 //! - `background`: readiness and housekeeping, beside the server;
 //! - `shutdown`: the signals that stop it; `reload`: the catalog re-read on SIGHUP or change;
 //! - `metrics`: the one Prometheus registry, shared label types, encoding;
-//! - `tls`: rustls settings in and out; `telemetry`: logging set-up; `proto`: generated code.
+//! - `tls`: rustls settings in and out; `pki`: the development PKI (`certs`, the test kit);
+//!   `telemetry`: logging set-up; `proto`: generated code.
 //!
 //! Around it
-//! - `cli`: the `demo`, `query`, `certs`, `audit` and `check-adapter` commands;
-//! - `simulator`: simulated app adapters (never run in production) for the demo, tests and
-//!   benchmarks (`simulate-apps`).
+//! - `cli`: the `demo`, `query`, `certs`, `audit`, `check-adapter` and `simulate-apps` commands
+//!   (`cli/query/`, `cli/check_adapter/`, and `cli/support/` what both share);
+//! - `testkit`: fakes that never run in production — simulated apps, a simulated registry, and
+//!   the in-process stack the demo, the tests and the benchmarks run.
 
 #![forbid(unsafe_code)]
 
@@ -50,6 +52,7 @@ pub mod domain;
 pub mod fanout;
 pub mod gateway;
 pub mod metrics;
+pub mod pki;
 pub mod proto;
 pub mod push;
 pub mod registry;
@@ -57,9 +60,9 @@ pub mod reload;
 pub mod security;
 pub mod server;
 pub mod shutdown;
-pub mod simulator;
 pub mod store;
 pub mod telemetry;
+pub mod testkit;
 pub mod tls;
 pub mod unbind;
 pub mod verification;

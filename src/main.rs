@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use unbind_gateway::{cli, clock::Clock, config::Config, server, shutdown, simulator, telemetry};
+use unbind_gateway::{cli, clock::Clock, config::Config, server, shutdown, telemetry};
 
 /// mimalloc instead of the system allocator: a profile of the gateway at saturation spent about a
 /// fifth of its CPU in glibc's malloc and free (see BENCHMARKS.md).
@@ -50,7 +50,7 @@ enum Command {
     /// List audit records (numbers are hashed before the search).
     Audit(cli::audit::AuditArgs),
     /// Simulated app adapters alone.
-    SimulateApps(simulator::cli::SimulateAppsArgs),
+    SimulateApps(cli::simulate_apps::SimulateAppsArgs),
     /// Run the adapter conformance suite against an app's adapter.
     #[command(after_help = cli::check_adapter::AFTER_HELP)]
     CheckAdapter(cli::check_adapter::CheckAdapterArgs),
@@ -114,7 +114,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Certs(args) => cli::certs::run(&args),
         Command::SimulateApps(args) => {
             telemetry::init(cli.log_json);
-            simulator::cli::run(args).await
+            cli::simulate_apps::run(args).await
         }
     }
 }

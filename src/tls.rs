@@ -65,7 +65,7 @@ pub fn client_config(
 }
 
 /// The URL a client on this machine uses to reach a local server bound at `addr` (the simulated
-/// apps, the embedded registry): `http://IP:PORT`, with loopback standing in for an unspecified bind address. With TLS,
+/// apps, the simulated registry): `http://IP:PORT`, with loopback standing in for an unspecified bind address. With TLS,
 /// `https://localhost:PORT` for loopback and unspecified addresses (certificates name hosts, and
 /// the development adapter certificate names `localhost`), else `https://IP:PORT`.
 pub fn endpoint_for(addr: SocketAddr, tls: bool) -> String {

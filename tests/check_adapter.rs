@@ -17,7 +17,7 @@ use tonic::{
     transport::{Certificate, Identity, Server, ServerTlsConfig},
 };
 use unbind_gateway::{
-    cli::certs::generate,
+    pki::generate,
     proto::{
         AdapterAccount, FindAccountsRequest, FindAccountsResponse, GetUnbindStatusRequest,
         NotifyNumbersRecycledRequest, NotifyNumbersRecycledResponse, UnbindAccountRequest,
@@ -25,7 +25,7 @@ use unbind_gateway::{
         app_adapter_server::{AppAdapter, AppAdapterServer},
         unbind_account_response::State,
     },
-    simulator::{Behaviour, Simulator, SimulatorConfig, accounts_for},
+    testkit::simulated_apps::{Behaviour, Simulator, SimulatorConfig, accounts_for},
 };
 
 /// The demo subscriber, used as the vendor's test number.

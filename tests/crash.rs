@@ -27,14 +27,14 @@ use process::{POLL, World, WorldOptions, get_tickets, look_up};
 use tokio::time::Instant;
 use tonic::transport::Channel;
 use unbind_gateway::{
-    cli::demo::{demo_subscribers, numbered_subscribers},
     config::{Config, UnbindConfig},
     proto::{
         GetUnbindTicketsRequest, LinkedAccount, UnbindRequest, UnbindTicket,
         account_gateway_client::AccountGatewayClient, unbind_ticket::State,
     },
-    simulator::{Behaviour, Latency},
     store::{Store, TicketState},
+    testkit::simulated_apps::{Behaviour, Latency},
+    testkit::stack::{demo_subscribers, numbered_subscribers},
 };
 
 /// Enough apps that the tickets of a few numbers number well over a hundred.

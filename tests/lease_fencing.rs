@@ -14,11 +14,11 @@ use std::time::Duration;
 use process::{POLL, World, WorldOptions, get_tickets, look_up};
 use tokio::time::Instant;
 use unbind_gateway::{
-    cli::demo::demo_subscribers,
     config::{Config, UnbindConfig},
     proto::{UnbindRequest, unbind_ticket::State},
-    simulator::{Behaviour, Latency},
     store::Store,
+    testkit::simulated_apps::{Behaviour, Latency},
+    testkit::stack::demo_subscribers,
 };
 
 fn short_lease(config: &mut Config) {
@@ -125,7 +125,7 @@ async fn a_replica_resuming_with_a_stale_lease_writes_nothing() {
     assert_eq!(world.simulator.stats(&app).unbind_keys, ids);
     // (B sends it once its SMS window has passed; A, fenced, sends none.)
     let told = || {
-        unbind_gateway::registry::embedded::read_sms_file(&world.sms_file)
+        unbind_gateway::testkit::simulated_registry::read_sms_file(&world.sms_file)
             .unwrap()
             .iter()
             .filter(|m| m.text.contains("was unbound"))

@@ -13,7 +13,7 @@ use unbind_gateway::{
         AppResult, ListAppsRequest, ListLinkedAccountsRequest, ListLinkedAccountsResponse,
         app_result::State, linked_account::Ownership,
     },
-    simulator::{Behaviour, Latency, accounts_for},
+    testkit::simulated_apps::{Behaviour, Latency, accounts_for},
 };
 
 fn request(token: &str) -> ListLinkedAccountsRequest {
@@ -290,8 +290,8 @@ async fn selected_apps_summary_only_and_sms_delivery() {
     // The summary reaches the phone itself.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let sms =
-            unbind_gateway::registry::embedded::read_sms_file(&h.sms_file).unwrap_or_default();
+        let sms = unbind_gateway::testkit::simulated_registry::read_sms_file(&h.sms_file)
+            .unwrap_or_default();
         if let Some(m) = sms.iter().find(|m| m.text.contains("bound to")) {
             assert!(
                 m.text.contains(&format!("{expected} accounts")),
@@ -334,8 +334,8 @@ async fn both_look_ups_text_the_same_summary() {
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let texts = loop {
-        let sms =
-            unbind_gateway::registry::embedded::read_sms_file(&h.sms_file).unwrap_or_default();
+        let sms = unbind_gateway::testkit::simulated_registry::read_sms_file(&h.sms_file)
+            .unwrap_or_default();
         let texts: Vec<String> = sms
             .into_iter()
             .filter(|m| m.text.contains("bound to"))

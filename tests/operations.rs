@@ -17,7 +17,7 @@ use unbind_gateway::{
         app_result::State,
     },
     reload::{Reloaded, Reloader},
-    simulator::{Behaviour, Latency, SimulatedApp},
+    testkit::simulated_apps::{Behaviour, Latency, SimulatedApp},
 };
 
 async fn channel(h: &Harness) -> Channel {

@@ -1,4 +1,4 @@
-//! The gateway's client side over real TLS: simulated adapters and the embedded registry serve
+//! The gateway's client side over real TLS: simulated adapters and the simulated registry serve
 //! TLS with the development PKI from `unbind-gateway certs` and require client certificates
 //! signed by its CA. A gateway configured with `outbound_tls` (the CA, its own client
 //! certificate) verifies a number and gets an answer from every app, one of them dialled by IP
@@ -13,19 +13,17 @@ use std::collections::BTreeMap;
 use common::{ID_LAST_SIX, PHONE, assert_error};
 use tonic::{Code, transport::Channel};
 use unbind_gateway::{
-    cli::{
-        certs::{DevPki, generate},
-        demo::{BackendTls, demo_config, demo_subscribers},
-    },
     clock::Clock,
     config::{AppConfig, Config, OutboundTlsConfig},
+    pki::{DevPki, generate},
     proto::{
         CompleteVerificationRequest, ListLinkedAccountsRequest, ListLinkedAccountsResponse,
         StartVerificationRequest, account_gateway_client::AccountGatewayClient, app_result::State,
     },
-    registry::embedded::{EmbeddedRegistry, EmbeddedRegistryOptions, read_sms_file},
     server::{self, RunningGateway},
-    simulator::{Simulator, SimulatorConfig, accounts_for},
+    testkit::simulated_apps::{Simulator, SimulatorConfig, accounts_for},
+    testkit::simulated_registry::{SimulatedRegistry, SimulatedRegistryOptions, read_sms_file},
+    testkit::stack::{BackendTls, demo_config, demo_subscribers},
 };
 
 const APPS: usize = 5;
@@ -44,7 +42,7 @@ struct World {
     /// Another development PKI: its CA signed none of the servers.
     other_pki: DevPki,
     simulator: Simulator,
-    registry: EmbeddedRegistry,
+    registry: SimulatedRegistry,
     sms_file: std::path::PathBuf,
 }
 
@@ -64,8 +62,8 @@ impl World {
         .await
         .unwrap();
         let sms_file = dir.path().join("sms.jsonl");
-        let registry = EmbeddedRegistry::start_with_tls(
-            EmbeddedRegistryOptions {
+        let registry = SimulatedRegistry::start_with_tls(
+            SimulatedRegistryOptions {
                 subscribers: demo_subscribers(),
                 sms_file: sms_file.clone(),
                 echo_sms: false,

@@ -11,12 +11,10 @@ use std::{path::Path, process::Stdio, sync::Arc, time::Duration};
 use common::*;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use unbind_gateway::{
-    cli::{
-        certs::{DevPki, generate},
-        demo::BackendTls,
-    },
     config::{Config, Role, TenantConfig, TlsConfig},
+    pki::{DevPki, generate},
     reload::{Reloaded, Reloader},
+    testkit::stack::BackendTls,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_unbind-gateway");

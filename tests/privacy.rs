@@ -187,7 +187,7 @@ async fn no_secret_reaches_a_log_line_or_an_error_message() {
     }
     // Let the outcome SMS (gathered over a window) go out while logs are captured.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !unbind_gateway::registry::embedded::read_sms_file(&h.sms_file)
+    while !unbind_gateway::testkit::simulated_registry::read_sms_file(&h.sms_file)
         .unwrap_or_default()
         .iter()
         .any(|m| m.text.contains("was unbound"))

@@ -30,7 +30,7 @@ use unbind_gateway::{
         carrier_push_client::CarrierPushClient,
     },
     push::BATCH_SIZE,
-    simulator::{Behaviour, Latency, Notice, notice_digest},
+    testkit::simulated_apps::{Behaviour, Latency, Notice, notice_digest},
 };
 
 const APPS: usize = 20;

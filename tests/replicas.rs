@@ -11,7 +11,6 @@ use std::time::Duration;
 use common::*;
 use tokio::time::Instant;
 use unbind_gateway::{
-    cli::demo::numbered_subscribers,
     proto::{
         CompleteVerificationRequest, GetUnbindTicketsRequest, ListLinkedAccountsRequest,
         ListLinkedAccountsResponse, StartVerificationRequest, UnbindRequest,
@@ -19,6 +18,7 @@ use unbind_gateway::{
     },
     server,
     store::Store,
+    testkit::stack::numbered_subscribers,
 };
 
 type Client = AccountGatewayClient<tonic::transport::Channel>;
@@ -57,17 +57,18 @@ async fn two_replicas_share_verifications_and_send_each_ticket_exactly_once() {
             break;
         }
         // Start on one replica, complete on the other.
-        let before = h.codes_sent_to(&subscriber.phone_number).len();
+        let phone = subscriber.phone_number.expose();
+        let before = h.codes_sent_to(phone).len();
         let verification_id = replicas[i % 2]
             .start_verification(StartVerificationRequest {
-                phone_number: subscriber.phone_number.clone(),
-                id_last_six: subscriber.id_last_six.clone(),
+                phone_number: phone.to_owned(),
+                id_last_six: subscriber.id_last_six.expose().to_owned(),
             })
             .await
             .unwrap()
             .into_inner()
             .verification_id;
-        let code = h.wait_for_code(&subscriber.phone_number, before + 1).await;
+        let code = h.wait_for_code(phone, before + 1).await;
         let token = replicas[(i + 1) % 2]
             .complete_verification(CompleteVerificationRequest {
                 verification_id,

@@ -15,7 +15,7 @@ use unbind_gateway::{
         ListAppsRequest, ListLinkedAccountsRequest, ListLinkedAccountsResponse, app_info::Health,
         app_result::State,
     },
-    simulator::{Behaviour, Latency},
+    testkit::simulated_apps::{Behaviour, Latency},
 };
 
 const DEADLINE: Duration = Duration::from_millis(800);

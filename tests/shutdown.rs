@@ -30,11 +30,11 @@ use std::{
 use process::{POLL, World, WorldOptions, get_tickets, look_up};
 use tokio::time::Instant;
 use unbind_gateway::{
-    cli::demo::demo_subscribers,
     config::{Config, UnbindConfig},
     proto::{UnbindRequest, app_result, unbind_ticket::State},
-    simulator::{Behaviour, Latency},
     store::{Store, TicketState},
+    testkit::simulated_apps::{Behaviour, Latency},
+    testkit::stack::demo_subscribers,
 };
 
 /// About half of them hold an account of the demo subscriber: enough for three groups.
@@ -143,9 +143,9 @@ async fn shutdown_and_recover(label: &str, store_url: Option<String>) {
     let subscriber = world
         .subscribers
         .iter()
-        .find(|s| s.phone_number == common::PHONE)
+        .find(|s| s.phone_number.expose() == common::PHONE)
         .expect("the demo subscriber");
-    assert_eq!(subscriber.id_last_six, common::ID_LAST_SIX);
+    assert_eq!(subscriber.id_last_six.expose(), common::ID_LAST_SIX);
     let token = world.verified_session(&gateway, subscriber).await;
     let listed = look_up(&mut client, &token, &[])
         .await

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use process::{POLL, World, WorldOptions};
 use tokio::time::Instant;
-use unbind_gateway::{cli::demo::demo_subscribers, config::Config, proto::ListAppsRequest};
+use unbind_gateway::{config::Config, proto::ListAppsRequest, testkit::stack::demo_subscribers};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_the_catalog_of_a_running_serve() {

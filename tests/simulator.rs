@@ -16,10 +16,12 @@ use unbind_gateway::proto::{
     FindAccountsRequest, GetUnbindStatusRequest, NotifyNumbersRecycledRequest, RecycledNumber,
     SendSmsRequest, UnbindAccountRequest, VerifySubscriberRequest,
 };
-use unbind_gateway::registry::embedded::{
-    EmbeddedRegistry, EmbeddedRegistryOptions, Subscriber, read_sms_file,
+use unbind_gateway::testkit::simulated_apps::{
+    Behaviour, Latency, Simulator, SimulatorConfig, accounts_for,
 };
-use unbind_gateway::simulator::{Behaviour, Latency, Simulator, SimulatorConfig, accounts_for};
+use unbind_gateway::testkit::simulated_registry::{
+    SimulatedRegistry, SimulatedRegistryOptions, Subscriber, read_sms_file,
+};
 
 const PHONE: &str = "+8613800138000";
 
@@ -411,13 +413,9 @@ async fn embedded_registry_round_trip() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("a port");
-    let registry = EmbeddedRegistry::start(
-        EmbeddedRegistryOptions {
-            subscribers: vec![Subscriber {
-                phone_number: PHONE.to_owned(),
-                id_last_six: "12345X".to_owned(),
-                holder_since,
-            }],
+    let registry = SimulatedRegistry::start(
+        SimulatedRegistryOptions {
+            subscribers: vec![Subscriber::new(PHONE, "12345X", holder_since).unwrap()],
             sms_file: sms_file.clone(),
             echo_sms: false,
         },

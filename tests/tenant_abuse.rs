@@ -14,8 +14,8 @@ use tonic::{
     transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
 };
 use unbind_gateway::{
-    cli::certs::{DevPki, generate},
     config::{Role, TenantConfig, TlsConfig},
+    pki::{DevPki, generate},
     proto::{
         CheckNumberRecycledRequest, GetSubmissionRequest, GetUnbindTicketsRequest, ListAppsRequest,
         account_gateway_client::AccountGatewayClient, carrier_push_client::CarrierPushClient,

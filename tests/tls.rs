@@ -16,15 +16,13 @@ use tonic::{
 };
 use tonic_types::StatusExt;
 use unbind_gateway::{
-    cli::{
-        certs::{DevPki, generate},
-        demo::BackendTls,
-    },
     config::{Role, TenantConfig, TlsConfig},
+    pki::{DevPki, generate},
     proto::{
         CompleteVerificationRequest, ListAppsRequest, ListLinkedAccountsRequest,
         StartVerificationRequest, account_gateway_client::AccountGatewayClient,
     },
+    testkit::stack::BackendTls,
 };
 
 type Client = AccountGatewayClient<Channel>;
@@ -380,7 +378,7 @@ async fn query_speaks_mutual_tls_with_a_tenant_certificate() {
         .unwrap()
         .files;
     let addr = h.stack.gateway.as_ref().unwrap().addr;
-    let query = |certificate: Option<&unbind_gateway::cli::certs::CertAndKey>| {
+    let query = |certificate: Option<&unbind_gateway::pki::CertAndKey>| {
         let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_unbind-gateway"));
         command
             .arg("query")

@@ -17,7 +17,7 @@ use unbind_gateway::{
         unbind_ticket::State,
     },
     security::{AccountRef, Keys, Session},
-    simulator::Behaviour,
+    testkit::simulated_apps::Behaviour,
 };
 
 fn fast_worker(c: &mut unbind_gateway::config::Config) {
@@ -160,7 +160,7 @@ async fn unbind_previous_holders_accounts(h: &Harness) {
 /// How many unbound accounts the SMS sent so far tell of ("...unbound from your account at X."
 /// is one, "...unbound from 3 accounts: ..." three).
 fn unbound_told_by_sms(h: &Harness) -> usize {
-    unbind_gateway::registry::embedded::read_sms_file(&h.sms_file)
+    unbind_gateway::testkit::simulated_registry::read_sms_file(&h.sms_file)
         .unwrap()
         .iter()
         .map(|m| {

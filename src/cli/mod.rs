@@ -5,6 +5,8 @@ pub mod certs;
 pub mod check_adapter;
 pub mod demo;
 pub mod query;
+pub mod simulate_apps;
+pub mod support;
 pub mod tls_args;
 
 /// "1 account", "3 accounts".

@@ -65,6 +65,18 @@ impl E164 {
         })
     }
 
+    /// A number as one system sends it to another: valid, and written exactly in E.164 form
+    /// (`+8613800138000`), not in one of the spellings [`E164::parse`] accepts from a person.
+    pub fn parse_canonical(input: &str) -> Result<Self, InvalidPhoneNumber> {
+        Self::parse(input).and_then(|n| {
+            if n.e164 == input {
+                Ok(n)
+            } else {
+                Err(InvalidPhoneNumber)
+            }
+        })
+    }
+
     /// A number this gateway validated earlier and sealed (in a session token): checked for
     /// shape only. `None` if it does not look like one, and the caller parses it in full.
     pub(crate) fn from_sealed(e164: &str, country_code_len: usize) -> Option<Self> {
@@ -138,6 +150,28 @@ impl fmt::Display for E164 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn canonical_numbers_are_written_exactly_in_e164() {
+        let n = E164::parse_canonical("+8613800138000").expect("canonical");
+        assert_eq!(n.expose(), "+8613800138000");
+        // Spellings a person may type, but one system never sends another.
+        for other in [
+            "13800138000",
+            "+86 138 0013 8000",
+            "+86-13800138000",
+            " +8613800138000",
+        ] {
+            assert!(E164::parse(other).is_ok(), "{other}");
+            assert_eq!(
+                E164::parse_canonical(other),
+                Err(InvalidPhoneNumber),
+                "{other}"
+            );
+        }
+        // Not a mobile number at all.
+        assert!(E164::parse_canonical("+861062345678").is_err());
+    }
 
     #[test]
     fn a_sealed_number_is_checked_for_shape() {

@@ -188,35 +188,15 @@ mod tests {
     use std::{sync::Arc, time::Duration};
 
     use super::*;
-    use crate::{cli::demo::demo_config, config::AppConfig, domain::E164};
+    use crate::{config::AppConfig, domain::E164, testkit::stack::offline_catalog};
 
     /// One app's answer of three accounts, given at `answered_ms`, and the catalog it is from.
     fn answer(answered_ms: i64) -> AppOutcome {
         let app = AppConfig {
-            id: "app-001".into(),
-            name: "Sim Pay".into(),
             category: "payments".into(),
-            customer_service: String::new(),
-            // Channels connect lazily: nothing is contacted.
-            endpoint: "http://127.0.0.1:1".into(),
-            timeout: None,
-            concurrency: None,
-            unbind_deadline: None,
-            enabled: true,
-            tls_ca: None,
-            tls_server_name: None,
+            ..AppConfig::new("app-001", "Sim Pay", "http://127.0.0.1:1")
         };
-        let config = demo_config(
-            ([127, 0, 0, 1], 0).into(),
-            &std::env::temp_dir(),
-            "http://127.0.0.1:1",
-            vec![app],
-        );
-        let catalog = super::super::Catalog::new(
-            &config,
-            super::super::FanoutMetrics::register(&crate::metrics::Metrics::new()),
-        )
-        .unwrap();
+        let catalog = offline_catalog(vec![app]).unwrap();
         let accounts = ["a-1", "a-2", "a-3"]
             .map(|id| AdapterAccount {
                 account_id: id.into(),

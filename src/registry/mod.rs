@@ -1,7 +1,7 @@
-//! The carrier's subscriber registry: the client the gateway uses, and an embedded file-backed
-//! registry for the demo and tests.
+//! The carrier's subscriber registry, as the gateway calls it: `VerifySubscriber` (do the ID
+//! characters match the number's holder, and since when) and `SendSms`. The simulated registry
+//! the demo and the tests run is in `testkit::simulated_registry`.
 
 pub mod client;
-pub mod embedded;
 
 pub use client::{RegistryClient, RegistryError, Verdict, templates};

@@ -1,4 +1,4 @@
-//! The test harness: simulated apps, the embedded registry and a gateway, all real gRPC servers on
+//! The test harness: simulated apps, the simulated registry and a gateway, all real gRPC servers on
 //! loopback, with a real SQLite file (or PostgreSQL) and a clock tests can move forward.
 
 #![allow(dead_code)]
@@ -8,11 +8,11 @@ use std::{path::PathBuf, time::Duration};
 use tonic::transport::Channel;
 use unbind_gateway::{
     api::error::reason_of,
-    cli::demo::{BackendTls, Stack, StackOptions, demo_subscribers, numbered_subscribers},
     clock::Clock,
     config::Config,
     proto::{StartVerificationRequest, account_gateway_client::AccountGatewayClient},
-    simulator::{Behaviour, Simulator},
+    testkit::simulated_apps::{Behaviour, Simulator},
+    testkit::stack::{BackendTls, Stack, StackOptions, demo_subscribers, numbered_subscribers},
 };
 
 /// The demo subscriber: number, ID characters, holder since 2024-03-01.

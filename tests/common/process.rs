@@ -1,5 +1,5 @@
 //! The gateway as a real child process (`unbind-gateway serve`), for the tests that kill it or
-//! signal it: a [`World`] that outlives every process (simulated apps, the embedded registry with
+//! signal it: a [`World`] that outlives every process (simulated apps, the simulated registry with
 //! its SMS file, the store, a directory for config files and logs) and the [`GatewayProcess`]es
 //! started in it, one after another, on the same store.
 //!
@@ -20,14 +20,14 @@ use std::{
 use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 use unbind_gateway::{
-    cli::demo::{demo_config, verified_session_at},
     config::{AppDefaults, Config},
     proto::{
         GetUnbindTicketsRequest, ListAppsRequest, ListLinkedAccountsRequest,
         ListLinkedAccountsResponse, UnbindTicket, account_gateway_client::AccountGatewayClient,
     },
-    registry::embedded::{EmbeddedRegistry, EmbeddedRegistryOptions, Subscriber},
-    simulator::{Behaviour, Simulator, SimulatorConfig},
+    testkit::simulated_apps::{Behaviour, Simulator, SimulatorConfig},
+    testkit::simulated_registry::{SimulatedRegistry, SimulatedRegistryOptions, Subscriber},
+    testkit::stack::{demo_config, verified_session_at},
 };
 
 /// How often the tests look while they wait for a condition.
@@ -55,7 +55,7 @@ pub struct WorldOptions {
 /// store, and the directory holding the config files and each process's log.
 pub struct World {
     pub simulator: Simulator,
-    pub registry: EmbeddedRegistry,
+    pub registry: SimulatedRegistry,
     pub subscribers: Vec<Subscriber>,
     pub sms_file: PathBuf,
     pub store_url: String,
@@ -81,8 +81,8 @@ impl World {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("a port for the registry");
-        let registry = EmbeddedRegistry::start(
-            EmbeddedRegistryOptions {
+        let registry = SimulatedRegistry::start(
+            SimulatedRegistryOptions {
                 subscribers: options.subscribers.clone(),
                 sms_file: sms_file.clone(),
                 echo_sms: false,
@@ -177,8 +177,8 @@ impl World {
         verified_session_at(
             &gateway.url(),
             &self.sms_file,
-            &subscriber.phone_number,
-            &subscriber.id_last_six,
+            subscriber.phone_number.expose(),
+            subscriber.id_last_six.expose(),
         )
         .await
         .expect("a verified session")

@@ -16,6 +16,7 @@ use tonic::{Request, Response, Status};
 
 use super::accounts::accounts_for;
 use super::{AppStats, Behaviour, Latency};
+use crate::domain::E164;
 use crate::proto::app_adapter_server::AppAdapter;
 use crate::proto::unbind_account_response::State;
 use crate::proto::{
@@ -384,19 +385,14 @@ impl SimulatedAdapter {
     }
 }
 
-/// E.164: a '+' then 1 to 15 digits (the leading digit is never 0). The message never echoes the
-/// number.
+/// A mobile number in E.164 form, as the gateway sends it (the domain's own rule). The message
+/// never echoes the number.
 fn check_phone_number(phone_number: &str) -> Result<(), Status> {
-    let digits = phone_number.strip_prefix('+').unwrap_or("");
-    let valid = (1..=15).contains(&digits.len())
-        && digits.bytes().all(|b| b.is_ascii_digit())
-        && !digits.starts_with('0');
-    if valid {
-        Ok(())
-    } else {
-        Err(Status::invalid_argument(
-            "phone_number must be in E.164 form, e.g. +8613800138000",
-        ))
+    match E164::parse_canonical(phone_number) {
+        Ok(_) => Ok(()),
+        Err(_) => Err(Status::invalid_argument(
+            "phone_number must be a mobile number in E.164 form, e.g. +8613800138000",
+        )),
     }
 }
 

@@ -1,31 +1,18 @@
-//! `unbind-gateway check-adapter`: the adapter conformance suite (SPEC §2.2, §4). A vendor runs it
-//! against their `unbind.v1.AppAdapter` before going live, and a carrier runs it before adding
-//! the app to the catalog; it calls the adapter the way the gateway does (same requests, a
-//! `grpc-timeout` on each call, mTLS with the gateway's client certificate) and reports each check
-//! as PASS, FAIL or SKIP with a one-line reason. Any FAIL makes the process exit non-zero.
-//!
-//! Read-only by default: look-ups, status queries for keys never used, and an empty
-//! recycled-number batch. Unbinding is checked only with `--unbind-account`, which really unbinds
-//! that test account.
-//!
-//! Privacy: the test number is printed masked (`138****8000`), account ids never (counts only),
-//! and whatever text the adapter sends back is cleaned of control characters, of the test number
-//! and account id, and of any other long digit run before it is printed.
+//! The checks, in the order they run, and the `Suite` that runs them against one adapter: each
+//! calls the adapter the way the gateway does and concludes PASS, FAIL or SKIP with a reason.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fmt;
 use std::future::Future;
 use std::time::Duration;
 
-use anyhow::Context;
 use rand::Rng as _;
-use serde_json::json;
 use tokio::time::Instant;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
 
-use crate::cli::tls_args::ClientTlsArgs;
-use crate::domain::{E164, mask_digits};
+use crate::cli::plural;
+use crate::domain::E164;
+use crate::metrics::code_name;
 use crate::proto::app_adapter_client::AppAdapterClient;
 use crate::proto::unbind_account_request::Reason;
 use crate::proto::unbind_account_response::State;
@@ -34,13 +21,9 @@ use crate::proto::{
     UnbindAccountRequest, UnbindAccountResponse,
 };
 use crate::security::random_id;
-use crate::{
-    cli::{
-        plural,
-        query::{error_chain, parse_deadline},
-    },
-    metrics::code_name,
-};
+
+use super::CheckAdapterArgs;
+use super::report::{Outcome, Reporter, Verdict, describe, fail, pass, skip, vendor_text};
 
 /// The longest `account_id` the gateway can carry, in bytes once JSON-escaped. The gateway seals
 /// each account id into an account ref (JSON
@@ -69,196 +52,61 @@ const MALFORMED_NUMBERS: [(&str, &str); 3] = [
     ("letters after +86", "+86-138-abcd"),
     ("16 digits", "+1234567890123456"),
 ];
-/// Adapter-supplied text (status messages, `detail`) is cut to this many characters.
-const MAX_VENDOR_TEXT: usize = 120;
 
-/// Every check, in the order it runs.
-const CHECKS: [&str; 13] = [
-    REACHABLE,
-    UNKNOWN_NUMBER,
-    MALFORMED_NUMBER,
-    ACCOUNTS_WELL_FORMED,
-    ACCOUNTS_STABLE,
-    STATUS_UNKNOWN_KEY,
-    RECYCLED_EMPTY_BATCH,
-    RECYCLED_BATCH_REPLAY,
-    CONCURRENCY,
-    UNBIND_ANSWER,
-    UNBIND_IDEMPOTENT,
-    UNBIND_STATUS,
-    UNBIND_REMOVES_ACCOUNT,
-];
-const REACHABLE: &str = "reachable";
-const UNKNOWN_NUMBER: &str = "unknown-number";
-const MALFORMED_NUMBER: &str = "malformed-number";
-const ACCOUNTS_WELL_FORMED: &str = "accounts-well-formed";
-const ACCOUNTS_STABLE: &str = "accounts-stable";
-const STATUS_UNKNOWN_KEY: &str = "status-unknown-key";
-const RECYCLED_EMPTY_BATCH: &str = "recycled-empty-batch";
-const RECYCLED_BATCH_REPLAY: &str = "recycled-batch-replay";
-const CONCURRENCY: &str = "concurrency";
-const UNBIND_ANSWER: &str = "unbind-answer";
-const UNBIND_IDEMPOTENT: &str = "unbind-idempotent";
-const UNBIND_STATUS: &str = "unbind-status";
-const UNBIND_REMOVES_ACCOUNT: &str = "unbind-removes-account";
-
-/// Shown after `--help`: what is checked and what the exit status means.
-pub const AFTER_HELP: &str = "\
-Checks: reachable, unknown-number (OK with an empty list), malformed-number (INVALID_ARGUMENT),
-accounts-well-formed and accounts-stable (with --phone), status-unknown-key (NOT_FOUND),
-recycled-empty-batch and recycled-batch-replay, concurrency (16 look-ups at once), and with
---unbind-account only: unbind-answer, unbind-idempotent, unbind-status, unbind-removes-account.
-
-Exit status: 0 when no check failed (skipped checks allowed), 1 when a check failed, 2 when the
-suite could not run (bad options, unreadable files). The test number is printed masked and
-account ids are never printed.";
-
-/// `unbind-gateway check-adapter`: run the conformance suite against one adapter.
-#[derive(clap::Args)]
-pub struct CheckAdapterArgs {
-    /// The adapter's address: http://HOST:PORT, or https://HOST:PORT (needs --ca).
-    #[arg(long, value_name = "URL")]
-    pub endpoint: String,
-    #[command(flatten)]
-    pub tls: ClientTlsArgs,
-    /// A test number (E.164) the adapter holds at least one account for. Without it the checks
-    /// of the accounts it lists are skipped. Printed masked only.
-    #[arg(long, value_name = "E164", value_parser = parse_phone)]
-    pub phone: Option<E164>,
-    /// DESTRUCTIVE: really unbinds this test account of the --phone number, to check
-    /// UnbindAccount, its idempotency, GetUnbindStatus and that the account is gone afterwards.
-    /// Use only an account you can re-create, never a customer's. Nothing is unbound without it.
-    #[arg(long, value_name = "ACCOUNT_ID", requires = "phone")]
-    pub unbind_account: Option<String>,
-    /// The deadline of each call (sent as grpc-timeout), e.g. "800ms", "5s". An accepted unbind
-    /// is awaited for up to six times this.
-    #[arg(long, default_value = "5s", value_parser = parse_deadline)]
-    pub timeout: Duration,
-    /// Print one JSON object per check instead of the table.
-    #[arg(long)]
-    pub json: bool,
-}
-
-impl fmt::Debug for CheckAdapterArgs {
-    /// The number is masked by `E164`'s own `Debug`; the account id is redacted.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CheckAdapterArgs")
-            .field("endpoint", &self.endpoint)
-            .field("tls", &self.tls)
-            .field("phone", &self.phone)
-            .field(
-                "unbind_account",
-                &self.unbind_account.as_ref().map(|_| "<redacted>"),
-            )
-            .field("timeout", &self.timeout)
-            .field("json", &self.json)
-            .finish()
-    }
-}
-
-fn parse_phone(input: &str) -> Result<E164, String> {
-    E164::parse(input)
-        .map_err(|_| "not a valid mobile number (E.164, e.g. +8613800138000)".to_owned())
-}
-
-/// What one check concluded.
+/// One check of the suite. [`Check::ALL`] is the order they run and are reported in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verdict {
-    Pass,
-    Fail,
-    Skip,
+pub enum Check {
+    Reachable,
+    UnknownNumber,
+    MalformedNumber,
+    AccountsWellFormed,
+    AccountsStable,
+    StatusUnknownKey,
+    RecycledEmptyBatch,
+    RecycledBatchReplay,
+    Concurrency,
+    UnbindAnswer,
+    UnbindIdempotent,
+    UnbindStatus,
+    UnbindRemovesAccount,
 }
 
-impl Verdict {
-    fn as_str(self) -> &'static str {
+impl Check {
+    /// Every check, in the order it runs.
+    pub const ALL: [Check; 13] = [
+        Check::Reachable,
+        Check::UnknownNumber,
+        Check::MalformedNumber,
+        Check::AccountsWellFormed,
+        Check::AccountsStable,
+        Check::StatusUnknownKey,
+        Check::RecycledEmptyBatch,
+        Check::RecycledBatchReplay,
+        Check::Concurrency,
+        Check::UnbindAnswer,
+        Check::UnbindIdempotent,
+        Check::UnbindStatus,
+        Check::UnbindRemovesAccount,
+    ];
+
+    /// The check's name in the report and `--help`.
+    pub fn name(self) -> &'static str {
         match self {
-            Verdict::Pass => "PASS",
-            Verdict::Fail => "FAIL",
-            Verdict::Skip => "SKIP",
+            Check::Reachable => "reachable",
+            Check::UnknownNumber => "unknown-number",
+            Check::MalformedNumber => "malformed-number",
+            Check::AccountsWellFormed => "accounts-well-formed",
+            Check::AccountsStable => "accounts-stable",
+            Check::StatusUnknownKey => "status-unknown-key",
+            Check::RecycledEmptyBatch => "recycled-empty-batch",
+            Check::RecycledBatchReplay => "recycled-batch-replay",
+            Check::Concurrency => "concurrency",
+            Check::UnbindAnswer => "unbind-answer",
+            Check::UnbindIdempotent => "unbind-idempotent",
+            Check::UnbindStatus => "unbind-status",
+            Check::UnbindRemovesAccount => "unbind-removes-account",
         }
     }
-}
-
-/// A check's verdict and its one-line reason.
-struct Outcome {
-    verdict: Verdict,
-    reason: String,
-}
-
-fn pass(reason: impl Into<String>) -> Outcome {
-    Outcome {
-        verdict: Verdict::Pass,
-        reason: reason.into(),
-    }
-}
-
-fn fail(reason: impl Into<String>) -> Outcome {
-    Outcome {
-        verdict: Verdict::Fail,
-        reason: reason.into(),
-    }
-}
-
-fn skip(reason: impl Into<String>) -> Outcome {
-    Outcome {
-        verdict: Verdict::Skip,
-        reason: reason.into(),
-    }
-}
-
-/// Runs the suite and prints the results; `Ok(true)` when no check failed. `Err` only when the
-/// suite cannot start (bad options, unreadable TLS files).
-pub async fn run(args: CheckAdapterArgs) -> anyhow::Result<bool> {
-    let endpoint = args.endpoint.trim().to_owned();
-    let tls = args.tls.config(&endpoint)?;
-    let mut target = Endpoint::from_shared(endpoint.clone())
-        .with_context(|| format!("--endpoint {endpoint:?} is not a valid URL"))?
-        .connect_timeout(args.timeout)
-        .tcp_nodelay(true);
-    if let Some(tls) = tls {
-        target = target
-            .tls_config(tls)
-            .context("cannot use the TLS settings given with --ca / --cert / --key")?;
-    }
-
-    let mut report = Reporter::new(args.json, Redactor::new(&args));
-    report.header(&args, &endpoint);
-    let channel = match tokio::time::timeout(args.timeout, target.connect()).await {
-        Ok(Ok(channel)) => channel,
-        Ok(Err(e)) => {
-            report.record(
-                REACHABLE,
-                fail(format!("cannot connect: {}", error_chain(&e))),
-                None,
-            );
-            report.skip_rest("not run: the adapter is not reachable");
-            return Ok(report.finish());
-        }
-        Err(_) => {
-            report.record(
-                REACHABLE,
-                fail(format!(
-                    "no connection within {}",
-                    humantime::format_duration(args.timeout)
-                )),
-                None,
-            );
-            report.skip_rest("not run: the adapter is not reachable");
-            return Ok(report.finish());
-        }
-    };
-
-    let mut suite = Suite {
-        client: AppAdapterClient::new(channel),
-        timeout: args.timeout,
-        phone: args.phone.clone(),
-        account: args.unbind_account.clone(),
-        listed: None,
-        first_batch: None,
-        unbind: None,
-    };
-    suite.run(&mut report).await;
-    Ok(report.finish())
 }
 
 /// The first unbind of the destructive checks: its key and the adapter's first answer.
@@ -268,7 +116,7 @@ struct FirstUnbind {
 }
 
 /// The adapter under test and what earlier checks learned from it.
-struct Suite {
+pub(super) struct Suite {
     client: AppAdapterClient<Channel>,
     timeout: Duration,
     phone: Option<E164>,
@@ -281,34 +129,51 @@ struct Suite {
 }
 
 impl Suite {
-    async fn run(&mut self, report: &mut Reporter) {
-        let started = Instant::now();
-        let (outcome, stop) = self.reachable().await;
-        report.record(REACHABLE, outcome, Some(started.elapsed()));
-        if stop {
-            report.skip_rest("not run: the adapter is not reachable");
-            return;
+    pub(super) fn new(channel: Channel, args: &CheckAdapterArgs) -> Self {
+        Self {
+            client: AppAdapterClient::new(channel),
+            timeout: args.timeout,
+            phone: args.phone.clone(),
+            account: args.unbind_account.clone(),
+            listed: None,
+            first_batch: None,
+            unbind: None,
         }
-        for check in &CHECKS[1..] {
+    }
+
+    /// Runs every check in order, reporting each as it finishes; an unreachable adapter skips
+    /// the rest.
+    pub(super) async fn run(&mut self, report: &mut Reporter) {
+        for check in Check::ALL {
             let started = Instant::now();
-            let outcome = match *check {
-                UNKNOWN_NUMBER => self.unknown_number().await,
-                MALFORMED_NUMBER => self.malformed_number().await,
-                ACCOUNTS_WELL_FORMED => self.accounts_well_formed().await,
-                ACCOUNTS_STABLE => self.accounts_stable().await,
-                STATUS_UNKNOWN_KEY => self.status_unknown_key().await,
-                RECYCLED_EMPTY_BATCH => self.recycled_empty_batch().await,
-                RECYCLED_BATCH_REPLAY => self.recycled_batch_replay().await,
-                CONCURRENCY => self.concurrency().await,
-                UNBIND_ANSWER => self.unbind_answer().await,
-                UNBIND_IDEMPOTENT => self.unbind_idempotent().await,
-                UNBIND_STATUS => self.unbind_status().await,
-                UNBIND_REMOVES_ACCOUNT => self.unbind_removes_account().await,
-                other => skip(format!("{other}: not implemented")),
-            };
+            let (outcome, stop) = self.check(check).await;
             let elapsed = (outcome.verdict != Verdict::Skip).then(|| started.elapsed());
             report.record(check, outcome, elapsed);
+            if stop {
+                report.skip_rest("not run: the adapter is not reachable");
+                return;
+            }
         }
+    }
+
+    /// Runs one check; true as well when the suite cannot go on (the adapter is not reachable).
+    async fn check(&mut self, check: Check) -> (Outcome, bool) {
+        let outcome = match check {
+            Check::Reachable => return self.reachable().await,
+            Check::UnknownNumber => self.unknown_number().await,
+            Check::MalformedNumber => self.malformed_number().await,
+            Check::AccountsWellFormed => self.accounts_well_formed().await,
+            Check::AccountsStable => self.accounts_stable().await,
+            Check::StatusUnknownKey => self.status_unknown_key().await,
+            Check::RecycledEmptyBatch => self.recycled_empty_batch().await,
+            Check::RecycledBatchReplay => self.recycled_batch_replay().await,
+            Check::Concurrency => self.concurrency().await,
+            Check::UnbindAnswer => self.unbind_answer().await,
+            Check::UnbindIdempotent => self.unbind_idempotent().await,
+            Check::UnbindStatus => self.unbind_status().await,
+            Check::UnbindRemovesAccount => self.unbind_removes_account().await,
+        };
+        (outcome, false)
     }
 
     /// Sets the per-call deadline, as the gateway does (`grpc-timeout`).
@@ -962,207 +827,6 @@ fn is_unreachable(status: &Status) -> bool {
     ) || std::error::Error::source(status).is_some()
 }
 
-/// "NOT_FOUND (message)", the message cleaned, and for a transport failure its causes.
-fn describe(status: &Status) -> String {
-    let mut text = code_name(status.code()).to_owned();
-    let mut message = status.message().to_owned();
-    if let Some(source) = std::error::Error::source(status) {
-        let causes = error_chain(source);
-        if message.is_empty() || causes.starts_with(&message) {
-            message = causes;
-        } else {
-            message = format!("{message}: {causes}");
-        }
-    }
-    if !message.is_empty() {
-        text.push_str(&format!(" ({})", vendor_text(&message, "")));
-    }
-    text
-}
-
-/// Text from the adapter, made safe to print: control characters replaced, cut to a line. Long
-/// digit runs, the test number and the account id are masked later, by the [`Redactor`], with
-/// everything else printed.
-fn vendor_text(text: &str, empty: &str) -> String {
-    let text = text.trim();
-    if text.is_empty() {
-        return empty.to_owned();
-    }
-    let mut cleaned: String = text
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .take(MAX_VENDOR_TEXT)
-        .collect();
-    if text.chars().count() > MAX_VENDOR_TEXT {
-        cleaned.push('…');
-    }
-    cleaned
-}
-
-/// Masks every run of seven or more digits as the project masks numbers
-/// ([`mask_digits`]: `13800138000` → `138****8000`).
-fn mask_digit_runs(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut run = String::new();
-    let flush = |run: &mut String, out: &mut String| {
-        if run.len() >= 7 {
-            out.push_str(&mask_digits(run));
-        } else {
-            out.push_str(run);
-        }
-        run.clear();
-    };
-    for c in text.chars() {
-        if c.is_ascii_digit() {
-            run.push(c);
-        } else {
-            flush(&mut run, &mut out);
-            out.push(c);
-        }
-    }
-    flush(&mut run, &mut out);
-    out
-}
-
-/// Removes from everything printed the test number (in the forms an adapter might echo it, as
-/// `138****8000`), the account id, and then any other run of seven or more digits (a number the
-/// adapter echoed in another form, an id).
-struct Redactor {
-    /// (secret, replacement), longest secret first.
-    replacements: Vec<(String, String)>,
-}
-
-impl Redactor {
-    fn new(args: &CheckAdapterArgs) -> Self {
-        let mut replacements = Vec::new();
-        if let Some(phone) = &args.phone {
-            let raw = phone.expose();
-            let digits = raw.trim_start_matches('+');
-            let national = digits.get(phone.country_code_len()..).unwrap_or(digits);
-            for form in [raw, digits, national] {
-                replacements.push((form.to_owned(), phone.masked()));
-            }
-        }
-        if let Some(account) = args.unbind_account.as_deref().filter(|a| !a.is_empty()) {
-            replacements.push((account.to_owned(), "<account>".to_owned()));
-        }
-        replacements.sort_by_key(|(secret, _)| std::cmp::Reverse(secret.len()));
-        Self { replacements }
-    }
-
-    fn clean(&self, text: &str) -> String {
-        let redacted = self
-            .replacements
-            .iter()
-            .fold(text.to_owned(), |text, (secret, with)| {
-                text.replace(secret.as_str(), with)
-            });
-        mask_digit_runs(&redacted)
-    }
-}
-
-/// Prints each check as it finishes (a table, or JSON lines) and keeps count.
-struct Reporter {
-    json: bool,
-    redactor: Redactor,
-    done: Vec<(&'static str, Verdict)>,
-}
-
-/// The width of the check-name column.
-const NAME_WIDTH: usize = 24;
-
-impl Reporter {
-    fn new(json: bool, redactor: Redactor) -> Self {
-        Self {
-            json,
-            redactor,
-            done: Vec::new(),
-        }
-    }
-
-    fn header(&self, args: &CheckAdapterArgs, endpoint: &str) {
-        if self.json {
-            return;
-        }
-        let tls = args.tls.describe();
-        let number = args
-            .phone
-            .as_ref()
-            .map_or_else(|| "no --phone".to_owned(), |p| format!("test number {p}"));
-        let destructive = if args.unbind_account.is_some() {
-            "destructive checks ON (one test account will be unbound)"
-        } else {
-            "read-only"
-        };
-        println!(
-            "{}",
-            self.redactor.clean(&format!(
-                "Checking the adapter at {endpoint} ({tls}; {number}; {destructive}; timeout {})",
-                humantime::format_duration(args.timeout)
-            ))
-        );
-        println!("{:<NAME_WIDTH$}{:<8}REASON", "CHECK", "RESULT");
-    }
-
-    fn record(&mut self, check: &'static str, outcome: Outcome, elapsed: Option<Duration>) {
-        let reason = self.redactor.clean(&outcome.reason);
-        if self.json {
-            let line = json!({
-                "check": check,
-                "result": outcome.verdict.as_str(),
-                "reason": reason,
-                "elapsed_ms": elapsed.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
-            });
-            println!("{line}");
-        } else {
-            println!(
-                "{check:<NAME_WIDTH$}{:<8}{reason}",
-                outcome.verdict.as_str()
-            );
-        }
-        self.done.push((check, outcome.verdict));
-    }
-
-    /// Skips every check not reported yet.
-    fn skip_rest(&mut self, reason: &str) {
-        for check in CHECKS {
-            if !self.done.iter().any(|(c, _)| *c == check) {
-                self.record(check, skip(reason), None);
-            }
-        }
-    }
-
-    /// Prints the summary; true when nothing failed.
-    fn finish(self) -> bool {
-        let count = |v: Verdict| self.done.iter().filter(|(_, d)| *d == v).count();
-        let (passed, failed, skipped) = (
-            count(Verdict::Pass),
-            count(Verdict::Fail),
-            count(Verdict::Skip),
-        );
-        let failed_names: Vec<&str> = self
-            .done
-            .iter()
-            .filter(|(_, v)| *v == Verdict::Fail)
-            .map(|(c, _)| *c)
-            .collect();
-        let mut summary = format!(
-            "{} checks: {passed} passed, {failed} failed, {skipped} skipped",
-            self.done.len()
-        );
-        if !failed_names.is_empty() {
-            summary.push_str(&format!(" (failed: {})", failed_names.join(", ")));
-        }
-        // With --json, stdout carries only the per-check objects.
-        if self.json {
-            eprintln!("{summary}");
-        } else {
-            println!("{summary}");
-        }
-        failed == 0
-    }
-}
-
 /// A random valid mobile number (+86 199…), never `avoid`: the adapter should hold nothing for it.
 fn random_number(avoid: Option<&E164>) -> String {
     let mut rng = rand::rng();
@@ -1182,22 +846,8 @@ fn millis(d: Duration) -> String {
 
 #[cfg(test)]
 mod tests {
-    use clap::Parser;
-
     use super::*;
     use crate::security::{AccountRef, Keys};
-
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        args: CheckAdapterArgs,
-    }
-
-    fn parse(argv: &[&str]) -> Result<CheckAdapterArgs, clap::Error> {
-        let mut full = vec!["check-adapter"];
-        full.extend_from_slice(argv);
-        Cli::try_parse_from(full).map(|c| c.args)
-    }
 
     #[test]
     fn the_account_id_limit_is_what_a_sealed_ref_can_carry() {
@@ -1279,60 +929,6 @@ mod tests {
         assert!(consistent(&answer(State::Done, "r1"), &answer(State::Done, "r2")).is_err());
         assert!(consistent(&answer(State::Done, "r1"), &answer(State::Rejected, "r1")).is_err());
         assert!(consistent(&accepted, &answer(State::Unspecified, "r1")).is_err());
-    }
-
-    #[test]
-    fn printed_text_never_carries_the_number_or_the_account() {
-        let args = parse(&[
-            "--endpoint",
-            "http://127.0.0.1:1",
-            "--phone",
-            "13800138000",
-            "--unbind-account",
-            "acct-secret-42",
-        ])
-        .unwrap();
-        let redactor = Redactor::new(&args);
-        let text = redactor
-            .clean("no +8613800138000 or 8613800138000 or 13800138000 and no acct-secret-42 here");
-        assert!(!text.contains("13800138000"), "{text}");
-        assert!(!text.contains("acct-secret-42"), "{text}");
-        assert!(text.contains("138****8000"), "{text}");
-
-        assert_eq!(
-            redactor.clean(&vendor_text("bad\nnumber 19912345678 (code 42)", "")),
-            "bad number 199****5678 (code 42)"
-        );
-        assert_eq!(vendor_text("  ", "(none)"), "(none)");
-        assert!(vendor_text(&"x".repeat(500), "").chars().count() <= MAX_VENDOR_TEXT + 1);
-
-        let debug = format!("{args:?}");
-        assert!(
-            !debug.contains("13800138000") && !debug.contains("acct-secret-42"),
-            "{debug}"
-        );
-    }
-
-    #[test]
-    fn options_parse_and_tls_options_are_checked() {
-        let args = parse(&["--endpoint", "http://127.0.0.1:1"]).unwrap();
-        assert_eq!(args.timeout, Duration::from_secs(5));
-        assert!(args.tls.config(&args.endpoint).unwrap().is_none());
-
-        // The destructive flag needs the number; the key needs the certificate.
-        assert!(parse(&["--endpoint", "http://x:1", "--unbind-account", "a"]).is_err());
-        assert!(parse(&["--endpoint", "http://x:1", "--key", "k.pem"]).is_err());
-        assert!(parse(&["--endpoint", "http://x:1", "--phone", "12345"]).is_err());
-        assert!(parse(&["--endpoint", "http://x:1", "--timeout", "0s"]).is_err());
-        assert!(parse(&["--endpoint", "http://x:1", "--timeout", "800ms"]).is_ok());
-
-        let https = parse(&["--endpoint", "https://x:1"]).unwrap();
-        let err = https.tls.config(&https.endpoint).unwrap_err().to_string();
-        assert!(err.contains("--ca"), "{err}");
-        let mixed = parse(&["--endpoint", "http://x:1", "--ca", "ca.pem"]).unwrap();
-        assert!(mixed.tls.config(&mixed.endpoint).is_err());
-        let bare = parse(&["--endpoint", "x:1"]).unwrap();
-        assert!(bare.tls.config(&bare.endpoint).is_err());
     }
 
     #[test]

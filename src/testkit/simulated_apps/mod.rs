@@ -12,7 +12,6 @@
 //! server name it expects — can be exercised against real adapters.
 
 mod accounts;
-pub mod cli;
 mod service;
 
 use std::collections::HashMap;
@@ -119,17 +118,10 @@ impl SimulatedApp {
     /// The gateway's catalog entry for this app; `timeout` overrides `app_defaults`.
     pub fn catalog_entry(&self, timeout: Option<Duration>) -> crate::config::AppConfig {
         crate::config::AppConfig {
-            id: self.id.clone(),
-            name: self.name.clone(),
             category: self.category.clone(),
             customer_service: self.customer_service.clone(),
-            endpoint: self.endpoint.clone(),
             timeout,
-            concurrency: None,
-            unbind_deadline: None,
-            enabled: true,
-            tls_ca: None,
-            tls_server_name: None,
+            ..crate::config::AppConfig::new(&self.id, &self.name, &self.endpoint)
         }
     }
 }

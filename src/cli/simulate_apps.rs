@@ -11,7 +11,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
-use super::{Behaviour, Latency, Simulator, SimulatorConfig, catalog_toml};
+use crate::testkit::simulated_apps::{
+    Behaviour, Latency, Simulator, SimulatorConfig, catalog_toml,
+};
 
 /// Options of `simulate-apps`.
 #[derive(clap::Args, Debug, Clone)]
@@ -284,7 +286,7 @@ mod tests {
     #[tokio::test]
     async fn serves_tls_from_the_development_certificates() {
         let dir = tempfile::tempdir().expect("a temp dir");
-        let pki = crate::cli::certs::generate(dir.path(), &[], &[], 1, false).expect("a PKI");
+        let pki = crate::pki::generate(dir.path(), &[], &[], 1, false).expect("a PKI");
         let path = |p: &std::path::Path| p.to_str().expect("a UTF-8 path").to_owned();
         let cli = Cli::try_parse_from([
             "x".to_owned(),

@@ -4,9 +4,9 @@
 //! Everything here is a pure function of its inputs (and the seed), so the demo, the tests and the
 //! benchmarks can predict what every simulated app will answer without asking it.
 
-use chrono::{TimeZone, Utc};
 use sha2::{Digest, Sha256};
 
+use crate::clock::timestamp_from_ms;
 use crate::proto::AdapterAccount;
 
 /// The categories the simulated apps cycle through, each with the stem of its apps' names.
@@ -100,13 +100,7 @@ fn account(seed: u64, app_id: &str, phone_number: &str, index: u32) -> AdapterAc
         u64::from_be_bytes([h[10], h[11], h[12], h[13], h[14], h[15], h[16], h[17]]) % span;
     let seconds = BOUND_FROM + i64::try_from(offset).unwrap_or(0);
     // Whole seconds only: a vendor's database rarely keeps more, and it keeps comparisons simple.
-    let bound_at = Utc
-        .timestamp_opt(seconds, 0)
-        .single()
-        .map(|t| prost_types::Timestamp {
-            seconds: t.timestamp(),
-            nanos: 0,
-        });
+    let bound_at = Some(timestamp_from_ms(seconds * 1000));
 
     let unbind_supported = u16::from_be_bytes([h[18], h[19]]) % 100 < 90;
 
@@ -216,6 +210,8 @@ mod tests {
 
     #[test]
     fn account_counts_follow_the_intended_distribution() {
+        use chrono::{TimeZone, Utc};
+
         let mut buckets = [0usize; 4];
         let mut supported = 0usize;
         let mut accounts = 0usize;

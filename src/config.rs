@@ -282,6 +282,10 @@ impl VerificationConfig {
 pub struct LimitsConfig {
     /// Largest request message accepted, in bytes.
     pub max_request_bytes: usize,
+    /// Largest look-up answer sent, in bytes (each message, for the stream): within the 4 MiB
+    /// gRPC clients accept by default. An app whose accounts would not fit is `FAILED` in that
+    /// answer, with a reason naming the way to ask for it alone.
+    pub max_response_bytes: usize,
     /// Most entries in a request's `app_ids`.
     pub max_app_ids: usize,
     /// Requests handled at once by this replica; beyond it new requests are refused at once
@@ -470,6 +474,9 @@ pub struct AppDefaults {
     /// Time an app has to finish an unbind.
     #[serde(with = "humantime_serde")]
     pub unbind_deadline: Duration,
+    /// Most accounts one `FindAccounts` answer may hold; an answer with more makes the app
+    /// `FAILED` for that look-up (`fanout::answer` has every limit on an answer and why).
+    pub max_accounts: usize,
 }
 
 /// One app in the catalog.
@@ -488,6 +495,9 @@ pub struct AppConfig {
     pub timeout: Option<Duration>,
     #[serde(default)]
     pub concurrency: Option<usize>,
+    /// Most accounts one answer of this app may hold, if not `app_defaults.max_accounts`.
+    #[serde(default)]
+    pub max_accounts: Option<usize>,
     #[serde(default, with = "humantime_serde")]
     pub unbind_deadline: Option<Duration>,
     #[serde(default = "default_true")]
@@ -516,6 +526,7 @@ impl AppConfig {
             endpoint: endpoint.into(),
             timeout: None,
             concurrency: None,
+            max_accounts: None,
             unbind_deadline: None,
             enabled: true,
             tls_ca: None,
@@ -572,6 +583,7 @@ impl Default for LimitsConfig {
     fn default() -> Self {
         Self {
             max_request_bytes: 256 * 1024,
+            max_response_bytes: 4_000_000,
             max_app_ids: 2_000,
             max_in_flight: 512,
             max_streams_per_connection: 256,
@@ -586,6 +598,7 @@ impl Default for AppDefaults {
             timeout: Duration::from_secs(2),
             concurrency: 64,
             unbind_deadline: Duration::from_secs(5 * 24 * 3600),
+            max_accounts: 1_000,
         }
     }
 }
@@ -724,6 +737,9 @@ impl Config {
         if self.limits.max_request_bytes < 1024 {
             bail!("`limits.max_request_bytes` must be at least 1024");
         }
+        if self.limits.max_response_bytes < MIN_RESPONSE_BYTES {
+            bail!("`limits.max_response_bytes` must be at least {MIN_RESPONSE_BYTES}");
+        }
         check_nonzero(self.unbind.lease, "unbind.lease")?;
         check_nonzero(self.unbind.poll_interval, "unbind.poll_interval")?;
         check_nonzero(
@@ -766,6 +782,10 @@ impl Config {
         if self.app_defaults.concurrency == 0 {
             bail!("`app_defaults.concurrency` must be at least 1");
         }
+        check_max_accounts(
+            Some(self.app_defaults.max_accounts),
+            "app_defaults.max_accounts",
+        )?;
         let mut seen = HashSet::new();
         for (i, app) in self.apps.iter().enumerate() {
             let at = |key: &str| format!("apps[{i}].{key}");
@@ -783,9 +803,24 @@ impl Config {
             if app.concurrency == Some(0) {
                 bail!("`{}` must be at least 1", at("concurrency"));
             }
+            check_max_accounts(app.max_accounts, &at("max_accounts"))?;
         }
         self.check_lease_outlasts_calls()?;
         Ok(())
+    }
+}
+
+/// The smallest `limits.max_response_bytes`: room for every app's result line of a large catalog.
+const MIN_RESPONSE_BYTES: usize = 64 * 1024;
+/// The most `max_accounts` may be: beyond it one answer could outgrow any response.
+const MAX_ACCOUNTS_LIMIT: usize = 100_000;
+
+fn check_max_accounts(value: Option<usize>, key: &str) -> anyhow::Result<()> {
+    match value {
+        Some(n) if n == 0 || n > MAX_ACCOUNTS_LIMIT => {
+            bail!("`{key}` must be between 1 and {MAX_ACCOUNTS_LIMIT}")
+        }
+        _ => Ok(()),
     }
 }
 
@@ -1176,6 +1211,43 @@ mod tests {
                 "request bytes 1023",
                 |c| c.limits.max_request_bytes = 1023,
                 false,
+            ),
+            (
+                "response bytes 64 KiB",
+                |c| c.limits.max_response_bytes = 64 * 1024,
+                true,
+            ),
+            (
+                "response bytes under 64 KiB",
+                |c| c.limits.max_response_bytes = 64 * 1024 - 1,
+                false,
+            ),
+            ("max accounts 0", |c| c.app_defaults.max_accounts = 0, false),
+            ("max accounts 1", |c| c.app_defaults.max_accounts = 1, true),
+            (
+                "max accounts 100000",
+                |c| c.app_defaults.max_accounts = 100_000,
+                true,
+            ),
+            (
+                "max accounts 100001",
+                |c| c.app_defaults.max_accounts = 100_001,
+                false,
+            ),
+            (
+                "app max accounts 0",
+                |c| c.apps[0].max_accounts = Some(0),
+                false,
+            ),
+            (
+                "app max accounts 100001",
+                |c| c.apps[0].max_accounts = Some(100_001),
+                false,
+            ),
+            (
+                "app max accounts 100000",
+                |c| c.apps[0].max_accounts = Some(100_000),
+                true,
             ),
             ("lease 0", |c| c.unbind.lease = Duration::ZERO, false),
             (

@@ -109,6 +109,7 @@ impl World {
                     customer_service: a.customer_service,
                     timeout: None,
                     concurrency: None,
+                    max_accounts: None,
                     unbind_deadline: None,
                     enabled: true,
                     tls_ca: None,

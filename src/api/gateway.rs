@@ -13,7 +13,7 @@ use super::{
     correlator::correlator_of,
     deadline::deadline_of,
     edge::Edge,
-    lookup::{Lookup, LookupRun},
+    lookup::{Lookup, LookupRun, ResponseBudget},
     tenant::{Action, Tenant},
 };
 use crate::{
@@ -115,10 +115,11 @@ impl GatewayService {
     }
 
     /// Validates a look-up request, starts the fan-out, and reads the number's open tickets
-    /// meanwhile; a refusal is audited.
+    /// meanwhile; a refusal is audited. `streamed`: the answer goes out one message per app.
     async fn start_lookup(
         &self,
         request: &Request<ListLinkedAccountsRequest>,
+        streamed: bool,
     ) -> Result<LookupRun, ApiError> {
         let tenant = self.admit(request, AuditAction::Lookup)?;
         let correlator = correlator_of(request);
@@ -145,7 +146,14 @@ impl GatewayService {
             } else {
                 SummarySms::Unspecified
             };
+            let limit = g.config.limits.max_response_bytes;
+            let budget = if streamed {
+                ResponseBudget::PerMessage { limit }
+            } else {
+                ResponseBudget::whole(limit, outcomes.len())
+            };
             let lookup = Lookup {
+                budget,
                 outcomes,
                 number,
                 tickets,
@@ -388,7 +396,7 @@ impl AccountGateway for GatewayService {
         &self,
         request: Request<ListLinkedAccountsRequest>,
     ) -> Result<Response<ListLinkedAccountsResponse>, Status> {
-        let mut run = self.start_lookup(&request).await?;
+        let mut run = self.start_lookup(&request, false).await?;
         let summary_sms = run.summary_sms();
         let mut finished = Vec::with_capacity(run.pending());
         while let Some(f) = run.next().await {
@@ -419,7 +427,7 @@ impl AccountGateway for GatewayService {
         &self,
         request: Request<ListLinkedAccountsRequest>,
     ) -> Result<Response<Self::StreamLinkedAccountsStream>, Status> {
-        let mut run = self.start_lookup(&request).await?;
+        let mut run = self.start_lookup(&request, true).await?;
         let summary_sms = run.summary_sms();
         let (tx, rx) = mpsc::channel(run.pending().max(1));
         tokio::spawn(async move {

@@ -4,6 +4,12 @@
 //! ownership decided, refs sealed to the session), and ends with the audit entry, the log line
 //! and, when the caller claimed one, the summary SMS. Neither RPC merges, audits or texts on its
 //! own, so the two cannot drift apart.
+//!
+//! What the caller receives is bounded by `limits.max_response_bytes` ([`ResponseBudget`]): the
+//! whole answer of `ListLinkedAccounts`, each message of `StreamLinkedAccounts`. An app whose
+//! accounts would not fit is `FAILED` in that answer with a reason saying so; the others answer.
+
+use prost::Message as _;
 
 use std::sync::Arc;
 
@@ -23,6 +29,54 @@ use crate::{
     unbind::LookupTickets,
 };
 
+/// Bytes set aside in a whole answer for each app's result line (ids, names, customer-service
+/// number, reason) and for the answer's own fields, before any account is counted.
+const RESULT_LINE_BYTES: usize = 512;
+
+/// How much of a look-up's accounts fit in what the caller receives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ResponseBudget {
+    /// One answer for the whole look-up: the bytes left for accounts.
+    Whole { left: usize },
+    /// One message per app, each at most `limit` bytes.
+    PerMessage { limit: usize },
+}
+
+impl ResponseBudget {
+    /// One answer of at most `limit` bytes for `apps` apps: their result lines set aside first.
+    pub fn whole(limit: usize, apps: usize) -> Self {
+        Self::Whole {
+            left: limit.saturating_sub((apps + 1).saturating_mul(RESULT_LINE_BYTES)),
+        }
+    }
+
+    /// Whether an app's accounts of `bytes` fit beside its result line of `line` bytes; a whole
+    /// answer's budget keeps what is left.
+    fn take(&mut self, line: usize, bytes: usize) -> bool {
+        match self {
+            Self::Whole { left } => {
+                let fits = bytes <= *left;
+                if fits {
+                    *left -= bytes;
+                }
+                fits
+            }
+            Self::PerMessage { limit } => line.saturating_add(bytes) <= *limit,
+        }
+    }
+}
+
+/// The bytes `accounts` take as a repeated field of a message.
+fn field_bytes(accounts: &[crate::proto::LinkedAccount]) -> usize {
+    accounts
+        .iter()
+        .map(|a| {
+            let n = a.encoded_len();
+            1 + prost::length_delimiter_len(n) + n
+        })
+        .sum()
+}
+
 /// A look-up as started: the apps' calls under way and what the merge needs.
 pub(super) struct Lookup {
     pub outcomes: FuturesUnordered<BoxFuture<'static, AppOutcome>>,
@@ -32,6 +86,7 @@ pub(super) struct Lookup {
     pub summary_sms: SummarySms,
     pub tenant: Arc<Tenant>,
     pub correlator: String,
+    pub budget: ResponseBudget,
 }
 
 /// One app's finished result, with the app's catalog position (the collected answer's order).
@@ -100,15 +155,35 @@ impl LookupRun {
                 .cache()
                 .invalidate(&(ctx.number.short(), outcome.app.id.clone()));
         }
-        let accounts = match &outcome.result {
+        let mut accounts = match &outcome.result {
             Ok(found) => merge::linked_accounts(&ctx, &outcome, found),
             Err(_) => Vec::new(),
         };
+        let mut result = merge::app_result(&outcome, Vec::new());
+        if !self.lookup.summary_only
+            && !accounts.is_empty()
+            && !self
+                .lookup
+                .budget
+                .take(result.encoded_len(), field_bytes(&accounts))
+        {
+            tracing::warn!(
+                app = %outcome.app.id,
+                accounts = accounts.len(),
+                "an app's accounts did not fit in the response: reported as failed"
+            );
+            result.reason = format!(
+                "its {} accounts did not fit in this response; ask for this app alone",
+                accounts.len()
+            );
+            result.state = State::Failed as i32;
+            result.account_count = 0;
+            accounts.clear();
+        }
         self.previous_holder += accounts
             .iter()
             .filter(|a| a.ownership == Ownership::PreviousHolder as i32)
             .count();
-        let result = merge::app_result(&outcome, Vec::new());
         self.results.push(result.clone());
         let shown = if self.lookup.summary_only {
             Vec::new()
@@ -171,5 +246,56 @@ impl LookupRun {
             correlator: &self.lookup.correlator,
         });
         totals
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_whole_answer_sets_the_result_lines_aside_then_spends_what_is_left() {
+        let mut budget = ResponseBudget::whole(10_000, 3);
+        assert_eq!(
+            budget,
+            ResponseBudget::Whole {
+                left: 10_000 - 4 * 512
+            }
+        );
+        assert!(budget.take(100, 5_000));
+        assert_eq!(budget, ResponseBudget::Whole { left: 2_952 });
+        // The next app does not fit: refused, and nothing is spent.
+        assert!(!budget.take(100, 2_953));
+        assert!(budget.take(100, 2_952));
+        assert!(!budget.take(100, 1));
+        assert!(budget.take(100, 0));
+        // Too many apps for the limit: nothing fits, nothing underflows.
+        assert_eq!(
+            ResponseBudget::whole(1_000, 10),
+            ResponseBudget::Whole { left: 0 }
+        );
+    }
+
+    #[test]
+    fn each_message_of_the_stream_is_bounded_alone() {
+        let mut budget = ResponseBudget::PerMessage { limit: 1_000 };
+        assert!(budget.take(200, 800));
+        assert!(budget.take(200, 800), "messages do not add up");
+        assert!(!budget.take(201, 800));
+    }
+
+    #[test]
+    fn accounts_are_counted_as_the_wire_frames_them() {
+        let account = crate::proto::LinkedAccount {
+            app_id: "app-001".into(),
+            account_ref: "r".repeat(200),
+            ..Default::default()
+        };
+        let result = crate::proto::AppResult {
+            accounts: vec![account.clone(); 3],
+            ..Default::default()
+        };
+        assert_eq!(field_bytes(&result.accounts), result.encoded_len());
+        assert_eq!(field_bytes(&[]), 0);
     }
 }

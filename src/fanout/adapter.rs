@@ -7,7 +7,8 @@
 //! 2. **circuit breaker** ([`super::breaker`]): an app that keeps failing is answered at once as
 //!    `CircuitOpen`, then probed;
 //! 3. **concurrency limit** shared by every call to the app;
-//! 4. the gRPC call itself, bounded by the call's deadline (sent as `grpc-timeout` too).
+//! 4. the gRPC call itself, bounded by the call's deadline (sent as `grpc-timeout` too), and the
+//!    answer checked against what an adapter may answer ([`super::answer`]).
 //!
 //! The caller bounds the whole stack, waiting for a concurrency permit included, by the same
 //! deadline, so a saturated app times out rather than queueing forever.
@@ -29,6 +30,7 @@ use tower::{
 
 use super::{
     App,
+    answer::{self, Refusal},
     breaker::{BreakerLayer, CircuitBreaker},
 };
 use crate::{
@@ -52,6 +54,9 @@ pub enum CallError {
     /// Not asked: the app's circuit breaker is open.
     #[error("circuit open")]
     CircuitOpen,
+    /// The app answered something no adapter may answer (too many accounts, a field too long).
+    #[error("{0}")]
+    Refused(Refusal),
     /// Timed out, but the caller's deadline gave the app too little time for that to count
     /// against it (under `breaker.timeout_floor` and less than its own timeout). Inside the stack
     /// only, so a tenant sending tiny deadlines cannot open every app's breaker;
@@ -89,6 +94,21 @@ impl CallError {
             CallError::Unavailable => "unavailable",
             CallError::Failed(_) => "failed",
             CallError::CircuitOpen => "circuit_open",
+            CallError::Refused(_) => "refused",
+        }
+    }
+
+    /// Why the app gave no answer, as the caller reads it in its `AppResult`.
+    pub fn reason(&self) -> String {
+        match self {
+            CallError::TimedOut | CallError::CallerDeadline => "timed out".to_owned(),
+            CallError::Unavailable => "could not be reached".to_owned(),
+            CallError::Failed(code) => format!(
+                "answered with the error {}",
+                crate::metrics::code_name(*code)
+            ),
+            CallError::CircuitOpen => "not asked: it has been failing".to_owned(),
+            CallError::Refused(refusal) => refusal.to_string(),
         }
     }
 }
@@ -109,6 +129,7 @@ pub type AppService = BoxCloneSyncService<AppCall, Vec<AdapterAccount>, CallErro
 pub(crate) fn app_stack(
     client: AppAdapterClient<Channel>,
     concurrency: usize,
+    max_accounts: usize,
     breaker: Arc<CircuitBreaker>,
     retry: &RetryConfig,
 ) -> AppService {
@@ -127,14 +148,18 @@ pub(crate) fn app_stack(
         .retry(policy)
         .layer(BreakerLayer::new(breaker))
         .concurrency_limit(concurrency)
-        .service(Adapter { client });
+        .service(Adapter {
+            client,
+            max_accounts,
+        });
     BoxCloneSyncService::new(service)
 }
 
-/// The gRPC call at the bottom of the stack.
+/// The gRPC call at the bottom of the stack, and the check of its answer.
 #[derive(Clone)]
 struct Adapter {
     client: AppAdapterClient<Channel>,
+    max_accounts: usize,
 }
 
 impl Service<AppCall> for Adapter {
@@ -148,6 +173,7 @@ impl Service<AppCall> for Adapter {
 
     fn call(&mut self, call: AppCall) -> Self::Future {
         let mut client = self.client.clone();
+        let max_accounts = self.max_accounts;
         async move {
             let mut request = tonic::Request::new(FindAccountsRequest {
                 request_id: random_id("req"),
@@ -157,9 +183,18 @@ impl Service<AppCall> for Adapter {
             // Our timer, or the `grpc-timeout` enforced by either side: the same timeout.
             let outcome =
                 match tokio::time::timeout_at(call.deadline, client.find_accounts(request)).await {
-                    Ok(answer) => answer
-                        .map(|r| r.into_inner().accounts)
-                        .map_err(|s| CallError::from_status(&s)),
+                    Ok(Ok(answer)) => {
+                        let accounts = answer.into_inner().accounts;
+                        answer::check(&accounts, max_accounts)
+                            .map(|()| accounts)
+                            .map_err(CallError::Refused)
+                    }
+                    Ok(Err(status)) if answer::is_over_decoding_limit(&status) => {
+                        Err(CallError::Refused(Refusal::AnswerTooLarge {
+                            limit: answer::decoding_limit(max_accounts),
+                        }))
+                    }
+                    Ok(Err(status)) => Err(CallError::from_status(&status)),
                     Err(_) => Err(CallError::TimedOut),
                 };
             match outcome {

@@ -6,7 +6,10 @@
 //! million cached (number, app) answers cost a few tens of bytes each rather than a cache entry
 //! apiece. Each answer keeps the time it was fetched and is fresh for `ttl` from then; an entry
 //! nobody has touched for `ttl` holds only stale answers and is dropped. The capacity counts
-//! answers: an entry weighs as many answers as it holds, and whole numbers are evicted.
+//! answers by size: an answer weighs one per account it holds (one when it holds none), so an
+//! app answering a thousand accounts takes the room of a thousand small answers; whole numbers
+//! are evicted. (Every field of an account is bounded by `super::answer`, so an account's size
+//! is bounded too.)
 //!
 //! Coalescing: the first look-up of a (number, app) spawns the adapter call as its own task and
 //! publishes a shared handle to it; identical look-ups arriving meanwhile await the same handle.
@@ -52,6 +55,11 @@ pub fn accounts(list: Vec<AdapterAccount>) -> Accounts {
     }
 }
 
+/// What one answer weighs in the cache: one per account, one for an empty answer.
+fn answer_weight(accounts: &Accounts) -> usize {
+    accounts.len().max(1)
+}
+
 /// One app's answer and when it was fetched.
 struct Answer {
     /// For the TTL: tokio's clock (the real one in production, a paused one in tests; never the
@@ -85,18 +93,26 @@ impl NumberAnswers {
         self.by_app.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Stores an answer; true if the app had none before (the entry grew).
+    /// Stores an answer; true if the entry's weight changed (it must be weighed again).
     fn put(&self, app: AppId, accounts: Accounts, fetched_ms: i64) -> bool {
+        let weight = answer_weight(&accounts);
         let answer = Answer {
             fetched: Instant::now(),
             fetched_ms,
             accounts,
         };
-        self.write().insert(app, answer).is_none()
+        self.write()
+            .insert(app, answer)
+            .is_none_or(|old| answer_weight(&old.accounts) != weight)
     }
 
     fn weight(&self) -> u32 {
-        u32::try_from(self.read().len()).unwrap_or(u32::MAX).max(1)
+        let total: usize = self
+            .read()
+            .values()
+            .map(|a| answer_weight(&a.accounts))
+            .sum();
+        u32::try_from(total).unwrap_or(u32::MAX).max(1)
     }
 }
 
@@ -197,8 +213,8 @@ impl LookupCache {
         }
     }
 
-    /// Answers currently held (approximate: as weighed when each number last gained an answer;
-    /// for metrics and benchmarks).
+    /// The weight held: answers, each counting one per account it holds (approximate: as weighed
+    /// when each number's answers last changed weight; for metrics and benchmarks).
     pub fn len(&self) -> u64 {
         self.numbers.run_pending_tasks();
         self.numbers.weighted_size()
@@ -334,6 +350,26 @@ mod tests {
             hits <= 1_000,
             "{hits} answers found for a capacity of 1,000"
         );
+    }
+
+    #[test]
+    fn an_answer_weighs_as_many_accounts_as_it_holds() {
+        let cache = cache(Duration::from_secs(60), 1_000);
+        let (a, b) = (app("a"), app("b"));
+        cache.insert((1, a.clone()), accounts(vec![]));
+        assert_eq!(cache.len(), 1);
+        let big: Vec<AdapterAccount> = (0..300).map(|i| account(&format!("x{i}"))).collect();
+        cache.insert((1, b.clone()), accounts(big.clone()));
+        assert_eq!(cache.len(), 301);
+        // The same app answering again with fewer accounts: weighed again.
+        cache.insert((1, b.clone()), accounts(vec![account("y")]));
+        assert_eq!(cache.len(), 2);
+        // Four numbers of 300 accounts do not fit in 1,000: a big answer takes the room of many
+        // small ones.
+        for number in 2..6u128 {
+            cache.insert((number, a.clone()), accounts(big.clone()));
+        }
+        assert!(cache.len() <= 1_000, "{}", cache.len());
     }
 
     #[tokio::test(start_paused = true)]

@@ -22,6 +22,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use super::{
     adapter::{AppService, app_stack},
+    answer,
     breaker::{BreakerState, CircuitBreaker},
     metrics::{AppMetrics, FanoutMetrics},
 };
@@ -93,11 +94,16 @@ impl App {
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_while_idle(true)
             .connect_lazy();
-        let client = AppAdapterClient::new(channel);
+        let max_accounts = app.max_accounts.unwrap_or(defaults.max_accounts);
+        // An answer larger than the accounts it may hold could need is refused while decoding,
+        // before it is held in memory whole.
+        let client = AppAdapterClient::new(channel)
+            .max_decoding_message_size(answer::decoding_limit(max_accounts));
         let breaker = Arc::new(CircuitBreaker::new(settings.breaker.clone()));
         let service = app_stack(
             client.clone(),
             app.concurrency.unwrap_or(defaults.concurrency),
+            max_accounts,
             Arc::clone(&breaker),
             &settings.retry,
         );

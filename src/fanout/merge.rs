@@ -147,7 +147,7 @@ pub fn app_result(outcome: &AppOutcome, accounts: Vec<LinkedAccount>) -> AppResu
         Ok(a) => (State::Answered, a.len() as u32),
         Err(CallError::TimedOut | CallError::CallerDeadline) => (State::TimedOut, 0),
         Err(CallError::Unavailable) => (State::Unavailable, 0),
-        Err(CallError::Failed(_)) => (State::Failed, 0),
+        Err(CallError::Failed(_) | CallError::Refused(_)) => (State::Failed, 0),
         Err(CallError::CircuitOpen) => (State::SkippedCircuitOpen, 0),
     };
     AppResult {
@@ -159,6 +159,12 @@ pub fn app_result(outcome: &AppOutcome, accounts: Vec<LinkedAccount>) -> AppResu
         customer_service: outcome.app.customer_service.clone(),
         accounts,
         app_name: outcome.app.name.clone(),
+        reason: outcome
+            .result
+            .as_ref()
+            .err()
+            .map(CallError::reason)
+            .unwrap_or_default(),
     }
 }
 

@@ -4,7 +4,8 @@
 //!
 //! | metric | type | labels |
 //! |---|---|---|
-//! | `unbind_app_calls_total` | counter | `app`, `outcome` (answered, timed_out, unavailable, failed, circuit_open) |
+//! | `unbind_app_calls_total` | counter | `app`, `outcome` (answered, timed_out, unavailable, failed, circuit_open; a refused answer counts as failed) |
+//! | `unbind_app_answers_refused_total` | counter | `app`, `reason` (too_many_accounts, empty_account_id, account_id_too_long, hint_too_long, answer_too_large) |
 //! | `unbind_app_call_duration_seconds` | histogram | `app` |
 //! | `unbind_app_breaker_state` | gauge (0 closed, 1 half-open, 2 open) | `app` |
 //! | `unbind_app_breaker_opened` | gauge (times opened since the entry was built) | `app` |
@@ -32,6 +33,12 @@ struct AppLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AppReasonLabels {
+    app: String,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AppOutcomeLabels {
     app: String,
     outcome: &'static str,
@@ -39,6 +46,7 @@ struct AppOutcomeLabels {
 
 struct Families {
     app_calls: Family<AppOutcomeLabels, Counter>,
+    answers_refused: Family<AppReasonLabels, Counter>,
     app_latency: HistogramFamily<AppLabels>,
     breaker_state: Family<AppLabels, Gauge>,
     breaker_opened: Family<AppLabels, Gauge>,
@@ -60,6 +68,7 @@ impl FanoutMetrics {
     pub fn register(metrics: &Metrics) -> Self {
         let families = Families {
             app_calls: Family::default(),
+            answers_refused: Family::default(),
             app_latency: Family::new_with_constructor(latency_histogram),
             breaker_state: Family::default(),
             breaker_opened: Family::default(),
@@ -74,6 +83,11 @@ impl FanoutMetrics {
             "app_calls",
             "FindAccounts calls to each app, by outcome",
             f.app_calls.clone(),
+        );
+        metrics.register(
+            "app_answers_refused",
+            "FindAccounts answers refused for breaking a limit on what an adapter may answer, by app and reason",
+            f.answers_refused.clone(),
         );
         metrics.register(
             "app_call_duration_seconds",
@@ -102,7 +116,7 @@ impl FanoutMetrics {
         );
         metrics.register(
             "cache_entries",
-            "(number, app) answers held in the cache",
+            "Weight of the answers held in the cache: one per account, at least one per (number, app) answer",
             f.cache_entries.clone(),
         );
         metrics.register(
@@ -135,6 +149,10 @@ impl FanoutMetrics {
             unavailable: calls(CallError::Unavailable.as_str()),
             failed: calls(CallError::Failed(tonic::Code::Internal).as_str()),
             circuit_open: calls(CallError::CircuitOpen.as_str()),
+            refused: Refused {
+                app: id.to_string(),
+                family: f.answers_refused.clone(),
+            },
             latency: f.app_latency.get_or_create_owned(&AppLabels {
                 app: id.to_string(),
             }),
@@ -187,7 +205,15 @@ pub struct AppMetrics {
     unavailable: Counter,
     failed: Counter,
     circuit_open: Counter,
+    refused: Refused,
     latency: Histogram,
+}
+
+/// The app's refused answers, by reason: the series appear when an answer is first refused.
+#[derive(Clone)]
+struct Refused {
+    app: String,
+    family: Family<AppReasonLabels, Counter>,
 }
 
 impl AppMetrics {
@@ -198,6 +224,16 @@ impl AppMetrics {
             Err(CallError::TimedOut | CallError::CallerDeadline) => &self.timed_out,
             Err(CallError::Unavailable) => &self.unavailable,
             Err(CallError::Failed(_)) => &self.failed,
+            Err(CallError::Refused(refusal)) => {
+                self.refused
+                    .family
+                    .get_or_create(&AppReasonLabels {
+                        app: self.refused.app.clone(),
+                        reason: refusal.as_label(),
+                    })
+                    .inc();
+                &self.failed
+            }
             Err(CallError::CircuitOpen) => {
                 self.circuit_open.inc();
                 return;
@@ -220,13 +256,21 @@ mod tests {
         app.record(Ok(()), 0.02);
         app.record(Err(CallError::CallerDeadline), 0.5);
         app.record(Err(CallError::CircuitOpen), 0.0);
+        app.record(
+            Err(CallError::Refused(
+                crate::fanout::answer::Refusal::TooManyAccounts { limit: 1000 },
+            )),
+            0.1,
+        );
         fanout.cache_hits(3);
         let text = metrics.encode();
         for line in [
             "unbind_app_calls_total{app=\"app-001\",outcome=\"answered\"} 1",
             "unbind_app_calls_total{app=\"app-001\",outcome=\"timed_out\"} 1",
             "unbind_app_calls_total{app=\"app-001\",outcome=\"circuit_open\"} 1",
-            "unbind_app_call_duration_seconds_count{app=\"app-001\"} 2",
+            "unbind_app_calls_total{app=\"app-001\",outcome=\"failed\"} 1",
+            "unbind_app_answers_refused_total{app=\"app-001\",reason=\"too_many_accounts\"} 1",
+            "unbind_app_call_duration_seconds_count{app=\"app-001\"} 3",
             "unbind_cache_hits_total 3",
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");

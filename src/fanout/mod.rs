@@ -6,6 +6,7 @@
 //! `FAILED`.
 
 mod adapter;
+pub mod answer;
 pub mod breaker;
 mod cache;
 mod catalog;

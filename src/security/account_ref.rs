@@ -52,6 +52,22 @@ impl OwnershipRule {
     }
 }
 
+/// The longest `account_id` the gateway can carry, in bytes once JSON-escaped. The gateway seals
+/// each account id into an account ref (JSON
+/// `{"a":app,"i":id,"n":32 hex,"s":session id,"b":bound_at ms,"u":bool}`) and refuses refs
+/// longer than 4096 base64 characters (`security::sealed::MAX_ENCODED_LEN`): 3072 bytes, less
+/// 30 of header and tag, less 132 of JSON around the fields (with a 36-character session id and
+/// a 20-character date) and 64 of the longest app id, leaves 2846. A unit test below seals an id of
+/// exactly this length.
+pub const MAX_ACCOUNT_ID_BYTES: usize = 2846;
+
+/// An account id's length in the ref: its bytes once JSON-escaped (a quote takes two).
+pub fn escaped_len(account_id: &str) -> usize {
+    serde_json::to_string(account_id)
+        .map(|s| s.len().saturating_sub(2))
+        .unwrap_or(usize::MAX)
+}
+
 /// What an account ref stands for. It carries the binding date, not a verdict: `Unbind` decides
 /// ownership again from the session's `holder_since`, and refuses a ref shown to another session.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -120,6 +136,23 @@ impl AccountRef {
 mod tests {
     use super::*;
     use crate::domain::E164;
+
+    #[test]
+    fn the_account_id_limit_is_what_a_sealed_ref_can_carry() {
+        let keys = Keys::derive(&[4; 32]);
+        let number = keys.number_hash(&E164::parse("+8613800138000").unwrap());
+        let app_id = "a".repeat(64);
+        let session = crate::security::random_id("ses");
+        let sealed = |id: &str| {
+            AccountRef::new(&app_id, id, &number, &session, Some(i64::MIN), false).seal(&keys)
+        };
+        let longest = "x".repeat(MAX_ACCOUNT_ID_BYTES);
+        assert!(AccountRef::open(&keys, &sealed(&longest)).is_some());
+        let too_long = "x".repeat(MAX_ACCOUNT_ID_BYTES + 1);
+        assert!(AccountRef::open(&keys, &sealed(&too_long)).is_none());
+        // Escaping counts: a quote takes two bytes in the ref.
+        assert_eq!(escaped_len("a\"b"), 4);
+    }
 
     #[test]
     fn ownership_from_dates_fails_closed() {

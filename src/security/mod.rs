@@ -7,7 +7,7 @@ mod keys;
 mod sealed;
 mod session;
 
-pub use account_ref::{AccountRef, Ownership, OwnershipRule};
+pub use account_ref::{AccountRef, MAX_ACCOUNT_ID_BYTES, Ownership, OwnershipRule, escaped_len};
 pub use code::{CODE_LENGTH, OneTimeCode, random_id};
 pub use keys::{Keys, NumberHash};
 pub use sealed::Purpose;

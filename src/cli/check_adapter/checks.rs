@@ -20,19 +20,11 @@ use crate::proto::{
     AdapterAccount, FindAccountsRequest, GetUnbindStatusRequest, NotifyNumbersRecycledRequest,
     UnbindAccountRequest, UnbindAccountResponse,
 };
-use crate::security::random_id;
+use crate::security::{MAX_ACCOUNT_ID_BYTES, escaped_len, random_id};
 
 use super::CheckAdapterArgs;
 use super::report::{Outcome, Reporter, Verdict, describe, fail, pass, skip, vendor_text};
 
-/// The longest `account_id` the gateway can carry, in bytes once JSON-escaped. The gateway seals
-/// each account id into an account ref (JSON
-/// `{"a":app,"i":id,"n":32 hex,"s":session id,"b":bound_at ms,"u":bool}`) and refuses refs
-/// longer than 4096 base64 characters (`security::sealed::MAX_ENCODED_LEN`): 3072 bytes, less
-/// 30 of header and tag, less 132 of JSON around the fields (with a 36-character session id and
-/// a 20-character date) and 64 of the longest app id, leaves 2846. A unit test below seals an id
-/// of exactly this length.
-pub const MAX_ACCOUNT_ID_BYTES: usize = 2846;
 /// How many look-ups the concurrency check sends at once.
 const CONCURRENT_CALLS: usize = 16;
 /// An accepted unbind is polled for up to this many times `--timeout` before giving up on it.
@@ -778,13 +770,6 @@ fn is_masked(hint: &str) -> bool {
     hint.is_empty() || hint.chars().any(|c| MASK_CHARS.contains(&c))
 }
 
-/// The bytes an account id takes inside the gateway's JSON account ref.
-fn escaped_len(account_id: &str) -> usize {
-    serde_json::to_string(account_id)
-        .map(|s| s.len().saturating_sub(2))
-        .unwrap_or(usize::MAX)
-}
-
 /// Whether `later` is a consistent later answer about the same unbind as `first`: the same
 /// vendor_ref, and the same state or an ACCEPTED one that has since finished.
 fn consistent(first: &UnbindAccountResponse, later: &UnbindAccountResponse) -> Result<(), String> {
@@ -847,24 +832,6 @@ fn millis(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::security::{AccountRef, Keys};
-
-    #[test]
-    fn the_account_id_limit_is_what_a_sealed_ref_can_carry() {
-        let keys = Keys::derive(&[4; 32]);
-        let number = keys.number_hash(&E164::parse("+8613800138000").unwrap());
-        let app_id = "a".repeat(64);
-        let session = crate::security::random_id("ses");
-        let sealed = |id: &str| {
-            AccountRef::new(&app_id, id, &number, &session, Some(i64::MIN), false).seal(&keys)
-        };
-        let longest = "x".repeat(MAX_ACCOUNT_ID_BYTES);
-        assert!(AccountRef::open(&keys, &sealed(&longest)).is_some());
-        let too_long = "x".repeat(MAX_ACCOUNT_ID_BYTES + 1);
-        assert!(AccountRef::open(&keys, &sealed(&too_long)).is_none());
-        // Escaping counts: a quote takes two bytes in the ref.
-        assert_eq!(escaped_len("a\"b"), 4);
-    }
 
     #[test]
     fn random_numbers_are_valid_and_avoid_the_test_number() {

@@ -27,8 +27,8 @@ use crate::cli::support::status::error_chain;
 use crate::cli::tls_args::ClientTlsArgs;
 use crate::domain::E164;
 
+pub use checks::Check;
 use checks::Suite;
-pub use checks::{Check, MAX_ACCOUNT_ID_BYTES};
 pub use report::Verdict;
 use report::{Redactor, Reporter, fail};
 

@@ -43,6 +43,7 @@ pub fn app_result_json(result: &AppResult) -> Value {
         "from_cache": result.from_cache,
         "latency_ms": result.latency_ms,
         "customer_service": result.customer_service,
+        "reason": result.reason,
     })
 }
 

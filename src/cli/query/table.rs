@@ -218,6 +218,12 @@ pub fn format_app_status(result: &AppResult) -> String {
         State::SkippedCircuitOpen => "skipped (circuit open)",
         State::Unspecified => "no answer",
     };
+    // A failure the gateway can explain (an answer it refused) says what it was.
+    let status = if result.state() == State::Failed && !result.reason.is_empty() {
+        format!("failed: {}", clean(&result.reason))
+    } else {
+        status.to_owned()
+    };
     if result.customer_service.is_empty() {
         format!("{label}: {status}")
     } else {
@@ -414,6 +420,14 @@ mod tests {
         let mut r = result("x", "", State::TimedOut, 0);
         r.customer_service.clear();
         assert_eq!(format_app_status(&r), "x: timed out");
+        // A failure the gateway explains is shown with its reason, cleaned.
+        let mut r = result("x", "", State::Failed, 0);
+        r.customer_service.clear();
+        r.reason = "answered more than 1000 accounts\u{1b}[2J".into();
+        assert_eq!(
+            format_app_status(&r),
+            "x: failed: answered more than 1000 accounts?[2J"
+        );
     }
 
     #[test]

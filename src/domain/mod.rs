@@ -7,4 +7,4 @@ mod phone;
 
 pub use app_id::{AppId, InvalidAppId};
 pub use id_last_six::{IdLastSix, InvalidIdLastSix};
-pub use phone::{E164, InvalidPhoneNumber, mask_digits};
+pub use phone::{E164, InvalidPhoneNumber, is_e164_shaped, mask_digits};

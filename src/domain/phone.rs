@@ -80,11 +80,7 @@ impl E164 {
     /// A number this gateway validated earlier and sealed (in a session token): checked for
     /// shape only. `None` if it does not look like one, and the caller parses it in full.
     pub(crate) fn from_sealed(e164: &str, country_code_len: usize) -> Option<Self> {
-        let digits = e164.strip_prefix('+')?;
-        let shaped = (8..=15).contains(&digits.len())
-            && (1..=3).contains(&country_code_len)
-            && digits.bytes().all(|b| b.is_ascii_digit())
-            && !digits.starts_with('0');
+        let shaped = is_e164_shaped(e164) && (1..=3).contains(&country_code_len);
         shaped.then(|| Self {
             e164: e164.to_owned(),
             country_code_len,
@@ -115,6 +111,17 @@ impl E164 {
             self.masked()
         )
     }
+}
+
+/// Whether `text` has the shape of a number in E.164 form: `+`, then 8 to 15 digits, the first
+/// not 0. A cheap check for numbers a system that validated them in full sends on (as the
+/// gateway sends them to apps); it says nothing of whether the number exists or is a mobile one.
+pub fn is_e164_shaped(text: &str) -> bool {
+    text.strip_prefix('+').is_some_and(|digits| {
+        (8..=15).contains(&digits.len())
+            && digits.bytes().all(|b| b.is_ascii_digit())
+            && !digits.starts_with('0')
+    })
 }
 
 /// Masks a digit string, keeping at most three leading and four trailing digits and always hiding
@@ -150,6 +157,25 @@ impl fmt::Display for E164 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn e164_shape_is_a_plus_and_8_to_15_digits() {
+        for shaped in ["+8613800138000", "+12345678", "+123456789012345"] {
+            assert!(is_e164_shaped(shaped), "{shaped}");
+        }
+        for not in [
+            "8613800138000",
+            "+1234567",
+            "+1234567890123456",
+            "+0613800138000",
+            "+86 13800138000",
+            "+86138001380a0",
+            "",
+            "+",
+        ] {
+            assert!(!is_e164_shaped(not), "{not}");
+        }
+    }
 
     #[test]
     fn canonical_numbers_are_written_exactly_in_e164() {

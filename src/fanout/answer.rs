@@ -14,12 +14,22 @@
 //! - **`display_hint`**: at most [`MAX_HINT_BYTES`] (a person is shown 32 characters of it).
 //! - **the answer on the wire**: [`BYTES_PER_ACCOUNT`] per allowed account, as the app client's
 //!   decoding limit, so an oversized answer is refused before it is held in memory whole.
+//!
+//! And for `UnbindAccount` / `GetUnbindStatus` answers (applied by the unbind worker): a
+//! `vendor_ref` of at most [`MAX_VENDOR_REF_BYTES`] without control characters is kept, another
+//! is dropped; `detail` is kept to [`MAX_DETAIL_CHARS`] characters, control characters removed.
 
 use crate::proto::AdapterAccount;
 use crate::security::{MAX_ACCOUNT_ID_BYTES, escaped_len};
 
 /// The longest `display_hint` an answer may carry, in bytes.
 pub const MAX_HINT_BYTES: usize = 128;
+
+/// The longest `vendor_ref` the gateway keeps, in bytes.
+pub const MAX_VENDOR_REF_BYTES: usize = 128;
+
+/// The most characters of an unbind answer's `detail` the gateway keeps.
+pub const MAX_DETAIL_CHARS: usize = 200;
 
 /// Wire bytes allowed per account an answer may hold: the longest id, the longest hint, a date
 /// and the framing fit well within it.

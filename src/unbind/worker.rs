@@ -21,7 +21,7 @@ use crate::{
     clock::Clock,
     config::UnbindConfig,
     domain::{AppId, E164},
-    fanout::{App, Catalog, LookupCache},
+    fanout::{App, Catalog, LookupCache, answer},
     proto::{
         GetUnbindStatusRequest, UnbindAccountRequest, UnbindAccountResponse,
         unbind_account_response::State as AppState,
@@ -235,7 +235,7 @@ impl Worker {
                     ticket,
                     TicketState::Completed,
                     clip(&answer.detail, "unbound"),
-                    answer.vendor_ref,
+                    bounded_ref(answer.vendor_ref),
                     now,
                     "app: done",
                 ),
@@ -244,7 +244,7 @@ impl Worker {
                     Decision {
                         to: TicketState::Accepted,
                         detail: clip(&answer.detail, "accepted by the app"),
-                        vendor_ref: pick(answer.vendor_ref, &ticket.vendor_ref),
+                        vendor_ref: pick(bounded_ref(answer.vendor_ref), &ticket.vendor_ref),
                         next_attempt_at: next,
                         cause: "app: accepted".into(),
                     }
@@ -253,7 +253,7 @@ impl Worker {
                     ticket,
                     TicketState::Rejected,
                     clip(&answer.detail, "refused by the app"),
-                    answer.vendor_ref,
+                    bounded_ref(answer.vendor_ref),
                     now,
                     "app: rejected",
                 ),
@@ -412,12 +412,29 @@ fn give_up(ticket: &TicketRow, why: &str, now: i64) -> Decision {
     }
 }
 
-/// The app's text, bounded, or a default.
+/// The app's reference for an unbind, if it is one the gateway keeps: at most
+/// [`answer::MAX_VENDOR_REF_BYTES`] with no control character. Another is dropped (the ticket
+/// keeps the reference it had; status polls go by the ticket's own key), and said so in the log.
+fn bounded_ref(vendor_ref: String) -> String {
+    if vendor_ref.len() <= answer::MAX_VENDOR_REF_BYTES && !vendor_ref.chars().any(char::is_control)
+    {
+        vendor_ref
+    } else {
+        tracing::warn!(
+            bytes = vendor_ref.len(),
+            "an app answered a vendor_ref the gateway does not keep (too long or with control characters)"
+        );
+        String::new()
+    }
+}
+
+/// The app's text, bounded ([`answer::MAX_DETAIL_CHARS`], control characters dropped), or a
+/// default.
 fn clip(detail: &str, default: &str) -> String {
     let d: String = detail
         .chars()
         .filter(|c| !c.is_control())
-        .take(200)
+        .take(answer::MAX_DETAIL_CHARS)
         .collect();
     if d.trim().is_empty() {
         default.to_owned()
@@ -495,6 +512,19 @@ mod tests {
         );
         assert_eq!(d.to, TicketState::Accepted);
         assert_eq!(d.next_attempt_at, 20_500);
+    }
+
+    #[test]
+    fn an_apps_reference_and_text_are_kept_only_within_bounds() {
+        let longest = "r".repeat(answer::MAX_VENDOR_REF_BYTES);
+        assert_eq!(bounded_ref(longest.clone()), longest);
+        assert_eq!(bounded_ref(format!("{longest}r")), "");
+        assert_eq!(bounded_ref("ref\n2".into()), "");
+        assert_eq!(bounded_ref(String::new()), "");
+        let long = "d".repeat(answer::MAX_DETAIL_CHARS + 50);
+        assert_eq!(clip(&long, "x").chars().count(), answer::MAX_DETAIL_CHARS);
+        assert_eq!(clip("ok\u{1b}[2J", "x"), "ok[2J");
+        assert_eq!(clip(" \n ", "default"), "default");
     }
 
     #[test]

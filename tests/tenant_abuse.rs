@@ -441,3 +441,113 @@ async fn another_tenants_ids_get_nothing() {
     );
     rig.h.stop().await;
 }
+
+/// One person, two portals (issue 14, item 4). Through portal A they unbind an account, and the
+/// app takes its time; through portal B they ask to unbind the same account. On main B was
+/// answered with A's ticket (A's account ref and the app's detail) and could then never read it.
+/// Now B is told the unbind is under way (its own ref, words of the gateway's, when the app must
+/// act) and can follow the ticket with its session, seeing neither A's ref nor the app's text.
+#[tokio::test]
+async fn another_tenants_open_ticket_is_reported_without_its_details() {
+    use unbind_gateway::proto::{
+        ListLinkedAccountsRequest, UnbindRequest, unbind_ticket::State as TicketState,
+    };
+    use unbind_gateway::testkit::simulated_apps::Behaviour;
+    let rig = Rig::start().await;
+    let mut a = rig.client("portal-a").await;
+    let mut b = rig.client("portal-b").await;
+    let session = |c: &Client, n: usize| {
+        let mut c = c.clone();
+        let h = &rig.h;
+        async move {
+            let v = start_with(&mut c, PHONE, ID_LAST_SIX).await.unwrap();
+            let code = h.wait_for_code(PHONE, n).await;
+            complete_with(&mut c, &v, &code).await.unwrap()
+        }
+    };
+    let list = |c: &Client, token: String| {
+        let mut c = c.clone();
+        async move {
+            c.list_linked_accounts(ListLinkedAccountsRequest {
+                session_token: token,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .accounts
+        }
+    };
+    let token_a = session(&a, 1).await;
+    let accounts_a = list(&a, token_a.clone()).await;
+    let target = accounts_a
+        .iter()
+        .find(|x| x.unbind_supported)
+        .expect("an account to unbind")
+        .clone();
+    // The app accepts and takes a minute: A's ticket stays open.
+    rig.h.simulator.set_behaviour(
+        &target.app_id,
+        Behaviour {
+            unbind_completion: std::time::Duration::from_secs(60),
+            ..Behaviour::default()
+        },
+    );
+    let ticket_a = a
+        .unbind(UnbindRequest {
+            session_token: token_a,
+            account_refs: vec![target.account_ref.clone()],
+            idempotency_key: "a-1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .tickets
+        .remove(0);
+
+    let token_b = session(&b, 2).await;
+    let accounts_b = list(&b, token_b.clone()).await;
+    let same = accounts_b
+        .iter()
+        .find(|x| x.app_id == target.app_id && x.display_hint == target.display_hint)
+        .expect("B sees the account");
+    assert!(same.open_ticket.is_none(), "B is not shown A's ticket");
+    let answer = b
+        .unbind(UnbindRequest {
+            session_token: token_b.clone(),
+            account_refs: vec![same.account_ref.clone()],
+            idempotency_key: "b-1".into(),
+        })
+        .await
+        .expect("B's valid request is answered")
+        .into_inner()
+        .tickets;
+    assert_eq!(answer.len(), 1);
+    let seen = &answer[0];
+    assert_eq!(seen.account_ref, same.account_ref, "B's own ref, never A's");
+    assert_ne!(seen.account_ref, ticket_a.account_ref);
+    assert!(seen.detail.contains("under way"), "{:?}", seen.detail);
+    assert!(
+        matches!(
+            seen.state(),
+            TicketState::Queued | TicketState::Sent | TicketState::Accepted
+        ),
+        "{seen:?}"
+    );
+    assert_eq!(seen.due_at, ticket_a.due_at);
+
+    // B follows it with its session: the same view, never A's ref or the app's text.
+    let read = b
+        .get_unbind_tickets(GetUnbindTicketsRequest {
+            session_token: token_b,
+            ticket_ids: vec![seen.ticket_id.clone()],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .tickets;
+    assert_eq!(read.len(), 1);
+    assert!(read[0].account_ref.is_empty());
+    assert!(read[0].detail.contains("under way"), "{:?}", read[0].detail);
+    rig.h.stop().await;
+}

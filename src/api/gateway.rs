@@ -256,8 +256,9 @@ impl GatewayService {
                 "not a ticket id",
             ));
         }
+        let number = session.as_ref().map(|_| number_hash.as_str());
         let mut rows = unbinder
-            .tickets_by_ids(&tenant.name, &body.ticket_ids)
+            .tickets_by_ids(&tenant.name, number, &body.ticket_ids)
             .await?;
         // With a session too, only that holder's tickets.
         if session.is_some() {

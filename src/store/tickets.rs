@@ -127,6 +127,8 @@ const COLUMNS: &str = "id, tenant, number_hash, sealed_number, app_id, sealed_ac
     created_at, updated_at, due_at";
 
 const OPEN: &str = "('queued', 'sent', 'accepted')";
+/// How often a ticket's insert is tried when the account's open ticket keeps ending meanwhile.
+const INSERT_ATTEMPTS: usize = 3;
 
 fn from_row(row: &AnyRow) -> sqlx::Result<TicketRow> {
     Ok(TicketRow {
@@ -209,6 +211,32 @@ impl Store {
         }
         let mut ids = Vec::with_capacity(tickets.len());
         for t in tickets {
+            ids.push(self.insert_or_find_open(&mut tx, tenant, t, now).await?);
+        }
+        sqlx::query(
+            "UPDATE unbind_requests SET ticket_ids = $3 WHERE tenant = $1 AND idempotency_key = $2",
+        )
+        .bind(tenant)
+        .bind(idempotency_key)
+        .bind(ids.join(","))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(CreateOutcome::Created(self.tickets_by_ids(&ids).await?))
+    }
+
+    /// Inserts `t`, or finds the open ticket the account already has (this tenant's or
+    /// another's: one open ticket per account, so the app is asked once). An open ticket that
+    /// ends between the refused insert and the look-up is no longer in the way: the insert is
+    /// tried again.
+    async fn insert_or_find_open(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        tenant: &str,
+        t: &NewTicket,
+        now: i64,
+    ) -> sqlx::Result<String> {
+        for _ in 0..INSERT_ATTEMPTS {
             let inserted = sqlx::query(&format!(
                 "INSERT INTO tickets ({COLUMNS}) VALUES \
                  ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'queued', '', '', 0, $10, $10, $10, $11) \
@@ -225,13 +253,13 @@ impl Store {
             .bind(t.reason.as_str_name())
             .bind(now)
             .bind(t.due_at)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?
             .rows_affected()
                 == 1;
             if inserted {
                 insert_event(
-                    &mut tx,
+                    tx,
                     &t.id,
                     now,
                     TicketState::Queued,
@@ -239,27 +267,21 @@ impl Store {
                     "created",
                 )
                 .await?;
-                ids.push(t.id.clone());
-            } else {
-                let (id,): (String,) = sqlx::query_as(&format!(
-                    "SELECT id FROM tickets WHERE account_key = $1 AND state IN {OPEN}"
-                ))
-                .bind(&t.account_key)
-                .fetch_one(&mut *tx)
-                .await?;
-                ids.push(id);
+                return Ok(t.id.clone());
+            }
+            let open: Option<(String,)> = sqlx::query_as(&format!(
+                "SELECT id FROM tickets WHERE account_key = $1 AND state IN {OPEN}"
+            ))
+            .bind(&t.account_key)
+            .fetch_optional(&mut **tx)
+            .await?;
+            if let Some((id,)) = open {
+                return Ok(id);
             }
         }
-        sqlx::query(
-            "UPDATE unbind_requests SET ticket_ids = $3 WHERE tenant = $1 AND idempotency_key = $2",
-        )
-        .bind(tenant)
-        .bind(idempotency_key)
-        .bind(ids.join(","))
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(CreateOutcome::Created(self.tickets_by_ids(&ids).await?))
+        // Tickets of one account opening and ending faster than a transaction: not seen; the
+        // caller's retry of the same key will find the account settled.
+        Err(sqlx::Error::RowNotFound)
     }
 
     /// Tickets by id, in the order asked (unknown ids are left out).

@@ -169,7 +169,11 @@ impl Unbinder {
             });
         }
         let fingerprint = fingerprint(&number_hex, tickets.iter().map(|t| t.account_key.as_str()));
-        match self
+        let refs: HashMap<&str, &str> = tickets
+            .iter()
+            .map(|t| (t.account_key.as_str(), t.account_ref.as_str()))
+            .collect();
+        let rows = match self
             .store
             .create_tickets(&session.tenant, key, &fingerprint, &tickets, now)
             .await?
@@ -177,11 +181,23 @@ impl Unbinder {
             CreateOutcome::Created(rows) => {
                 tracing::info!(number = %session.phone, tickets = rows.len(), "unbind tickets created");
                 self.wake.notify_one();
-                Ok(rows)
+                rows
             }
-            CreateOutcome::Replayed(rows) => Ok(rows),
-            CreateOutcome::KeyReused => Err(UnbindError::KeyReused),
-        }
+            CreateOutcome::Replayed(rows) => rows,
+            CreateOutcome::KeyReused => return Err(UnbindError::KeyReused),
+        };
+        // An account whose unbind another tenant asked for first keeps that one ticket (the app
+        // is asked once); this tenant sees it under the ref it sent, in the gateway's words.
+        Ok(rows
+            .into_iter()
+            .map(|t| {
+                if t.tenant == session.tenant {
+                    return t;
+                }
+                let own_ref = refs.get(t.account_key.as_str()).copied().unwrap_or("");
+                redacted(t, own_ref)
+            })
+            .collect())
     }
 
     /// The holder's tickets: those of the session's number since the holder got it.
@@ -203,14 +219,27 @@ impl Unbinder {
         Ok(self.store.tickets_for_number(&number, since).await?)
     }
 
-    /// Tickets by id, only those of `tenant`.
+    /// Tickets by id: those of `tenant`, and with `number` (the caller's session's keyed number
+    /// hash) the number's tickets another tenant opened, [`redacted`].
     pub async fn tickets_by_ids(
         &self,
         tenant: &str,
+        number: Option<&str>,
         ids: &[String],
     ) -> Result<Vec<TicketRow>, UnbindError> {
         let rows = self.store.tickets_by_ids(ids).await?;
-        Ok(rows.into_iter().filter(|t| t.tenant == tenant).collect())
+        Ok(rows
+            .into_iter()
+            .filter_map(|t| {
+                if t.tenant == tenant {
+                    Some(t)
+                } else if number == Some(t.number_hash.as_str()) {
+                    Some(redacted(t, ""))
+                } else {
+                    None
+                }
+            })
+            .collect())
     }
 
     /// What a look-up of the session's number needs from its tickets (one query).
@@ -283,6 +312,23 @@ fn state_to_proto(s: TicketState) -> unbind_ticket::State {
         TicketState::Rejected => unbind_ticket::State::Rejected,
         TicketState::Failed => unbind_ticket::State::Failed,
     }
+}
+
+/// What a tenant is told of an unbind of its holder's account that another tenant asked for.
+pub const FOREIGN_DETAIL: &str =
+    "an unbind of this account, asked for through another service, is under way";
+
+/// Another tenant's ticket as this tenant may see it: its state and dates, under `own_ref` (the
+/// ref this tenant sent, or none), never the other tenant's ref nor the app's text.
+fn redacted(mut t: TicketRow, own_ref: &str) -> TicketRow {
+    t.account_ref = own_ref.to_owned();
+    t.detail = if t.state.is_open() {
+        FOREIGN_DETAIL.to_owned()
+    } else {
+        "asked for through another service".to_owned()
+    };
+    t.vendor_ref.clear();
+    t
 }
 
 /// A stored ticket as the caller sees it.

@@ -495,6 +495,14 @@ async fn store_tickets(url: &str) -> BTreeMap<String, (TicketState, Option<Strin
             .expect("the tickets");
     pool.close().await;
     rows.into_iter()
-        .map(|(id, state, owner)| (id, (TicketState::parse(&state), owner)))
+        .map(|(id, state, owner)| {
+            (
+                id,
+                (
+                    TicketState::parse(&state).expect("a state the gateway writes"),
+                    owner,
+                ),
+            )
+        })
         .collect()
 }

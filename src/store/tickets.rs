@@ -38,15 +38,32 @@ impl TicketState {
         }
     }
 
-    pub fn parse(s: &str) -> Self {
+    /// The state a stored word names; `None` for a word the gateway never writes.
+    pub fn parse(s: &str) -> Option<Self> {
         match s {
-            "queued" => Self::Queued,
-            "sent" => Self::Sent,
-            "accepted" => Self::Accepted,
-            "completed" => Self::Completed,
-            "rejected" => Self::Rejected,
-            _ => Self::Failed,
+            "queued" => Some(Self::Queued),
+            "sent" => Some(Self::Sent),
+            "accepted" => Some(Self::Accepted),
+            "completed" => Some(Self::Completed),
+            "rejected" => Some(Self::Rejected),
+            "failed" => Some(Self::Failed),
+            _ => None,
         }
+    }
+
+    /// The state a word read from the store names. A word the gateway never writes is an error,
+    /// never a guess: read as FAILED it would end a ticket nobody ended (and free its account
+    /// for a second unbind), read as open it would send it again.
+    fn read(word: &str) -> sqlx::Result<Self> {
+        Self::parse(word).ok_or_else(|| {
+            sqlx::Error::Decode(
+                format!(
+                    "unknown ticket state {:?}",
+                    word.chars().take(32).collect::<String>()
+                )
+                .into(),
+            )
+        })
     }
 
     /// Still under way.
@@ -144,7 +161,7 @@ fn from_row(row: &AnyRow) -> sqlx::Result<TicketRow> {
         // of them (detach the number, keep the account).
         reason: UnbindReason::from_str_name(&row.try_get::<String, _>("reason")?)
             .unwrap_or(UnbindReason::NumberRecycled),
-        state: TicketState::parse(&row.try_get::<String, _>("state")?),
+        state: TicketState::read(&row.try_get::<String, _>("state")?)?,
         detail: row.try_get("detail")?,
         vendor_ref: row.try_get("vendor_ref")?,
         attempts: row.try_get("attempts")?,
@@ -476,15 +493,16 @@ impl Store {
         .bind(ticket_id)
         .fetch_all(self.pool())
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(at, from, to, cause)| TicketEvent {
-                at,
-                from: TicketState::parse(&from),
-                to: TicketState::parse(&to),
-                cause,
+        rows.into_iter()
+            .map(|(at, from, to, cause)| {
+                Ok(TicketEvent {
+                    at,
+                    from: TicketState::read(&from)?,
+                    to: TicketState::read(&to)?,
+                    cause,
+                })
             })
-            .collect())
+            .collect()
     }
 
     /// Forgets idempotency keys older than `before` (kept at least 24 hours).
@@ -504,10 +522,24 @@ impl Store {
             sqlx::query_as("SELECT state, COUNT(*) FROM tickets GROUP BY state")
                 .fetch_all(self.pool())
                 .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(s, n)| (TicketState::parse(&s), n))
-            .collect())
+        rows.into_iter()
+            .map(|(s, n)| Ok((TicketState::read(&s)?, n)))
+            .collect()
+    }
+}
+
+impl Store {
+    /// How often a ticket was sent again after its app, having accepted it, said it knew nothing
+    /// of it (its `accepted` -> `sent` transitions).
+    pub async fn resends(&self, ticket_id: &str) -> sqlx::Result<i64> {
+        let (n,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM ticket_events \
+             WHERE ticket_id = $1 AND from_state = 'accepted' AND to_state = 'sent'",
+        )
+        .bind(ticket_id)
+        .fetch_one(self.pool())
+        .await?;
+        Ok(n)
     }
 }
 
@@ -553,11 +585,14 @@ mod tests {
             ]
         );
         for state in all {
-            assert_eq!(TicketState::parse(state.as_str()), state);
+            assert_eq!(TicketState::parse(state.as_str()), Some(state));
         }
         let open: Vec<bool> = all.iter().map(|s| s.is_open()).collect();
         assert_eq!(open, [true, true, true, false, false, false]);
-        // A word never written is a failed ticket, never an open one that would be sent again.
-        assert_eq!(TicketState::parse("xyzzy"), Failed);
+        // A word never written is an error (issue 14, item 3; this test asserted it was read as
+        // FAILED, which ends a ticket nobody ended and frees its account for a second unbind).
+        assert_eq!(TicketState::parse("xyzzy"), None);
+        let error = TicketState::read("xyzzy").unwrap_err().to_string();
+        assert!(error.contains("unknown ticket state"), "{error}");
     }
 }

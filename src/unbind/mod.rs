@@ -2,6 +2,7 @@
 //! one transaction, idempotent per key), reading tickets back, and — in `worker` — carrying each
 //! ticket to its app and back until it is final.
 
+pub mod lifecycle;
 pub mod metrics;
 pub mod notify;
 pub mod worker;

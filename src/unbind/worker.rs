@@ -30,6 +30,7 @@ use crate::{
     store::{Finished, Store, TicketRow, TicketState},
 };
 
+use super::lifecycle::{self, Call, Found, Step};
 use super::notify::{Outcome, OutcomeNotifier};
 
 /// Everything the worker needs.
@@ -198,13 +199,13 @@ impl Worker {
     async fn attempt(&self, ticket: &TicketRow) -> Decision {
         let now = self.clock.now_ms();
         let Some(app) = self.catalog.get(&ticket.app_id) else {
-            return give_up(ticket, "the app is no longer integrated", now);
+            return unsendable(ticket, "the app is no longer integrated", now);
         };
         let (Some(phone), Some(account_id)) = (
             self.open_sealed(&ticket.sealed_number),
             self.open_sealed(&ticket.sealed_account_id),
         ) else {
-            return give_up(
+            return unsendable(
                 ticket,
                 "the ticket cannot be read with this gateway's key",
                 now,
@@ -212,82 +213,87 @@ impl Worker {
         };
         // The app's circuit breaker, shared with look-ups: while it is open (the app keeps
         // failing or timing out) the ticket waits its backoff without adding to the app's load.
-        let Ok(permit) = app.breaker.try_acquire() else {
-            return retry(
-                &self.config,
-                ticket,
-                "the app is failing (circuit open); not called",
-                now,
-            );
-        };
-        let answer = match ticket.state {
-            TicketState::Accepted => self.poll_status(&app, ticket).await,
-            _ => self.send(&app, ticket, &phone, &account_id).await,
-        };
-        match &answer {
-            Err(status) if transient(status.code()) => permit.failure(),
-            // An answer, even a refusal, is an app at work.
-            _ => permit.success(),
-        }
-        match answer {
-            Ok(answer) => match AppState::try_from(answer.state).unwrap_or(AppState::Unspecified) {
-                AppState::Done => decide(
-                    ticket,
-                    TicketState::Completed,
-                    clip(&answer.detail, "unbound"),
-                    bounded_ref(answer.vendor_ref),
-                    now,
-                    "app: done",
-                ),
-                AppState::Accepted => {
-                    let next = now + self.config.status_poll_interval.as_millis() as i64;
-                    Decision {
-                        to: TicketState::Accepted,
-                        detail: clip(&answer.detail, "accepted by the app"),
-                        vendor_ref: pick(bounded_ref(answer.vendor_ref), &ticket.vendor_ref),
-                        next_attempt_at: next,
-                        cause: "app: accepted".into(),
-                    }
-                }
-                AppState::Rejected => decide(
-                    ticket,
-                    TicketState::Rejected,
-                    clip(&answer.detail, "refused by the app"),
-                    bounded_ref(answer.vendor_ref),
-                    now,
-                    "app: rejected",
-                ),
-                AppState::Unspecified => retry(
-                    &self.config,
-                    ticket,
-                    "the app answered without a state",
-                    now,
-                ),
-            },
-            Err(status)
-                if ticket.state == TicketState::Accepted && status.code() == Code::NotFound =>
-            {
-                // The app forgot the unbind it accepted: send it again, with the same key.
-                Decision {
-                    to: TicketState::Sent,
-                    detail: "the app lost track of the unbind; sending it again".into(),
-                    vendor_ref: String::new(),
-                    next_attempt_at: now,
-                    cause: "app: status not found".into(),
-                }
+        // Except for the final status check at the due date: one call, and the only way to learn
+        // whether the app has the ticket before it is given up.
+        let call = lifecycle::call(ticket.state, now, ticket.due_at);
+        let permit = match app.breaker.try_acquire() {
+            Ok(permit) => Some(permit),
+            Err(_) if now >= ticket.due_at => None,
+            Err(_) => {
+                let why = "the app is failing (circuit open); not called";
+                return self
+                    .decision(ticket, Found::NoAnswer, None, Some(why.into()), now)
+                    .await;
             }
-            Err(status) if transient(status.code()) => retry(
-                &self.config,
-                ticket,
-                &format!("app unreachable or failing ({:?})", status.code()),
-                now,
-            ),
-            Err(status) => give_up(
-                ticket,
-                &format!("the app refused the request ({:?})", status.code()),
-                self.clock.now_ms(),
-            ),
+        };
+        let answer = match call {
+            Call::Send => self.send(&app, ticket, &phone, &account_id).await,
+            Call::Status => self.poll_status(&app, ticket).await,
+        };
+        match (permit, &answer) {
+            (Some(permit), Err(status)) if transient(status.code()) => permit.failure(),
+            // An answer, even a refusal, is an app at work.
+            (Some(permit), _) => permit.success(),
+            (None, _) => {}
         }
+        let found = match &answer {
+            Ok(a) => match AppState::try_from(a.state).unwrap_or(AppState::Unspecified) {
+                AppState::Done => Found::Done,
+                AppState::Accepted => Found::Accepted,
+                AppState::Rejected => Found::Rejected,
+                AppState::Unspecified => Found::NoAnswer,
+            },
+            Err(status) if call == Call::Status && status.code() == Code::NotFound => {
+                Found::NotFound
+            }
+            Err(status) if transient(status.code()) => Found::NoAnswer,
+            Err(_) => Found::Refused,
+        };
+        // What the app's error was, for the holder and the operator.
+        let why = match &answer {
+            Err(status) if found == Found::NoAnswer => Some(format!(
+                "app unreachable or failing ({})",
+                crate::metrics::code_name(status.code())
+            )),
+            Err(status) if found == Found::Refused => Some(format!(
+                "the app refused the request ({})",
+                crate::metrics::code_name(status.code())
+            )),
+            _ => None,
+        };
+        self.decision(ticket, found, answer.ok(), why, now).await
+    }
+
+    /// What to record, from what the attempt found ([`lifecycle::next`]) and the app's answer.
+    async fn decision(
+        &self,
+        ticket: &TicketRow,
+        found: Found,
+        answer: Option<UnbindAccountResponse>,
+        why: Option<String>,
+        now: i64,
+    ) -> Decision {
+        // Counted only where it decides: an accepted ticket the app forgot.
+        let resends = if ticket.state == TicketState::Accepted && found == Found::NotFound {
+            match self.store.resends(&ticket.id).await {
+                Ok(n) => u32::try_from(n).unwrap_or(u32::MAX),
+                // Unknown: the bound is what is safe to assume.
+                Err(_) => lifecycle::MAX_RESENDS,
+            }
+        } else {
+            0
+        };
+        let step = lifecycle::next(ticket.state, found, now, ticket.due_at, resends);
+        let backoff = Backoff::new(self.config.retry_base, self.config.retry_max)
+            .retry(ticket.attempts, self.config.retry_jitter);
+        decide(
+            ticket,
+            &step,
+            (found, answer, why),
+            now,
+            backoff.as_millis() as i64,
+            self.config.status_poll_interval.as_millis() as i64,
+        )
     }
 
     async fn send(
@@ -365,44 +371,74 @@ impl Worker {
     }
 }
 
-/// An answer of the app: the ticket moves to `to`, keeping the vendor reference it had if the
-/// app sent none.
+/// What an attempt found: the finding, the app's answer if it gave one, and the app's error in
+/// words if it gave one of those.
+type Attempted = (Found, Option<UnbindAccountResponse>, Option<String>);
+
+/// The decision to record for `step`: the app's text where it answered (else the step's words,
+/// with the app's error when there was one), its reference if it sent one (else the one the
+/// ticket had; none after the app forgot the ticket), and when to look again.
 fn decide(
     ticket: &TicketRow,
-    to: TicketState,
-    detail: String,
-    vendor_ref: String,
+    step: &Step,
+    (found, answer, why): Attempted,
     now: i64,
-    cause: &str,
+    backoff_ms: i64,
+    poll_ms: i64,
 ) -> Decision {
+    let words = match why {
+        // Waiting: what went wrong this time.
+        Some(why) if step.to.is_open() => why,
+        // Ended: why it ended, and what went wrong last.
+        Some(why) => format!("{}: {why}", step.why),
+        None => step.why.to_owned(),
+    };
+    let (detail, vendor_ref) = match answer {
+        Some(a) if matches!(found, Found::Done | Found::Accepted | Found::Rejected) => (
+            clip(&a.detail, step.why),
+            pick(bounded_ref(a.vendor_ref), &ticket.vendor_ref),
+        ),
+        _ if step.to == TicketState::Sent && ticket.state == TicketState::Accepted => {
+            (words, String::new())
+        }
+        _ => (words, ticket.vendor_ref.clone()),
+    };
+    let cause = match (step.to.is_open(), found) {
+        (_, Found::Done | Found::Accepted | Found::Rejected) => {
+            format!("app: {}", found_word(found))
+        }
+        (true, _) => format!("retry: {}", step.why),
+        (false, _) => format!("failed: {}", step.why),
+    };
     Decision {
-        to,
+        to: step.to,
         detail,
-        vendor_ref: pick(vendor_ref, &ticket.vendor_ref),
-        next_attempt_at: now,
-        cause: cause.into(),
+        vendor_ref,
+        next_attempt_at: lifecycle::next_attempt_at(
+            step.then,
+            now,
+            ticket.due_at,
+            backoff_ms,
+            poll_ms,
+        ),
+        cause,
     }
 }
 
-/// A transient failure: try again later, unless the due date has passed (an accepted ticket
-/// keeps being polled: the app has it, it is only overdue).
-fn retry(config: &UnbindConfig, ticket: &TicketRow, why: &str, now: i64) -> Decision {
-    if now >= ticket.due_at && ticket.state != TicketState::Accepted {
-        return give_up(ticket, &format!("{why}; gave up at the due date"), now);
-    }
-    let delay = Backoff::new(config.retry_base, config.retry_max)
-        .retry(ticket.attempts, config.retry_jitter);
-    Decision {
-        to: ticket.state,
-        detail: why.to_owned(),
-        vendor_ref: ticket.vendor_ref.clone(),
-        next_attempt_at: now + delay.as_millis() as i64,
-        cause: format!("retry: {why}"),
+fn found_word(found: Found) -> &'static str {
+    match found {
+        Found::Done => "done",
+        Found::Accepted => "accepted",
+        Found::Rejected => "rejected",
+        Found::NotFound => "status not found",
+        Found::NoAnswer => "no answer",
+        Found::Refused => "refused",
     }
 }
 
-/// A permanent failure: the ticket is FAILED now.
-fn give_up(ticket: &TicketRow, why: &str, now: i64) -> Decision {
+/// A ticket that cannot be sent at all (its app left the catalog, or it cannot be read with this
+/// gateway's keys): FAILED now, for `why`.
+fn unsendable(ticket: &TicketRow, why: &str, now: i64) -> Decision {
     Decision {
         to: TicketState::Failed,
         detail: why.to_owned(),
@@ -449,8 +485,6 @@ fn pick(new: String, old: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
     use crate::store::UnbindReason;
 
@@ -476,42 +510,86 @@ mod tests {
         }
     }
 
-    fn config() -> UnbindConfig {
-        UnbindConfig {
-            retry_base: Duration::from_millis(500),
-            retry_max: Duration::from_secs(60),
-            retry_jitter: false,
-            ..UnbindConfig::default()
-        }
+    fn answer(state: AppState, detail: &str, vendor_ref: &str) -> Option<UnbindAccountResponse> {
+        Some(UnbindAccountResponse {
+            state: state as i32,
+            detail: detail.into(),
+            vendor_ref: vendor_ref.into(),
+        })
+    }
+
+    /// `decide` for what `found` leads to from `ticket` at `now`.
+    fn run(
+        ticket: &TicketRow,
+        found: Found,
+        answer: Option<UnbindAccountResponse>,
+        now: i64,
+    ) -> Decision {
+        let step = lifecycle::next(ticket.state, found, now, ticket.due_at, 0);
+        decide(ticket, &step, (found, answer, None), now, 2_000, 500)
     }
 
     #[test]
     fn a_transient_failure_is_retried_with_backoff_until_the_due_date() {
-        let c = config();
-        let d = retry(&c, &ticket(TicketState::Sent, 3, 10_000), "busy", 1_000);
+        let t = ticket(TicketState::Sent, 3, 10_000);
+        let d = run(&t, Found::NoAnswer, None, 1_000);
         assert_eq!(d.to, TicketState::Sent);
         assert_eq!(d.next_attempt_at, 1_000 + 2_000);
-        assert_eq!(
-            (d.detail.as_str(), d.cause.as_str()),
-            ("busy", "retry: busy")
-        );
+        assert_eq!(d.detail, "the app did not answer; sending again");
+        assert_eq!(d.cause, "retry: the app did not answer; sending again");
         assert_eq!(d.vendor_ref, "v-old");
-        // Due: given up, just before it: retried.
-        let d = retry(&c, &ticket(TicketState::Sent, 1, 10_000), "busy", 10_000);
-        assert_eq!(d.to, TicketState::Failed);
-        assert_eq!(d.detail, "busy; gave up at the due date");
+        // A wait that would pass the due date ends at it, for the final status check.
+        let d = run(&t, Found::NoAnswer, None, 9_000);
         assert_eq!(d.next_attempt_at, 10_000);
-        let d = retry(&c, &ticket(TicketState::Queued, 1, 10_000), "busy", 9_999);
-        assert_eq!(d.to, TicketState::Queued);
-        // An accepted ticket is overdue, not failed: the app has it; polled on.
-        let d = retry(
-            &c,
-            &ticket(TicketState::Accepted, 1, 10_000),
-            "busy",
-            20_000,
+        // At the due date (that attempt was the status check): FAILED.
+        let d = run(&t, Found::NoAnswer, None, 10_000);
+        assert_eq!(d.to, TicketState::Failed);
+        assert_eq!(
+            d.cause,
+            "failed: the app did not answer before the due date"
         );
-        assert_eq!(d.to, TicketState::Accepted);
-        assert_eq!(d.next_attempt_at, 20_500);
+        assert_eq!(d.next_attempt_at, 10_000);
+    }
+
+    /// Changed from the test this replaces, which asserted that an accepted ticket past its due
+    /// date is polled on for ever: that is the ticket that never ends (issue 14, item 3).
+    #[test]
+    fn an_accepted_ticket_is_polled_until_the_due_date_then_fails() {
+        let t = ticket(TicketState::Accepted, 1, 10_000);
+        let d = run(
+            &t,
+            Found::Accepted,
+            answer(AppState::Accepted, "", ""),
+            1_000,
+        );
+        assert_eq!((d.to, d.next_attempt_at), (TicketState::Accepted, 1_500));
+        assert_eq!(d.detail, "accepted by the app");
+        let d = run(
+            &t,
+            Found::Accepted,
+            answer(AppState::Accepted, "", ""),
+            10_000,
+        );
+        assert_eq!(d.to, TicketState::Failed);
+        assert_eq!(d.detail, "the app did not confirm in time");
+    }
+
+    #[test]
+    fn a_forgotten_ticket_is_sent_again_without_its_old_reference() {
+        let t = ticket(TicketState::Accepted, 1, 10_000);
+        let d = run(&t, Found::NotFound, None, 1_000);
+        assert_eq!((d.to, d.next_attempt_at), (TicketState::Sent, 1_000));
+        assert_eq!(d.vendor_ref, "");
+        let step = lifecycle::next(
+            t.state,
+            Found::NotFound,
+            1_000,
+            t.due_at,
+            lifecycle::MAX_RESENDS,
+        );
+        let d = decide(&t, &step, (Found::NotFound, None, None), 1_000, 2_000, 500);
+        assert_eq!(d.to, TicketState::Failed);
+        assert_eq!(d.vendor_ref, "v-old");
     }
 
     #[test]
@@ -528,39 +606,58 @@ mod tests {
     }
 
     #[test]
-    fn giving_up_fails_the_ticket_now() {
-        let d = give_up(&ticket(TicketState::Sent, 1, 0), "refused", 7);
+    fn a_ticket_that_cannot_be_sent_fails_now() {
+        let d = unsendable(&ticket(TicketState::Sent, 1, 0), "gone", 7);
         assert_eq!(d.to, TicketState::Failed);
         assert_eq!(
             (d.detail.as_str(), d.cause.as_str()),
-            ("refused", "failed: refused")
+            ("gone", "failed: gone")
         );
         assert_eq!((d.next_attempt_at, d.vendor_ref.as_str()), (7, "v-old"));
     }
 
     #[test]
     fn an_answer_keeps_the_old_vendor_ref_when_the_app_sends_none() {
-        let t = ticket(TicketState::Sent, 1, 0);
-        let d = decide(
-            &t,
-            TicketState::Completed,
-            "done".into(),
-            String::new(),
-            5,
-            "app: done",
-        );
+        let t = ticket(TicketState::Sent, 1, 10_000);
+        let d = run(&t, Found::Done, answer(AppState::Done, "done", ""), 5);
         assert_eq!(d.to, TicketState::Completed);
         assert_eq!((d.vendor_ref.as_str(), d.next_attempt_at), ("v-old", 5));
         assert_eq!((d.detail.as_str(), d.cause.as_str()), ("done", "app: done"));
-        let d = decide(
+        let d = run(
             &t,
-            TicketState::Accepted,
-            String::new(),
-            "v-new".into(),
+            Found::Accepted,
+            answer(AppState::Accepted, "", "v-new"),
             5,
-            "x",
         );
         assert_eq!(d.vendor_ref, "v-new");
+        assert_eq!(d.detail, "accepted by the app");
+        let d = run(&t, Found::Refused, None, 5);
+        assert_eq!(d.cause, "failed: the app refused the request");
+        // The app's error in words: alone while the ticket waits, after why it ended otherwise.
+        let step = lifecycle::next(t.state, Found::NoAnswer, 5, t.due_at, 0);
+        let why = Some("app unreachable or failing (UNAVAILABLE)".to_owned());
+        let d = decide(
+            &t,
+            &step,
+            (Found::NoAnswer, None, why.clone()),
+            5,
+            2_000,
+            500,
+        );
+        assert_eq!(d.detail, "app unreachable or failing (UNAVAILABLE)");
+        let step = lifecycle::next(t.state, Found::NoAnswer, t.due_at, t.due_at, 0);
+        let d = decide(
+            &t,
+            &step,
+            (Found::NoAnswer, None, why),
+            t.due_at,
+            2_000,
+            500,
+        );
+        assert_eq!(
+            d.detail,
+            "the app did not answer before the due date: app unreachable or failing (UNAVAILABLE)"
+        );
     }
 
     #[test]

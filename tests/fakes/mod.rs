@@ -205,10 +205,26 @@ pub struct UnbindCall {
     pub idempotency_key: String,
 }
 
+/// How the fake adapter answers unbinds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Unbinds {
+    /// `DONE` at once, and `DONE` to every status query.
+    #[default]
+    Done,
+    /// `ACCEPTED`, then `NOT_FOUND` to every status query: it forgets what it accepted.
+    AcceptThenForget,
+    /// `ACCEPTED`, and `ACCEPTED` to every status query: it never finishes.
+    AcceptForever,
+    /// Never answers `UnbindAccount` (the caller's deadline ends it); status queries: `NOT_FOUND`.
+    Silent,
+}
+
 #[derive(Clone, Default)]
 struct AdapterState {
     accounts: Arc<Mutex<Vec<FakeAccount>>>,
     unbinds: Arc<Mutex<Vec<UnbindCall>>>,
+    status_calls: Arc<Mutex<usize>>,
+    mode: Arc<Mutex<Unbinds>>,
 }
 
 /// A running fake adapter: answers every number with its accounts, unbinds at once.
@@ -232,6 +248,16 @@ impl FakeAdapter {
 
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Changes how unbinds are answered from now on.
+    pub fn set_unbinds(&self, mode: Unbinds) {
+        *self.state.mode.lock().unwrap() = mode;
+    }
+
+    /// `GetUnbindStatus` calls so far.
+    pub fn status_calls(&self) -> usize {
+        *self.state.status_calls.lock().unwrap()
     }
 
     /// Every unbind asked for so far.
@@ -279,8 +305,19 @@ impl AppAdapter for AdapterState {
             reason: r.reason,
             idempotency_key: r.idempotency_key.clone(),
         });
+        let mode = *self.mode.lock().unwrap();
+        let state = match mode {
+            Unbinds::Done => unbind_account_response::State::Done,
+            Unbinds::AcceptThenForget | Unbinds::AcceptForever => {
+                unbind_account_response::State::Accepted
+            }
+            Unbinds::Silent => {
+                std::future::pending::<()>().await;
+                unreachable!()
+            }
+        };
         Ok(Response::new(UnbindAccountResponse {
-            state: unbind_account_response::State::Done as i32,
+            state: state as i32,
             vendor_ref: r.idempotency_key,
             detail: String::new(),
         }))
@@ -291,8 +328,16 @@ impl AppAdapter for AdapterState {
         request: Request<GetUnbindStatusRequest>,
     ) -> Result<Response<UnbindAccountResponse>, Status> {
         let r = request.into_inner();
+        *self.status_calls.lock().unwrap() += 1;
+        let state = match *self.mode.lock().unwrap() {
+            Unbinds::Done => unbind_account_response::State::Done,
+            Unbinds::AcceptForever => unbind_account_response::State::Accepted,
+            Unbinds::AcceptThenForget | Unbinds::Silent => {
+                return Err(Status::not_found("no such unbind"));
+            }
+        };
         Ok(Response::new(UnbindAccountResponse {
-            state: unbind_account_response::State::Done as i32,
+            state: state as i32,
             vendor_ref: r.vendor_ref,
             detail: String::new(),
         }))

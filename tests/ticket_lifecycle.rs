@@ -1,0 +1,166 @@
+//! Every ticket ends (issue 14, item 3), driven end to end through a real adapter written outside
+//! the test kit (`tests/fakes`): an app that accepts and then forgets, one that accepts and never
+//! finishes, one that never answers a send. Each ticket ends `FAILED` by its due date (3 s here),
+//! after one final status check, having been sent only ever under its own id as idempotency key;
+//! and the account can then be unbound again.
+
+mod common;
+mod fakes;
+
+use std::time::Duration;
+
+use common::*;
+use fakes::{FakeAccount, FakeAdapter, Unbinds};
+use tonic::transport::Channel;
+use unbind_gateway::proto::{
+    GetUnbindTicketsRequest, ListLinkedAccountsRequest, UnbindRequest, UnbindTicket,
+    account_gateway_client::AccountGatewayClient, unbind_ticket::State,
+};
+
+type Client = AccountGatewayClient<Channel>;
+
+/// How long the app has to finish an unbind in these tests.
+const DUE_IN: Duration = Duration::from_secs(3);
+
+/// One app, the fake adapter answering unbinds as `mode` says; quick polls and retries.
+async fn rig(mode: Unbinds) -> (Harness, FakeAdapter) {
+    let mut h = Harness::start(Options {
+        apps: 1,
+        ..Options::default()
+    })
+    .await;
+    let adapter = FakeAdapter::start(vec![FakeAccount {
+        account_id: "acct-1".into(),
+        display_hint: "a***1".into(),
+        bound_at_ms: Some(1_600_000_000_000),
+    }])
+    .await;
+    adapter.set_unbinds(mode);
+    let c = &mut h.stack.config;
+    c.apps[0].endpoint = adapter.endpoint();
+    c.apps[0].id = "app-fake".into();
+    c.apps[0].timeout = Some(Duration::from_millis(300));
+    c.apps[0].unbind_deadline = Some(DUE_IN);
+    c.unbind.poll_interval = Duration::from_millis(20);
+    c.unbind.status_poll_interval = Duration::from_millis(100);
+    c.unbind.retry_base = Duration::from_millis(100);
+    c.unbind.retry_max = Duration::from_millis(400);
+    h.restart_gateway().await;
+    (h, adapter)
+}
+
+/// Verifies, lists and unbinds the one account; the ticket and the session.
+async fn unbind(h: &Harness, c: &mut Client, key: &str) -> (UnbindTicket, String) {
+    let token = h.session().await;
+    let accounts = c
+        .list_linked_accounts(ListLinkedAccountsRequest {
+            session_token: token.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .accounts;
+    let account = accounts
+        .iter()
+        .find(|a| a.app_id == "app-fake")
+        .expect("the fake app's account");
+    let ticket = c
+        .unbind(UnbindRequest {
+            session_token: token.clone(),
+            account_refs: vec![account.account_ref.clone()],
+            idempotency_key: key.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .tickets
+        .remove(0);
+    (ticket, token)
+}
+
+/// Polls the ticket until it leaves the open states; panics if it is still open 10 s after its
+/// due date.
+async fn final_state(c: &mut Client, token: &str, id: &str) -> UnbindTicket {
+    let deadline = tokio::time::Instant::now() + DUE_IN + Duration::from_secs(10);
+    loop {
+        let ticket = c
+            .get_unbind_tickets(GetUnbindTicketsRequest {
+                session_token: token.into(),
+                ticket_ids: vec![id.into()],
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .tickets
+            .remove(0);
+        if !matches!(
+            ticket.state(),
+            State::Queued | State::Sent | State::Accepted
+        ) {
+            return ticket;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still {:?} 10 s past its due date: {ticket:?}",
+            ticket.state()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The issue's reproduction: ACCEPTED, then NOT_FOUND to every status query. On main the ticket
+/// went back and forth between SENT and ACCEPTED for ever, past its due date, and the account
+/// could never be unbound again.
+#[tokio::test]
+async fn an_app_that_accepts_then_forgets_ends_failed_after_bounded_resends() {
+    let (h, adapter) = rig(Unbinds::AcceptThenForget).await;
+    let mut c = h.client().await;
+    let (ticket, token) = unbind(&h, &mut c, "k-1").await;
+    let end = final_state(&mut c, &token, &ticket.ticket_id).await;
+    assert_eq!(end.state(), State::Failed, "{end:?}");
+    assert!(end.detail.contains("lost track"), "{:?}", end.detail);
+    let sends = adapter.unbinds();
+    assert!(sends.len() <= 4, "{} sends: bounded re-sends", sends.len());
+    assert!(sends.iter().all(|s| s.idempotency_key == ticket.ticket_id));
+
+    // The account is free again: a new request opens a new ticket.
+    adapter.set_unbinds(Unbinds::Done);
+    let (again, token) = unbind(&h, &mut c, "k-2").await;
+    assert_ne!(again.ticket_id, ticket.ticket_id);
+    let end = final_state(&mut c, &token, &again.ticket_id).await;
+    assert_eq!(end.state(), State::Completed);
+    h.stop().await;
+}
+
+/// ACCEPTED for ever: polled until the due date, one final status check, then FAILED.
+#[tokio::test]
+async fn an_app_that_never_confirms_ends_failed_at_the_due_date() {
+    let (h, adapter) = rig(Unbinds::AcceptForever).await;
+    let mut c = h.client().await;
+    let (ticket, token) = unbind(&h, &mut c, "k-1").await;
+    let end = final_state(&mut c, &token, &ticket.ticket_id).await;
+    assert_eq!(end.state(), State::Failed, "{end:?}");
+    assert!(end.detail.contains("did not confirm"), "{:?}", end.detail);
+    assert!(end.updated_at.unwrap().seconds >= end.due_at.unwrap().seconds);
+    assert!(adapter.status_calls() >= 1);
+    assert_eq!(adapter.unbinds().len(), 1, "sent once, then only asked");
+    h.stop().await;
+}
+
+/// A send that never gets an answer: retried under the same key until the due date, then one
+/// status check (so a holder's retry does not reach the app under a second key while the first
+/// may be in its hands), then FAILED.
+#[tokio::test]
+async fn an_unanswered_send_gets_a_final_status_check_before_failing() {
+    let (h, adapter) = rig(Unbinds::Silent).await;
+    let mut c = h.client().await;
+    let (ticket, token) = unbind(&h, &mut c, "k-1").await;
+    let end = final_state(&mut c, &token, &ticket.ticket_id).await;
+    assert_eq!(end.state(), State::Failed, "{end:?}");
+    assert!(adapter.status_calls() >= 1, "a final status check");
+    let sends = adapter.unbinds();
+    assert!(!sends.is_empty());
+    assert!(sends.iter().all(|s| s.idempotency_key == ticket.ticket_id));
+    h.stop().await;
+}

@@ -291,6 +291,14 @@ pub struct LimitsConfig {
     /// Requests handled at once by this replica; beyond it new requests are refused at once
     /// with `UNAVAILABLE` (load shedding) rather than queued.
     pub max_in_flight: usize,
+    /// Requests handled at once for one tenant (by its client certificate; callers without one
+    /// share one allowance); beyond it its requests are refused at once with
+    /// `RESOURCE_EXHAUSTED`, and other tenants are unaffected. At most `max_in_flight` applies.
+    pub max_in_flight_per_tenant: usize,
+    /// Longest wait for a request body (a unary call's whole body, or the next message of a
+    /// client stream); a caller that stalls longer has its request ended.
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
     /// Concurrent requests (HTTP/2 streams) per client connection.
     pub max_streams_per_connection: u32,
     /// On shutdown, how long in-flight requests get to finish before their connections are cut.
@@ -586,6 +594,8 @@ impl Default for LimitsConfig {
             max_response_bytes: 4_000_000,
             max_app_ids: 2_000,
             max_in_flight: 512,
+            max_in_flight_per_tenant: 128,
+            body_timeout: Duration::from_secs(10),
             max_streams_per_connection: 256,
             drain_timeout: Duration::from_secs(30),
         }
@@ -760,6 +770,10 @@ impl Config {
                 "`limits.max_in_flight` and `limits.max_streams_per_connection` must be at least 1"
             );
         }
+        if self.limits.max_in_flight_per_tenant == 0 {
+            bail!("`limits.max_in_flight_per_tenant` must be at least 1");
+        }
+        check_nonzero(self.limits.body_timeout, "limits.body_timeout")?;
         let b = &self.breaker;
         if b.consecutive_failures == 0 || b.min_calls == 0 {
             bail!("`breaker.consecutive_failures` and `breaker.min_calls` must be at least 1");
@@ -1220,6 +1234,26 @@ mod tests {
             (
                 "response bytes under 64 KiB",
                 |c| c.limits.max_response_bytes = 64 * 1024 - 1,
+                false,
+            ),
+            (
+                "per-tenant in flight 0",
+                |c| c.limits.max_in_flight_per_tenant = 0,
+                false,
+            ),
+            (
+                "per-tenant in flight = max in flight",
+                |c| c.limits.max_in_flight_per_tenant = c.limits.max_in_flight,
+                true,
+            ),
+            (
+                "per-tenant in flight > max in flight (the lower applies)",
+                |c| c.limits.max_in_flight_per_tenant = c.limits.max_in_flight + 1,
+                true,
+            ),
+            (
+                "body timeout 0",
+                |c| c.limits.body_timeout = Duration::ZERO,
                 false,
             ),
             ("max accounts 0", |c| c.app_defaults.max_accounts = 0, false),

@@ -12,8 +12,13 @@ use tonic::transport::{Server, server::TcpIncoming};
 
 use crate::{
     api::{
-        GatewayService, correlator::CorrelatorLayer, edge::Edge, metrics::ApiMetrics,
-        push::PushService, shed::ShedLayer, tenant::Tenants,
+        GatewayService,
+        correlator::CorrelatorLayer,
+        edge::Edge,
+        metrics::ApiMetrics,
+        push::PushService,
+        shed::{Bounds, ShedLayer},
+        tenant::Tenants,
     },
     clock::Clock,
     config::Config,
@@ -198,7 +203,11 @@ pub async fn serve(
         .max_concurrent_streams(gateway.config.limits.max_streams_per_connection)
         .layer(CorrelatorLayer)
         .layer(ShedLayer::new(
-            gateway.config.limits.max_in_flight,
+            Bounds {
+                max_in_flight: gateway.config.limits.max_in_flight,
+                per_tenant: gateway.config.limits.max_in_flight_per_tenant,
+                body_timeout: gateway.config.limits.body_timeout,
+            },
             ApiMetrics::register(&gateway.metrics),
         ))
         .add_service(health_service)

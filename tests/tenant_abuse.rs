@@ -551,3 +551,109 @@ async fn another_tenants_open_ticket_is_reported_without_its_details() {
     assert!(read[0].detail.contains("under way"), "{:?}", read[0].detail);
     rig.h.stop().await;
 }
+
+/// A request body that never comes: the headers of a call, then nothing.
+struct Stalled;
+
+impl http_body::Body for Stalled {
+    type Data = tonic::codegen::Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::task::Poll::Pending
+    }
+}
+
+/// Sends a `ListLinkedAccounts` whose body never comes; resolves to the grpc-status it ends with.
+async fn stalled_call(channel: Channel) -> i32 {
+    use tower::ServiceExt;
+    let request = http::Request::builder()
+        .method("POST")
+        .uri("https://localhost/unbind.v1.AccountGateway/ListLinkedAccounts")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(tonic::body::Body::new(Stalled))
+        .unwrap();
+    let response = channel.oneshot(request).await.expect("an answer");
+    let headers = response.headers().clone();
+    let status = |h: &http::HeaderMap| {
+        h.get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+    };
+    if let Some(code) = status(&headers) {
+        return code;
+    }
+    let mut body = response.into_body();
+    loop {
+        match std::future::poll_fn(|cx| {
+            http_body::Body::poll_frame(std::pin::Pin::new(&mut body), cx)
+        })
+        .await
+        {
+            Some(Ok(frame)) => {
+                if let Some(code) = frame.trailers_ref().and_then(status) {
+                    return code;
+                }
+            }
+            _ => return -1,
+        }
+    }
+}
+
+/// One tenant holding 600 stalled streams (issue 14, item 5). On main each took one of the
+/// replica's 512 permits at its headers and kept it, with no body timeout, so every other
+/// tenant's requests were shed (UNAVAILABLE). Now the tenant holds at most its own allowance
+/// (the rest are answered RESOURCE_EXHAUSTED at once), another tenant's look-ups answer
+/// meanwhile, and the stalled calls end after `limits.body_timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_holding_stalled_streams_cannot_starve_another() {
+    use unbind_gateway::proto::ListLinkedAccountsRequest;
+    let mut rig = Rig::start().await;
+    rig.h.stack.config.limits.body_timeout = std::time::Duration::from_secs(4);
+    rig.h.restart_gateway().await;
+    // Three connections (each carries at most 256 streams), 200 stalled calls on each.
+    let mut stalled = tokio::task::JoinSet::new();
+    for _ in 0..3 {
+        let channel = rig.channel("portal-a").await;
+        for _ in 0..200 {
+            stalled.spawn(stalled_call(channel.clone()));
+        }
+    }
+    // The calls over the tenant's allowance are refused at once, while the rest stall.
+    let limit = rig.h.stack.config.limits.max_in_flight_per_tenant;
+    let mut refused = 0;
+    while refused < 600 - limit {
+        let code = tokio::time::timeout(std::time::Duration::from_secs(10), stalled.join_next())
+            .await
+            .expect("the calls over the allowance are answered at once")
+            .expect("a call")
+            .expect("the call ran");
+        assert_eq!(code, Code::ResourceExhausted as i32);
+        refused += 1;
+    }
+    // Meanwhile another tenant verifies and looks up as if nothing were happening.
+    let mut b = rig.client("portal-b").await;
+    let v = start_with(&mut b, PHONE, ID_LAST_SIX).await.unwrap();
+    let code = rig.h.wait_for_code(PHONE, 1).await;
+    let token = complete_with(&mut b, &v, &code).await.unwrap();
+    let listed = b
+        .list_linked_accounts(ListLinkedAccountsRequest {
+            session_token: token,
+            ..Default::default()
+        })
+        .await
+        .expect("another tenant's look-up answers");
+    assert!(listed.into_inner().app_results.len() == 2);
+    // The stalled calls end by themselves after the body timeout, giving their permits back.
+    while let Some(code) = stalled.join_next().await {
+        let code = code.unwrap();
+        assert_ne!(code, Code::Ok as i32, "a stalled call never answers OK");
+    }
+    let mut a = rig.client("portal-a").await;
+    assert!(start_with(&mut a, OTHER_PHONE, OTHER_ID).await.is_ok());
+    rig.h.stop().await;
+}

@@ -9,6 +9,15 @@
 //! The same guard counts the request in `unbind_requests_total{method, code}` with the status it
 //! ended with (from the headers of a trailers-only answer, else from the trailers), and its
 //! duration to the end of the response.
+//!
+//! Callers cannot starve each other (issue 14, item 5):
+//! - each tenant (the name its client certificate carries; callers without one share one
+//!   allowance) holds at most `limits.max_in_flight_per_tenant` of the permits: past it, its
+//!   requests are answered `RESOURCE_EXHAUSTED` at once and every other tenant is unaffected;
+//! - a request body that stalls (nothing for `limits.body_timeout`: a unary call's whole body, or
+//!   the gap between messages of a client stream) ends the request, so a caller that sends
+//!   headers and nothing more gives its permits back;
+//! - `limits.max_streams_per_connection` caps one connection's streams (set on the server).
 
 use std::{
     future::Future,
@@ -22,7 +31,7 @@ use http::{HeaderMap, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use tokio::{
     sync::{OwnedSemaphorePermit, Semaphore},
-    time::Instant,
+    time::{Instant, Sleep},
 };
 use tower::{Layer, Service};
 
@@ -32,18 +41,49 @@ use super::metrics::ApiMetrics;
 /// How long a shed caller is told to wait before retrying.
 const RETRY_AFTER: Duration = Duration::from_millis(200);
 
+/// What bounds the requests in flight.
+#[derive(Clone, Copy, Debug)]
+pub struct Bounds {
+    /// Requests at once, in all.
+    pub max_in_flight: usize,
+    /// Requests at once, per tenant.
+    pub per_tenant: usize,
+    /// Longest wait for the next part of a request body.
+    pub body_timeout: Duration,
+}
+
+/// Each tenant's own permits, by the name its certificate carries ("" without one).
+#[derive(Default)]
+struct TenantPermits {
+    by_name: std::sync::Mutex<std::collections::HashMap<String, Arc<Semaphore>>>,
+}
+
+impl TenantPermits {
+    fn of(&self, name: &str, per_tenant: usize) -> Arc<Semaphore> {
+        let mut map = self.by_name.lock().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(
+            map.entry(name.to_owned())
+                .or_insert_with(|| Arc::new(Semaphore::new(per_tenant))),
+        )
+    }
+}
+
 /// Adds [`Shed`] around a service.
 #[derive(Clone)]
 pub struct ShedLayer {
     permits: Arc<Semaphore>,
+    tenants: Arc<TenantPermits>,
+    bounds: Bounds,
     metrics: ApiMetrics,
 }
 
 impl ShedLayer {
-    /// At most `max_in_flight` requests at once.
-    pub fn new(max_in_flight: usize, metrics: ApiMetrics) -> Self {
+    /// At most `bounds.max_in_flight` requests at once, `bounds.per_tenant` of one tenant.
+    pub fn new(bounds: Bounds, metrics: ApiMetrics) -> Self {
         Self {
-            permits: Arc::new(Semaphore::new(max_in_flight)),
+            permits: Arc::new(Semaphore::new(bounds.max_in_flight)),
+            tenants: Arc::default(),
+            bounds,
             metrics,
         }
     }
@@ -55,6 +95,8 @@ impl<S> Layer<S> for ShedLayer {
         Shed {
             inner,
             permits: Arc::clone(&self.permits),
+            tenants: Arc::clone(&self.tenants),
+            bounds: self.bounds,
             metrics: self.metrics.clone(),
         }
     }
@@ -65,7 +107,32 @@ impl<S> Layer<S> for ShedLayer {
 pub struct Shed<S> {
     inner: S,
     permits: Arc<Semaphore>,
+    tenants: Arc<TenantPermits>,
+    bounds: Bounds,
     metrics: ApiMetrics,
+}
+
+/// The tenant name the caller's client certificate carries, "" without one.
+fn tenant_name<B>(request: &Request<B>) -> String {
+    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+    request
+        .extensions()
+        .get::<TlsConnectInfo<TcpConnectInfo>>()
+        .and_then(|info| info.peer_certs())
+        .and_then(|certs| {
+            certs
+                .first()
+                .and_then(|c| super::tenant::tenant_of_certificate(c))
+        })
+        .unwrap_or_default()
+}
+
+/// An answer at once, without calling the service.
+fn refuse<RB: Default>(error: ApiError) -> Response<GuardedBody<RB>> {
+    error
+        .to_status()
+        .into_http::<RB>()
+        .map(|inner| GuardedBody { inner, guard: None })
 }
 
 /// Paths never shed nor counted: health checks and reflection.
@@ -73,9 +140,9 @@ fn exempt(path: &str) -> bool {
     path.starts_with("/grpc.health.") || path.starts_with("/grpc.reflection.")
 }
 
-impl<S, B, RB> Service<Request<B>> for Shed<S>
+impl<S, RB> Service<Request<tonic::body::Body>> for Shed<S>
 where
-    S: Service<Request<B>, Response = Response<RB>> + Send,
+    S: Service<Request<tonic::body::Body>, Response = Response<RB>> + Send,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
     RB: Default + Send + 'static,
@@ -88,7 +155,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request<B>) -> Self::Future {
+    fn call(&mut self, request: Request<tonic::body::Body>) -> Self::Future {
         let path = request.uri().path();
         if exempt(path) {
             let future = self.inner.call(request);
@@ -102,16 +169,26 @@ where
         let Ok(permit) = Arc::clone(&self.permits).try_acquire_owned() else {
             self.metrics.shed();
             self.metrics.request(method, tonic::Code::Unavailable, 0.0);
-            let response = ApiError::Overloaded {
+            return Box::pin(std::future::ready(Ok(refuse(ApiError::Overloaded {
                 retry_after: RETRY_AFTER,
-            }
-            .to_status()
-            .into_http::<RB>();
-            return Box::pin(std::future::ready(Ok(
-                response.map(|inner| GuardedBody { inner, guard: None })
-            )));
+            }))));
         };
-        let mut guard = Guard::new(permit, self.metrics.clone(), method);
+        // Then the tenant's own allowance: a tenant at it gives the permit back at once, so it
+        // holds no more than its share however many requests it sends.
+        let tenant = self
+            .tenants
+            .of(&tenant_name(&request), self.bounds.per_tenant);
+        let Ok(tenant_permit) = tenant.try_acquire_owned() else {
+            drop(permit);
+            self.metrics
+                .request(method, tonic::Code::ResourceExhausted, 0.0);
+            return Box::pin(std::future::ready(Ok(refuse(ApiError::RateLimited {
+                retry_after: RETRY_AFTER,
+            }))));
+        };
+        let mut guard = Guard::new([permit, tenant_permit], self.metrics.clone(), method);
+        let timeout = self.bounds.body_timeout;
+        let request = request.map(|body| tonic::body::Body::new(StallLimit::new(body, timeout)));
         let future = self.inner.call(request);
         Box::pin(async move {
             let response = future.await?;
@@ -126,7 +203,7 @@ where
 
 /// One admitted request: its permit, and what the metrics need when it ends.
 pub struct Guard {
-    _permit: OwnedSemaphorePermit,
+    _permits: [OwnedSemaphorePermit; 2],
     metrics: ApiMetrics,
     method: String,
     started: Instant,
@@ -134,10 +211,10 @@ pub struct Guard {
 }
 
 impl Guard {
-    fn new(permit: OwnedSemaphorePermit, metrics: ApiMetrics, method: String) -> Self {
+    fn new(permits: [OwnedSemaphorePermit; 2], metrics: ApiMetrics, method: String) -> Self {
         metrics.in_flight().inc();
         Self {
-            _permit: permit,
+            _permits: permits,
             metrics,
             method,
             started: Instant::now(),
@@ -196,6 +273,58 @@ impl<B: Body + Unpin> Body for GuardedBody<B> {
             this.guard = None;
         }
         frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A request body that ends in an error when nothing of it arrives for `timeout` (from the start,
+/// then from each part), so a caller that stalls cannot hold its request open.
+struct StallLimit {
+    inner: tonic::body::Body,
+    timeout: Duration,
+    sleep: Pin<Box<Sleep>>,
+}
+
+impl StallLimit {
+    fn new(inner: tonic::body::Body, timeout: Duration) -> Self {
+        Self {
+            inner,
+            timeout,
+            sleep: Box::pin(tokio::time::sleep(timeout)),
+        }
+    }
+}
+
+impl Body for StallLimit {
+    type Data = <tonic::body::Body as Body>::Data;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(frame)) => {
+                let next = Instant::now() + this.timeout;
+                this.sleep.as_mut().reset(next);
+                Poll::Ready(Some(frame))
+            }
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => match this.sleep.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(tonic::Status::cancelled(
+                    "the request body stalled: nothing arrived within limits.body_timeout",
+                )))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
     }
 
     fn is_end_stream(&self) -> bool {

@@ -116,6 +116,7 @@ async fn the_store_holds_no_raw_number_id_characters_or_code() {
                 nanos: 0,
             }),
         }],
+        ..Default::default()
     }]))
     .await
     .unwrap();

@@ -91,12 +91,15 @@ async fn push_scenario(store_url: Option<String>) {
     let messages = vec![
         SubmitRecycledNumbersRequest {
             numbers: numbers(0..1200),
+            ..Default::default()
         },
         SubmitRecycledNumbersRequest {
             numbers: numbers(1200..2000),
+            ..Default::default()
         },
         SubmitRecycledNumbersRequest {
             numbers: numbers(2000..2500),
+            ..Default::default()
         },
     ];
     let answer = push
@@ -202,6 +205,7 @@ async fn push_scenario(store_url: Option<String>) {
             recycled("+8613700000007", REISSUED + day, REISSUED + 10 * day),
             recycled("+8613700000008", CANCELLED - 2 * day, CANCELLED - day),
         ],
+        ..Default::default()
     }]))
     .await
     .unwrap();
@@ -253,6 +257,7 @@ async fn bad_pushes_are_refused_and_store_nothing() {
         let err = push
             .submit_recycled_numbers(futures::stream::iter(vec![SubmitRecycledNumbersRequest {
                 numbers,
+                ..Default::default()
             }]))
             .await
             .unwrap_err();
@@ -305,5 +310,101 @@ async fn bad_pushes_are_refused_and_store_nothing() {
         assert_eq!(rows, 0, "{table}");
     }
     db.close().await;
+    h.stop().await;
+}
+
+/// A carrier that lost the answer sends its push again under the same submission key (issue 14,
+/// item 7). On main every resend made a second submission and every app got the numbers twice.
+/// Now the resend is answered with the first submission and nothing more is stored or
+/// delivered; the same key with other numbers is refused.
+#[tokio::test]
+async fn a_push_sent_again_under_its_key_is_delivered_once() {
+    push_key_scenario(None).await;
+}
+
+#[tokio::test]
+#[cfg_attr(no_database, ignore = "needs DATABASE_URL")]
+async fn a_push_sent_again_under_its_key_is_delivered_once_on_postgres() {
+    let url = fresh_postgres_database().await;
+    push_key_scenario(Some(url)).await;
+}
+
+async fn push_key_scenario(store_url: Option<String>) {
+    let h = Harness::start(Options {
+        apps: 2,
+        store_url,
+        tweak: |c| c.unbind.poll_interval = Duration::from_millis(20),
+        ..Options::default()
+    })
+    .await;
+    let mut push = CarrierPushClient::connect(h.endpoint()).await.unwrap();
+    let sender = push.clone();
+    let send = |key: &str, range: std::ops::Range<usize>| {
+        let mut push = sender.clone();
+        let messages = vec![
+            SubmitRecycledNumbersRequest {
+                numbers: numbers(range.start..range.start + 10),
+                submission_key: key.into(),
+            },
+            SubmitRecycledNumbersRequest {
+                numbers: numbers(range.start + 10..range.end),
+                ..Default::default()
+            },
+        ];
+        async move {
+            push.submit_recycled_numbers(futures::stream::iter(messages))
+                .await
+        }
+    };
+    let first = send("carrier-2026-12-02-1", 0..50)
+        .await
+        .unwrap()
+        .into_inner();
+    wait_delivered(&mut push, &first.submission_id, 2, 50).await;
+    // The same push again (the answer was lost): the same submission, nothing new.
+    let again = send("carrier-2026-12-02-1", 0..50)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.submission_id, first.submission_id);
+    assert_eq!(again.accepted, 50);
+    // Other numbers under the same key: refused, nothing stored.
+    let err = send("carrier-2026-12-02-1", 0..51).await.unwrap_err();
+    assert_error(&err, Code::AlreadyExists, "IDEMPOTENCY_KEY_REUSED");
+    // Another key: another submission.
+    let other = send("carrier-2026-12-02-2", 0..50)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_ne!(other.submission_id, first.submission_id);
+    wait_delivered(&mut push, &other.submission_id, 2, 50).await;
+    for app in h.simulator.apps() {
+        let batches = h.simulator.stats(&app.id).notified_batches;
+        let of_first = batches
+            .iter()
+            .filter(|b| b.starts_with(&first.submission_id))
+            .count();
+        assert_eq!(of_first, 1, "{}: {batches:?}", app.id);
+        assert_eq!(batches.len(), 2, "{}: {batches:?}", app.id);
+    }
+    // A key too long, or one that changes after the first message: the field is named.
+    let err = send(&"k".repeat(129), 100..120).await.unwrap_err();
+    assert_error(&err, Code::InvalidArgument, "INVALID_FIELD");
+    assert_eq!(bad_fields(&err), ["submission_key"]);
+    let changed = vec![
+        SubmitRecycledNumbersRequest {
+            numbers: numbers(200..210),
+            submission_key: "a".into(),
+        },
+        SubmitRecycledNumbersRequest {
+            numbers: numbers(210..220),
+            submission_key: "b".into(),
+        },
+    ];
+    let err = push
+        .submit_recycled_numbers(futures::stream::iter(changed))
+        .await
+        .unwrap_err();
+    assert_eq!(bad_fields(&err), ["submission_key"]);
     h.stop().await;
 }

@@ -113,6 +113,7 @@ async fn kill_mid_push_and_mid_delivery(store_url: Option<String>) {
     for chunk in first.chunks(100) {
         tx.send(SubmitRecycledNumbersRequest {
             numbers: chunk.to_vec(),
+            ..Default::default()
         })
         .await
         .expect("the gateway reads the stream");
@@ -141,6 +142,7 @@ async fn kill_mid_push_and_mid_delivery(store_url: Option<String>) {
                 .chunks(1_000)
                 .map(|c| SubmitRecycledNumbersRequest {
                     numbers: c.to_vec(),
+                    ..Default::default()
                 })
                 .collect::<Vec<_>>(),
         ))

@@ -267,6 +267,7 @@ async fn only_carriers_push_and_only_apps_and_carriers_check_numbers() {
                     nanos: 0,
                 }),
             }],
+            ..Default::default()
         }])
     };
     let check = CheckNumberRecycledRequest {

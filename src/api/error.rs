@@ -200,6 +200,7 @@ impl From<PushError> for ApiError {
     fn from(e: PushError) -> Self {
         match e {
             PushError::Store(e) => Self::store(e),
+            PushError::KeyReused => Self::IdempotencyKeyReused,
         }
     }
 }

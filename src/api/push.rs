@@ -22,7 +22,7 @@ use crate::{
         carrier_push_server::CarrierPush, get_submission_response::AppDelivery,
         number_status_server::NumberStatus,
     },
-    push::{MAX_NUMBERS, Recycled},
+    push::{MAX_NUMBERS, MAX_SUBMISSION_KEY_LEN, Recycled},
 };
 
 /// Both services; cheap to clone.
@@ -79,7 +79,32 @@ impl PushService {
         mut stream: Streaming<SubmitRecycledNumbersRequest>,
     ) -> Result<SubmitRecycledNumbersResponse, Status> {
         let mut numbers = Vec::new();
+        let mut key: Option<String> = None;
+        let mut first = true;
         while let Some(message) = stream.message().await? {
+            // The key comes with the first message; a later message may repeat it, never change it.
+            let sent = message.submission_key.trim();
+            if first {
+                first = false;
+                if !sent.is_empty() {
+                    if sent.len() > MAX_SUBMISSION_KEY_LEN
+                        || !sent.bytes().all(|b| b.is_ascii_graphic())
+                    {
+                        return Err(ApiError::field(
+                            "submission_key",
+                            format!("at most {MAX_SUBMISSION_KEY_LEN} printable ASCII characters"),
+                        )
+                        .into());
+                    }
+                    key = Some(sent.to_owned());
+                }
+            } else if !sent.is_empty() && Some(sent) != key.as_deref() {
+                return Err(ApiError::field(
+                    "submission_key",
+                    "set in the first message only (a later message may repeat it)",
+                )
+                .into());
+            }
             for n in message.numbers {
                 let i = numbers.len();
                 if i >= MAX_NUMBERS {
@@ -119,14 +144,24 @@ impl PushService {
         if numbers.is_empty() {
             return Err(ApiError::field("numbers", "at least one number is required").into());
         }
-        let id = self.gateway.pusher.submit(&tenant.name, &numbers).await?;
+        let submitted = self
+            .gateway
+            .pusher
+            .submit(&tenant.name, key.as_deref(), &numbers)
+            .await?;
         let apps = self.gateway.catalog.snapshot().enabled().count();
+        let id = submitted.id;
+        let outcome = if submitted.replayed {
+            format!("{} numbers: sent again, answered with {id}", numbers.len())
+        } else {
+            format!("{} numbers stored as {id}", numbers.len())
+        };
         self.audit(
             tenant,
             "",
             AuditAction::Push,
             format!("{apps} apps"),
-            format!("{} numbers stored as {id}", numbers.len()),
+            outcome,
             correlator,
         );
         Ok(SubmitRecycledNumbersResponse {

@@ -12,11 +12,14 @@ use crate::{
     domain::E164,
     fanout::Catalog,
     security::{Keys, Purpose, random_id},
-    store::{AppProgress, PushedNumber, Store},
+    store::{AppProgress, PushedNumber, Store, SubmitOutcome},
 };
 
 /// Numbers per `NotifyNumbersRecycled` call.
 pub const BATCH_SIZE: usize = 1_000;
+
+/// The longest submission key a carrier may send.
+pub const MAX_SUBMISSION_KEY_LEN: usize = 128;
 
 /// Most numbers in one submission.
 pub const MAX_NUMBERS: usize = 1_000_000;
@@ -26,6 +29,32 @@ pub const MAX_NUMBERS: usize = 1_000_000;
 pub enum PushError {
     #[error("store: {0}")]
     Store(#[from] sqlx::Error),
+    /// The submission key came before with other numbers.
+    #[error("submission key reused with other content")]
+    KeyReused,
+}
+
+/// A submission as stored, or as first stored when the carrier sent it again under its key.
+pub struct Submitted {
+    pub id: String,
+    pub replayed: bool,
+}
+
+/// What a push holds, for comparing a resent push with the first: a digest of each number's
+/// keyed hash and dates, in order (the raw numbers never enter it).
+fn fingerprint(numbers: &[PushedNumber]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    for n in numbers {
+        hasher.update(n.number_hash.as_bytes());
+        hasher.update(n.cancelled_at.to_be_bytes());
+        hasher.update(n.reissued_at.to_be_bytes());
+    }
+    hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// One number as a carrier sends it, validated.
@@ -56,7 +85,12 @@ impl Pusher {
     }
 
     /// Stores a submission and its deliveries (one per enabled app and batch); returns its id.
-    pub async fn submit(&self, tenant: &str, numbers: &[Recycled]) -> Result<String, PushError> {
+    pub async fn submit(
+        &self,
+        tenant: &str,
+        key: Option<&str>,
+        numbers: &[Recycled],
+    ) -> Result<Submitted, PushError> {
         let id = random_id("sub");
         let pushed: Vec<PushedNumber> = numbers
             .iter()
@@ -75,12 +109,38 @@ impl Pusher {
             .enabled()
             .map(|a| a.id.to_string())
             .collect();
-        self.store
-            .create_submission(&id, tenant, &pushed, &apps, BATCH_SIZE, self.clock.now_ms())
+        let fingerprint = key.map(|_| fingerprint(&pushed));
+        let key = key.zip(fingerprint.as_deref());
+        let outcome = self
+            .store
+            .create_submission(
+                &id,
+                tenant,
+                key,
+                &pushed,
+                &apps,
+                BATCH_SIZE,
+                self.clock.now_ms(),
+            )
             .await?;
-        tracing::info!(submission = %id, numbers = numbers.len(), apps = apps.len(), "recycled numbers stored");
-        self.wake.notify_one();
-        Ok(id)
+        match outcome {
+            SubmitOutcome::Created => {
+                tracing::info!(submission = %id, numbers = numbers.len(), apps = apps.len(), "recycled numbers stored");
+                self.wake.notify_one();
+                Ok(Submitted {
+                    id,
+                    replayed: false,
+                })
+            }
+            SubmitOutcome::Replayed(first) => {
+                tracing::info!(submission = %first, "a push sent again under its key: the first submission answers");
+                Ok(Submitted {
+                    id: first,
+                    replayed: true,
+                })
+            }
+            SubmitOutcome::KeyReused => Err(PushError::KeyReused),
+        }
     }
 
     /// A submission's tenant, total, creation time and per-app progress; `None` if unknown.

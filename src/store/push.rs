@@ -25,6 +25,16 @@ fn placeholders(rows: usize, per_row: usize, first: usize, prefix: &str, suffix:
 }
 
 /// One pushed number, ready to store.
+/// What storing a submission did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SubmitOutcome {
+    Created,
+    /// The same key and content came before: the submission they made.
+    Replayed(String),
+    /// The same key came before with other content.
+    KeyReused,
+}
+
 pub struct PushedNumber {
     pub number_hash: String,
     pub sealed_number: String,
@@ -53,17 +63,54 @@ pub struct AppProgress {
 }
 
 impl Store {
-    /// Stores a submission, its numbers, and one delivery per (app, batch of `batch_size`).
+    /// Stores a submission, its numbers, and one delivery per (app, batch of `batch_size`). With a
+    /// carrier's `key` (submission key, content fingerprint): a key seen before answers the
+    /// submission it made (same content) or [`SubmitOutcome::KeyReused`], and stores nothing.
+    #[allow(clippy::too_many_arguments)]
     pub async fn create_submission(
         &self,
         id: &str,
         tenant: &str,
+        key: Option<(&str, &str)>,
         numbers: &[PushedNumber],
         app_ids: &[String],
         batch_size: usize,
         now: i64,
-    ) -> sqlx::Result<()> {
+    ) -> sqlx::Result<SubmitOutcome> {
         let mut tx = self.pool().begin().await?;
+        // Claimed first, so a concurrent push under the same key waits for this one (PostgreSQL)
+        // or for the write lock (SQLite), then finds it.
+        if let Some((key, fingerprint)) = key {
+            let claimed = sqlx::query(
+                "INSERT INTO push_requests (tenant, submission_key, fingerprint, submission_id, created_at) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+            )
+            .bind(tenant)
+            .bind(key)
+            .bind(fingerprint)
+            .bind(id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                == 1;
+            if !claimed {
+                let (stored, first): (String, String) = sqlx::query_as(
+                    "SELECT fingerprint, submission_id FROM push_requests \
+                     WHERE tenant = $1 AND submission_key = $2",
+                )
+                .bind(tenant)
+                .bind(key)
+                .fetch_one(&mut *tx)
+                .await?;
+                tx.rollback().await?;
+                return Ok(if stored == fingerprint {
+                    SubmitOutcome::Replayed(first)
+                } else {
+                    SubmitOutcome::KeyReused
+                });
+            }
+        }
         sqlx::query(
             "INSERT INTO submissions (id, tenant, total, created_at) VALUES ($1, $2, $3, $4)",
         )
@@ -140,7 +187,8 @@ impl Store {
             }
             query.execute(&mut *tx).await?;
         }
-        tx.commit().await
+        tx.commit().await?;
+        Ok(SubmitOutcome::Created)
     }
 
     /// Claims up to `limit` due, undelivered batches under `lease` until `lease_until`.

@@ -63,6 +63,25 @@ async fn list(c: &mut Client, token: &str) -> ListLinkedAccountsResponse {
     .into_inner()
 }
 
+/// A streamed look-up's messages, each checked to be within what a client accepts.
+async fn stream(c: &mut Client, token: &str) -> Vec<AppResult> {
+    let mut stream = c
+        .stream_linked_accounts(ListLinkedAccountsRequest {
+            session_token: token.into(),
+            bypass_cache: true,
+            ..Default::default()
+        })
+        .await
+        .expect("the stream opens")
+        .into_inner();
+    let mut results = Vec::new();
+    while let Some(r) = stream.message().await.expect("every message arrives") {
+        assert!(r.encoded_len() < CLIENT_LIMIT);
+        results.push(r);
+    }
+    results
+}
+
 fn result_of<'a>(results: &'a [AppResult], app: &str) -> &'a AppResult {
     results
         .iter()
@@ -97,20 +116,7 @@ async fn an_answer_with_too_many_accounts_fails_that_app_only() {
     assert_only_the_hostile_app_failed(&response, "more than 1000 accounts");
 
     // The stream too: every message within the limit, the others' answers delivered.
-    let mut stream = c
-        .stream_linked_accounts(ListLinkedAccountsRequest {
-            session_token: token.clone(),
-            bypass_cache: true,
-            ..Default::default()
-        })
-        .await
-        .expect("the stream opens")
-        .into_inner();
-    let mut results = Vec::new();
-    while let Some(r) = stream.message().await.expect("every message arrives") {
-        assert!(r.encoded_len() < CLIENT_LIMIT);
-        results.push(r);
-    }
+    let results = stream(&mut c, &token).await;
     assert_eq!(results.len(), 4);
     assert_eq!(result_of(&results, HOSTILE).state(), State::Failed);
 
@@ -164,20 +170,7 @@ async fn a_look_up_never_answers_more_than_a_client_accepts() {
     let response = list(&mut c, &token).await;
     assert_only_the_hostile_app_failed(&response, "did not fit in this response");
 
-    let mut stream = c
-        .stream_linked_accounts(ListLinkedAccountsRequest {
-            session_token: token,
-            bypass_cache: true,
-            ..Default::default()
-        })
-        .await
-        .expect("the stream opens")
-        .into_inner();
-    let mut results = Vec::new();
-    while let Some(r) = stream.message().await.expect("every message arrives") {
-        assert!(r.encoded_len() < CLIENT_LIMIT);
-        results.push(r);
-    }
+    let results = stream(&mut c, &token).await;
     let hostile = result_of(&results, HOSTILE);
     assert_eq!(hostile.state(), State::Failed);
     assert!(hostile.accounts.is_empty());

@@ -97,22 +97,18 @@ impl World {
                 let by_ip = a.id == BY_IP;
                 let port = self.simulator.addr(&a.id).unwrap().port();
                 AppConfig {
-                    endpoint: if by_ip {
-                        format!("https://127.0.0.1:{port}")
-                    } else {
-                        a.endpoint
-                    },
-                    tls_server_name: by_ip.then(|| "localhost".to_owned()),
-                    id: a.id,
-                    name: a.name,
                     category: a.category,
                     customer_service: a.customer_service,
-                    timeout: None,
-                    concurrency: None,
-                    max_accounts: None,
-                    unbind_deadline: None,
-                    enabled: true,
-                    tls_ca: None,
+                    tls_server_name: by_ip.then(|| "localhost".to_owned()),
+                    ..AppConfig::new(
+                        a.id,
+                        a.name,
+                        if by_ip {
+                            format!("https://127.0.0.1:{port}")
+                        } else {
+                            a.endpoint
+                        },
+                    )
                 }
             })
             .collect();

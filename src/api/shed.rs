@@ -61,10 +61,13 @@ struct TenantPermits {
 impl TenantPermits {
     fn of(&self, name: &str, per_tenant: usize) -> Arc<Semaphore> {
         let mut map = self.by_name.lock().unwrap_or_else(|p| p.into_inner());
-        Arc::clone(
-            map.entry(name.to_owned())
-                .or_insert_with(|| Arc::new(Semaphore::new(per_tenant))),
-        )
+        // Every request asks: a tenant already seen costs a look-up, no allocation.
+        if let Some(permits) = map.get(name) {
+            return Arc::clone(permits);
+        }
+        let permits = Arc::new(Semaphore::new(per_tenant));
+        map.insert(name.to_owned(), Arc::clone(&permits));
+        permits
     }
 }
 

@@ -34,8 +34,8 @@ pub async fn readiness(gateway: Arc<Gateway>, health: tonic_health::server::Heal
     }
 }
 
-/// Periodic clean-up: expired verifications, and idempotency keys older than 48 hours (kept at
-/// least 24, as promised).
+/// Periodic clean-up: expired verifications, idempotency and submission keys older than 48 hours
+/// (kept at least 24, as promised), and pushes a stopped replica left half done.
 pub async fn housekeeping(gateway: Arc<Gateway>) {
     const KEY_RETENTION_MS: i64 = 48 * 3_600_000;
     let mut tick = tokio::time::interval(Duration::from_secs(60));
@@ -53,6 +53,19 @@ pub async fn housekeeping(gateway: Arc<Gateway>) {
             .await
         {
             tracing::warn!(error = %e, "could not purge idempotency keys");
+        }
+        if let Err(e) = gateway
+            .store
+            .purge_push_requests(now - KEY_RETENTION_MS)
+            .await
+        {
+            tracing::warn!(error = %e, "could not purge submission keys");
+        }
+        // A push still arriving after an hour was abandoned (its stream broke with its replica).
+        match gateway.pusher.finish_interrupted(now - 3_600_000).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(submissions = n, "interrupted pushes finished or discarded"),
+            Err(e) => tracing::warn!(error = %e, "could not finish interrupted pushes"),
         }
         let retention = gateway.config.audit.retention.as_millis() as i64;
         if let Err(e) = gateway.store.purge_audit(now - retention).await {

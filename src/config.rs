@@ -516,6 +516,14 @@ pub struct AppConfig {
     /// The name in the adapter's certificate, if not the endpoint's host.
     #[serde(default)]
     pub tls_server_name: Option<String>,
+    /// This app's circuit breaker, key by key over `[breaker]`: e.g.
+    /// `breaker = { consecutive_failures = 10, open_max = "5m" }`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub breaker: Option<toml::Table>,
+    /// This app's `FindAccounts` retries, key by key over `[retry]`: e.g.
+    /// `retry = { max_retries = 0 }`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<toml::Table>,
 }
 
 impl AppConfig {
@@ -539,8 +547,28 @@ impl AppConfig {
             enabled: true,
             tls_ca: None,
             tls_server_name: None,
+            breaker: None,
+            retry: None,
         }
     }
+}
+
+/// `base` with the keys of `over` set over it, read as a whole again (so unknown keys, wrong
+/// types and bad durations are refused as in the section itself).
+fn overlay<T: Serialize + serde::de::DeserializeOwned>(
+    base: &T,
+    over: Option<&toml::Table>,
+) -> anyhow::Result<T> {
+    let Some(over) = over else {
+        return toml::Value::try_from(base)?.try_into().map_err(Into::into);
+    };
+    let toml::Value::Table(mut table) = toml::Value::try_from(base)? else {
+        bail!("not a table");
+    };
+    for (key, value) in over {
+        table.insert(key.clone(), value.clone());
+    }
+    Ok(toml::Value::Table(table).try_into()?)
 }
 
 fn default_pool_size() -> u32 {
@@ -774,25 +802,13 @@ impl Config {
             bail!("`limits.max_in_flight_per_tenant` must be at least 1");
         }
         check_nonzero(self.limits.body_timeout, "limits.body_timeout")?;
-        let b = &self.breaker;
-        if b.consecutive_failures == 0 || b.min_calls == 0 {
-            bail!("`breaker.consecutive_failures` and `breaker.min_calls` must be at least 1");
-        }
-        if !(b.failure_ratio > 0.0 && b.failure_ratio <= 1.0) {
-            bail!("`breaker.failure_ratio` must be in (0, 1]");
-        }
-        if !(0.0..=1.0).contains(&b.jitter) {
-            bail!("`breaker.jitter` must be in [0, 1]");
-        }
-        check_nonzero(b.window, "breaker.window")?;
-        check_nonzero(b.open_base, "breaker.open_base")?;
-        if b.open_max < b.open_base {
-            bail!("`breaker.open_max` must not be shorter than `breaker.open_base`");
-        }
-        if !(0.0..=1000.0).contains(&self.retry.budget_ratio) {
-            bail!("`retry.budget_ratio` must be in [0, 1000]");
-        }
+        check_breaker(&self.breaker, "breaker")?;
+        check_retry(&self.retry, "retry")?;
         check_nonzero(self.app_defaults.timeout, "app_defaults.timeout")?;
+        check_nonzero(
+            self.app_defaults.unbind_deadline,
+            "app_defaults.unbind_deadline",
+        )?;
         if self.app_defaults.concurrency == 0 {
             bail!("`app_defaults.concurrency` must be at least 1");
         }
@@ -818,10 +834,58 @@ impl Config {
                 bail!("`{}` must be at least 1", at("concurrency"));
             }
             check_max_accounts(app.max_accounts, &at("max_accounts"))?;
+            if let Some(d) = app.unbind_deadline {
+                check_nonzero(d, &at("unbind_deadline"))?;
+            }
+            let breaker = self
+                .breaker_for(app)
+                .with_context(|| format!("`{}`", at("breaker")))?;
+            check_breaker(&breaker, &at("breaker"))?;
+            let retry = self
+                .retry_for(app)
+                .with_context(|| format!("`{}`", at("retry")))?;
+            check_retry(&retry, &at("retry"))?;
         }
         self.check_lease_outlasts_calls()?;
         Ok(())
     }
+}
+
+impl Config {
+    /// The breaker settings of `app`: `[breaker]` with the app's own keys over it.
+    pub fn breaker_for(&self, app: &AppConfig) -> anyhow::Result<BreakerConfig> {
+        overlay(&self.breaker, app.breaker.as_ref())
+    }
+
+    /// The retry settings of `app`: `[retry]` with the app's own keys over it.
+    pub fn retry_for(&self, app: &AppConfig) -> anyhow::Result<RetryConfig> {
+        overlay(&self.retry, app.retry.as_ref())
+    }
+}
+
+fn check_breaker(b: &BreakerConfig, key: &str) -> anyhow::Result<()> {
+    if b.consecutive_failures == 0 || b.min_calls == 0 {
+        bail!("`{key}.consecutive_failures` and `{key}.min_calls` must be at least 1");
+    }
+    if !(b.failure_ratio > 0.0 && b.failure_ratio <= 1.0) {
+        bail!("`{key}.failure_ratio` must be in (0, 1]");
+    }
+    if !(0.0..=1.0).contains(&b.jitter) {
+        bail!("`{key}.jitter` must be in [0, 1]");
+    }
+    check_nonzero(b.window, &format!("{key}.window"))?;
+    check_nonzero(b.open_base, &format!("{key}.open_base"))?;
+    if b.open_max < b.open_base {
+        bail!("`{key}.open_max` must not be shorter than `{key}.open_base`");
+    }
+    Ok(())
+}
+
+fn check_retry(r: &RetryConfig, key: &str) -> anyhow::Result<()> {
+    if !(0.0..=1000.0).contains(&r.budget_ratio) {
+        bail!("`{key}.budget_ratio` must be in [0, 1000]");
+    }
+    Ok(())
 }
 
 /// The smallest `limits.max_response_bytes`: room for every app's result line of a large catalog.
@@ -1397,6 +1461,56 @@ mod tests {
                 "{name}: {:?}",
                 c.validate().err()
             );
+        }
+    }
+
+    #[test]
+    fn an_app_overrides_breaker_and_retry_settings_key_by_key() {
+        let text = format!(
+            "{MINIMAL}breaker = {{ consecutive_failures = 10, open_max = \"5m\" }}\n\
+             retry = {{ max_retries = 0 }}\n"
+        );
+        let c = Config::parse(&text).unwrap();
+        let app = &c.apps[0];
+        let breaker = c.breaker_for(app).unwrap();
+        assert_eq!(breaker.consecutive_failures, 10);
+        assert_eq!(breaker.open_max, Duration::from_secs(300));
+        // The keys it does not set are `[breaker]`'s.
+        assert_eq!(breaker.min_calls, c.breaker.min_calls);
+        assert_eq!(breaker.window, c.breaker.window);
+        let retry = c.retry_for(app).unwrap();
+        assert_eq!(retry.max_retries, 0);
+        assert_eq!(retry.backoff, c.retry.backoff);
+        // An app without overrides gets the sections as they are.
+        let mut plain = app.clone();
+        plain.breaker = None;
+        plain.retry = None;
+        assert_eq!(c.breaker_for(&plain).unwrap(), c.breaker);
+        assert_eq!(c.retry_for(&plain).unwrap(), c.retry);
+        // An unknown key, a wrong type or a bad value is refused at start-up and at reload,
+        // naming the app's key.
+        for (over, named) in [
+            ("breaker = { consecutive_failure = 10 }", "apps[0].breaker"),
+            ("breaker = { window = \"soon\" }", "apps[0].breaker"),
+            (
+                "breaker = { failure_ratio = 2.0 }",
+                "apps[0].breaker.failure_ratio",
+            ),
+            (
+                "breaker = { open_base = \"2m\" }",
+                "apps[0].breaker.open_max",
+            ),
+            (
+                "retry = { budget_ratio = -1.0 }",
+                "apps[0].retry.budget_ratio",
+            ),
+            ("retry = { max_retries = \"one\" }", "apps[0].retry"),
+        ] {
+            let err = format!(
+                "{:#}",
+                Config::parse(&format!("{MINIMAL}{over}\n")).unwrap_err()
+            );
+            assert!(err.contains(named), "{over}: {err}");
         }
     }
 

@@ -15,6 +15,7 @@ use tonic::{Code, transport::Channel};
 use unbind_gateway::proto::{
     CheckNumberRecycledRequest, GetSubmissionRequest, GetSubmissionResponse, RecycledNumber,
     SubmitRecycledNumbersRequest, carrier_push_client::CarrierPushClient,
+    get_submission_response::app_delivery::State as AppDeliveryState,
     number_status_client::NumberStatusClient,
 };
 
@@ -406,5 +407,245 @@ async fn push_key_scenario(store_url: Option<String>) {
         .await
         .unwrap_err();
     assert_eq!(bad_fields(&err), ["submission_key"]);
+    h.stop().await;
+}
+
+/// Counts the rows of the push's tables, straight from the store.
+async fn push_rows(h: &Harness) -> Vec<(&'static str, i64)> {
+    sqlx::any::install_default_drivers();
+    let db = sqlx::AnyPool::connect(&h.stack.config.store.url)
+        .await
+        .unwrap();
+    let mut counts = Vec::new();
+    for table in [
+        "submissions",
+        "submission_numbers",
+        "deliveries",
+        "recycled_numbers",
+    ] {
+        let (rows,): (i64,) = sqlx::query_as(&format!("SELECT COUNT(*) FROM {table}"))
+            .fetch_one(&db)
+            .await
+            .unwrap();
+        counts.push((table, rows));
+    }
+    db.close().await;
+    counts
+}
+
+/// A push streams into the store in chunks of 5,000 numbers as it arrives (issue 14, item 7), so
+/// a number refused after the first chunks were written must take them all away with it: no
+/// submission, delivery or re-issue date of a refused push is ever seen.
+#[tokio::test]
+async fn a_push_refused_after_its_first_chunks_leaves_nothing() {
+    let h = Harness::start(Options {
+        apps: 2,
+        tweak: |c| c.unbind.poll_interval = Duration::from_millis(20),
+        ..Options::default()
+    })
+    .await;
+    let mut push = CarrierPushClient::connect(h.endpoint()).await.unwrap();
+    let mut messages: Vec<SubmitRecycledNumbersRequest> = (0..12)
+        .map(|m| SubmitRecycledNumbersRequest {
+            numbers: numbers(m * 1000..(m + 1) * 1000),
+            ..Default::default()
+        })
+        .collect();
+    messages[11].numbers[500].phone_number = "not a number".into();
+    let err = push
+        .submit_recycled_numbers(futures::stream::iter(messages))
+        .await
+        .unwrap_err();
+    assert_error(&err, Code::InvalidArgument, "INVALID_PHONE_NUMBER");
+    assert_eq!(bad_fields(&err), ["numbers[11500].phone_number"]);
+    // What was written is taken away in the background.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let rows = push_rows(&h).await;
+        if rows.iter().all(|(_, n)| *n == 0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "left behind: {rows:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Never delivered, never answered from.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for app in h.simulator.apps() {
+        assert!(h.simulator.stats(&app.id).notified_batches.is_empty());
+    }
+    let recycled = NumberStatusClient::connect(h.endpoint())
+        .await
+        .unwrap()
+        .check_number_recycled(CheckNumberRecycledRequest {
+            phone_number: numbers(7..8)[0].phone_number.clone(),
+            specified_date: ts(CANCELLED - 86_400),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .recycled;
+    assert!(!recycled);
+    // The same numbers, all valid: stored, chunk by chunk, and answered from.
+    let messages: Vec<SubmitRecycledNumbersRequest> = (0..12)
+        .map(|m| SubmitRecycledNumbersRequest {
+            numbers: numbers(m * 1000..(m + 1) * 1000),
+            ..Default::default()
+        })
+        .collect();
+    let answer = push
+        .submit_recycled_numbers(futures::stream::iter(messages))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.accepted, 12_000);
+    let done = wait_delivered(&mut push, &answer.submission_id, 2, 12_000).await;
+    assert!(
+        done.deliveries
+            .iter()
+            .all(|d| d.batches_total == 12 && d.state == AppDeliveryState::Delivered as i32)
+    );
+    let rows = push_rows(&h).await;
+    assert_eq!(
+        rows,
+        [
+            ("submissions", 1),
+            ("submission_numbers", 12_000),
+            ("deliveries", 24),
+            ("recycled_numbers", 12_000),
+        ]
+    );
+    h.stop().await;
+}
+
+/// On main a batch for an app removed from the catalog counted as delivered. Now the carrier
+/// reads what happened to each app: delivered, still delivering, waiting for a disabled app, or
+/// dropped because the app left.
+#[tokio::test]
+async fn batches_of_a_removed_or_disabled_app_are_reported_as_such() {
+    let h = Harness::start(Options {
+        apps: 3,
+        tweak: |c| {
+            c.unbind.poll_interval = Duration::from_millis(20);
+            c.unbind.retry_base = Duration::from_millis(20);
+            c.unbind.retry_max = Duration::from_millis(100);
+        },
+        ..Options::default()
+    })
+    .await;
+    // app-002 and app-003 are down when the push arrives.
+    h.simulator.stop_app("app-002").await;
+    h.simulator.stop_app("app-003").await;
+    let mut push = CarrierPushClient::connect(h.endpoint()).await.unwrap();
+    let answer = push
+        .submit_recycled_numbers(futures::stream::iter([SubmitRecycledNumbersRequest {
+            numbers: numbers(0..1500),
+            ..Default::default()
+        }]))
+        .await
+        .unwrap()
+        .into_inner();
+    let progress = |push: &mut CarrierPushClient<Channel>| {
+        let mut push = push.clone();
+        let id = answer.submission_id.clone();
+        async move {
+            push.get_submission(GetSubmissionRequest { submission_id: id })
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while progress(&mut push).await.deliveries[0].batches_delivered < 2 {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // app-002 is disabled, app-003 leaves the catalog.
+    let gateway = &h.stack.gateway.as_ref().unwrap().gateway;
+    let mut config = h.stack.config.clone();
+    config.apps[1].enabled = false;
+    config.apps.truncate(2);
+    gateway.catalog.reload(&config).unwrap();
+    // (Both stay down until the removed app's batches are dropped: a call made before the
+    // reload may still be waiting for its app, and would deliver if the app came back.)
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let s = loop {
+        let s = progress(&mut push).await;
+        if s.deliveries[2].batches_dropped == 2 {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "{s:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let by_app: Vec<(&str, u32, u32, i32)> = s
+        .deliveries
+        .iter()
+        .map(|d| {
+            (
+                d.app_id.as_str(),
+                d.batches_delivered,
+                d.batches_dropped,
+                d.state,
+            )
+        })
+        .collect();
+    assert_eq!(
+        by_app,
+        [
+            ("app-001", 2, 0, AppDeliveryState::Delivered as i32),
+            ("app-002", 0, 0, AppDeliveryState::AppDisabled as i32),
+            ("app-003", 0, 2, AppDeliveryState::AppRemoved as i32),
+        ]
+    );
+    // The disabled app, back up, is still not sent anything; enabled again, it gets both
+    // batches.
+    h.simulator.start_app("app-002").await.unwrap();
+    h.simulator.start_app("app-003").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(h.simulator.stats("app-002").notified_batches.is_empty());
+    assert!(h.simulator.stats("app-003").notified_batches.is_empty());
+    config.apps[1].enabled = true;
+    gateway.catalog.reload(&config).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while progress(&mut push).await.deliveries[1].state != AppDeliveryState::Delivered as i32 {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(h.simulator.stats("app-002").notified_batches.len(), 2);
+    h.stop().await;
+}
+
+/// No push transaction holds SQLite's write lock for long (issue 14, item 7): a large push
+/// streams in while people start verifications, and every verification is answered.
+#[tokio::test]
+async fn verifications_keep_answering_during_a_large_push() {
+    let h = Harness::start(Options {
+        apps: 2,
+        extra_subscribers: 50,
+        ..Options::default()
+    })
+    .await;
+    let mut push = CarrierPushClient::connect(h.endpoint()).await.unwrap();
+    let messages: Vec<SubmitRecycledNumbersRequest> = (0..60)
+        .map(|m| SubmitRecycledNumbersRequest {
+            numbers: numbers(m * 1000..(m + 1) * 1000),
+            ..Default::default()
+        })
+        .collect();
+    let pushing = tokio::spawn(async move {
+        push.submit_recycled_numbers(futures::stream::iter(messages))
+            .await
+            .map(|r| r.into_inner().accepted)
+    });
+    let mut started = 0;
+    let mut client = h.client().await;
+    while !pushing.is_finished() && started < 50 {
+        let (phone, id) = (format!("+86137{started:08}"), format!("1{started:05}"));
+        start_with(&mut client, &phone, &id)
+            .await
+            .unwrap_or_else(|e| panic!("verification {started} during the push: {e:?}"));
+        started += 1;
+    }
+    assert!(started > 0, "the push ended before any verification");
+    assert_eq!(pushing.await.unwrap().unwrap(), 60_000);
     h.stop().await;
 }

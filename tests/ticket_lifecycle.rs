@@ -14,7 +14,8 @@ use fakes::{FakeAccount, FakeAdapter, Unbinds};
 use tonic::transport::Channel;
 use unbind_gateway::proto::{
     GetUnbindTicketsRequest, ListLinkedAccountsRequest, UnbindRequest, UnbindTicket,
-    account_gateway_client::AccountGatewayClient, unbind_ticket::State,
+    account_gateway_client::AccountGatewayClient, app_result::State as AppStatus,
+    unbind_ticket::State,
 };
 
 type Client = AccountGatewayClient<Channel>;
@@ -162,5 +163,80 @@ async fn an_unanswered_send_gets_a_final_status_check_before_failing() {
     let sends = adapter.unbinds();
     assert!(!sends.is_empty());
     assert!(sends.iter().all(|s| s.idempotency_key == ticket.ticket_id));
+    h.stop().await;
+}
+
+/// The app's result in a look-up by `token`, given `deadline`.
+async fn app_status_in_lookup(c: &mut Client, token: &str, deadline: Duration) -> i32 {
+    let mut request = tonic::Request::new(ListLinkedAccountsRequest {
+        session_token: token.into(),
+        ..Default::default()
+    });
+    request.set_timeout(deadline);
+    c.list_linked_accounts(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .app_results
+        .iter()
+        .find(|a| a.app_id == "app-fake")
+        .expect("the fake app's result")
+        .state
+}
+
+/// One client per app (issue 14, item 1): the worker's calls and the look-ups share the app's
+/// concurrency limit and its breaker. On main the worker called the app beside the look-up stack:
+/// an app allowed one call at a time was asked a look-up while an unbind was still in flight.
+#[tokio::test]
+async fn the_workers_calls_and_look_ups_share_the_apps_limit_and_breaker() {
+    let (mut h, adapter) = rig(Unbinds::Silent).await;
+    let c = &mut h.stack.config;
+    c.apps[0].concurrency = Some(1);
+    c.apps[0].timeout = Some(Duration::from_millis(1500));
+    // One failure opens this app's breaker for a while (a per-app override); a look-up's own
+    // timeout never counts (its deadline is under the floor), so only the worker's call can.
+    c.apps[0].breaker = Some(
+        toml::from_str(
+            r#"consecutive_failures = 1
+open_base = "30s"
+open_max = "60s"
+timeout_floor = "10s""#,
+        )
+        .unwrap(),
+    );
+    with_admin(c);
+    h.restart_gateway().await;
+    let mut client = h.client().await;
+    let (_ticket, _) = unbind(&h, &mut client, "one-slot").await;
+    // The unbind is in flight: the app never answers it, and it holds the app's one slot.
+    adapter.wait_for_unbinds(1).await;
+    let other = h.session_for("+8613900139000", "154321").await;
+    assert_eq!(
+        app_status_in_lookup(&mut client, &other, Duration::from_millis(400)).await,
+        AppStatus::TimedOut as i32,
+        "the look-up did not wait for the unbind's slot"
+    );
+    // The unbind times out: a failure of the app, counted in its one breaker, which the next
+    // look-up finds open.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = app_status_in_lookup(&mut client, &other, Duration::from_millis(400)).await;
+        if status == AppStatus::SkippedCircuitOpen as i32 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "breaker never opened"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The operator sees which call of which app failed.
+    let (_, text) = http_get(admin_addr(&h), "/metrics").await;
+    let series =
+        "unbind_app_rpc_calls_total{app=\"app-fake\",rpc=\"unbind_account\",outcome=\"timed_out\"}";
+    assert!(
+        metric(&text, series).is_some_and(|n| n >= 1.0),
+        "{series} missing from {text}"
+    );
     h.stop().await;
 }

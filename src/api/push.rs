@@ -18,12 +18,39 @@ use crate::{
     gateway::Gateway,
     proto::{
         CheckNumberRecycledRequest, CheckNumberRecycledResponse, GetSubmissionRequest,
-        GetSubmissionResponse, SubmitRecycledNumbersRequest, SubmitRecycledNumbersResponse,
-        carrier_push_server::CarrierPush, get_submission_response::AppDelivery,
+        GetSubmissionResponse, RecycledNumber, SubmitRecycledNumbersRequest,
+        SubmitRecycledNumbersResponse,
+        carrier_push_server::CarrierPush,
+        get_submission_response::{AppDelivery, app_delivery::State as DeliveryState},
         number_status_server::NumberStatus,
     },
     push::{MAX_NUMBERS, MAX_SUBMISSION_KEY_LEN, Recycled},
 };
+
+/// Number `i` of a push, validated.
+fn recycled(i: usize, n: &RecycledNumber) -> Result<Recycled, Status> {
+    let phone = E164::parse(&n.phone_number).map_err(|_| ApiError::InvalidPhoneNumberAt {
+        field: format!("numbers[{i}].phone_number"),
+    })?;
+    let (Some(cancelled), Some(reissued)) = (&n.cancelled_at, &n.reissued_at) else {
+        return Err(ApiError::field(
+            format!("numbers[{i}]"),
+            "cancelled_at and reissued_at are required",
+        )
+        .into());
+    };
+    let (cancelled_at, reissued_at) = (ms_from_timestamp(cancelled), ms_from_timestamp(reissued));
+    if reissued_at < cancelled_at {
+        return Err(
+            ApiError::field(format!("numbers[{i}].reissued_at"), "before cancelled_at").into(),
+        );
+    }
+    Ok(Recycled {
+        phone,
+        cancelled_at,
+        reissued_at,
+    })
+}
 
 /// Both services; cheap to clone.
 #[derive(Clone)]
@@ -78,17 +105,19 @@ impl PushService {
         correlator: &str,
         mut stream: Streaming<SubmitRecycledNumbersRequest>,
     ) -> Result<SubmitRecycledNumbersResponse, Status> {
-        let mut numbers = Vec::new();
-        let mut key: Option<String> = None;
-        let mut first = true;
+        let pusher = &self.gateway.pusher;
+        // Opened with the first message (which carries the key); the numbers go to the store in
+        // chunks as they arrive, so memory does not grow with the push. An error below drops it,
+        // which discards what was written.
+        let mut receiving = None;
         while let Some(message) = stream.message().await? {
             // The key comes with the first message; a later message may repeat it, never change it.
             let sent = message.submission_key.trim();
-            if first {
-                first = false;
-                if !sent.is_empty() {
-                    if sent.len() > MAX_SUBMISSION_KEY_LEN
-                        || !sent.bytes().all(|b| b.is_ascii_graphic())
+            let receiving = match &mut receiving {
+                None => {
+                    if !sent.is_empty()
+                        && (sent.len() > MAX_SUBMISSION_KEY_LEN
+                            || !sent.bytes().all(|b| b.is_ascii_graphic()))
                     {
                         return Err(ApiError::field(
                             "submission_key",
@@ -96,17 +125,22 @@ impl PushService {
                         )
                         .into());
                     }
-                    key = Some(sent.to_owned());
+                    let key = Some(sent).filter(|k| !k.is_empty());
+                    receiving.insert(pusher.receive(&tenant.name, key))
                 }
-            } else if !sent.is_empty() && Some(sent) != key.as_deref() {
-                return Err(ApiError::field(
-                    "submission_key",
-                    "set in the first message only (a later message may repeat it)",
-                )
-                .into());
-            }
+                Some(receiving) => {
+                    if !sent.is_empty() && Some(sent) != receiving.key() {
+                        return Err(ApiError::field(
+                            "submission_key",
+                            "set in the first message only (a later message may repeat it)",
+                        )
+                        .into());
+                    }
+                    receiving
+                }
+            };
             for n in message.numbers {
-                let i = numbers.len();
+                let i = receiving.len();
                 if i >= MAX_NUMBERS {
                     return Err(ApiError::field(
                         "numbers",
@@ -114,47 +148,20 @@ impl PushService {
                     )
                     .into());
                 }
-                let phone =
-                    E164::parse(&n.phone_number).map_err(|_| ApiError::InvalidPhoneNumberAt {
-                        field: format!("numbers[{i}].phone_number"),
-                    })?;
-                let (Some(cancelled), Some(reissued)) = (&n.cancelled_at, &n.reissued_at) else {
-                    return Err(ApiError::field(
-                        format!("numbers[{i}]"),
-                        "cancelled_at and reissued_at are required",
-                    )
-                    .into());
-                };
-                let (cancelled_at, reissued_at) =
-                    (ms_from_timestamp(cancelled), ms_from_timestamp(reissued));
-                if reissued_at < cancelled_at {
-                    return Err(ApiError::field(
-                        format!("numbers[{i}].reissued_at"),
-                        "before cancelled_at",
-                    )
-                    .into());
-                }
-                numbers.push(Recycled {
-                    phone,
-                    cancelled_at,
-                    reissued_at,
-                });
+                receiving.add(&recycled(i, &n)?).await?;
             }
         }
-        if numbers.is_empty() {
+        let Some(receiving) = receiving.filter(|r| !r.is_empty()) else {
             return Err(ApiError::field("numbers", "at least one number is required").into());
-        }
-        let submitted = self
-            .gateway
-            .pusher
-            .submit(&tenant.name, key.as_deref(), &numbers)
-            .await?;
+        };
+        let count = receiving.len();
+        let submitted = receiving.finish().await?;
         let apps = self.gateway.catalog.snapshot().enabled().count();
         let id = submitted.id;
         let outcome = if submitted.replayed {
-            format!("{} numbers: sent again, answered with {id}", numbers.len())
+            format!("{count} numbers: sent again, answered with {id}")
         } else {
-            format!("{} numbers stored as {id}", numbers.len())
+            format!("{count} numbers stored as {id}")
         };
         self.audit(
             tenant,
@@ -166,7 +173,7 @@ impl PushService {
         );
         Ok(SubmitRecycledNumbersResponse {
             submission_id: id,
-            accepted: numbers.len() as u32,
+            accepted: count as u32,
         })
     }
 
@@ -184,16 +191,30 @@ impl PushService {
         let Some((_, total, created_at, apps)) = found.filter(|f| f.0 == tenant.name) else {
             return Err(ApiError::NotFound { what: "submission" }.into());
         };
+        let catalog = self.gateway.catalog.snapshot();
         Ok(GetSubmissionResponse {
             submission_id: id.clone(),
             total_numbers: total as u32,
             deliveries: apps
                 .into_iter()
-                .map(|a| AppDelivery {
-                    app_id: a.app_id,
-                    batches_total: a.batches_total as u32,
-                    batches_delivered: a.batches_delivered as u32,
-                    numbers_delivered: a.numbers_delivered as u32,
+                .map(|a| {
+                    let state = if a.batches_delivered == a.batches_total {
+                        DeliveryState::Delivered
+                    } else if a.batches_dropped > 0 || catalog.get(&a.app_id).is_none() {
+                        DeliveryState::AppRemoved
+                    } else if catalog.get(&a.app_id).is_some_and(|app| !app.enabled) {
+                        DeliveryState::AppDisabled
+                    } else {
+                        DeliveryState::Delivering
+                    };
+                    AppDelivery {
+                        app_id: a.app_id,
+                        batches_total: a.batches_total as u32,
+                        batches_delivered: a.batches_delivered as u32,
+                        numbers_delivered: a.numbers_delivered as u32,
+                        batches_dropped: a.batches_dropped as u32,
+                        state: state as i32,
+                    }
                 })
                 .collect(),
             created_at: Some(timestamp_from_ms(created_at)),

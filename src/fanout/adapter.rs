@@ -6,7 +6,8 @@
 //!    per-app retry budget and the call's deadline;
 //! 2. **circuit breaker** ([`super::breaker`]): an app that keeps failing is answered at once as
 //!    `CircuitOpen`, then probed;
-//! 3. **concurrency limit** shared by every call to the app;
+//! 3. **concurrency limit** shared by every call to the app, look-ups and the workers' calls
+//!    alike ([`super::client`]);
 //! 4. the gRPC call itself, bounded by the call's deadline (sent as `grpc-timeout` too), and the
 //!    answer checked against what an adapter may answer ([`super::answer`]).
 //!
@@ -20,10 +21,12 @@ use std::{
 };
 
 use futures::{FutureExt, future::BoxFuture};
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tonic::{Code, transport::Channel};
 use tower::{
     Service, ServiceBuilder, ServiceExt,
+    limit::GlobalConcurrencyLimitLayer,
     retry::budget::{Budget, TpsBudget},
     util::BoxCloneSyncService,
 };
@@ -66,7 +69,7 @@ pub enum CallError {
 }
 
 impl CallError {
-    fn from_status(status: &tonic::Status) -> Self {
+    pub(super) fn from_status(status: &tonic::Status) -> Self {
         // The client's own `grpc-timeout` timer surfaces as a transport error: still a timeout.
         let mut source = std::error::Error::source(status);
         while let Some(e) = source {
@@ -128,7 +131,7 @@ pub type AppService = BoxCloneSyncService<AppCall, Vec<AdapterAccount>, CallErro
 /// Builds the stack for one app.
 pub(crate) fn app_stack(
     client: AppAdapterClient<Channel>,
-    concurrency: usize,
+    limit: Arc<Semaphore>,
     max_accounts: usize,
     breaker: Arc<CircuitBreaker>,
     retry: &RetryConfig,
@@ -147,7 +150,7 @@ pub(crate) fn app_stack(
     let service = ServiceBuilder::new()
         .retry(policy)
         .layer(BreakerLayer::new(breaker))
-        .concurrency_limit(concurrency)
+        .layer(GlobalConcurrencyLimitLayer::with_semaphore(limit))
         .service(Adapter {
             client,
             max_accounts,
@@ -279,7 +282,7 @@ pub async fn find_accounts(
     // A timeout counts against the app when it had its whole timeout, or at least the floor.
     let given = deadline.saturating_duration_since(started);
     let timeout_counts = given >= app.timeout || given >= app.timeout_floor;
-    let service = app.service.clone();
+    let service = app.client.lookup.clone();
     let call = AppCall {
         phone,
         deadline,

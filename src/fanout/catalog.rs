@@ -18,18 +18,17 @@ use std::{
 };
 
 use anyhow::Context;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 
 use super::{
-    adapter::{AppService, app_stack},
-    answer,
-    breaker::{BreakerState, CircuitBreaker},
+    breaker::BreakerState,
+    client::{AppClient, ClientSettings},
     metrics::{AppMetrics, FanoutMetrics},
 };
 use crate::{
     config::{AppConfig, AppDefaults, BreakerConfig, Config, OutboundTlsConfig, RetryConfig},
     domain::AppId,
-    proto::{app_adapter_client::AppAdapterClient, app_info::Health},
+    proto::app_info::Health,
     tls::client_config,
 };
 
@@ -59,10 +58,8 @@ pub struct App {
     pub unbind_deadline: Duration,
     /// Position in the catalog, for a stable answer order (moves when a reload reorders).
     position: AtomicUsize,
-    client: AppAdapterClient<Channel>,
-    /// `FindAccounts` through retry, breaker and concurrency limit.
-    pub(crate) service: AppService,
-    pub(crate) breaker: Arc<CircuitBreaker>,
+    /// Every call to the app's adapter goes through it.
+    pub client: AppClient,
     pub(crate) metrics: AppMetrics,
     health: AtomicU8,
     settings: Settings,
@@ -94,21 +91,20 @@ impl App {
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_while_idle(true)
             .connect_lazy();
-        let max_accounts = app.max_accounts.unwrap_or(defaults.max_accounts);
-        // An answer larger than the accounts it may hold could need is refused while decoding,
-        // before it is held in memory whole.
-        let client = AppAdapterClient::new(channel)
-            .max_decoding_message_size(answer::decoding_limit(max_accounts));
-        let breaker = Arc::new(CircuitBreaker::new(settings.breaker.clone()));
-        let service = app_stack(
-            client.clone(),
-            app.concurrency.unwrap_or(defaults.concurrency),
-            max_accounts,
-            Arc::clone(&breaker),
-            &settings.retry,
+        let metrics = metrics.app(&id);
+        let client = AppClient::new(
+            channel,
+            ClientSettings {
+                timeout,
+                concurrency: app.concurrency.unwrap_or(defaults.concurrency),
+                max_accounts: app.max_accounts.unwrap_or(defaults.max_accounts),
+                breaker: &settings.breaker,
+                retry: &settings.retry,
+            },
+            metrics.clone(),
         );
         Ok(Self {
-            metrics: metrics.app(&id),
+            metrics,
             id,
             name: app.name.clone(),
             category: app.category.clone(),
@@ -119,8 +115,6 @@ impl App {
             unbind_deadline: app.unbind_deadline.unwrap_or(defaults.unbind_deadline),
             position: AtomicUsize::new(position),
             client,
-            service,
-            breaker,
             health: AtomicU8::new(Health::Unknown as u8),
             settings,
         })
@@ -131,19 +125,14 @@ impl App {
         self.position.load(Ordering::Relaxed)
     }
 
-    /// A client for the app's adapter (a clone of the shared channel).
-    pub fn client(&self) -> AppAdapterClient<Channel> {
-        self.client.clone()
-    }
-
     /// The state of the app's circuit breaker.
     pub fn breaker_state(&self) -> BreakerState {
-        self.breaker.state()
+        self.client.breaker.state()
     }
 
     /// How the app looks from its recent calls: down while disabled or its breaker is open.
     pub fn health(&self) -> Health {
-        if !self.enabled || self.breaker.state() == BreakerState::Open {
+        if !self.enabled || self.client.breaker.state() == BreakerState::Open {
             return Health::Down;
         }
         Health::try_from(i32::from(self.health.load(Ordering::Relaxed))).unwrap_or(Health::Unknown)
@@ -246,8 +235,12 @@ fn build(
         let settings = Settings {
             app: app.clone(),
             defaults: config.app_defaults.clone(),
-            breaker: config.breaker.clone(),
-            retry: config.retry.clone(),
+            breaker: config
+                .breaker_for(app)
+                .with_context(|| format!("apps[{position}].breaker"))?,
+            retry: config
+                .retry_for(app)
+                .with_context(|| format!("apps[{position}].retry"))?,
             outbound_tls: config.outbound_tls.clone(),
         };
         let previous = old.and_then(|o| o.get(&app.id));

@@ -7,6 +7,7 @@
 //! | `unbind_app_calls_total` | counter | `app`, `outcome` (answered, timed_out, unavailable, failed, circuit_open; a refused answer counts as failed) |
 //! | `unbind_app_answers_refused_total` | counter | `app`, `reason` (too_many_accounts, empty_account_id, account_id_too_long, hint_too_long, answer_too_large) |
 //! | `unbind_app_call_duration_seconds` | histogram | `app` |
+//! | `unbind_app_rpc_calls_total` | counter | `app`, `rpc` (unbind_account, get_unbind_status, notify_numbers_recycled: the workers' calls), `outcome` (answered, timed_out, unavailable, failed, circuit_open) |
 //! | `unbind_app_breaker_state` | gauge (0 closed, 1 half-open, 2 open) | `app` |
 //! | `unbind_app_breaker_opened` | gauge (times opened since the entry was built) | `app` |
 //! | `unbind_cache_hits_total`, `unbind_cache_misses_total` | counter | |
@@ -21,7 +22,7 @@ use prometheus_client::{
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
 };
 
-use super::{CallError, CatalogSnapshot};
+use super::{CallError, CatalogSnapshot, client::Rpc};
 use crate::{
     domain::AppId,
     metrics::{HistogramFamily, Metrics, ResultLabels, latency_histogram},
@@ -39,6 +40,13 @@ struct AppReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AppRpcLabels {
+    app: String,
+    rpc: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AppOutcomeLabels {
     app: String,
     outcome: &'static str,
@@ -48,6 +56,7 @@ struct Families {
     app_calls: Family<AppOutcomeLabels, Counter>,
     answers_refused: Family<AppReasonLabels, Counter>,
     app_latency: HistogramFamily<AppLabels>,
+    app_rpc_calls: Family<AppRpcLabels, Counter>,
     breaker_state: Family<AppLabels, Gauge>,
     breaker_opened: Family<AppLabels, Gauge>,
     cache_hits: Counter,
@@ -70,6 +79,7 @@ impl FanoutMetrics {
             app_calls: Family::default(),
             answers_refused: Family::default(),
             app_latency: Family::new_with_constructor(latency_histogram),
+            app_rpc_calls: Family::default(),
             breaker_state: Family::default(),
             breaker_opened: Family::default(),
             cache_hits: Counter::default(),
@@ -93,6 +103,11 @@ impl FanoutMetrics {
             "app_call_duration_seconds",
             "Latency of FindAccounts calls to each app",
             f.app_latency.clone(),
+        );
+        metrics.register(
+            "app_rpc_calls",
+            "The workers' calls to each app (UnbindAccount, GetUnbindStatus, NotifyNumbersRecycled), by outcome",
+            f.app_rpc_calls.clone(),
         );
         metrics.register(
             "app_breaker_state",
@@ -149,10 +164,9 @@ impl FanoutMetrics {
             unavailable: calls(CallError::Unavailable.as_str()),
             failed: calls(CallError::Failed(tonic::Code::Internal).as_str()),
             circuit_open: calls(CallError::CircuitOpen.as_str()),
-            refused: Refused {
-                app: id.to_string(),
-                family: f.answers_refused.clone(),
-            },
+            app: id.to_string(),
+            refused: f.answers_refused.clone(),
+            rpc_calls: f.app_rpc_calls.clone(),
             latency: f.app_latency.get_or_create_owned(&AppLabels {
                 app: id.to_string(),
             }),
@@ -190,7 +204,7 @@ impl FanoutMetrics {
                 .set(app.breaker_state().as_gauge());
             f.breaker_opened
                 .get_or_create(&labels)
-                .set(app.breaker.times_opened() as i64);
+                .set(app.client.breaker.times_opened() as i64);
         }
         f.catalog_apps.set(catalog.all().len() as i64);
         f.cache_entries.set(cache_entries as i64);
@@ -205,15 +219,12 @@ pub struct AppMetrics {
     unavailable: Counter,
     failed: Counter,
     circuit_open: Counter,
-    refused: Refused,
     latency: Histogram,
-}
-
-/// The app's refused answers, by reason: the series appear when an answer is first refused.
-#[derive(Clone)]
-struct Refused {
+    /// The app's label, for the series that appear on first use: refused answers by reason, the
+    /// workers' calls by RPC and outcome.
     app: String,
-    family: Family<AppReasonLabels, Counter>,
+    refused: Family<AppReasonLabels, Counter>,
+    rpc_calls: Family<AppRpcLabels, Counter>,
 }
 
 impl AppMetrics {
@@ -226,9 +237,8 @@ impl AppMetrics {
             Err(CallError::Failed(_)) => &self.failed,
             Err(CallError::Refused(refusal)) => {
                 self.refused
-                    .family
                     .get_or_create(&AppReasonLabels {
-                        app: self.refused.app.clone(),
+                        app: self.app.clone(),
                         reason: refusal.as_label(),
                     })
                     .inc();
@@ -241,6 +251,18 @@ impl AppMetrics {
         };
         counter.inc();
         self.latency.observe(seconds);
+    }
+
+    /// Counts one of the workers' calls (not on a person's path: the series is looked up per
+    /// call).
+    pub fn record_rpc(&self, rpc: Rpc, outcome: &'static str) {
+        self.rpc_calls
+            .get_or_create(&AppRpcLabels {
+                app: self.app.clone(),
+                rpc: rpc.as_label(),
+                outcome,
+            })
+            .inc();
     }
 }
 

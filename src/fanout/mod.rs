@@ -10,6 +10,7 @@ pub mod answer;
 pub mod breaker;
 mod cache;
 mod catalog;
+pub mod client;
 pub mod merge;
 pub mod metrics;
 
@@ -21,6 +22,7 @@ use tokio::time::Instant;
 pub use adapter::{AppCall, AppService, CallError, app_call_span, find_accounts};
 pub use cache::{Accounts, CacheKey, Cached, LookupCache, accounts};
 pub use catalog::{App, Catalog, CatalogChange, CatalogSnapshot};
+pub use client::{AppClient, Gate, RpcError};
 pub use metrics::FanoutMetrics;
 use tracing::Instrument;
 

@@ -24,6 +24,12 @@ pub const MAX_SUBMISSION_KEY_LEN: usize = 128;
 /// Most numbers in one submission.
 pub const MAX_NUMBERS: usize = 1_000_000;
 
+/// Numbers written per store transaction while a push arrives: five batches. A transaction this
+/// size holds SQLite's write lock for milliseconds, so verifications and tickets keep being
+/// written during a push of a million numbers, and the gateway holds at most this many numbers
+/// of a push in memory.
+pub const CHUNK: usize = 5 * BATCH_SIZE;
+
 /// Why a push could not be stored or read.
 #[derive(Debug, thiserror::Error)]
 pub enum PushError {
@@ -41,20 +47,26 @@ pub struct Submitted {
 }
 
 /// What a push holds, for comparing a resent push with the first: a digest of each number's
-/// keyed hash and dates, in order (the raw numbers never enter it).
-fn fingerprint(numbers: &[PushedNumber]) -> String {
-    use sha2::{Digest, Sha256};
-    let mut hasher = Sha256::new();
-    for n in numbers {
-        hasher.update(n.number_hash.as_bytes());
-        hasher.update(n.cancelled_at.to_be_bytes());
-        hasher.update(n.reissued_at.to_be_bytes());
+/// keyed hash and dates, in order (the raw numbers never enter it), fed as the numbers arrive.
+#[derive(Default)]
+struct Fingerprint(sha2::Sha256);
+
+impl Fingerprint {
+    fn add(&mut self, n: &PushedNumber) {
+        use sha2::Digest;
+        self.0.update(n.number_hash.as_bytes());
+        self.0.update(n.cancelled_at.to_be_bytes());
+        self.0.update(n.reissued_at.to_be_bytes());
     }
-    hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+
+    fn hex(self) -> String {
+        use sha2::Digest;
+        self.0
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
 }
 
 /// One number as a carrier sends it, validated.
@@ -84,63 +96,41 @@ impl Pusher {
         }
     }
 
-    /// Stores a submission and its deliveries (one per enabled app and batch); returns its id.
-    pub async fn submit(
-        &self,
-        tenant: &str,
-        key: Option<&str>,
-        numbers: &[Recycled],
-    ) -> Result<Submitted, PushError> {
-        let id = random_id("sub");
-        let pushed: Vec<PushedNumber> = numbers
-            .iter()
-            .map(|n| PushedNumber {
-                number_hash: self.keys.number_hash(&n.phone).hex(),
-                sealed_number: self
-                    .keys
-                    .seal(Purpose::StoredNumber, n.phone.expose().as_bytes()),
-                cancelled_at: n.cancelled_at,
-                reissued_at: n.reissued_at,
-            })
-            .collect();
-        let apps: Vec<String> = self
-            .catalog
-            .snapshot()
-            .enabled()
-            .map(|a| a.id.to_string())
-            .collect();
-        let fingerprint = key.map(|_| fingerprint(&pushed));
-        let key = key.zip(fingerprint.as_deref());
-        let outcome = self
-            .store
-            .create_submission(
-                &id,
-                tenant,
-                key,
-                &pushed,
-                &apps,
-                BATCH_SIZE,
-                self.clock.now_ms(),
-            )
-            .await?;
-        match outcome {
-            SubmitOutcome::Created => {
-                tracing::info!(submission = %id, numbers = numbers.len(), apps = apps.len(), "recycled numbers stored");
-                self.wake.notify_one();
-                Ok(Submitted {
-                    id,
-                    replayed: false,
-                })
-            }
-            SubmitOutcome::Replayed(first) => {
-                tracing::info!(submission = %first, "a push sent again under its key: the first submission answers");
-                Ok(Submitted {
-                    id: first,
-                    replayed: true,
-                })
-            }
-            SubmitOutcome::KeyReused => Err(PushError::KeyReused),
+    /// Starts receiving a submission for `tenant`, under the carrier's `key` if it sent one.
+    /// Numbers go in with [`Receiving::add`] and are written in chunks of [`CHUNK`] as they
+    /// arrive; [`Receiving::finish`] completes it. Dropped unfinished (a refused number, a
+    /// broken stream), it is discarded.
+    pub fn receive(&self, tenant: &str, key: Option<&str>) -> Receiving<'_> {
+        Receiving {
+            pusher: self,
+            id: random_id("sub"),
+            tenant: tenant.to_owned(),
+            key: key.map(str::to_owned),
+            apps: self
+                .catalog
+                .snapshot()
+                .enabled()
+                .map(|a| a.id.to_string())
+                .collect(),
+            pending: Vec::with_capacity(CHUNK),
+            stored: 0,
+            fingerprint: Fingerprint::default(),
+            begun: false,
+            finished: false,
         }
+    }
+
+    /// Finishes what a stopped replica left half done: submissions still arriving since before
+    /// `before` are discarded, complete ones get their dates applied. Run by the housekeeping.
+    pub async fn finish_interrupted(&self, before: i64) -> Result<usize, PushError> {
+        let (abandoned, unapplied) = self.store.unfinished_submissions(before).await?;
+        for id in &abandoned {
+            self.store.discard_submission(id, CHUNK).await?;
+        }
+        for id in &unapplied {
+            self.store.apply_submission(id, CHUNK).await?;
+        }
+        Ok(abandoned.len() + unapplied.len())
     }
 
     /// A submission's tenant, total, creation time and per-app progress; `None` if unknown.
@@ -163,5 +153,133 @@ impl Pusher {
             .reissued_at(&hash)
             .await?
             .is_some_and(|at| at > since_ms))
+    }
+}
+
+/// A submission as it arrives: at most [`CHUNK`] numbers held, the rest already in the store.
+pub struct Receiving<'a> {
+    pusher: &'a Pusher,
+    id: String,
+    tenant: String,
+    key: Option<String>,
+    /// The apps enabled when the push began: each gets every batch.
+    apps: Vec<String>,
+    pending: Vec<PushedNumber>,
+    stored: usize,
+    fingerprint: Fingerprint,
+    /// Whether the submission has a row in the store yet (written with the first chunk).
+    begun: bool,
+    finished: bool,
+}
+
+impl Receiving<'_> {
+    /// The carrier's submission key, if it sent one.
+    pub fn key(&self) -> Option<&str> {
+        self.key.as_deref()
+    }
+
+    /// Numbers received so far.
+    pub fn len(&self) -> usize {
+        self.stored + self.pending.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Adds one number; writes a chunk when one is full.
+    pub async fn add(&mut self, number: &Recycled) -> Result<(), PushError> {
+        let keys = &self.pusher.keys;
+        let pushed = PushedNumber {
+            number_hash: keys.number_hash(&number.phone).hex(),
+            sealed_number: keys.seal(Purpose::StoredNumber, number.phone.expose().as_bytes()),
+            cancelled_at: number.cancelled_at,
+            reissued_at: number.reissued_at,
+        };
+        self.fingerprint.add(&pushed);
+        self.pending.push(pushed);
+        if self.pending.len() >= CHUNK {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), PushError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let store = &self.pusher.store;
+        let now = self.pusher.clock.now_ms();
+        if !self.begun {
+            store.begin_submission(&self.id, &self.tenant, now).await?;
+            self.begun = true;
+        }
+        store
+            .store_submission_chunk(
+                &self.id,
+                self.stored,
+                &self.pending,
+                &self.apps,
+                BATCH_SIZE,
+                now,
+            )
+            .await?;
+        self.stored += self.pending.len();
+        self.pending.clear();
+        Ok(())
+    }
+
+    /// Writes the rest and completes the submission: delivered from now on, and answered from
+    /// (its re-issue dates are applied before this returns; a replica that stops in between
+    /// leaves them to the housekeeping). Sent again under its key, the first submission answers
+    /// and this one is discarded.
+    pub async fn finish(mut self) -> Result<Submitted, PushError> {
+        self.flush().await?;
+        let total = self.stored;
+        let pusher = self.pusher;
+        let fingerprint = std::mem::take(&mut self.fingerprint).hex();
+        let key = self.key.as_deref().map(|k| (k, fingerprint.as_str()));
+        let outcome = pusher
+            .store
+            .complete_submission(&self.id, &self.tenant, key, total, pusher.clock.now_ms())
+            .await?;
+        match outcome {
+            SubmitOutcome::Created => {
+                self.finished = true;
+                pusher.store.apply_submission(&self.id, CHUNK).await?;
+                tracing::info!(submission = %self.id, numbers = total, apps = self.apps.len(), "recycled numbers stored");
+                pusher.wake.notify_one();
+                Ok(Submitted {
+                    id: self.id.clone(),
+                    replayed: false,
+                })
+            }
+            SubmitOutcome::Replayed(first) => {
+                tracing::info!(submission = %first, "a push sent again under its key: the first submission answers");
+                Ok(Submitted {
+                    id: first,
+                    replayed: true,
+                })
+            }
+            SubmitOutcome::KeyReused => Err(PushError::KeyReused),
+        }
+    }
+}
+
+impl Drop for Receiving<'_> {
+    /// An unfinished submission is discarded in the background (the housekeeping discards what a
+    /// stopped replica left).
+    fn drop(&mut self) {
+        if self.begun && !self.finished {
+            let store = self.pusher.store.clone();
+            let id = std::mem::take(&mut self.id);
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    if let Err(e) = store.discard_submission(&id, CHUNK).await {
+                        tracing::warn!(error = %e, "could not discard an unfinished push; the housekeeping will");
+                    }
+                });
+            }
+        }
     }
 }

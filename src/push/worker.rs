@@ -3,7 +3,7 @@
 //! with the batch id as idempotency key, and retries failures with exponential backoff until the
 //! app has them: delivery is at least once.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use tokio::sync::{Notify, watch};
 
@@ -14,7 +14,7 @@ use crate::{
     fanout::Catalog,
     proto::{NotifyNumbersRecycledRequest, RecycledNumber},
     security::{Keys, Purpose},
-    store::{Delivery, Store},
+    store::{Delivery, DeliveryState, Store},
 };
 
 /// Batches a replica delivers at once.
@@ -65,31 +65,38 @@ impl PushWorker {
     }
 
     async fn deliver(&self, d: &Delivery, lease: &str) {
-        let delivered = self.try_deliver(d).await;
+        let outcome = self.try_deliver(d).await;
         let now = self.clock.now_ms();
         let c = &self.config;
-        let next = if delivered {
-            now
-        } else {
-            now + Backoff::new(c.retry_base, c.retry_max)
-                .retry(d.attempts, c.retry_jitter)
-                .as_millis() as i64
+        let next = match outcome {
+            DeliveryState::Pending => {
+                now + Backoff::new(c.retry_base, c.retry_max)
+                    .retry(d.attempts, c.retry_jitter)
+                    .as_millis() as i64
+            }
+            _ => now,
         };
-        if let Err(e) = self.store.finish_delivery(d, lease, delivered, next).await {
+        if let Err(e) = self.store.finish_delivery(d, lease, outcome, next).await {
             tracing::warn!(error = %e, "could not record a push delivery; it will be retried");
         }
     }
 
-    async fn try_deliver(&self, d: &Delivery) -> bool {
+    /// One attempt at one batch: delivered, still pending (retried with backoff), or dropped
+    /// because the app left the catalog. A disabled app's batches wait until it is enabled again
+    /// or removed.
+    async fn try_deliver(&self, d: &Delivery) -> DeliveryState {
         let Some(app) = self.catalog.get(&d.app_id) else {
-            // An app removed from the catalog needs nothing more.
-            return true;
+            tracing::info!(app = %d.app_id, "push batch dropped: the app is no longer in the catalog");
+            return DeliveryState::AppRemoved;
         };
+        if !app.enabled {
+            return DeliveryState::Pending;
+        }
         let rows = match self.store.batch_numbers(d).await {
             Ok(rows) => rows,
             Err(e) => {
                 tracing::warn!(error = %e, "could not read a push batch");
-                return false;
+                return DeliveryState::Pending;
             }
         };
         let numbers: Vec<RecycledNumber> = rows
@@ -104,19 +111,18 @@ impl PushWorker {
                 })
             })
             .collect();
-        let mut request = tonic::Request::new(NotifyNumbersRecycledRequest {
+        let request = NotifyNumbersRecycledRequest {
             batch_id: format!("{}-{}", d.submission_id, d.batch_no),
             numbers,
-        });
-        let timeout = app.timeout.max(Duration::from_secs(5));
-        request.set_timeout(timeout);
-        match tokio::time::timeout(timeout, app.client().notify_numbers_recycled(request)).await {
-            Ok(Ok(_)) => true,
-            Ok(Err(status)) => {
-                tracing::debug!(app = %app.id, code = ?status.code(), "push batch not delivered");
-                false
+        };
+        // Through the app's client: its breaker, its concurrency limit shared with look-ups and
+        // unbinds, its timeout.
+        match app.client.notify_numbers_recycled(request).await {
+            Ok(()) => DeliveryState::Delivered,
+            Err(e) => {
+                tracing::debug!(app = %app.id, code = ?e.code(), "push batch not delivered");
+                DeliveryState::Pending
             }
-            Err(_) => false,
         }
     }
 }

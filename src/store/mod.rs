@@ -19,7 +19,7 @@ use sqlx::{
 };
 
 pub use audit::{AuditFilter, AuditRecord};
-pub use push::{AppProgress, Delivery, PushedNumber, SubmitOutcome};
+pub use push::{AppProgress, Delivery, DeliveryState, PushedNumber, SubmitOutcome};
 pub use tickets::{
     CreateOutcome, Finished, NewTicket, TicketEvent, TicketRow, TicketState, UnbindReason,
 };

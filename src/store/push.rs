@@ -2,8 +2,6 @@
 //! claimed with leases by the push worker of any replica, and the latest re-issue date per
 //! number.
 
-use std::collections::BTreeMap;
-
 use sqlx::Row;
 
 use super::{Backend, Store};
@@ -53,6 +51,16 @@ pub struct Delivery {
     pub attempts: i64,
 }
 
+/// Where one batch is for one app (the `delivered` column).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeliveryState {
+    /// Not delivered yet: due again at its next attempt.
+    Pending = 0,
+    Delivered = 1,
+    /// Never to be delivered: the app left the catalog.
+    AppRemoved = 2,
+}
+
 /// Per-app progress of a submission.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AppProgress {
@@ -60,26 +68,106 @@ pub struct AppProgress {
     pub batches_total: i64,
     pub batches_delivered: i64,
     pub numbers_delivered: i64,
+    /// Batches dropped because the app left the catalog.
+    pub batches_dropped: i64,
 }
 
 impl Store {
-    /// Stores a submission, its numbers, and one delivery per (app, batch of `batch_size`). With a
-    /// carrier's `key` (submission key, content fingerprint): a key seen before answers the
-    /// submission it made (same content) or [`SubmitOutcome::KeyReused`], and stores nothing.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn create_submission(
+    /// Opens a submission that is still arriving: nothing of it is delivered or answered from
+    /// until [`Store::complete_submission`].
+    pub async fn begin_submission(&self, id: &str, tenant: &str, now: i64) -> sqlx::Result<()> {
+        sqlx::query(
+            "INSERT INTO submissions (id, tenant, total, created_at, state) \
+             VALUES ($1, $2, 0, $3, 'receiving')",
+        )
+        .bind(id)
+        .bind(tenant)
+        .bind(now)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// Stores one chunk of an arriving submission: its numbers from `first_seq` (a multiple of
+    /// `batch_size`) and one delivery per app for each batch they make, in one short
+    /// transaction.
+    pub async fn store_submission_chunk(
         &self,
         id: &str,
-        tenant: &str,
-        key: Option<(&str, &str)>,
+        first_seq: usize,
         numbers: &[PushedNumber],
         app_ids: &[String],
         batch_size: usize,
         now: i64,
+    ) -> sqlx::Result<()> {
+        let batch_size = batch_size.max(1);
+        let mut tx = self.pool().begin().await?;
+        for (chunk_no, chunk) in numbers.chunks(200).enumerate() {
+            let sql = format!(
+                "INSERT INTO submission_numbers \
+                 (submission_id, seq, number_hash, sealed_number, cancelled_at, reissued_at) VALUES {}",
+                placeholders(chunk.len(), 5, 2, "$1, ", "")
+            );
+            let mut query = sqlx::query(&sql).bind(id);
+            for (i, n) in chunk.iter().enumerate() {
+                query = query
+                    .bind((first_seq + chunk_no * 200 + i) as i64)
+                    .bind(&n.number_hash)
+                    .bind(&n.sealed_number)
+                    .bind(n.cancelled_at)
+                    .bind(n.reissued_at);
+            }
+            query.execute(&mut *tx).await?;
+        }
+        let first_batch = first_seq / batch_size;
+        let batches: Vec<(usize, usize)> = numbers
+            .chunks(batch_size)
+            .enumerate()
+            .map(|(b, n)| (first_batch + b, n.len()))
+            .collect();
+        let rows: Vec<(&str, usize, usize)> = app_ids
+            .iter()
+            .flat_map(|app| {
+                batches
+                    .iter()
+                    .map(move |&(b, count)| (app.as_str(), b, count))
+            })
+            .collect();
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "INSERT INTO deliveries (submission_id, app_id, batch_no, first_seq, count, next_attempt_at) \
+                 VALUES {}",
+                placeholders(chunk.len(), 4, 3, "$1, ", ", $2")
+            );
+            let mut query = sqlx::query(&sql).bind(id).bind(now);
+            for (app, b, count) in chunk {
+                query = query
+                    .bind(*app)
+                    .bind(*b as i64)
+                    .bind((b * batch_size) as i64)
+                    .bind(*count as i64);
+            }
+            query.execute(&mut *tx).await?;
+        }
+        tx.commit().await
+    }
+
+    /// Completes an arriving submission of `total` numbers: claims the carrier's `key`
+    /// (submission key, content fingerprint) and makes the submission deliverable. A key seen
+    /// before answers the submission it made (same content) or [`SubmitOutcome::KeyReused`], and
+    /// completes nothing (the caller discards this one).
+    pub async fn complete_submission(
+        &self,
+        id: &str,
+        tenant: &str,
+        key: Option<(&str, &str)>,
+        total: usize,
+        now: i64,
     ) -> sqlx::Result<SubmitOutcome> {
         let mut tx = self.pool().begin().await?;
-        // Claimed first, so a concurrent push under the same key waits for this one (PostgreSQL)
-        // or for the write lock (SQLite), then finds it.
+        // Claimed in the same transaction as the completion, so of two pushes under one key
+        // exactly one completes; the other waits for it (PostgreSQL's row lock, SQLite's write
+        // lock), then finds it.
         if let Some((key, fingerprint)) = key {
             let claimed = sqlx::query(
                 "INSERT INTO push_requests (tenant, submission_key, fingerprint, submission_id, created_at) \
@@ -111,84 +199,116 @@ impl Store {
                 });
             }
         }
-        sqlx::query(
-            "INSERT INTO submissions (id, tenant, total, created_at) VALUES ($1, $2, $3, $4)",
+        let completed = sqlx::query(
+            "UPDATE submissions SET state = 'complete', total = $2 WHERE id = $1 AND state = 'receiving'",
         )
         .bind(id)
-        .bind(tenant)
-        .bind(numbers.len() as i64)
-        .bind(now)
+        .bind(total as i64)
         .execute(&mut *tx)
-        .await?;
-        for (chunk_no, chunk) in numbers.chunks(200).enumerate() {
-            let values = (0..chunk.len())
-                .map(|i| {
-                    let p = 2 + i * 4;
-                    format!("($1, ${p}, ${}, ${}, ${})", p + 1, p + 2, p + 3)
-                })
-                .collect::<Vec<_>>()
-                .join(", ");
-            let sql = format!(
-                "INSERT INTO submission_numbers (submission_id, seq, sealed_number, cancelled_at, reissued_at) VALUES {values}"
-            );
-            let mut query = sqlx::query(&sql).bind(id);
-            for (i, n) in chunk.iter().enumerate() {
-                query = query
-                    .bind((chunk_no * 200 + i) as i64)
-                    .bind(&n.sealed_number)
-                    .bind(n.cancelled_at)
-                    .bind(n.reissued_at);
-            }
-            query.execute(&mut *tx).await?;
-        }
-        // The latest re-issue date per number: one row per number in the statement (an upsert
-        // may not touch a row twice), in hash order (concurrent pushes lock rows in the same
-        // order); the store keeps the later of its date and this one.
-        let mut latest: BTreeMap<&str, i64> = BTreeMap::new();
-        for n in numbers {
-            let at = latest.entry(&n.number_hash).or_insert(n.reissued_at);
-            *at = (*at).max(n.reissued_at);
-        }
-        let latest: Vec<(&str, i64)> = latest.into_iter().collect();
-        for chunk in latest.chunks(ROWS_PER_STATEMENT) {
-            let sql = format!(
-                "INSERT INTO recycled_numbers (number_hash, reissued_at) VALUES {} \
-                 ON CONFLICT (number_hash) DO UPDATE SET reissued_at = excluded.reissued_at \
-                 WHERE recycled_numbers.reissued_at < excluded.reissued_at",
-                placeholders(chunk.len(), 2, 1, "", "")
-            );
-            let mut query = sqlx::query(&sql);
-            for (hash, at) in chunk {
-                query = query.bind(*hash).bind(*at);
-            }
-            query.execute(&mut *tx).await?;
-        }
-        // One delivery row per app and batch.
-        let batches = numbers.len().div_ceil(batch_size.max(1));
-        let rows: Vec<(&str, usize)> = app_ids
-            .iter()
-            .flat_map(|app| (0..batches).map(move |b| (app.as_str(), b)))
-            .collect();
-        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-            let sql = format!(
-                "INSERT INTO deliveries (submission_id, app_id, batch_no, first_seq, count, next_attempt_at) \
-                 VALUES {}",
-                placeholders(chunk.len(), 4, 3, "$1, ", ", $2")
-            );
-            let mut query = sqlx::query(&sql).bind(id).bind(now);
-            for (app, b) in chunk {
-                let first = b * batch_size;
-                let count = batch_size.min(numbers.len() - first);
-                query = query
-                    .bind(*app)
-                    .bind(*b as i64)
-                    .bind(first as i64)
-                    .bind(count as i64);
-            }
-            query.execute(&mut *tx).await?;
+        .await?
+        .rows_affected();
+        if completed != 1 {
+            // Discarded meanwhile as abandoned: nothing is left to complete.
+            tx.rollback().await?;
+            return Err(sqlx::Error::RowNotFound);
         }
         tx.commit().await?;
         Ok(SubmitOutcome::Created)
+    }
+
+    /// Applies a complete submission's re-issue dates to the latest date per number, `chunk`
+    /// numbers per transaction (the store keeps the later of its date and the pushed one, so a
+    /// chunk applied twice changes nothing), then marks it applied.
+    pub async fn apply_submission(&self, id: &str, chunk: usize) -> sqlx::Result<()> {
+        let total: i64 = sqlx::query_as::<_, (i64,)>("SELECT total FROM submissions WHERE id = $1")
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await?
+            .map_or(0, |r| r.0);
+        let chunk = chunk.max(1) as i64;
+        let mut from = 0;
+        while from < total {
+            // One row per number in the statement (an upsert may not touch a row twice), in hash
+            // order (concurrent pushes lock rows in the same order).
+            sqlx::query(
+                "INSERT INTO recycled_numbers (number_hash, reissued_at) \
+                 SELECT number_hash, MAX(reissued_at) FROM submission_numbers \
+                 WHERE submission_id = $1 AND seq >= $2 AND seq < $3 AND number_hash IS NOT NULL \
+                 GROUP BY number_hash ORDER BY number_hash \
+                 ON CONFLICT (number_hash) DO UPDATE SET reissued_at = excluded.reissued_at \
+                 WHERE recycled_numbers.reissued_at < excluded.reissued_at",
+            )
+            .bind(id)
+            .bind(from)
+            .bind(from + chunk)
+            .execute(self.pool())
+            .await?;
+            from += chunk;
+        }
+        sqlx::query(
+            "UPDATE submissions SET state = 'applied' WHERE id = $1 AND state = 'complete'",
+        )
+        .bind(id)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// Deletes a submission that will never complete, `chunk` rows per statement.
+    pub async fn discard_submission(&self, id: &str, chunk: usize) -> sqlx::Result<()> {
+        let state: Option<(String,)> =
+            sqlx::query_as("SELECT state FROM submissions WHERE id = $1")
+                .bind(id)
+                .fetch_optional(self.pool())
+                .await?;
+        if state.is_none_or(|(s,)| s != "receiving") {
+            // Complete (or gone): never discarded.
+            return Ok(());
+        }
+        let chunk = chunk.max(1) as i64;
+        for sql in [
+            "DELETE FROM submission_numbers WHERE submission_id = $1 AND seq IN \
+             (SELECT seq FROM submission_numbers WHERE submission_id = $1 LIMIT $2)",
+            "DELETE FROM deliveries WHERE submission_id = $1 AND (app_id, batch_no) IN \
+             (SELECT app_id, batch_no FROM deliveries WHERE submission_id = $1 LIMIT $2)",
+        ] {
+            while sqlx::query(sql)
+                .bind(id)
+                .bind(chunk)
+                .execute(self.pool())
+                .await?
+                .rows_affected()
+                > 0
+            {}
+        }
+        sqlx::query("DELETE FROM submissions WHERE id = $1 AND state = 'receiving'")
+            .bind(id)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// Submissions a stopped replica left half done: still arriving since before `before`
+    /// (to discard), or complete with their dates not applied (to apply).
+    pub async fn unfinished_submissions(
+        &self,
+        before: i64,
+    ) -> sqlx::Result<(Vec<String>, Vec<String>)> {
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT id, state FROM submissions \
+             WHERE (state = 'receiving' AND created_at < $1) OR state = 'complete' \
+             ORDER BY created_at LIMIT 100",
+        )
+        .bind(before)
+        .fetch_all(self.pool())
+        .await?;
+        let (abandoned, unapplied): (Vec<_>, Vec<_>) = rows
+            .into_iter()
+            .partition(|(_, state)| state == "receiving");
+        Ok((
+            abandoned.into_iter().map(|r| r.0).collect(),
+            unapplied.into_iter().map(|r| r.0).collect(),
+        ))
     }
 
     /// Claims up to `limit` due, undelivered batches under `lease` until `lease_until`.
@@ -207,6 +327,7 @@ impl Store {
             "UPDATE deliveries SET lease_owner = $1, lease_until = $2, attempts = attempts + 1 \
              WHERE (submission_id, app_id, batch_no) IN (SELECT submission_id, app_id, batch_no FROM deliveries \
              WHERE delivered = 0 AND next_attempt_at <= $3 AND (lease_until IS NULL OR lease_until < $3) \
+             AND EXISTS (SELECT 1 FROM submissions s WHERE s.id = deliveries.submission_id AND s.state <> 'receiving') \
              ORDER BY next_attempt_at LIMIT $4 {lock}) \
              RETURNING submission_id, app_id, batch_no, first_seq, count, attempts"
         ))
@@ -243,12 +364,13 @@ impl Store {
         .await
     }
 
-    /// Records a delivery attempt (fenced on the lease): delivered, or due again at `next`.
+    /// Records a delivery attempt (fenced on the lease): its new state, due again at `next` if
+    /// still pending.
     pub async fn finish_delivery(
         &self,
         d: &Delivery,
         lease: &str,
-        delivered: bool,
+        state: DeliveryState,
         next: i64,
     ) -> sqlx::Result<bool> {
         Ok(sqlx::query(
@@ -259,7 +381,7 @@ impl Store {
         .bind(&d.app_id)
         .bind(d.batch_no)
         .bind(lease)
-        .bind(i64::from(delivered))
+        .bind(state as i64)
         .bind(next)
         .execute(self.pool())
         .await?
@@ -269,7 +391,9 @@ impl Store {
 
     /// A submission's tenant, total and creation time.
     pub async fn submission(&self, id: &str) -> sqlx::Result<Option<(String, i64, i64)>> {
-        sqlx::query_as("SELECT tenant, total, created_at FROM submissions WHERE id = $1")
+        sqlx::query_as(
+            "SELECT tenant, total, created_at FROM submissions WHERE id = $1 AND state <> 'receiving'",
+        )
             .bind(id)
             .fetch_optional(self.pool())
             .await
@@ -277,8 +401,11 @@ impl Store {
 
     /// Per-app delivery progress of a submission.
     pub async fn submission_progress(&self, id: &str) -> sqlx::Result<Vec<AppProgress>> {
-        let rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(
-            "SELECT app_id, COUNT(*), CAST(SUM(delivered) AS BIGINT), CAST(SUM(delivered * count) AS BIGINT) \
+        let rows: Vec<(String, i64, i64, i64, i64)> = sqlx::query_as(
+            "SELECT app_id, COUNT(*), \
+             CAST(SUM(CASE WHEN delivered = 1 THEN 1 ELSE 0 END) AS BIGINT), \
+             CAST(SUM(CASE WHEN delivered = 1 THEN count ELSE 0 END) AS BIGINT), \
+             CAST(SUM(CASE WHEN delivered = 2 THEN 1 ELSE 0 END) AS BIGINT) \
              FROM deliveries \
              WHERE submission_id = $1 GROUP BY app_id ORDER BY app_id",
         )
@@ -288,11 +415,14 @@ impl Store {
         Ok(rows
             .into_iter()
             .map(
-                |(app_id, batches_total, batches_delivered, numbers_delivered)| AppProgress {
-                    app_id,
-                    batches_total,
-                    batches_delivered,
-                    numbers_delivered,
+                |(app_id, batches_total, batches_delivered, numbers_delivered, batches_dropped)| {
+                    AppProgress {
+                        app_id,
+                        batches_total,
+                        batches_delivered,
+                        numbers_delivered,
+                        batches_dropped,
+                    }
                 },
             )
             .collect())
@@ -307,6 +437,17 @@ impl Store {
         .fetch_optional(self.pool())
         .await?
         .map(|r| r.0))
+    }
+
+    /// Forgets submission keys older than `before` (a carrier resends within hours, not days).
+    pub async fn purge_push_requests(&self, before: i64) -> sqlx::Result<u64> {
+        Ok(
+            sqlx::query("DELETE FROM push_requests WHERE created_at < $1")
+                .bind(before)
+                .execute(self.pool())
+                .await?
+                .rows_affected(),
+        )
     }
 
     /// Releases every delivery lease of `owner` (graceful shutdown).

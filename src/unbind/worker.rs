@@ -21,7 +21,7 @@ use crate::{
     clock::Clock,
     config::UnbindConfig,
     domain::{AppId, E164},
-    fanout::{App, Catalog, LookupCache, answer},
+    fanout::{App, Catalog, Gate, LookupCache, RpcError, answer},
     proto::{
         GetUnbindStatusRequest, UnbindAccountRequest, UnbindAccountResponse,
         unbind_account_response::State as AppState,
@@ -54,20 +54,6 @@ struct Decision {
     vendor_ref: String,
     next_attempt_at: i64,
     cause: String,
-}
-
-/// Whether an app's error is worth retrying.
-fn transient(code: Code) -> bool {
-    matches!(
-        code,
-        Code::Unavailable
-            | Code::DeadlineExceeded
-            | Code::Cancelled
-            | Code::ResourceExhausted
-            | Code::Aborted
-            | Code::Internal
-            | Code::Unknown
-    )
 }
 
 /// Most outcomes recorded in one store transaction.
@@ -211,30 +197,20 @@ impl Worker {
                 now,
             );
         };
-        // The app's circuit breaker, shared with look-ups: while it is open (the app keeps
-        // failing or timing out) the ticket waits its backoff without adding to the app's load.
-        // Except for the final status check at the due date: one call, and the only way to learn
-        // whether the app has the ticket before it is given up.
+        // The app's client holds its breaker, shared with look-ups and pushes: while it is open
+        // (the app keeps failing or timing out) the ticket waits its backoff without adding to
+        // the app's load. Except for the final status check at the due date: one call, and the
+        // only way to learn whether the app has the ticket before it is given up.
         let call = lifecycle::call(ticket.state, now, ticket.due_at);
-        let permit = match app.breaker.try_acquire() {
-            Ok(permit) => Some(permit),
-            Err(_) if now >= ticket.due_at => None,
-            Err(_) => {
-                let why = "the app is failing (circuit open); not called";
-                return self
-                    .decision(ticket, Found::NoAnswer, None, Some(why.into()), now)
-                    .await;
-            }
-        };
         let answer = match call {
             Call::Send => self.send(&app, ticket, &phone, &account_id).await,
-            Call::Status => self.poll_status(&app, ticket).await,
+            Call::Status => self.poll_status(&app, ticket, now).await,
         };
-        match (permit, &answer) {
-            (Some(permit), Err(status)) if transient(status.code()) => permit.failure(),
-            // An answer, even a refusal, is an app at work.
-            (Some(permit), _) => permit.success(),
-            (None, _) => {}
+        if let Err(RpcError::CircuitOpen) = answer {
+            let why = "the app is failing (circuit open); not called";
+            return self
+                .decision(ticket, Found::NoAnswer, None, Some(why.into()), now)
+                .await;
         }
         let found = match &answer {
             Ok(a) => match AppState::try_from(a.state).unwrap_or(AppState::Unspecified) {
@@ -243,21 +219,19 @@ impl Worker {
                 AppState::Rejected => Found::Rejected,
                 AppState::Unspecified => Found::NoAnswer,
             },
-            Err(status) if call == Call::Status && status.code() == Code::NotFound => {
-                Found::NotFound
-            }
-            Err(status) if transient(status.code()) => Found::NoAnswer,
+            Err(e) if call == Call::Status && e.code() == Code::NotFound => Found::NotFound,
+            Err(e) if e.is_transient() => Found::NoAnswer,
             Err(_) => Found::Refused,
         };
         // What the app's error was, for the holder and the operator.
         let why = match &answer {
-            Err(status) if found == Found::NoAnswer => Some(format!(
+            Err(e) if found == Found::NoAnswer => Some(format!(
                 "app unreachable or failing ({})",
-                crate::metrics::code_name(status.code())
+                crate::metrics::code_name(e.code())
             )),
-            Err(status) if found == Found::Refused => Some(format!(
+            Err(e) if found == Found::Refused => Some(format!(
                 "the app refused the request ({})",
-                crate::metrics::code_name(status.code())
+                crate::metrics::code_name(e.code())
             )),
             _ => None,
         };
@@ -302,35 +276,40 @@ impl Worker {
         ticket: &TicketRow,
         phone: &str,
         account_id: &str,
-    ) -> Result<UnbindAccountResponse, tonic::Status> {
-        let mut request = tonic::Request::new(UnbindAccountRequest {
-            request_id: random_id("req"),
-            idempotency_key: ticket.id.clone(),
-            account_id: account_id.to_owned(),
-            phone_number: phone.to_owned(),
-            reason: ticket.reason as i32,
-        });
-        request.set_timeout(app.timeout);
-        tokio::time::timeout(app.timeout, app.client().unbind_account(request))
+    ) -> Result<UnbindAccountResponse, RpcError> {
+        app.client
+            .unbind_account(UnbindAccountRequest {
+                request_id: random_id("req"),
+                idempotency_key: ticket.id.clone(),
+                account_id: account_id.to_owned(),
+                phone_number: phone.to_owned(),
+                reason: ticket.reason as i32,
+            })
             .await
-            .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("unbind call timed out")))
-            .map(tonic::Response::into_inner)
     }
 
+    /// A status check; at or past the due date it is the final one, made even while the app's
+    /// breaker is open.
     async fn poll_status(
         &self,
         app: &App,
         ticket: &TicketRow,
-    ) -> Result<UnbindAccountResponse, tonic::Status> {
-        let mut request = tonic::Request::new(GetUnbindStatusRequest {
-            vendor_ref: ticket.vendor_ref.clone(),
-            idempotency_key: ticket.id.clone(),
-        });
-        request.set_timeout(app.timeout);
-        tokio::time::timeout(app.timeout, app.client().get_unbind_status(request))
+        now: i64,
+    ) -> Result<UnbindAccountResponse, RpcError> {
+        let gate = if now >= ticket.due_at {
+            Gate::FinalCheck
+        } else {
+            Gate::Breaker
+        };
+        app.client
+            .get_unbind_status(
+                GetUnbindStatusRequest {
+                    vendor_ref: ticket.vendor_ref.clone(),
+                    idempotency_key: ticket.id.clone(),
+                },
+                gate,
+            )
             .await
-            .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("status call timed out")))
-            .map(tonic::Response::into_inner)
     }
 
     fn open_sealed(&self, sealed: &str) -> Option<String> {
@@ -672,7 +651,8 @@ mod tests {
 
     #[test]
     fn only_transient_codes_are_retried() {
-        assert!(transient(Code::Unavailable) && transient(Code::DeadlineExceeded));
-        assert!(!transient(Code::InvalidArgument) && !transient(Code::PermissionDenied));
+        use crate::fanout::client::is_transient;
+        assert!(is_transient(Code::Unavailable) && is_transient(Code::DeadlineExceeded));
+        assert!(!is_transient(Code::InvalidArgument) && !is_transient(Code::PermissionDenied));
     }
 }

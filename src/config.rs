@@ -903,8 +903,9 @@ fn check_max_accounts(value: Option<usize>, key: &str) -> anyhow::Result<()> {
 }
 
 impl Config {
-    /// A worker holds a ticket's lease while it waits for the app, for up to the app's timeout,
-    /// and does not renew it. A lease shorter than that ends while the call is still running:
+    /// A worker (tickets and pushes alike) holds a job's lease while it waits for the app, for up
+    /// to the app's timeout (the wait for a concurrency slot included), then records the outcome,
+    /// and does not renew it. The timeout must be well under the lease: at most half of it. A lease shorter than that ends while the call is still running:
     /// the worker's next claim (or another replica's) takes the ticket and sends it again, and
     /// the first answer can no longer be recorded, for ever if the app is always that slow.
     fn check_lease_outlasts_calls(&self) -> anyhow::Result<()> {
@@ -916,11 +917,11 @@ impl Config {
             .chain([("app_defaults.timeout".to_owned(), self.app_defaults.timeout)])
             .max_by_key(|(_, t)| *t)
             .unwrap_or_default();
-        if self.unbind.lease <= longest {
+        if self.unbind.lease < longest.saturating_mul(2) {
             bail!(
-                "`unbind.lease` ({}) must be longer than the longest app timeout (`{key}`, {}): \
+                "`unbind.lease` ({}) must be at least twice the longest app timeout (`{key}`, {}): \
                  a call still running when its lease ends is sent again and its answer is never \
-                 recorded",
+                 recorded; the rest of the lease is for recording the outcome",
                 humantime::format_duration(self.unbind.lease),
                 humantime::format_duration(longest)
             );
@@ -1427,18 +1428,18 @@ mod tests {
                 true,
             ),
             (
-                "lease = the longest app timeout",
+                "lease under twice the longest app timeout",
                 |c| {
                     c.app_defaults.timeout = Duration::from_millis(500);
-                    c.unbind.lease = Duration::from_millis(800);
+                    c.unbind.lease = Duration::from_millis(1599);
                 },
                 false,
             ),
             (
-                "lease just over it",
+                "lease twice it",
                 |c| {
                     c.app_defaults.timeout = Duration::from_millis(500);
-                    c.unbind.lease = Duration::from_millis(801);
+                    c.unbind.lease = Duration::from_millis(1600);
                 },
                 true,
             ),

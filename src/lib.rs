@@ -14,6 +14,8 @@
 //! - `fanout`: the app catalog, adapter calls, breakers, the cache, the merge, and their metrics;
 //! - `unbind`: durable unbind tickets, and the worker that carries them to the apps;
 //! - `push`: the carrier's recycled-number push, and the worker that delivers it to the apps;
+//! - `jobs`: the one job loop both workers run (claim with a lease, attempt, record fenced on
+//!   the lease, release) and their one backoff;
 //! - `audit`: the audit trail, written in batches off the request path;
 //! - `registry`: the client of the carrier's subscriber registry;
 //! - `store`: the SQLite / PostgreSQL store and its migrations.
@@ -51,6 +53,7 @@ pub mod config;
 pub mod domain;
 pub mod fanout;
 pub mod gateway;
+pub mod jobs;
 pub mod metrics;
 pub mod pki;
 pub mod proto;

@@ -84,8 +84,8 @@ fn crash_config(config: &mut Config) {
         worker_concurrency: 64,
         ..UnbindConfig::default()
     };
-    // Under the lease, as the config requires (the apps answer within 300 ms).
-    config.app_defaults.timeout = Duration::from_millis(800);
+    // At most half the lease, as the config requires (the apps answer within 300 ms).
+    config.app_defaults.timeout = Duration::from_millis(500);
 }
 
 /// The whole scenario on one store: `store_url` `None` is a SQLite file in the test's directory.

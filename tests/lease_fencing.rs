@@ -23,7 +23,7 @@ use unbind_gateway::{
 
 fn short_lease(config: &mut Config) {
     config.unbind = UnbindConfig {
-        lease: Duration::from_secs(3),
+        lease: Duration::from_secs(4),
         poll_interval: Duration::from_millis(50),
         status_poll_interval: Duration::from_millis(200),
         retry_base: Duration::from_millis(100),
@@ -31,8 +31,8 @@ fn short_lease(config: &mut Config) {
         retry_jitter: false,
         ..UnbindConfig::default()
     };
-    // The app's answer (1.5 s) is inside its timeout, which is inside the lease.
-    config.app_defaults.timeout = Duration::from_millis(2500);
+    // The app's answer (1.5 s) is inside its timeout, which is at most half the lease.
+    config.app_defaults.timeout = Duration::from_secs(2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -95,8 +95,12 @@ async fn a_stalled_app_times_out_alone_within_the_deadline() {
     let h = Harness::start(Options {
         apps: 20,
         app_timeout: Duration::from_secs(20),
-        // The deadline the gateway gives a caller that sends none.
-        tweak: |c| c.lookup.default_deadline = Duration::from_millis(1500),
+        // The deadline the gateway gives a caller that sends none (and a lease at least twice
+        // the apps' timeout, as the config requires).
+        tweak: |c| {
+            c.lookup.default_deadline = Duration::from_millis(1500);
+            c.unbind.lease = Duration::from_secs(40);
+        },
         ..Options::default()
     })
     .await;

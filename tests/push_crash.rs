@@ -73,8 +73,8 @@ fn push_config(config: &mut Config) {
         retry_jitter: false,
         ..UnbindConfig::default()
     };
-    // Under the lease, as the config requires; the apps answer within 600 ms.
-    config.app_defaults.timeout = Duration::from_millis(1500);
+    // At most half the lease, as the config requires; the apps answer within 600 ms.
+    config.app_defaults.timeout = Duration::from_secs(1);
 }
 
 fn numbers(seed: usize) -> Vec<RecycledNumber> {

@@ -7,8 +7,8 @@
 //!   call; waiting counts within the call's timeout);
 //! - **one circuit breaker**: an app failing its look-ups is not sent unbinds meanwhile, and the
 //!   other way round;
-//! - **a timeout per RPC**: the app's `timeout`, and for `NotifyNumbersRecycled` at least
-//!   [`MIN_PUSH_TIMEOUT`] (a batch carries up to a thousand numbers);
+//! - **one timeout**: the app's `timeout` bounds every call, the wait for a slot included (the
+//!   config checks it is well under the workers' lease);
 //! - **a decoding limit per RPC**: a look-up answer by [`answer::decoding_limit`], every other
 //!   answer [`SMALL_ANSWER_BYTES`];
 //! - **retry only for `FindAccounts`**, the one call that is read-only and answered while a person
@@ -40,9 +40,6 @@ use crate::{
 /// `vendor_ref` (kept to [`answer::MAX_DETAIL_CHARS`] and [`answer::MAX_VENDOR_REF_BYTES`]) fit
 /// many times over.
 pub const SMALL_ANSWER_BYTES: usize = 64 * 1024;
-
-/// The shortest timeout of a `NotifyNumbersRecycled` call, whatever the app's `timeout`.
-pub const MIN_PUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The calls the workers make (`FindAccounts` goes through [`AppClient::lookup`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -200,17 +197,12 @@ impl AppClient {
         self.call(
             Rpc::NotifyNumbersRecycled,
             Gate::Breaker,
-            self.timeout.max(MIN_PUSH_TIMEOUT),
+            self.timeout,
             request,
             |mut c, r| async move { c.notify_numbers_recycled(r).await },
         )
         .await
         .map(|_| ())
-    }
-
-    /// The longest any one call to the app may take (a worker's lease must outlast it).
-    pub fn longest_call(&self) -> Duration {
-        self.timeout.max(MIN_PUSH_TIMEOUT)
     }
 
     /// One call: the breaker's permit, then a concurrency slot and the call itself, both within

@@ -1,17 +1,17 @@
-//! The push worker: claims undelivered batches (leases, as for tickets, so replicas share the
-//! work and a dead replica's batches are taken over), calls the app's `NotifyNumbersRecycled`
-//! with the batch id as idempotency key, and retries failures with exponential backoff until the
-//! app has them: delivery is at least once.
+//! The push worker: the job loop ([`crate::jobs`], as for tickets: leases, so replicas share the
+//! work and a dead replica's batches are taken over) over undelivered batches; each attempt calls
+//! the app's `NotifyNumbersRecycled` through its client with the batch id as idempotency key, and
+//! a failure is retried with the shared backoff until the app has it: delivery is at least once.
 
 use std::sync::Arc;
 
 use tokio::sync::{Notify, watch};
 
 use crate::{
-    backoff::Backoff,
     clock::{Clock, timestamp_from_ms},
     config::UnbindConfig,
     fanout::Catalog,
+    jobs::{self, Done, Jobs, LoopSettings},
     proto::{NotifyNumbersRecycledRequest, RecycledNumber},
     security::{Keys, Purpose},
     store::{Delivery, DeliveryState, Store},
@@ -32,55 +32,69 @@ pub struct PushWorker {
 }
 
 impl PushWorker {
-    /// Runs until `shutdown`; then releases what it holds.
-    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
-        let mut claims: u64 = 0;
-        while !*shutdown.borrow() {
-            claims += 1;
-            let lease = format!("{}/{claims}", self.owner);
-            let now = self.clock.now_ms();
-            let until = now + self.config.lease.as_millis() as i64;
-            match self
-                .store
-                .claim_deliveries(&lease, now, until, CONCURRENCY as i64)
-                .await
-            {
-                Ok(batch) if !batch.is_empty() => {
-                    let attempts = batch.iter().map(|d| self.deliver(d, &lease));
-                    futures::future::join_all(attempts).await;
-                    continue;
-                }
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "could not claim push deliveries"),
-            }
-            tokio::select! {
-                () = self.wake.notified() => {}
-                () = tokio::time::sleep(self.config.poll_interval) => {}
-                _ = shutdown.changed() => {}
-            }
-        }
-        if let Err(e) = self.store.release_delivery_leases(&self.owner).await {
-            tracing::warn!(error = %e, "could not release push delivery leases");
-        }
-    }
-
-    async fn deliver(&self, d: &Delivery, lease: &str) {
-        let outcome = self.try_deliver(d).await;
-        let now = self.clock.now_ms();
-        let c = &self.config;
-        let next = match outcome {
-            DeliveryState::Pending => {
-                now + Backoff::new(c.retry_base, c.retry_max)
-                    .retry(d.attempts, c.retry_jitter)
-                    .as_millis() as i64
-            }
-            _ => now,
+    /// Runs the job loop ([`crate::jobs::run`]) until `shutdown`; then releases what it holds.
+    pub async fn run(self: Arc<Self>, shutdown: watch::Receiver<bool>) {
+        let settings = LoopSettings {
+            owner: self.owner.clone(),
+            concurrency: CONCURRENCY,
+            lease: self.config.lease,
+            poll_interval: self.config.poll_interval,
+            shutdown_grace: self.config.shutdown_grace,
         };
-        if let Err(e) = self.store.finish_delivery(d, lease, outcome, next).await {
-            tracing::warn!(error = %e, "could not record a push delivery; it will be retried");
+        let (clock, wake) = (self.clock.clone(), Arc::clone(&self.wake));
+        jobs::run(self, clock, settings, wake, shutdown).await;
+    }
+}
+
+impl Jobs for PushWorker {
+    type Job = Delivery;
+    type Outcome = DeliveryState;
+    const KIND: &'static str = "push deliveries";
+
+    async fn claim(
+        &self,
+        lease: &str,
+        now: i64,
+        lease_until: i64,
+        limit: usize,
+    ) -> sqlx::Result<Vec<Delivery>> {
+        self.store
+            .claim_deliveries(lease, now, lease_until, limit as i64)
+            .await
+    }
+
+    async fn attempt(&self, delivery: &Delivery) -> DeliveryState {
+        self.try_deliver(delivery).await
+    }
+
+    /// Records each delivery, fenced on its lease: delivered or dropped for good, or due again
+    /// after the shared backoff.
+    async fn record(&self, done: &[Done<Delivery, DeliveryState>]) {
+        let now = self.clock.now_ms();
+        for Done {
+            job: d,
+            lease,
+            outcome,
+        } in done
+        {
+            let next = match outcome {
+                DeliveryState::Pending => {
+                    now + jobs::retry_delay(&self.config, d.attempts).as_millis() as i64
+                }
+                _ => now,
+            };
+            if let Err(e) = self.store.finish_delivery(d, lease, *outcome, next).await {
+                tracing::warn!(error = %e, "could not record a push delivery; it will be retried");
+            }
         }
     }
 
+    async fn release(&self, owner: &str) -> sqlx::Result<u64> {
+        self.store.release_delivery_leases(owner).await
+    }
+}
+
+impl PushWorker {
     /// One attempt at one batch: delivered, still pending (retried with backoff), or dropped
     /// because the app left the catalog. A disabled app's batches wait until it is enabled again
     /// or removed.

@@ -1,5 +1,6 @@
-//! The ticket worker: each replica runs one. It claims due tickets (a lease in the store, so a
-//! crashed replica's tickets are taken over when the lease runs out), sends each to its app with
+//! The ticket worker: each replica runs one, on the job loop ([`crate::jobs`]). It claims due
+//! tickets (a lease in the store, so a crashed replica's tickets are taken over when the lease
+//! runs out), sends each to its app through the app's client with
 //! the ticket's own idempotency key, polls accepted ones, retries transient failures with
 //! exponential backoff until the due date, and records every transition.
 //!
@@ -10,18 +11,15 @@
 
 use std::sync::Arc;
 
-use tokio::{
-    sync::{Notify, Semaphore, mpsc, watch},
-    task::JoinSet,
-};
+use tokio::sync::{Notify, watch};
 use tonic::Code;
 
 use crate::{
-    backoff::Backoff,
     clock::Clock,
     config::UnbindConfig,
     domain::{AppId, E164},
     fanout::{App, Catalog, Gate, LookupCache, RpcError, answer},
+    jobs::{self, Done, Jobs, LoopSettings},
     proto::{
         GetUnbindStatusRequest, UnbindAccountRequest, UnbindAccountResponse,
         unbind_account_response::State as AppState,
@@ -48,7 +46,7 @@ pub struct Worker {
 }
 
 /// What one attempt decided.
-struct Decision {
+pub struct Decision {
     to: TicketState,
     detail: String,
     vendor_ref: String,
@@ -56,133 +54,96 @@ struct Decision {
     cause: String,
 }
 
-/// Most outcomes recorded in one store transaction.
-const MAX_BATCH: usize = 512;
-
 impl Worker {
-    /// Runs until `shutdown` turns true; then stops claiming, waits a little for in-flight
-    /// tickets, records their outcomes, and releases every lease it still holds so another
-    /// replica carries on at once.
-    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
-        let permits = Arc::new(Semaphore::new(self.config.worker_concurrency));
-        let (done_tx, done_rx) = mpsc::channel(self.config.worker_concurrency.max(16));
-        let recorder = tokio::spawn(Arc::clone(&self).record_outcomes(done_rx));
-        let mut tasks = JoinSet::new();
-        let mut claims: u64 = 0;
-        tracing::info!(owner = %self.owner, "unbind worker started");
-        while !*shutdown.borrow() {
-            while tasks.try_join_next().is_some() {}
-            let free = permits.available_permits();
-            // Each claim gets its own lease name, so a write from an older claim can never land
-            // on a ticket this worker claimed again since.
-            claims += 1;
-            let lease: Arc<str> = format!("{}/{claims}", self.owner).into();
-            let claimed = if free == 0 {
-                Ok(Vec::new())
-            } else {
-                let now = self.clock.now_ms();
-                let lease_until = now + self.config.lease.as_millis() as i64;
-                self.store
-                    .claim_tickets(&lease, now, lease_until, free as i64)
-                    .await
-            };
-            match claimed {
-                Ok(tickets) if !tickets.is_empty() => {
-                    for ticket in tickets {
-                        let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
-                            break;
-                        };
-                        let worker = Arc::clone(&self);
-                        let done = done_tx.clone();
-                        let lease = Arc::clone(&lease);
-                        tasks.spawn(async move {
-                            let decision = worker.attempt(&ticket).await;
-                            // The lease stays ours until the recorder writes the outcome, so no
-                            // one else claims the ticket meanwhile.
-                            let _ = done.send((ticket, lease, decision)).await;
-                            drop(permit);
-                        });
-                    }
-                    // Claim again at once: more may be due.
-                    continue;
-                }
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "could not claim tickets"),
-            }
-            tokio::select! {
-                () = self.wake.notified() => {}
-                () = tokio::time::sleep(self.config.poll_interval) => {}
-                _ = shutdown.changed() => {}
-                Some(_) = tasks.join_next(), if !tasks.is_empty() && permits.available_permits() == 0 => {}
-            }
-        }
-        // Give in-flight tickets a moment; whatever is left is released for others.
-        let grace = tokio::time::sleep(self.config.shutdown_grace);
-        tokio::pin!(grace);
-        loop {
-            tokio::select! {
-                next = tasks.join_next() => if next.is_none() { break },
-                () = &mut grace => { tasks.abort_all(); break }
-            }
-        }
-        drop(done_tx);
-        let _ = recorder.await;
-        match self.store.release_leases(&self.owner).await {
-            Ok(n) => tracing::info!(released = n, "unbind worker stopped"),
-            Err(e) => tracing::warn!(error = %e, "could not release ticket leases"),
-        }
+    /// Runs the job loop ([`crate::jobs::run`]) until `shutdown` turns true; then in-flight
+    /// tickets get `shutdown_grace`, their outcomes are recorded, and every lease still held is
+    /// released so another replica carries on at once.
+    pub async fn run(self: Arc<Self>, shutdown: watch::Receiver<bool>) {
+        let settings = LoopSettings {
+            owner: self.owner.clone(),
+            concurrency: self.config.worker_concurrency,
+            lease: self.config.lease,
+            poll_interval: self.config.poll_interval,
+            shutdown_grace: self.config.shutdown_grace,
+        };
+        let (clock, wake) = (self.clock.clone(), Arc::clone(&self.wake));
+        jobs::run(self, clock, settings, wake, shutdown).await;
     }
+}
 
-    /// Writes attempt outcomes in batches (one transaction for whatever arrived together), then
-    /// does what final states call for.
-    async fn record_outcomes(
-        self: Arc<Self>,
-        mut done: mpsc::Receiver<(TicketRow, Arc<str>, Decision)>,
-    ) {
-        let mut batch = Vec::with_capacity(MAX_BATCH);
-        while done.recv_many(&mut batch, MAX_BATCH).await > 0 {
-            let finished: Vec<Finished<'_>> = batch
-                .iter()
-                .map(|(ticket, lease, d)| Finished {
-                    ticket,
-                    lease,
-                    to: d.to,
-                    detail: &d.detail,
-                    vendor_ref: &d.vendor_ref,
-                    next_attempt_at: d.next_attempt_at,
-                    cause: &d.cause,
-                })
-                .collect();
-            match self
-                .store
-                .finish_attempts(&finished, self.clock.now_ms())
-                .await
-            {
-                Ok(recorded) => {
-                    if recorded.len() < finished.len() {
-                        tracing::warn!(
-                            lost = finished.len() - recorded.len(),
-                            "leases lost; other workers have those tickets"
-                        );
-                    }
-                    for (ticket, _, d) in &batch {
-                        if d.to != ticket.state && !d.to.is_open() && recorded.contains(&ticket.id)
-                        {
-                            self.after_final(ticket, d.to, &d.detail);
-                        }
-                    }
-                }
-                // The tickets stay leased to us until the lease runs out; then they are retried
-                // (with the same idempotency key).
-                Err(e) => {
-                    tracing::warn!(tickets = finished.len(), error = %e, "could not record ticket attempts")
-                }
-            }
-            batch.clear();
-        }
+impl Jobs for Worker {
+    type Job = TicketRow;
+    type Outcome = Decision;
+    const KIND: &'static str = "tickets";
+
+    async fn claim(
+        &self,
+        lease: &str,
+        now: i64,
+        lease_until: i64,
+        limit: usize,
+    ) -> sqlx::Result<Vec<TicketRow>> {
+        self.store
+            .claim_tickets(lease, now, lease_until, limit as i64)
+            .await
     }
 
     async fn attempt(&self, ticket: &TicketRow) -> Decision {
+        self.attempt_ticket(ticket).await
+    }
+
+    /// Writes the outcomes in one transaction, then does what final states call for.
+    async fn record(&self, done: &[Done<TicketRow, Decision>]) {
+        let finished: Vec<Finished<'_>> = done
+            .iter()
+            .map(|d| Finished {
+                ticket: &d.job,
+                lease: &d.lease,
+                to: d.outcome.to,
+                detail: &d.outcome.detail,
+                vendor_ref: &d.outcome.vendor_ref,
+                next_attempt_at: d.outcome.next_attempt_at,
+                cause: &d.outcome.cause,
+            })
+            .collect();
+        match self
+            .store
+            .finish_attempts(&finished, self.clock.now_ms())
+            .await
+        {
+            Ok(recorded) => {
+                if recorded.len() < finished.len() {
+                    tracing::warn!(
+                        lost = finished.len() - recorded.len(),
+                        "leases lost; other workers have those tickets"
+                    );
+                }
+                for Done {
+                    job: ticket,
+                    outcome: d,
+                    ..
+                } in done
+                {
+                    if d.to != ticket.state && !d.to.is_open() && recorded.contains(&ticket.id) {
+                        self.after_final(ticket, d.to, &d.detail);
+                    }
+                }
+            }
+            // The tickets stay leased to us until the lease runs out; then they are retried
+            // (with the same idempotency key).
+            Err(e) => {
+                tracing::warn!(tickets = finished.len(), error = %e, "could not record ticket attempts")
+            }
+        }
+    }
+
+    async fn release(&self, owner: &str) -> sqlx::Result<u64> {
+        self.store.release_leases(owner).await
+    }
+}
+
+impl Worker {
+    async fn attempt_ticket(&self, ticket: &TicketRow) -> Decision {
         let now = self.clock.now_ms();
         let Some(app) = self.catalog.get(&ticket.app_id) else {
             return unsendable(ticket, "the app is no longer integrated", now);
@@ -258,8 +219,7 @@ impl Worker {
             0
         };
         let step = lifecycle::next(ticket.state, found, now, ticket.due_at, resends);
-        let backoff = Backoff::new(self.config.retry_base, self.config.retry_max)
-            .retry(ticket.attempts, self.config.retry_jitter);
+        let backoff = jobs::retry_delay(&self.config, ticket.attempts);
         decide(
             ticket,
             &step,

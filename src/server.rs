@@ -17,6 +17,7 @@ use crate::{
         edge::Edge,
         metrics::ApiMetrics,
         push::PushService,
+        rate::SharedStore,
         shed::{Bounds, ShedLayer},
         tenant::Tenants,
     },
@@ -154,6 +155,10 @@ pub async fn serve(
         Arc::new(Tenants::new(
             &gateway.config.tenants,
             gateway.config.development,
+            Some(SharedStore {
+                store: gateway.store.clone(),
+                clock: gateway.clock.clone(),
+            }),
         )),
         gateway.audit.clone(),
     );

@@ -17,7 +17,7 @@ use unbind_gateway::{
         account_gateway_client::AccountGatewayClient, unbind_ticket::State,
     },
     server,
-    store::Store,
+    store::{BucketSpec, Store},
     testkit::stack::numbered_subscribers,
 };
 
@@ -312,4 +312,80 @@ async fn scratch_databases_of_exited_processes_are_dropped_by_the_next_run() {
             .await
             .unwrap();
     }
+}
+
+/// The shared token buckets behind tenants' rates (issue 14, item 6), drawn from directly on both
+/// stores: a block when there is one, a single token when less is left, none when empty;
+/// refilled at the rate from when it was last drawn, never above the burst, and never by a
+/// replica whose clock is behind.
+async fn shared_buckets_on(store: Store) {
+    let spec = BucketSpec {
+        rate: 10.0,
+        burst: 25.0,
+    };
+    let t0 = 1_800_000_000_000;
+    let take = |want: f64, at: i64| {
+        let store = store.clone();
+        async move {
+            store
+                .take_tokens("tenant:t:requests", want, spec, at)
+                .await
+                .unwrap()
+        }
+    };
+    assert!(
+        store
+            .has_token("tenant:t:requests", spec, t0)
+            .await
+            .unwrap()
+    );
+    // Full at first: 25 tokens, drawn 10, 10, then 5 left: one at a time.
+    assert_eq!(take(10.0, t0).await, 10.0);
+    assert_eq!(take(10.0, t0).await, 10.0);
+    for _ in 0..5 {
+        assert_eq!(take(10.0, t0).await, 1.0);
+    }
+    assert_eq!(take(10.0, t0).await, 0.0);
+    assert!(
+        !store
+            .has_token("tenant:t:requests", spec, t0)
+            .await
+            .unwrap()
+    );
+    // A replica whose clock is 2 s behind refills nothing.
+    assert_eq!(take(1.0, t0 - 2_000).await, 0.0);
+    // 300 ms later: 3 tokens.
+    assert_eq!(take(10.0, t0 + 300).await, 1.0);
+    assert_eq!(take(2.0, t0 + 300).await, 2.0);
+    assert_eq!(take(1.0, t0 + 300).await, 0.0);
+    // An hour later: the burst, not more.
+    assert_eq!(take(20.0, t0 + 3_600_000).await, 20.0);
+    assert_eq!(take(20.0, t0 + 3_600_000).await, 1.0);
+    for _ in 0..4 {
+        assert_eq!(take(20.0, t0 + 3_600_000).await, 1.0);
+    }
+    assert_eq!(take(1.0, t0 + 3_600_000).await, 0.0);
+    // Other buckets are their own.
+    assert_eq!(
+        store
+            .take_tokens("tenant:u:requests", 3.0, spec, t0)
+            .await
+            .unwrap(),
+        3.0
+    );
+    store.close().await;
+}
+
+#[tokio::test]
+async fn shared_rate_buckets_draw_alike_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("rates.db").display());
+    shared_buckets_on(Store::connect(&url, 2).await.unwrap()).await;
+}
+
+#[tokio::test]
+#[cfg_attr(no_database, ignore = "needs DATABASE_URL")]
+async fn shared_rate_buckets_draw_alike_on_postgres() {
+    let url = fresh_postgres_database().await;
+    shared_buckets_on(Store::connect(&url, 2).await.unwrap()).await;
 }

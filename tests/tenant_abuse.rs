@@ -22,6 +22,7 @@ use unbind_gateway::{
         number_status_client::NumberStatusClient,
     },
     security::Keys,
+    server,
     store::{AuditFilter, AuditRecord},
 };
 
@@ -56,6 +57,7 @@ impl Rig {
             "portal-tiny",
             "portal-capped",
             "portal-ghost",
+            "portal-shared",
         ];
         let tenants: Vec<(String, Role)> = names
             .iter()
@@ -87,6 +89,7 @@ impl Rig {
                 max_code_failures_per_hour: Some(1),
                 ..tenant("portal-capped", 100.0, 100)
             },
+            tenant("portal-shared", 20.0, 20),
         ];
         with_admin(c);
         h.restart_gateway().await;
@@ -102,6 +105,12 @@ impl Rig {
     }
 
     async fn channel(&self, tenant: &str) -> Channel {
+        self.channel_to(self.h.stack.gateway.as_ref().unwrap().addr, tenant)
+            .await
+    }
+
+    /// A channel to the replica at `addr`, with `tenant`'s certificate.
+    async fn channel_to(&self, addr: std::net::SocketAddr, tenant: &str) -> Channel {
         let files = &self
             .pki
             .tenants
@@ -118,12 +127,20 @@ impl Rig {
                 std::fs::read(&files.cert).unwrap(),
                 std::fs::read(&files.key).unwrap(),
             ));
-        let addr = self.h.stack.gateway.as_ref().unwrap().addr;
         Endpoint::from_shared(format!("https://{addr}"))
             .unwrap()
             .tls_config(tls)
             .unwrap()
             .connect()
+            .await
+            .unwrap()
+    }
+
+    /// A second replica: the same config (store, secret, tenants), its own listener, buckets and
+    /// workers.
+    async fn second_replica(&self) -> server::RunningGateway {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        server::start(self.h.stack.config.clone(), self.h.clock.clone(), listener)
             .await
             .unwrap()
     }
@@ -655,5 +672,48 @@ async fn a_tenant_holding_stalled_streams_cannot_starve_another() {
     }
     let mut a = rig.client("portal-a").await;
     assert!(start_with(&mut a, OTHER_PHONE, OTHER_ID).await.is_ok());
+    rig.h.stop().await;
+}
+
+/// A tenant's rate and its wrong-code budget are totals over the replicas sharing the store
+/// (issue 14, item 6). On main each replica kept its own buckets: two replicas gave a tenant
+/// twice its rate, and a budget spent on one replica was whole on the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_rate_and_budget_are_totals_over_the_replicas() {
+    let rig = Rig::start().await;
+    let b = rig.second_replica().await;
+    let mut replicas = [
+        rig.client("portal-shared").await,
+        AccountGatewayClient::new(rig.channel_to(b.addr, "portal-shared").await),
+    ];
+    // 20 a second with a burst of 20, asked for as fast as the two replicas answer, alternately.
+    let began = std::time::Instant::now();
+    let (mut admitted, mut calls) = (0u32, 0usize);
+    while began.elapsed() < std::time::Duration::from_secs(3) {
+        match replicas[calls % 2].list_apps(ListAppsRequest {}).await {
+            Ok(_) => admitted += 1,
+            Err(e) => assert_error(&e, Code::ResourceExhausted, "RATE_LIMITED"),
+        }
+        calls += 1;
+    }
+    let elapsed = began.elapsed().as_secs_f64();
+    let allowed = 20.0 + 20.0 * elapsed;
+    let ratio = f64::from(admitted) / allowed;
+    assert!(
+        (0.9..=1.1).contains(&ratio),
+        "admitted {admitted} where {allowed:.0} were allowed over {elapsed:.1} s ({calls} calls)"
+    );
+    // The operator's wrong-code cap (one an hour), spent on one replica, holds on the other.
+    let mut capped_a = rig.client("portal-capped").await;
+    let mut capped_b = AccountGatewayClient::new(rig.channel_to(b.addr, "portal-capped").await);
+    let v = start_with(&mut capped_a, PHONE, "280011").await.unwrap();
+    complete_with(&mut capped_a, &v, "999999")
+        .await
+        .unwrap_err();
+    let err = start_with(&mut capped_b, PHONE, "280011")
+        .await
+        .unwrap_err();
+    assert_error(&err, Code::ResourceExhausted, "RATE_LIMITED");
+    b.stop().await.unwrap();
     rig.h.stop().await;
 }

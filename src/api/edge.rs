@@ -28,7 +28,7 @@ impl Edge {
 
     /// Identifies the calling tenant and checks that it may do `action` now; a refusal is
     /// audited under `audited_as`.
-    pub fn admit<T>(
+    pub async fn admit<T>(
         &self,
         request: &Request<T>,
         action: Action,
@@ -36,6 +36,7 @@ impl Edge {
     ) -> Result<Arc<Tenant>, ApiError> {
         self.tenants
             .admit_or_refuse(request, action)
+            .await
             .map_err(|refusal| {
                 let tenant = refusal.tenant.as_ref().map_or("", |t| t.name.as_str());
                 let correlator = correlator_of(request);

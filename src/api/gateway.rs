@@ -49,8 +49,12 @@ impl GatewayService {
 
     /// Identifies the calling tenant, checks its role and rate; a refusal is audited under
     /// `action`.
-    fn admit<T>(&self, request: &Request<T>, action: AuditAction) -> Result<Arc<Tenant>, ApiError> {
-        self.edge.admit(request, Action::Holder, action)
+    async fn admit<T>(
+        &self,
+        request: &Request<T>,
+        action: AuditAction,
+    ) -> Result<Arc<Tenant>, ApiError> {
+        self.edge.admit(request, Action::Holder, action).await
     }
 
     /// Audits a request refused before it reached a step that audits itself, and hands back
@@ -121,7 +125,7 @@ impl GatewayService {
         request: &Request<ListLinkedAccountsRequest>,
         streamed: bool,
     ) -> Result<LookupRun, ApiError> {
-        let tenant = self.admit(request, AuditAction::Lookup)?;
+        let tenant = self.admit(request, AuditAction::Lookup).await?;
         let correlator = correlator_of(request);
         let g = &self.gateway;
         let started = async {
@@ -172,8 +176,8 @@ impl GatewayService {
 
     /// Counts a wrong code against the tenant; reports a tenant whose callers guess faster than
     /// its alert rate (log, metric, audit), without refusing anyone.
-    fn wrong_code<T>(&self, tenant: &Tenant, request: &Request<T>) {
-        let alert = tenant.record_failure();
+    async fn wrong_code<T>(&self, tenant: &Tenant, request: &Request<T>) {
+        let alert = tenant.record_failure().await;
         self.gateway
             .verifier
             .metrics()
@@ -318,7 +322,7 @@ impl AccountGateway for GatewayService {
         request: Request<StartVerificationRequest>,
     ) -> Result<Response<StartVerificationResponse>, Status> {
         const ACTION: AuditAction = AuditAction::VerificationStart;
-        let tenant = self.admit(&request, ACTION)?;
+        let tenant = self.admit(&request, ACTION).await?;
         let body = request.get_ref();
         let phone = validate_phone(&body.phone_number)
             .map_err(|e| self.refused(&tenant, "", ACTION, &request, e))?;
@@ -331,6 +335,7 @@ impl AccountGateway for GatewayService {
         })?;
         tenant
             .check_failures()
+            .await
             .map_err(|e| self.refused(&tenant, &number_hash, ACTION, &request, e))?;
         let started = self
             .gateway
@@ -354,7 +359,7 @@ impl AccountGateway for GatewayService {
         request: Request<CompleteVerificationRequest>,
     ) -> Result<Response<CompleteVerificationResponse>, Status> {
         const ACTION: AuditAction = AuditAction::VerificationComplete;
-        let tenant = self.admit(&request, ACTION)?;
+        let tenant = self.admit(&request, ACTION).await?;
         let body = request.get_ref();
         if !is_well_formed_id(&body.verification_id, "ver") {
             let e = ApiError::field("verification_id", "not a verification id");
@@ -362,6 +367,7 @@ impl AccountGateway for GatewayService {
         }
         tenant
             .check_failures()
+            .await
             .map_err(|e| self.refused(&tenant, "", ACTION, &request, e))?;
         let code = OneTimeCode::parse(&body.code)
             .ok_or_else(|| self.refused(&tenant, "", ACTION, &request, ApiError::InvalidCode))?;
@@ -374,12 +380,10 @@ impl AccountGateway for GatewayService {
                 &body.verification_id,
                 &code,
             )
-            .await
-            .inspect_err(|e| {
-                if matches!(e, VerifyError::InvalidCode | VerifyError::Failed) {
-                    self.wrong_code(&tenant, &request);
-                }
-            });
+            .await;
+        if let Err(VerifyError::InvalidCode | VerifyError::Failed) = &session {
+            self.wrong_code(&tenant, &request).await;
+        }
         self.gateway
             .verifier
             .metrics()
@@ -455,7 +459,7 @@ impl AccountGateway for GatewayService {
         &self,
         request: Request<UnbindRequest>,
     ) -> Result<Response<UnbindResponse>, Status> {
-        let tenant = self.admit(&request, AuditAction::Unbind)?;
+        let tenant = self.admit(&request, AuditAction::Unbind).await?;
         let correlator = correlator_of(&request);
         let body = request.get_ref();
         let session = self
@@ -500,7 +504,7 @@ impl AccountGateway for GatewayService {
         request: Request<GetUnbindTicketsRequest>,
     ) -> Result<Response<GetUnbindTicketsResponse>, Status> {
         const ACTION: AuditAction = AuditAction::TicketsRead;
-        let tenant = self.admit(&request, ACTION)?;
+        let tenant = self.admit(&request, ACTION).await?;
         let mut number_hash = String::new();
         let rows = self
             .read_tickets(&tenant, request.get_ref(), &mut number_hash)
@@ -526,7 +530,7 @@ impl AccountGateway for GatewayService {
         &self,
         request: Request<ListAppsRequest>,
     ) -> Result<Response<ListAppsResponse>, Status> {
-        self.admit(&request, AuditAction::AppsList)?;
+        self.admit(&request, AuditAction::AppsList).await?;
         let apps = self
             .gateway
             .catalog

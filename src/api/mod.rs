@@ -9,6 +9,7 @@ pub mod gateway;
 mod lookup;
 pub mod metrics;
 pub mod push;
+pub mod rate;
 pub mod shed;
 pub mod tenant;
 

@@ -88,7 +88,7 @@ impl PushService {
 impl PushService {
     /// Identifies the calling tenant and checks its role and rate; a refusal is audited under
     /// `action`.
-    fn admit<T>(
+    async fn admit<T>(
         &self,
         request: &Request<T>,
         action: Action,
@@ -96,6 +96,7 @@ impl PushService {
     ) -> Result<Arc<Tenant>, Status> {
         self.edge
             .admit(request, action, audited_as)
+            .await
             .map_err(Status::from)
     }
 
@@ -259,7 +260,7 @@ impl CarrierPush for PushService {
         request: Request<Streaming<SubmitRecycledNumbersRequest>>,
     ) -> Result<Response<SubmitRecycledNumbersResponse>, Status> {
         const ACTION: AuditAction = AuditAction::Push;
-        let tenant = self.admit(&request, Action::Push, ACTION)?;
+        let tenant = self.admit(&request, Action::Push, ACTION).await?;
         let correlator = correlator_of(&request);
         self.submit(&tenant, &correlator, request.into_inner())
             .await
@@ -275,7 +276,7 @@ impl CarrierPush for PushService {
         request: Request<GetSubmissionRequest>,
     ) -> Result<Response<GetSubmissionResponse>, Status> {
         const ACTION: AuditAction = AuditAction::PushProgress;
-        let tenant = self.admit(&request, Action::Push, ACTION)?;
+        let tenant = self.admit(&request, Action::Push, ACTION).await?;
         self.progress(&tenant, request.get_ref())
             .await
             .map(Response::new)
@@ -293,7 +294,7 @@ impl NumberStatus for PushService {
         request: Request<CheckNumberRecycledRequest>,
     ) -> Result<Response<CheckNumberRecycledResponse>, Status> {
         const ACTION: AuditAction = AuditAction::CheckRecycled;
-        let tenant = self.admit(&request, Action::CheckNumber, ACTION)?;
+        let tenant = self.admit(&request, Action::CheckNumber, ACTION).await?;
         let correlator = correlator_of(&request);
         let mut hash = String::new();
         let recycled = self

@@ -1,7 +1,8 @@
 //! Who is calling, and may they? Tenants are the institutions configured under `[[tenants]]`,
 //! identified by the client certificate of their mTLS connection (URI SAN
 //! `urn:unbind-gateway:tenant:NAME`, else the subject CN). Each has a role that decides which
-//! RPCs it may call, and a token bucket that caps its request rate.
+//! RPCs it may call, and a token bucket that caps its request rate: one bucket shared by every
+//! replica (`super::rate`), so the rate is the tenant's total, however many replicas serve it.
 //!
 //! In development mode (plain text, no client certificates) every caller is the one
 //! `development` tenant, with the carrier role and no rate limit.
@@ -15,7 +16,10 @@ use std::{
 use tokio::time::Instant;
 use x509_parser::extensions::GeneralName;
 
-use super::ApiError;
+use super::{
+    ApiError,
+    rate::{SharedBucket, SharedStore, TokenBucket},
+};
 use crate::config::{Role, TenantConfig};
 
 /// The tenant of every caller in development mode.
@@ -51,11 +55,13 @@ impl Role {
 pub struct Tenant {
     pub name: String,
     pub role: Role,
-    bucket: Option<TokenBucket>,
+    bucket: Option<SharedBucket>,
     /// The operator's optional hard cap on wrong codes per hour. Off by default: with it, a
-    /// tenant's end users can switch verification off for all its other users. Per replica.
-    failures: Option<TokenBucket>,
-    /// Wrong codes per hour above which the tenant's guessing is reported (never refused).
+    /// tenant's end users can switch verification off for all its other users. Shared by every
+    /// replica, like the rate.
+    failures: Option<SharedBucket>,
+    /// Wrong codes per hour above which the tenant's guessing is reported (never refused). Per
+    /// replica: it only decides when to tell the operator.
     alert: WrongCodeAlert,
 }
 
@@ -97,18 +103,19 @@ impl Tenant {
     /// Counts a failed verification attempt (a wrong code). True when the tenant has just gone
     /// over its alert rate and the caller should report it (once an hour at most).
     #[must_use]
-    pub fn record_failure(&self) -> bool {
+    pub async fn record_failure(&self) -> bool {
         if let Some(b) = &self.failures {
-            let _ = b.take();
+            let _ = b.take().await;
         }
         self.alert.record()
     }
 
     /// Refuses verification work while the tenant's failure budget is spent.
-    pub fn check_failures(&self) -> Result<(), ApiError> {
+    pub async fn check_failures(&self) -> Result<(), ApiError> {
         match &self.failures {
             Some(b) => b
                 .available()
+                .await
                 .map_err(|retry_after| ApiError::RateLimited { retry_after }),
             None => Ok(()),
         }
@@ -130,7 +137,8 @@ pub struct Tenants {
 
 impl Tenants {
     /// From config; `development` admits certificate-less callers as the development tenant.
-    pub fn new(configs: &[TenantConfig], development: bool) -> Self {
+    /// With `shared`, the tenants' buckets are shared by every replica using that store.
+    pub fn new(configs: &[TenantConfig], development: bool, shared: Option<SharedStore>) -> Self {
         let by_name = configs
             .iter()
             .map(|t| {
@@ -139,10 +147,20 @@ impl Tenants {
                     Arc::new(Tenant {
                         name: t.name.clone(),
                         role: t.role,
-                        bucket: Some(TokenBucket::new(t.requests_per_second, t.burst)),
-                        failures: t
-                            .max_code_failures_per_hour
-                            .map(|cap| TokenBucket::new(f64::from(cap) / 3600.0, cap)),
+                        bucket: Some(SharedBucket::new(
+                            format!("tenant:{}:requests", t.name),
+                            t.requests_per_second,
+                            t.burst,
+                            shared.clone(),
+                        )),
+                        failures: t.max_code_failures_per_hour.map(|cap| {
+                            SharedBucket::new(
+                                format!("tenant:{}:wrong_codes", t.name),
+                                f64::from(cap) / 3600.0,
+                                cap,
+                                shared.clone(),
+                            )
+                        }),
                         alert: WrongCodeAlert::new(t.wrong_codes_alert_per_hour),
                     }),
                 )
@@ -165,17 +183,19 @@ impl Tenants {
 
     /// Identifies the caller, checks its role allows `action`, and takes one token from its
     /// bucket.
-    pub fn admit<T>(
+    pub async fn admit<T>(
         &self,
         request: &tonic::Request<T>,
         action: Action,
     ) -> Result<Arc<Tenant>, ApiError> {
-        self.admit_or_refuse(request, action).map_err(|r| r.error)
+        self.admit_or_refuse(request, action)
+            .await
+            .map_err(|r| r.error)
     }
 
     /// As [`Tenants::admit`], and a refusal names the tenant when the caller was identified (for
     /// the audit trail).
-    pub fn admit_or_refuse<T>(
+    pub async fn admit_or_refuse<T>(
         &self,
         request: &tonic::Request<T>,
         action: Action,
@@ -196,6 +216,7 @@ impl Tenants {
         if let Some(bucket) = &tenant.bucket {
             bucket
                 .take()
+                .await
                 .map_err(|retry_after| refuse(ApiError::RateLimited { retry_after }))?;
         }
         Ok(tenant)
@@ -261,69 +282,9 @@ pub fn tenant_of_certificate(der: &[u8]) -> Option<String> {
     }
 }
 
-/// A token bucket: `rate` tokens a second, at most `burst` saved up. Written out (a dozen lines)
-/// rather than taken from a crate so it runs on `tokio::time`, which tests can pause.
-#[derive(Debug)]
-struct TokenBucket {
-    rate: f64,
-    burst: f64,
-    state: std::sync::Mutex<(f64, Instant)>,
-}
-
-impl TokenBucket {
-    fn new(rate: f64, burst: u32) -> Self {
-        Self {
-            rate,
-            burst: f64::from(burst),
-            state: std::sync::Mutex::new((f64::from(burst), Instant::now())),
-        }
-    }
-
-    /// Whether a token is available (without taking it), or how long until one is.
-    fn available(&self) -> Result<(), Duration> {
-        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let (tokens, last) = *state;
-        let tokens = (tokens + last.elapsed().as_secs_f64() * self.rate).min(self.burst);
-        if tokens >= 1.0 {
-            Ok(())
-        } else {
-            Err(Duration::from_secs_f64((1.0 - tokens) / self.rate))
-        }
-    }
-
-    /// Takes a token, or says how long until one is available.
-    fn take(&self) -> Result<(), Duration> {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        let (tokens, last) = *state;
-        let tokens = (tokens + now.duration_since(last).as_secs_f64() * self.rate).min(self.burst);
-        if tokens >= 1.0 {
-            *state = (tokens - 1.0, now);
-            Ok(())
-        } else {
-            *state = (tokens, now);
-            Err(Duration::from_secs_f64((1.0 - tokens) / self.rate))
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[tokio::test(start_paused = true)]
-    async fn the_bucket_allows_a_burst_then_the_rate() {
-        let b = TokenBucket::new(10.0, 3);
-        assert!(b.take().is_ok() && b.take().is_ok() && b.take().is_ok());
-        let wait = b.take().unwrap_err();
-        assert_eq!(wait, Duration::from_millis(100));
-        tokio::time::advance(Duration::from_millis(100)).await;
-        assert!(b.take().is_ok());
-        assert!(b.take().is_err());
-        assert!(b.available().is_err());
-        tokio::time::advance(Duration::from_millis(100)).await;
-        assert!(b.available().is_ok() && b.available().is_ok());
-    }
 
     #[tokio::test(start_paused = true)]
     async fn wrong_codes_over_the_alert_rate_are_reported_once_an_hour() {

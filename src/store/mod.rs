@@ -7,6 +7,7 @@
 
 mod audit;
 mod push;
+mod rates;
 mod tickets;
 mod verifications;
 
@@ -20,6 +21,7 @@ use sqlx::{
 
 pub use audit::{AuditFilter, AuditRecord};
 pub use push::{AppProgress, Delivery, DeliveryState, PushedNumber, SubmitOutcome};
+pub use rates::BucketSpec;
 pub use tickets::{
     CreateOutcome, Finished, NewTicket, TicketEvent, TicketRow, TicketState, UnbindReason,
 };

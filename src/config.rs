@@ -299,6 +299,10 @@ pub struct LimitsConfig {
     /// client stream); a caller that stalls longer has its request ended.
     #[serde(with = "humantime_serde")]
     pub body_timeout: Duration,
+    /// Longest a new connection may take to complete its TLS handshake (a client certificate
+    /// included); a connection that opens and stalls is closed.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
     /// Concurrent requests (HTTP/2 streams) per client connection.
     pub max_streams_per_connection: u32,
     /// On shutdown, how long in-flight requests get to finish before their connections are cut.
@@ -624,6 +628,7 @@ impl Default for LimitsConfig {
             max_in_flight: 512,
             max_in_flight_per_tenant: 128,
             body_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(10),
             max_streams_per_connection: 256,
             drain_timeout: Duration::from_secs(30),
         }
@@ -802,6 +807,7 @@ impl Config {
             bail!("`limits.max_in_flight_per_tenant` must be at least 1");
         }
         check_nonzero(self.limits.body_timeout, "limits.body_timeout")?;
+        check_nonzero(self.limits.handshake_timeout, "limits.handshake_timeout")?;
         check_breaker(&self.breaker, "breaker")?;
         check_retry(&self.retry, "retry")?;
         check_nonzero(self.app_defaults.timeout, "app_defaults.timeout")?;
@@ -1319,6 +1325,11 @@ mod tests {
             (
                 "body timeout 0",
                 |c| c.limits.body_timeout = Duration::ZERO,
+                false,
+            ),
+            (
+                "handshake timeout 0",
+                |c| c.limits.handshake_timeout = Duration::ZERO,
                 false,
             ),
             ("max accounts 0", |c| c.app_defaults.max_accounts = 0, false),

@@ -4,7 +4,7 @@
 //! and the graceful drain on shutdown (health first, in-flight requests finish, new connections
 //! are refused, then the workers and the audit writer).
 
-use std::{future::Future, net::SocketAddr, sync::Arc};
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
@@ -176,7 +176,13 @@ pub async fn serve(
     tracing::info!(addr = ?incoming.local_addr().ok(), apps = gateway.catalog.snapshot().all().len(), "gateway serving");
     let mut builder = Server::builder();
     match &gateway.config.tls {
-        Some(tls) => builder = builder.tls_config(crate::tls::server_config(tls)?)?,
+        // A connection that opens and never finishes its handshake is closed; a peer that stops
+        // answering HTTP/2 pings is too.
+        Some(tls) => {
+            builder = builder.tls_config(
+                crate::tls::server_config(tls)?.timeout(gateway.config.limits.handshake_timeout),
+            )?
+        }
         None => tracing::warn!("DEVELOPMENT MODE: serving plain-text gRPC without TLS"),
     }
     // Shutting down: say so to health checkers first, then drain.
@@ -206,6 +212,8 @@ pub async fn serve(
     };
     let result = builder
         .max_concurrent_streams(gateway.config.limits.max_streams_per_connection)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .layer(CorrelatorLayer)
         .layer(ShedLayer::new(
             Bounds {

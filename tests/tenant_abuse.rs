@@ -717,3 +717,35 @@ async fn a_tenants_rate_and_budget_are_totals_over_the_replicas() {
     b.stop().await.unwrap();
     rig.h.stop().await;
 }
+
+/// A connection that opens and never starts its TLS handshake is closed after
+/// `limits.handshake_timeout`, while a proper client is served meanwhile. On main nothing bounded
+/// the handshake: such connections stayed open for as long as their sender wished.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_never_finish_their_handshake_are_closed() {
+    use tokio::io::AsyncReadExt;
+    let mut rig = Rig::start().await;
+    rig.h.stack.config.limits.handshake_timeout = std::time::Duration::from_secs(1);
+    rig.h.restart_gateway().await;
+    let addr = rig.h.stack.gateway.as_ref().unwrap().addr;
+    let mut silent = Vec::new();
+    for _ in 0..50 {
+        silent.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    // Served meanwhile.
+    let mut client = rig.client("portal-a").await;
+    client.list_apps(ListAppsRequest {}).await.unwrap();
+    let began = std::time::Instant::now();
+    for mut stream in silent {
+        let mut buf = [0u8; 64];
+        let read =
+            tokio::time::timeout(std::time::Duration::from_secs(10), stream.read(&mut buf)).await;
+        // Closed by the gateway: end of stream or a reset, not a timeout on our side.
+        assert!(
+            matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+            "still open after {:?}: {read:?}",
+            began.elapsed()
+        );
+    }
+    rig.h.stop().await;
+}

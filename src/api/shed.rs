@@ -17,7 +17,10 @@
 //! - a request body that stalls (nothing for `limits.body_timeout`: a unary call's whole body, or
 //!   the gap between messages of a client stream) ends the request, so a caller that sends
 //!   headers and nothing more gives its permits back;
-//! - `limits.max_streams_per_connection` caps one connection's streams (set on the server).
+//! - `limits.max_streams_per_connection` caps one connection's streams, and
+//!   `limits.handshake_timeout` closes a connection that does not finish its TLS handshake in
+//!   time; a peer that stops answering HTTP/2 pings (every 30 s, 10 s to answer) is closed too
+//!   (all three set on the server, `crate::server`).
 
 use std::{
     future::Future,

@@ -1,7 +1,8 @@
 //! Adapters that are broken or hostile, run by another company (issue 14, item 2): an answer too
-//! big or with fields too long makes that one app `FAILED`, with a reason the caller reads in its
-//! `AppResult` and the operator in the metrics; every other app's answer still arrives, and the
-//! response a caller receives stays within the common 4 MiB client limit.
+//! big, with fields too long, or that does not decode makes that one app `FAILED`, with a reason
+//! the caller reads in its `AppResult` and the operator in the metrics; every other app's answer
+//! still arrives, and the response a caller receives stays within the common 4 MiB client limit.
+//! Dates an app cannot mean tell nothing about whose account it is.
 //!
 //! The hostile adapter is a real gRPC server written outside the test kit (`tests/fakes`).
 
@@ -9,12 +10,12 @@ mod common;
 mod fakes;
 
 use common::*;
-use fakes::{FakeAccount, FakeAdapter};
+use fakes::{FakeAccount, FakeAdapter, RawAdapter};
 use prost::Message as _;
 use tonic::transport::Channel;
 use unbind_gateway::proto::{
     AppResult, ListLinkedAccountsRequest, ListLinkedAccountsResponse,
-    account_gateway_client::AccountGatewayClient, app_result::State,
+    account_gateway_client::AccountGatewayClient, app_result::State, linked_account::Ownership,
 };
 
 type Client = AccountGatewayClient<Channel>;
@@ -26,20 +27,25 @@ const CLIENT_LIMIT: usize = 4 * 1024 * 1024;
 /// Three well-behaved simulated apps and one more at `HOSTILE`, answering `accounts` for every
 /// number. Metrics on an admin port.
 async fn rig(accounts: Vec<FakeAccount>) -> (Harness, FakeAdapter) {
+    let adapter = FakeAdapter::start(accounts).await;
+    (rig_at(adapter.endpoint()).await, adapter)
+}
+
+/// Three well-behaved simulated apps and `HOSTILE` at `endpoint`.
+async fn rig_at(endpoint: String) -> Harness {
     let mut h = Harness::start(Options {
         apps: 3,
         tweak: with_admin,
         ..Options::default()
     })
     .await;
-    let adapter = FakeAdapter::start(accounts).await;
     let mut app = h.stack.config.apps[0].clone();
     app.id = HOSTILE.into();
     app.name = "Hostile".into();
-    app.endpoint = adapter.endpoint();
+    app.endpoint = endpoint;
     h.stack.config.apps.push(app);
     h.restart_gateway().await;
-    (h, adapter)
+    h
 }
 
 fn accounts(n: usize, id: impl Fn(usize) -> String, hint: &str) -> Vec<FakeAccount> {
@@ -174,5 +180,75 @@ async fn a_look_up_never_answers_more_than_a_client_accepts() {
     let hostile = result_of(&results, HOSTILE);
     assert_eq!(hostile.state(), State::Failed);
     assert!(hostile.accounts.is_empty());
+    h.stop().await;
+}
+
+/// Text that is not UTF-8, as raw bytes on the wire (a `string` field no protobuf library of ours
+/// would write), and a message cut short: the app fails as "does not decode", counted as
+/// `malformed`; the other apps answer.
+#[tokio::test]
+async fn an_answer_that_does_not_decode_fails_that_app() {
+    // FindAccountsResponse { accounts: [AdapterAccount { account_id: FF FE, display_hint: "x" }] }
+    let account = [0x0A, 0x02, 0xFF, 0xFE, 0x12, 0x01, b'x'];
+    let mut not_utf8 = vec![0x0A, account.len() as u8];
+    not_utf8.extend_from_slice(&account);
+    // The same, its account cut short: the length says 7, 3 bytes follow.
+    let cut_short = vec![0x0A, 0x07, 0x0A, 0x02, b'a'];
+    for message in [not_utf8, cut_short] {
+        let adapter = RawAdapter::start(message).await;
+        let h = rig_at(adapter.endpoint()).await;
+        let token = h.session().await;
+        let mut c = h.client().await;
+        let response = list(&mut c, &token).await;
+        assert_only_the_hostile_app_failed(&response, "does not decode");
+        let (_, text) = http_get(admin_addr(&h), "/metrics").await;
+        let series =
+            format!("unbind_app_answers_refused_total{{app=\"{HOSTILE}\",reason=\"malformed\"}}");
+        assert_eq!(metric(&text, &series), Some(1.0), "{series}");
+        h.stop().await;
+    }
+}
+
+/// Binding dates an app cannot mean: missing, in 2100, before 1970, at the end of time. None of
+/// them can make an account the holder's own, and none is passed on to the caller: the account's
+/// ownership is unknown, shown like a previous holder's, with no date. A plausible date before
+/// the holder got the number is kept (the day only).
+#[tokio::test]
+async fn missing_future_and_absurd_dates_tell_nothing_and_are_not_passed_on() {
+    let at = |i: usize, ms: Option<i64>| FakeAccount {
+        account_id: format!("acct-{i}"),
+        display_hint: format!("user{i}"),
+        bound_at_ms: ms,
+    };
+    let (h, _adapter) = rig(vec![
+        at(0, None),
+        at(1, Some(4_102_444_800_000)),
+        at(2, Some(-86_400_000)),
+        at(3, Some(i64::MAX)),
+        at(4, Some(1_600_000_000_000)),
+    ])
+    .await;
+    let token = h.session().await;
+    let mut c = h.client().await;
+    let response = list(&mut c, &token).await;
+    let hostile = result_of(&response.app_results, HOSTILE);
+    assert_eq!(hostile.state(), State::Answered, "{hostile:?}");
+    let mut accounts: Vec<_> = response
+        .accounts
+        .iter()
+        .filter(|a| a.app_id == HOSTILE)
+        .collect();
+    accounts.sort_by(|a, b| a.display_hint.cmp(&b.display_hint));
+    assert_eq!(accounts.len(), 5);
+    for a in &accounts[..4] {
+        assert_eq!(a.ownership(), Ownership::Unknown, "{a:?}");
+        assert_eq!(a.bound_at, None, "{a:?}");
+    }
+    // 2020-09-13, before this holder's 2024-03-01: a previous holder's, the day only.
+    assert_eq!(accounts[4].ownership(), Ownership::PreviousHolder);
+    assert_eq!(
+        accounts[4].bound_at.as_ref().map(|t| t.seconds),
+        Some(1_599_955_200)
+    );
     h.stop().await;
 }

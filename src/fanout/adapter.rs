@@ -197,6 +197,9 @@ impl Service<AppCall> for Adapter {
                             limit: answer::decoding_limit(max_accounts),
                         }))
                     }
+                    Ok(Err(status)) if answer::is_undecodable(&status) => {
+                        Err(CallError::Refused(Refusal::Malformed))
+                    }
                     Ok(Err(status)) => Err(CallError::from_status(&status)),
                     Err(_) => Err(CallError::TimedOut),
                 };

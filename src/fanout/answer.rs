@@ -13,7 +13,11 @@
 //!   ref the gateway issues is one `Unbind` accepts.
 //! - **`display_hint`**: at most [`MAX_HINT_BYTES`] (a person is shown 32 characters of it).
 //! - **the answer on the wire**: [`BYTES_PER_ACCOUNT`] per allowed account, as the app client's
-//!   decoding limit, so an oversized answer is refused before it is held in memory whole.
+//!   decoding limit, so an oversized answer is refused before it is held in memory whole; and it
+//!   must decode (a `string` that is not UTF-8 fails the whole answer: `malformed`).
+//! - **`bound_at`**: a date before 1970 or more than a day ahead is dropped, as if missing
+//!   ([`plausible_date`]): the account's ownership is then unknown, shown like a previous
+//!   holder's, never the holder's own on a made-up date.
 //!
 //! And for `UnbindAccount` / `GetUnbindStatus` answers (applied by the unbind worker): a
 //! `vendor_ref` of at most [`MAX_VENDOR_REF_BYTES`] without control characters is kept, another
@@ -52,6 +56,9 @@ pub enum Refusal {
     HintTooLong,
     #[error("answered more than {limit} bytes")]
     AnswerTooLarge { limit: usize },
+    /// Not protobuf, or a text field that is not UTF-8.
+    #[error("answered a message that does not decode")]
+    Malformed,
 }
 
 impl Refusal {
@@ -63,6 +70,7 @@ impl Refusal {
             Refusal::AccountIdTooLong => "account_id_too_long",
             Refusal::HintTooLong => "hint_too_long",
             Refusal::AnswerTooLarge { .. } => "answer_too_large",
+            Refusal::Malformed => "malformed",
         }
     }
 }
@@ -105,6 +113,22 @@ pub fn is_over_decoding_limit(status: &tonic::Status) -> bool {
         && status
             .message()
             .starts_with("Error, decoded message length too large")
+}
+
+/// Whether a failed call is the client refusing an answer that does not decode (tonic says so
+/// with `INTERNAL` and prost's message: invalid wire data, or a `string` that is not UTF-8).
+pub fn is_undecodable(status: &tonic::Status) -> bool {
+    status.code() == tonic::Code::Internal
+        && status
+            .message()
+            .starts_with("failed to decode Protobuf message")
+}
+
+/// A binding date worth passing on: not before 1970 and not in the future (an app's clock may be
+/// a day ahead). Any other date is treated as missing: no evidence of whose account it is.
+pub fn plausible_date(bound_at_ms: i64, now_ms: i64) -> bool {
+    const DAY_MS: i64 = 86_400_000;
+    (0..=now_ms.saturating_add(DAY_MS)).contains(&bound_at_ms)
 }
 
 #[cfg(test)]

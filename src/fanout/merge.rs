@@ -95,7 +95,11 @@ pub fn linked_accounts(
     accounts
         .iter()
         .map(|a| {
-            let bound_at_ms = a.bound_at.as_ref().map(ms_from_timestamp);
+            let bound_at_ms = a
+                .bound_at
+                .as_ref()
+                .map(ms_from_timestamp)
+                .filter(|&at| super::answer::plausible_date(at, ctx.now_ms));
             let ownership = ctx
                 .ownership
                 .decide(bound_at_ms, ctx.holder_since_ms, ctx.now_ms);

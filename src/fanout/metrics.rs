@@ -5,7 +5,7 @@
 //! | metric | type | labels |
 //! |---|---|---|
 //! | `unbind_app_calls_total` | counter | `app`, `outcome` (answered, timed_out, unavailable, failed, circuit_open; a refused answer counts as failed) |
-//! | `unbind_app_answers_refused_total` | counter | `app`, `reason` (too_many_accounts, empty_account_id, account_id_too_long, hint_too_long, answer_too_large) |
+//! | `unbind_app_answers_refused_total` | counter | `app`, `reason` (too_many_accounts, empty_account_id, account_id_too_long, hint_too_long, answer_too_large, malformed) |
 //! | `unbind_app_call_duration_seconds` | histogram | `app` |
 //! | `unbind_app_rpc_calls_total` | counter | `app`, `rpc` (unbind_account, get_unbind_status, notify_numbers_recycled: the workers' calls), `outcome` (answered, timed_out, unavailable, failed, circuit_open) |
 //! | `unbind_app_breaker_state` | gauge (0 closed, 1 half-open, 2 open) | `app` |

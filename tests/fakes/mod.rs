@@ -396,3 +396,92 @@ where
     });
     (addr, tx)
 }
+
+/// An adapter that answers every call with the same raw bytes as its message, whatever they
+/// are: for answers a well-behaved protobuf library would never produce (a `string` that is not
+/// UTF-8, truncated fields). Speaks just enough gRPC: one length-prefixed message, status 0.
+#[derive(Clone)]
+pub struct RawAdapter {
+    message: prost::bytes::Bytes,
+}
+
+impl tonic::server::NamedService for RawAdapter {
+    const NAME: &'static str = "unbind.v1.AppAdapter";
+}
+
+impl tower::Service<http::Request<tonic::body::Body>> for RawAdapter {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: http::Request<tonic::body::Body>) -> Self::Future {
+        let mut framed = Vec::with_capacity(5 + self.message.len());
+        framed.push(0);
+        framed.extend_from_slice(&(self.message.len() as u32).to_be_bytes());
+        framed.extend_from_slice(&self.message);
+        let body = OneMessage {
+            data: Some(framed.into()),
+            trailers: true,
+        };
+        let response = http::Response::builder()
+            .header("content-type", "application/grpc")
+            .body(tonic::body::Body::new(body))
+            .unwrap();
+        std::future::ready(Ok(response))
+    }
+}
+
+/// A body of one data frame, then `grpc-status: 0` as trailers.
+struct OneMessage {
+    data: Option<prost::bytes::Bytes>,
+    trailers: bool,
+}
+
+impl http_body::Body for OneMessage {
+    type Data = prost::bytes::Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<prost::bytes::Bytes>, Status>>> {
+        if let Some(data) = self.data.take() {
+            return std::task::Poll::Ready(Some(Ok(http_body::Frame::data(data))));
+        }
+        if std::mem::take(&mut self.trailers) {
+            let mut trailers = http::HeaderMap::new();
+            trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+            return std::task::Poll::Ready(Some(Ok(http_body::Frame::trailers(trailers))));
+        }
+        std::task::Poll::Ready(None)
+    }
+}
+
+/// A running [`RawAdapter`].
+pub struct RawAdapterServer {
+    pub addr: SocketAddr,
+    _stop: oneshot::Sender<()>,
+}
+
+impl RawAdapter {
+    pub async fn start(message: Vec<u8>) -> RawAdapterServer {
+        let (addr, stop) = serve(RawAdapter {
+            message: message.into(),
+        })
+        .await;
+        RawAdapterServer { addr, _stop: stop }
+    }
+}
+
+impl RawAdapterServer {
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}

@@ -15,10 +15,19 @@
 //!   `FindAccounts` itself at the same rate); latency − 20 ms is the overhead;
 //! - `saturation`: closed loop of uncached look-ups vs closed loop of raw fan-outs: app calls/s;
 //! - `stragglers` (200 apps): 1% of app calls never answer, 300 ms deadline, open loop;
-//! - `memory`: RSS of a look-up cache holding 1,000,000 (number, app) answers (in this process).
+//! - `memory`: RSS of a look-up cache holding 1,000,000 (number, app) answers (in this process);
+//! - `push`: a carrier push of 1,000,000 numbers (1,000 messages of 1,000) to a gateway with 16
+//!   apps, streamed by this process while it starts a verification every 250 ms: the time until
+//!   the push is answered, the gateway's RSS before and at its peak, and how the verifications
+//!   fared (answered, failed, slowest).
 //!
 //! `cargo bench --bench load` (options: `-- --runs 5 --apps 16,200,1000 --seconds 4 --quick
-//! --only rpc,cached,uncached,saturation,stragglers,memory --calls-per-second 2000`). `--quick` runs every scenario once, briefly, in under a minute.
+//! --only rpc,cached,uncached,saturation,stragglers,memory,push --calls-per-second 2000`).
+//! `--quick` runs every scenario once, briefly, in under a minute.
+//!
+//! To measure another build of the gateway side by side (an A/B run), set `UNBIND_GATEWAY_BIN`
+//! to its binary; `UNBIND_BENCH_DROP_KEYS` (comma-separated dotted keys, e.g.
+//! `limits.handshake_timeout`) leaves out config keys that build does not know.
 
 mod common;
 
@@ -310,6 +319,35 @@ async fn read_catalog(path: &std::path::Path, apps: usize) -> anyhow::Result<Vec
     }
 }
 
+/// The gateway binary under test: this build's, or `UNBIND_GATEWAY_BIN`'s.
+fn gateway_bin() -> PathBuf {
+    std::env::var_os("UNBIND_GATEWAY_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_unbind-gateway")))
+}
+
+/// The config file, without the keys `UNBIND_BENCH_DROP_KEYS` names (for an older binary).
+fn config_text(config: &unbind_gateway::config::Config) -> anyhow::Result<String> {
+    let mut value = toml::Value::try_from(config)?;
+    for key in std::env::var("UNBIND_BENCH_DROP_KEYS")
+        .unwrap_or_default()
+        .split(',')
+        .filter(|k| !k.is_empty())
+    {
+        let (table, last) = key.rsplit_once('.').unwrap_or(("", key));
+        let mut at = &mut value;
+        for part in table.split('.').filter(|p| !p.is_empty()) {
+            at = at
+                .get_mut(part)
+                .ok_or_else(|| anyhow::anyhow!("no {part} in the config"))?;
+        }
+        if let Some(t) = at.as_table_mut() {
+            t.remove(last);
+        }
+    }
+    Ok(toml::to_string(&value)?)
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -356,9 +394,9 @@ impl World {
             listen: format!("127.0.0.1:{}", free_port()).parse()?,
         });
         let path = dir.path().join("gateway.toml");
-        std::fs::write(&path, toml::to_string(&config)?)?;
+        std::fs::write(&path, config_text(&config)?)?;
         let log = std::fs::File::create(dir.path().join("gateway.log"))?;
-        let gateway = Command::new(env!("CARGO_BIN_EXE_unbind-gateway"))
+        let gateway = Command::new(gateway_bin())
             .args(["serve", "--config"])
             .arg(&path)
             .env("RUST_LOG", "warn")
@@ -782,6 +820,112 @@ fn memory(entries: usize, table: &mut Table) {
     );
 }
 
+/// A carrier push of `numbers` numbers, with verifications started meanwhile.
+async fn push(numbers: usize, o: &Options, table: &mut Table) -> anyhow::Result<()> {
+    use unbind_gateway::proto::{
+        RecycledNumber, StartVerificationRequest, SubmitRecycledNumbersRequest,
+        carrier_push_client::CarrierPushClient,
+    };
+    const PER_MESSAGE: usize = 1_000;
+    let millions = numbers as f64 / 1e6;
+    for run in 0..o.runs {
+        let world = World::start(16, 0.0).await?;
+        let pid = world.pid().to_string();
+        let channel = world.channel().await?;
+        let rss_before = status_kb(&pid, "VmRSS:") as f64 / 1024.0;
+        let date = |days: i64| {
+            Some(unbind_gateway::clock::timestamp_from_ms(
+                1_740_787_200_000 + days * 86_400_000,
+            ))
+        };
+        // Built as the stream is read, so this process does not hold the push either.
+        let messages = futures::stream::iter((0..numbers.div_ceil(PER_MESSAGE)).map(move |m| {
+            SubmitRecycledNumbersRequest {
+                numbers: (m * PER_MESSAGE..((m + 1) * PER_MESSAGE).min(numbers))
+                    .map(|i| RecycledNumber {
+                        phone_number: format!("+86135{i:08}"),
+                        cancelled_at: date(0),
+                        reissued_at: date(30),
+                    })
+                    .collect(),
+                submission_key: if m == 0 {
+                    format!("bench-{run}")
+                } else {
+                    String::new()
+                },
+            }
+        }));
+        let pushing = {
+            let mut client = CarrierPushClient::new(channel.clone());
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let answer = client.submit_recycled_numbers(messages).await;
+                (answer.map(|a| a.into_inner().accepted), started.elapsed())
+            })
+        };
+        // One verification start every 250 ms while the push streams in.
+        let mut gateway = AccountGatewayClient::new(channel.clone());
+        let (mut answered, mut failed, mut slowest) = (0u32, 0u32, Duration::ZERO);
+        let subscribers = numbered_subscribers(NUMBERS);
+        let mut i = 0;
+        while !pushing.is_finished() {
+            let s = &subscribers[i % NUMBERS];
+            i += 1;
+            let started = Instant::now();
+            let result = gateway
+                .start_verification(StartVerificationRequest {
+                    phone_number: s.phone_number.expose().to_owned(),
+                    id_last_six: s.id_last_six.expose().to_owned(),
+                })
+                .await;
+            slowest = slowest.max(started.elapsed());
+            match result {
+                Ok(_) => answered += 1,
+                Err(status) => {
+                    failed += 1;
+                    println!(
+                        "run {run} verification during the push: {:?}",
+                        status.code()
+                    );
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        let (accepted, took) = pushing.await?;
+        let accepted = accepted?;
+        anyhow::ensure!(
+            accepted as usize == numbers,
+            "{accepted} of {numbers} accepted"
+        );
+        let peak = world.peak_rss_mb();
+        println!(
+            "run {run} push of {numbers} numbers answered in {:.1} s; gateway RSS {rss_before:.0} MB before, peak {peak:.0} MB (+{:.0}); verifications during it: {answered} answered, {failed} failed, slowest {} ms",
+            took.as_secs_f64(),
+            peak - rss_before,
+            slowest.as_millis()
+        );
+        table.add(
+            format!("push {millions}M: answered in s"),
+            took.as_secs_f64(),
+        );
+        table.add(format!("push {millions}M: gateway peak RSS MB"), peak);
+        table.add(
+            format!("push {millions}M: RSS growth MB"),
+            peak - rss_before,
+        );
+        table.add(
+            format!("push {millions}M: verifications failed"),
+            f64::from(failed),
+        );
+        table.add(
+            format!("push {millions}M: slowest verification ms"),
+            slowest.as_millis() as f64,
+        );
+        world.stop().await;
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let o = Options::parse();
@@ -822,6 +966,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if o.wants("memory") {
         memory(if o.quick { 100_000 } else { 1_000_000 }, &mut table);
+    }
+    if o.wants("push") {
+        push(if o.quick { 100_000 } else { 1_000_000 }, &o, &mut table).await?;
     }
     println!(
         "=== medians over {} run(s), {:.0} s in all ===",

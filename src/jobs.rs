@@ -76,6 +76,20 @@ pub struct LoopSettings {
     pub shutdown_grace: Duration,
 }
 
+impl LoopSettings {
+    /// A loop of `concurrency` attempts at once, with the lease, poll and grace of `[unbind]`
+    /// (shared by tickets and pushes).
+    pub fn from_config(owner: &str, concurrency: usize, config: &UnbindConfig) -> Self {
+        Self {
+            owner: owner.to_owned(),
+            concurrency,
+            lease: config.lease,
+            poll_interval: config.poll_interval,
+            shutdown_grace: config.shutdown_grace,
+        }
+    }
+}
+
 /// The delay before retry number `attempts` of a job: `unbind.retry_base` doubled per attempt,
 /// capped at `unbind.retry_max`, spread down when `unbind.retry_jitter`. Tickets and push
 /// deliveries alike.

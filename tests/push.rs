@@ -294,23 +294,9 @@ async fn bad_pushes_are_refused_and_store_nothing() {
             .recycled;
         assert!(!recycled, "{} was stored", n.phone_number);
     }
-    sqlx::any::install_default_drivers();
-    let db = sqlx::AnyPool::connect(&h.stack.config.store.url)
-        .await
-        .unwrap();
-    for table in [
-        "submissions",
-        "submission_numbers",
-        "deliveries",
-        "recycled_numbers",
-    ] {
-        let (rows,): (i64,) = sqlx::query_as(&format!("SELECT COUNT(*) FROM {table}"))
-            .fetch_one(&db)
-            .await
-            .unwrap();
+    for (table, rows) in push_rows(&h).await {
         assert_eq!(rows, 0, "{table}");
     }
-    db.close().await;
     h.stop().await;
 }
 

@@ -341,7 +341,7 @@ async fn shutdown_and_recover(label: &str, store_url: Option<String>) {
         Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
         other => panic!("after the exit, a connection was not refused: {other:?}"),
     }
-    let stopped_line = gateway.log_line("unbind worker stopped");
+    let stopped_line = gateway.log_line("worker stopped kind=\"tickets\"");
     drop(gateway);
 
     // The store, with no process running: nothing is leased; every ticket is where its group's

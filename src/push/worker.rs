@@ -34,13 +34,7 @@ pub struct PushWorker {
 impl PushWorker {
     /// Runs the job loop ([`crate::jobs::run`]) until `shutdown`; then releases what it holds.
     pub async fn run(self: Arc<Self>, shutdown: watch::Receiver<bool>) {
-        let settings = LoopSettings {
-            owner: self.owner.clone(),
-            concurrency: CONCURRENCY,
-            lease: self.config.lease,
-            poll_interval: self.config.poll_interval,
-            shutdown_grace: self.config.shutdown_grace,
-        };
+        let settings = LoopSettings::from_config(&self.owner, CONCURRENCY, &self.config);
         let (clock, wake) = (self.clock.clone(), Arc::clone(&self.wake));
         jobs::run(self, clock, settings, wake, shutdown).await;
     }

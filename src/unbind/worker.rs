@@ -59,13 +59,8 @@ impl Worker {
     /// tickets get `shutdown_grace`, their outcomes are recorded, and every lease still held is
     /// released so another replica carries on at once.
     pub async fn run(self: Arc<Self>, shutdown: watch::Receiver<bool>) {
-        let settings = LoopSettings {
-            owner: self.owner.clone(),
-            concurrency: self.config.worker_concurrency,
-            lease: self.config.lease,
-            poll_interval: self.config.poll_interval,
-            shutdown_grace: self.config.shutdown_grace,
-        };
+        let settings =
+            LoopSettings::from_config(&self.owner, self.config.worker_concurrency, &self.config);
         let (clock, wake) = (self.clock.clone(), Arc::clone(&self.wake));
         jobs::run(self, clock, settings, wake, shutdown).await;
     }

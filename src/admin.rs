@@ -33,7 +33,7 @@ async fn metrics(State(gateway): State<Arc<Gateway>>) -> impl IntoResponse {
         .catalog
         .metrics()
         .observe(&gateway.catalog.snapshot(), gateway.fanout.cache().len());
-    match gateway.store.count_tickets_by_state().await {
+    match gateway.store.count_open_tickets().await {
         Ok(counts) => gateway.unbinder.metrics().observe(&counts),
         Err(e) => tracing::warn!(error = %e, "metrics: cannot count tickets"),
     }

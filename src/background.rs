@@ -1,6 +1,7 @@
 //! What runs beside the server for as long as it serves: the readiness check (the store
-//! answering or not flips health and `/readyz`) and the periodic housekeeping (expired
-//! verifications, old idempotency keys and audit records).
+//! answering or not flips health and `/readyz`), the periodic housekeeping (expired
+//! verifications, old idempotency keys and audit records), and, after a key rotation, the
+//! rewrite of values at rest under the active key.
 
 use std::{sync::Arc, time::Duration};
 
@@ -11,6 +12,8 @@ use crate::{
         account_gateway_server::AccountGatewayServer, carrier_push_server::CarrierPushServer,
         number_status_server::NumberStatusServer,
     },
+    security::SealFor,
+    store::SealedColumn,
 };
 
 /// Checks the store every few seconds; while it does not answer, every service reports
@@ -72,6 +75,71 @@ pub async fn housekeeping(gateway: Arc<Gateway>) {
             tracing::warn!(error = %e, "could not purge old audit records");
         }
     }
+}
+
+/// Values per page of the background rewrite, and the pause between pages: at most 5,000 rows a
+/// second, so a rotation after a million pushed numbers takes minutes and never crowds the store.
+const RESEAL_PAGE: i64 = 500;
+const RESEAL_PAUSE: Duration = Duration::from_millis(100);
+
+/// After a `stored-data` key rotation (or while the legacy secret is configured), rewrites every
+/// value at rest that another key sealed under the active key, page by page, each row only if
+/// it still holds what was read. Runs once at start-up; returns how many values it rewrote.
+/// Every replica may run it at once: the rewrites are compare-and-set, so they only repeat work.
+pub async fn reseal(gateway: Arc<Gateway>) -> u64 {
+    let keys = &gateway.keys;
+    if !keys.stored_data_has_older_keys() {
+        return 0;
+    }
+    let mut rewritten = 0u64;
+    for column in SealedColumn::ALL {
+        // Every key sorts after the empty string, so the first page starts at the first row.
+        let mut after = (String::new(), 0i64);
+        loop {
+            let page = match gateway
+                .store
+                .sealed_page(column, (&after.0, after.1), RESEAL_PAGE)
+                .await
+            {
+                Ok(page) => page,
+                Err(e) => {
+                    tracing::warn!(column = column.name(), error = %e, "could not read sealed values to rewrite; trying again");
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    continue;
+                }
+            };
+            let Some(last) = page.last() else { break };
+            after = (last.key.clone(), last.seq);
+            for value in &page {
+                let for_ = match column {
+                    SealedColumn::TicketAccountId => SealFor::AccountId(&value.row),
+                    SealedColumn::TicketNumber | SealedColumn::PushedNumber => {
+                        SealFor::Number(&value.row)
+                    }
+                };
+                let Some((plain, false)) = keys.open_naming_key(for_, &value.sealed) else {
+                    continue;
+                };
+                match gateway
+                    .store
+                    .replace_sealed(column, value, &keys.seal(for_, &plain))
+                    .await
+                {
+                    Ok(true) => rewritten += 1,
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(column = column.name(), error = %e, "could not rewrite a sealed value")
+                    }
+                }
+            }
+            tokio::time::sleep(RESEAL_PAUSE).await;
+        }
+    }
+    tracing::info!(
+        rewritten,
+        "values at rest sealed under older keys are now under the active stored-data key"
+    );
+    rewritten
 }
 
 /// Sets every service's health status (and the server's, the empty name).

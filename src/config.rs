@@ -27,8 +27,12 @@ pub struct Config {
     /// Allow plain-text gRPC (no TLS). For development and the demo only.
     #[serde(default)]
     pub development: bool,
-    /// Secret all signing and hashing keys derive from (at least 32 characters). Replicas sharing
-    /// a database must share it. Prefer `signing_secret_file`.
+    /// The keyring: keys with ids and purposes (see `security::keys` and the README, "Keys").
+    #[serde(default, skip_serializing_if = "KeysConfig::is_empty")]
+    pub keys: KeysConfig,
+    /// The legacy secret a key per purpose is derived from (at least 32 characters), under the
+    /// id `signing-secret`; it also opens what it sealed before the keyring. Replicas sharing a
+    /// database must share it. Prefer a keyring.
     #[serde(default)]
     pub signing_secret: Option<String>,
     /// File holding the signing secret.
@@ -74,6 +78,24 @@ pub struct Config {
     /// The app catalog.
     #[serde(default)]
     pub apps: Vec<AppConfig>,
+}
+
+/// Where the keyring is read from (besides the `UNBIND_GATEWAY_KEYS` environment variable).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysConfig {
+    /// A keys file (`[[key]]` entries).
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+    /// A directory of keys files: every `*.toml` in it (one per key suits mounted secrets).
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+}
+
+impl KeysConfig {
+    fn is_empty(&self) -> bool {
+        self.file.is_none() && self.dir.is_none()
+    }
 }
 
 /// The listener's certificate, and the CA that signs tenants' client certificates.
@@ -683,8 +705,8 @@ impl Config {
         Ok(config)
     }
 
-    /// The signing secret, from the file or the inline value.
-    pub fn signing_secret(&self) -> anyhow::Result<Vec<u8>> {
+    /// The legacy signing secret, from the file or the inline value, when one is configured.
+    pub fn signing_secret(&self) -> anyhow::Result<Option<Vec<u8>>> {
         let secret = match (&self.signing_secret, &self.signing_secret_file) {
             (Some(_), Some(_)) => {
                 bail!("set only one of `signing_secret` and `signing_secret_file`")
@@ -694,18 +716,30 @@ impl Config {
                 .with_context(|| format!("`signing_secret_file`: cannot read {}", path.display()))?
                 .trim()
                 .to_owned(),
-            (None, None) => bail!("`signing_secret` or `signing_secret_file` is required"),
+            (None, None) => return Ok(None),
         };
         if secret.len() < 32 {
             bail!("`signing_secret` must be at least 32 characters");
         }
-        Ok(secret.into_bytes())
+        Ok(Some(secret.into_bytes()))
+    }
+
+    /// The keyring: `[keys] file` and `dir`, the `UNBIND_GATEWAY_KEYS` variable, and the
+    /// signing secret. Refused with a reason when a purpose has no active key.
+    pub fn keyring(&self) -> anyhow::Result<crate::security::Keys> {
+        let sources = crate::security::KeySources::gather(
+            self.keys.file.as_ref(),
+            self.keys.dir.as_ref(),
+            std::env::var(crate::security::KEYS_ENV).ok(),
+            self.signing_secret()?,
+        )?;
+        crate::security::Keys::load(&sources)
     }
 
     /// Checks what serde cannot: ids, endpoints, uniqueness, non-zero limits, and that plain
     /// text is used only where it is harmless (see [`Config::check_plain_text`]).
     pub fn validate(&self) -> anyhow::Result<()> {
-        self.signing_secret()?;
+        self.keyring()?;
         self.check_plain_text()?;
         if !self.development {
             let Some(tls) = &self.tls else {

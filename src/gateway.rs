@@ -45,7 +45,14 @@ pub struct Gateway {
 impl Gateway {
     /// Connects the store (running migrations), builds the catalog and the clients.
     pub async fn build(config: Config, clock: Clock) -> anyhow::Result<Arc<Self>> {
-        let keys = Arc::new(Keys::derive(&config.signing_secret()?));
+        let keys = Arc::new(config.keyring()?);
+        // Ids and purposes only: what lets an operator see every replica holds the same ring.
+        let held: Vec<String> = keys
+            .list()
+            .iter()
+            .map(|k| format!("{}:{}{}", k.purpose, k.id, if k.active { "*" } else { "" }))
+            .collect();
+        tracing::info!(keys = %held.join(" "), legacy = keys.opens_legacy_values(), "keyring loaded (* = active)");
         let store = Store::connect(&config.store.url, config.store.max_connections).await?;
         let registry_tls = crate::tls::client_config(
             &config.registry.endpoint,
@@ -150,6 +157,7 @@ impl Gateway {
             notifier: OutcomeNotifier::start(self.registry.clone(), self.config.unbind.sms_window),
             config: self.config.unbind.clone(),
             wake: Arc::clone(&self.unbinder.wake),
+            metrics: self.unbinder.metrics().clone(),
             owner: random_id("worker"),
         }
     }

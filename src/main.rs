@@ -1,4 +1,5 @@
-//! The `unbind-gateway` command: `serve`, `demo`, `query`, `simulate-apps`, `check-adapter`.
+//! The `unbind-gateway` command: `serve`, `demo`, `query`, `simulate-apps`, `check-adapter`,
+//! `certs`, `audit`, `keys`.
 
 #![forbid(unsafe_code)]
 
@@ -49,6 +50,9 @@ enum Command {
     Certs(cli::certs::CertsArgs),
     /// List audit records (numbers are hashed before the search).
     Audit(cli::audit::AuditArgs),
+    /// Make keys for the keyring, and list what a config's keyring holds.
+    #[command(subcommand)]
+    Keys(cli::keys::KeysCommand),
     /// Simulated app adapters alone.
     SimulateApps(cli::simulate_apps::SimulateAppsArgs),
     /// Run the adapter conformance suite against an app's adapter.
@@ -111,6 +115,7 @@ async fn main() -> anyhow::Result<()> {
             }
         },
         Command::Audit(args) => cli::audit::run(args).await,
+        Command::Keys(command) => cli::keys::run(command),
         Command::Certs(args) => cli::certs::run(&args),
         Command::SimulateApps(args) => {
             telemetry::init(cli.log_json);

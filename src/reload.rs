@@ -142,6 +142,7 @@ fn needs_restart(running: &Config, new: &Config) -> Vec<&'static str> {
         running.signing_secret == new.signing_secret
             && running.signing_secret_file == new.signing_secret_file,
     );
+    check("keys", running.keys == new.keys);
     check("tls", running.tls == new.tls);
     check("tenants", running.tenants == new.tenants);
     check("store", running.store == new.store);

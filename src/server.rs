@@ -166,6 +166,7 @@ pub async fn serve(
         AccountGatewayServer::new(GatewayService::new(Arc::clone(&gateway), edge.clone()))
             .max_decoding_message_size(max_request);
     let housekeeping = tokio::spawn(crate::background::housekeeping(Arc::clone(&gateway)));
+    let reseal = tokio::spawn(crate::background::reseal(Arc::clone(&gateway)));
     let (stop_worker, worker_stopped) = tokio::sync::watch::channel(false);
     let worker = gateway.config.unbind.worker.then(|| {
         let push = tokio::spawn(Arc::new(gateway.push_worker()).run(worker_stopped.clone()));
@@ -246,6 +247,7 @@ pub async fn serve(
         }
     };
     housekeeping.abort();
+    reseal.abort();
     readiness.abort();
     let _ = stop_admin.send(());
     if let Some(admin) = admin {

@@ -177,3 +177,77 @@ fn contains(bytes: &[u8], secret: &str) -> bool {
             && !part(bytes.get(i + n))
     })
 }
+
+/// A verification whose ID characters did not match is stored like one that did: the same
+/// columns set, the same lengths, no NULL that only a mismatch leaves. (Before, a mismatch was
+/// the row with a NULL `holder_since`.)
+#[tokio::test]
+async fn a_mismatched_verification_row_looks_like_a_matched_one() {
+    let h = Harness::start(Options {
+        apps: 1,
+        ..Options::default()
+    })
+    .await;
+    let mut client = h.client().await;
+    let matched = start_with(&mut client, PHONE, ID_LAST_SIX).await.unwrap();
+    let mismatched = start_with(&mut client, PHONE, "010019").await.unwrap();
+    sqlx::any::install_default_drivers();
+    let db = sqlx::AnyPool::connect(&h.stack.config.store.url)
+        .await
+        .unwrap();
+    type Row = (
+        String,
+        Option<String>,
+        Option<i64>,
+        String,
+        String,
+        String,
+        i64,
+        String,
+    );
+    let row = |id: String| {
+        let db = db.clone();
+        async move {
+            let r: Row = sqlx::query_as(
+                "SELECT number_hash, pair_hash, holder_since, sealed_number, code_digest, tenant, \
+                 attempts, state FROM verifications WHERE id = $1",
+            )
+            .bind(id)
+            .fetch_one(&db)
+            .await
+            .unwrap();
+            r
+        }
+    };
+    let matched_id = matched.clone();
+    let (a, b) = (row(matched).await, row(mismatched).await);
+    let shape = |r: &Row| {
+        (
+            r.0.clone(),
+            r.1.as_ref().map(String::len),
+            r.2,
+            r.3.len(),
+            r.4.len(),
+            r.4.split_once('$').map(|(id, _)| id.to_owned()),
+            r.5.clone(),
+            r.6,
+            r.7.clone(),
+        )
+    };
+    assert_eq!(shape(&a), shape(&b));
+    assert_eq!(a.2, None, "holder_since is never in the clear");
+    // And the holder who matched still gets their date, from the sealed value, into the session.
+    let code = h.wait_for_code(PHONE, 1).await;
+    assert_eq!(h.codes_sent_to(PHONE).len(), 1, "the mismatch sent no code");
+    let done = client
+        .complete_verification(CompleteVerificationRequest {
+            verification_id: matched_id,
+            code,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(done.holder_since.is_some(), "{done:?}");
+    db.close().await;
+    h.stop().await;
+}

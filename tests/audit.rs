@@ -10,7 +10,6 @@ use common::*;
 use tonic::Request;
 use unbind_gateway::{
     proto::{CompleteVerificationRequest, ListLinkedAccountsRequest, UnbindRequest},
-    security::Keys,
     store::AuditFilter,
 };
 
@@ -67,7 +66,7 @@ async fn every_verification_lookup_and_unbind_is_audited() {
 
     let gateway = &h.stack.gateway.as_ref().unwrap().gateway;
     gateway.audit.flush().await;
-    let keys = Keys::derive(&h.stack.config.signing_secret().unwrap());
+    let keys = h.stack.config.keyring().unwrap();
     let number = keys
         .number_hash(&unbind_gateway::domain::E164::parse(PHONE).unwrap())
         .hex();

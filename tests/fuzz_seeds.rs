@@ -28,19 +28,23 @@ mod grpc_timeout {
 mod config {
     include!("../fuzz/checks/config.rs");
 }
+mod keyring {
+    include!("../fuzz/checks/keyring.rs");
+}
 
 /// One target's checks: `true` when its parser accepted the input.
 type Check = fn(&[u8]) -> bool;
 
 /// Every target with its checks; a target in `fuzz/fuzz_targets/` missing here fails
 /// [`every_fuzz_target_has_its_seeds_run`].
-const TARGETS: [(&str, Check); 6] = [
+const TARGETS: [(&str, Check); 7] = [
     ("phone", phone::check),
     ("id_last_six", id_last_six::check),
     ("session_token", session_token::check),
     ("account_ref", account_ref::check),
     ("grpc_timeout", grpc_timeout::check),
     ("config", config::check),
+    ("keyring", keyring::check),
 ];
 
 fn fuzz_dir() -> PathBuf {
@@ -128,6 +132,11 @@ fn grpc_timeout_seeds_pass_the_grpc_timeout_fuzz_checks() {
 #[test]
 fn config_seeds_pass_the_config_fuzz_checks() {
     run_seeds("config");
+}
+
+#[test]
+fn keyring_seeds_pass_the_keyring_fuzz_checks() {
+    run_seeds("keyring");
 }
 
 /// The targets in `fuzz/fuzz_targets/` are exactly those in [`TARGETS`], and each includes the

@@ -620,7 +620,7 @@ async fn guessing_at_one_numbers_id_is_reported() {
     start_with(&mut c, PHONE, ID_LAST_SIX).await.unwrap();
     let gateway = &h.stack.gateway.as_ref().unwrap().gateway;
     gateway.audit.flush().await;
-    let keys = unbind_gateway::security::Keys::derive(&h.stack.config.signing_secret().unwrap());
+    let keys = h.stack.config.keyring().unwrap();
     let number = keys
         .number_hash(&unbind_gateway::domain::E164::parse(PHONE).unwrap())
         .hex();

@@ -167,7 +167,7 @@ async fn a_hint_too_long_fails_that_app() {
 async fn a_look_up_never_answers_more_than_a_client_accepts() {
     let (h, _adapter) = rig(accounts(
         1000,
-        |i| format!("{i:04}{}", "w".repeat(2800)),
+        |i| format!("{i:04}{}", "w".repeat(2790)),
         "w***",
     ))
     .await;

@@ -261,16 +261,24 @@ endpoint = "http://127.0.0.1:1"
 }
 
 /// The README's full config example is a production config that start-up would accept (given
-/// its secret file): what it shows is what works.
+/// its keys file): what it shows is what works.
 #[test]
 fn the_readmes_config_example_is_accepted() {
     let readme = include_str!("../README.md");
     let section = &readme[readme.find("### The config file").unwrap()..];
     let start = section.find("```toml\n").unwrap() + "```toml\n".len();
     let end = start + section[start..].find("```").unwrap();
+    // The keyring it names, made as the README's "Keys" section says.
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys.toml");
+    let ring: String = unbind_gateway::security::KeyPurpose::ALL
+        .iter()
+        .map(|&p| unbind_gateway::security::new_key_entry("2026-12", p, true))
+        .collect();
+    std::fs::write(&keys, ring).unwrap();
     let text = section[start..end].replace(
-        "signing_secret_file = \"/etc/unbind/secret\"",
-        "signing_secret = \"0123456789abcdef0123456789abcdef\"",
+        "\"/etc/unbind/keys.toml\"",
+        &format!("{:?}", keys.display().to_string()),
     );
     let config = Config::parse(&text).unwrap_or_else(|e| panic!("{e:#}"));
     assert!(!config.development);

@@ -15,7 +15,7 @@ use unbind_gateway::{
     api::deadline::parse_grpc_timeout,
     config::Config,
     domain::{AppId, E164, IdLastSix},
-    security::{AccountRef, Keys, OneTimeCode, Purpose, Session, SessionError},
+    security::{AccountRef, Keys, OneTimeCode, SealFor, Session, SessionError},
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -74,11 +74,15 @@ fn near_miss_text() -> impl Strategy<Value = String> {
     proptest::string::string_regex(r"[+\- 0-9xXHMSmunaé\t\u{3000}１]{0,40}").unwrap()
 }
 
-fn purpose() -> impl Strategy<Value = Purpose> {
+/// What a value is sealed for, rows included: another use or another row must refuse it.
+fn purpose() -> impl Strategy<Value = SealFor<'static>> {
     prop_oneof![
-        Just(Purpose::Session),
-        Just(Purpose::AccountRef),
-        Just(Purpose::StoredNumber),
+        Just(SealFor::Session),
+        Just(SealFor::AccountRef),
+        Just(SealFor::Number("row-a")),
+        Just(SealFor::Number("row-b")),
+        Just(SealFor::AccountId("row-a")),
+        Just(SealFor::AccountId("row-b")),
     ]
 }
 
@@ -164,7 +168,7 @@ proptest! {
         let _ = AppId::parse(&s);
         let _ = OneTimeCode::parse(&s);
         let _ = Config::parse(&s);
-        for p in [Purpose::Session, Purpose::AccountRef, Purpose::StoredNumber] {
+        for p in [SealFor::Session, SealFor::AccountRef, SealFor::Number(""), SealFor::AccountId("")] {
             prop_assert!(k.open(p, &s).is_none());
         }
         prop_assert!(AccountRef::open(&k, &s).is_none());
@@ -418,23 +422,23 @@ proptest! {
 const MAX_TOKEN_LEN: usize = 4096;
 
 /// Longest plaintext whose sealed token fits [`MAX_TOKEN_LEN`]: 4096 base64 characters are 3072
-/// bytes, minus 2 header, 12 nonce and 16 tag bytes.
-const MAX_SEALABLE: usize = MAX_TOKEN_LEN / 4 * 3 - 30;
+/// bytes, minus 3 header bytes, the key id (`signing-secret`, 14), 12 nonce and 16 tag bytes.
+const MAX_SEALABLE: usize = MAX_TOKEN_LEN / 4 * 3 - 3 - 14 - 12 - 16;
 
 /// The limit is where the documentation puts it: the longest sealable plaintext opens, one byte
 /// more makes a token `open` refuses unread.
 #[test]
 fn sealed_token_length_limit() {
     let k = keys();
-    let longest = k.seal(Purpose::AccountRef, &[0xa5; MAX_SEALABLE]);
+    let longest = k.seal(SealFor::AccountRef, &[0xa5; MAX_SEALABLE]);
     assert!(longest.len() <= MAX_TOKEN_LEN);
     assert_eq!(
-        k.open(Purpose::AccountRef, &longest),
+        k.open(SealFor::AccountRef, &longest),
         Some(vec![0xa5; MAX_SEALABLE])
     );
-    let over = k.seal(Purpose::AccountRef, &[0xa5; MAX_SEALABLE + 1]);
+    let over = k.seal(SealFor::AccountRef, &[0xa5; MAX_SEALABLE + 1]);
     assert!(over.len() > MAX_TOKEN_LEN);
-    assert_eq!(k.open(Purpose::AccountRef, &over), None);
+    assert_eq!(k.open(SealFor::AccountRef, &over), None);
 }
 
 proptest! {

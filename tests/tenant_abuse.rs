@@ -21,7 +21,6 @@ use unbind_gateway::{
         account_gateway_client::AccountGatewayClient, carrier_push_client::CarrierPushClient,
         number_status_client::NumberStatusClient,
     },
-    security::Keys,
     server,
     store::{AuditFilter, AuditRecord},
 };
@@ -164,7 +163,11 @@ impl Rig {
     }
 
     fn number_hash(&self, phone: &str) -> String {
-        Keys::derive(&self.h.stack.config.signing_secret().unwrap())
+        self.h
+            .stack
+            .config
+            .keyring()
+            .unwrap()
             .number_hash(&unbind_gateway::domain::E164::parse(phone).unwrap())
             .hex()
     }

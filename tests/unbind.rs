@@ -16,7 +16,7 @@ use unbind_gateway::{
         UnbindTicket, app_result::State as AppState, linked_account::Ownership,
         unbind_ticket::State,
     },
-    security::{AccountRef, Keys, Session},
+    security::{AccountRef, Session},
     testkit::simulated_apps::Behaviour,
 };
 
@@ -347,7 +347,7 @@ async fn refused_and_given_up_tickets_end_rejected_and_failed() {
     let token = h.session().await;
     // A ref for an account the app does not hold (made with the gateway's own key, as only the
     // operator could): the app refuses it.
-    let keys = Keys::derive(&h.stack.config.signing_secret().unwrap());
+    let keys = h.stack.config.keyring().unwrap();
     let number = keys.number_hash(&unbind_gateway::domain::E164::parse(PHONE).unwrap());
     // Refs are good only in the session they were shown in.
     let session = Session::verify(&keys, &token, "development", h.clock.now_ms()).unwrap();

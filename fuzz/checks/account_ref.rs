@@ -6,7 +6,7 @@ use std::sync::LazyLock;
 
 use unbind_gateway::{
     domain::E164,
-    security::{AccountRef, Keys, NumberHash, Purpose},
+    security::{AccountRef, Keys, NumberHash, SealFor},
 };
 
 static KEYS: LazyLock<Keys> =
@@ -32,7 +32,7 @@ pub fn check(data: &[u8]) -> bool {
         "an unsealed input was accepted"
     );
 
-    let sealed = keys.seal(Purpose::AccountRef, data);
+    let sealed = keys.seal(SealFor::AccountRef, data);
     let Some(account) = AccountRef::open(keys, &sealed) else {
         return false;
     };

@@ -18,11 +18,11 @@ fn toml_string(s: &str) -> String {
     out
 }
 
-/// Parsing a config that names a `signing_secret_file` reads that file, and a path such as
-/// `/dev/zero` would hang the fuzzer: such inputs are not parsed whole.
+/// Parsing a config that names a `signing_secret_file` or a `[keys]` file or directory reads
+/// them, and a path such as `/dev/zero` would hang the fuzzer: such inputs are not parsed whole.
 fn names_a_secret_file(text: &str) -> bool {
     text.parse::<toml::Table>()
-        .is_ok_and(|t| t.contains_key("signing_secret_file"))
+        .is_ok_and(|t| t.contains_key("signing_secret_file") || t.contains_key("keys"))
 }
 
 /// `Config::parse` never panics (errors are expected), on the input as a whole config file and

@@ -4,7 +4,7 @@
 
 use std::sync::LazyLock;
 
-use unbind_gateway::security::{Keys, Purpose, Session, SessionError};
+use unbind_gateway::security::{Keys, SealFor, Session, SessionError};
 
 static KEYS: LazyLock<Keys> =
     LazyLock::new(|| Keys::derive(b"fuzz-session-secret-0123456789abcdef"));
@@ -31,7 +31,7 @@ pub fn check(data: &[u8]) -> bool {
         "an unsealed input was accepted"
     );
 
-    let token = keys.seal(Purpose::Session, data);
+    let token = keys.seal(SealFor::Session, data);
     let Ok(session) = Session::verify(keys, &token, TENANT, NOW_MS) else {
         return false;
     };

@@ -97,7 +97,7 @@ pub async fn run(args: AuditArgs) -> anyhow::Result<()> {
     if let Some(url) = &args.database_url {
         config.store.url = url.clone();
     }
-    let keys = Keys::derive(&config.signing_secret()?);
+    let keys = config.keyring()?;
     let store = Store::connect(&config.store.url, 2)
         .await
         .context("audit: store")?;

@@ -11,7 +11,7 @@ use crate::{
     clock::Clock,
     domain::E164,
     fanout::Catalog,
-    security::{Keys, Purpose, random_id},
+    security::{Keys, SealFor, random_id},
     store::{AppProgress, PushedNumber, Store, SubmitOutcome},
 };
 
@@ -190,9 +190,13 @@ impl Receiving<'_> {
     /// Adds one number; writes a chunk when one is full.
     pub async fn add(&mut self, number: &Recycled) -> Result<(), PushError> {
         let keys = &self.pusher.keys;
+        let number_hash = keys.number_hash(&number.phone).hex();
         let pushed = PushedNumber {
-            number_hash: keys.number_hash(&number.phone).hex(),
-            sealed_number: keys.seal(Purpose::StoredNumber, number.phone.expose().as_bytes()),
+            sealed_number: keys.seal(
+                SealFor::Number(&number_hash),
+                number.phone.expose().as_bytes(),
+            ),
+            number_hash,
             cancelled_at: number.cancelled_at,
             reissued_at: number.reissued_at,
         };

@@ -13,7 +13,7 @@ use crate::{
     fanout::Catalog,
     jobs::{self, Done, Jobs, LoopSettings},
     proto::{NotifyNumbersRecycledRequest, RecycledNumber},
-    security::{Keys, Purpose},
+    security::{Keys, SealFor},
     store::{Delivery, DeliveryState, Store},
 };
 
@@ -107,18 +107,42 @@ impl PushWorker {
                 return DeliveryState::Pending;
             }
         };
-        let numbers: Vec<RecycledNumber> = rows
-            .iter()
-            .filter_map(|(sealed, cancelled, reissued)| {
-                let phone =
-                    String::from_utf8(self.keys.open(Purpose::StoredNumber, sealed)?).ok()?;
-                Some(RecycledNumber {
+        let mut numbers = Vec::with_capacity(rows.len());
+        let mut unreadable = 0usize;
+        for (number_hash, sealed, cancelled, reissued) in &rows {
+            let row = SealFor::Number(number_hash);
+            match self
+                .keys
+                .open(row, sealed)
+                .and_then(|b| String::from_utf8(b).ok())
+            {
+                Some(phone) => numbers.push(RecycledNumber {
                     phone_number: phone,
                     cancelled_at: Some(timestamp_from_ms(*cancelled)),
                     reissued_at: Some(timestamp_from_ms(*reissued)),
-                })
-            })
-            .collect();
+                }),
+                None => {
+                    // A key this replica does not hold is the operator's to fix: the batch
+                    // waits for it whole rather than reaching the app without its numbers.
+                    if let Some(key) = self.keys.unheld_key(row, sealed) {
+                        tracing::error!(
+                            app = %d.app_id,
+                            key = %key,
+                            "a push batch is sealed under a key this replica does not hold; it waits until the keyring has it"
+                        );
+                        return DeliveryState::Pending;
+                    }
+                    unreadable += 1;
+                }
+            }
+        }
+        if unreadable > 0 {
+            tracing::warn!(
+                app = %d.app_id,
+                numbers = unreadable,
+                "pushed numbers whose sealed values do not open (altered in the store) are left out of a batch"
+            );
+        }
         let request = NotifyNumbersRecycledRequest {
             batch_id: format!("{}-{}", d.submission_id, d.batch_no),
             numbers,

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Keys, NumberHash, Purpose};
+use super::{Keys, NumberHash, SealFor};
 
 /// Whose account this is, decided from `bound_at` against `holder_since`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,10 +56,10 @@ impl OwnershipRule {
 /// each account id into an account ref (JSON
 /// `{"a":app,"i":id,"n":32 hex,"s":session id,"b":bound_at ms,"u":bool}`) and refuses refs
 /// longer than 4096 base64 characters (`security::sealed::MAX_ENCODED_LEN`): 3072 bytes, less
-/// 30 of header and tag, less 132 of JSON around the fields (with a 36-character session id and
-/// a 20-character date) and 64 of the longest app id, leaves 2846. A unit test below seals an id of
-/// exactly this length.
-pub const MAX_ACCOUNT_ID_BYTES: usize = 2846;
+/// 63 of framing with the longest key id (`MAX_OVERHEAD`), less 132 of JSON around the fields
+/// (with a 36-character session id and a 20-character date) and 64 of the longest app id,
+/// leaves 2813. A unit test below seals an id of exactly this length under a 32-character key id.
+pub const MAX_ACCOUNT_ID_BYTES: usize = 2813;
 
 /// An account id's length in the ref: its bytes once JSON-escaped (a quote takes two).
 pub fn escaped_len(account_id: &str) -> usize {
@@ -113,12 +113,12 @@ impl AccountRef {
     /// Seals the ref for a client.
     pub fn seal(&self, keys: &Keys) -> String {
         let bytes = serde_json::to_vec(self).unwrap_or_default();
-        keys.seal(Purpose::AccountRef, &bytes)
+        keys.seal(SealFor::AccountRef, &bytes)
     }
 
     /// Opens a ref; `None` when forged or altered.
     pub fn open(keys: &Keys, sealed: &str) -> Option<Self> {
-        serde_json::from_slice(&keys.open(Purpose::AccountRef, sealed)?).ok()
+        serde_json::from_slice(&keys.open(SealFor::AccountRef, sealed)?).ok()
     }
 
     /// Whether this ref was issued for the number hashed as `number`.
@@ -139,7 +139,19 @@ mod tests {
 
     #[test]
     fn the_account_id_limit_is_what_a_sealed_ref_can_carry() {
-        let keys = Keys::derive(&[4; 32]);
+        use crate::security::{KeyPurpose, KeySources, new_key_entry};
+        let longest_id = "k".repeat(crate::security::keys::MAX_KEY_ID_LEN);
+        let keys = Keys::load(&KeySources {
+            files: vec![(
+                "t".into(),
+                KeyPurpose::ALL
+                    .iter()
+                    .map(|&p| new_key_entry(&longest_id, p, true))
+                    .collect(),
+            )],
+            signing_secret: None,
+        })
+        .unwrap();
         let number = keys.number_hash(&E164::parse("+8613800138000").unwrap());
         let app_id = "a".repeat(64);
         let session = crate::security::random_id("ses");

@@ -41,13 +41,23 @@ impl OneTimeCode {
         &self.0
     }
 
-    /// The digest the store keeps, bound to the verification id.
+    /// The digest the store keeps, bound to the verification id, under the active code key:
+    /// `key id$hex`, so a rotated keyring still checks the codes already sent.
     pub fn digest(&self, keys: &Keys, verification_id: &str) -> String {
+        let key = keys.code.active();
+        format!(
+            "{}${}",
+            key.id,
+            keys::hex(&keys::hmac_label(&key.mac, &self.message(verification_id)))
+        )
+    }
+
+    fn message(&self, verification_id: &str) -> Vec<u8> {
         let mut data = Vec::with_capacity(verification_id.len() + 1 + self.0.len());
         data.extend_from_slice(verification_id.as_bytes());
         data.push(0);
         data.extend_from_slice(self.0.as_bytes());
-        keys::hex(&keys::hmac_label(&keys.code, &data))
+        data
     }
 
     /// A digest of the same shape that no code matches: what a verification whose ID characters
@@ -59,11 +69,23 @@ impl OneTimeCode {
         never_sent.digest(keys, verification_id)
     }
 
-    /// Whether this code matches a stored digest, in constant time.
+    /// Whether this code matches a stored digest, in constant time, under the key the digest
+    /// names (a digest from before the keyring names none: the signing secret's). A digest made
+    /// by a key no longer held matches nothing.
     pub fn matches(&self, keys: &Keys, verification_id: &str, stored_digest: &str) -> bool {
-        let digest = self.digest(keys, verification_id);
-        digest.len() == stored_digest.len()
-            && bool::from(digest.as_bytes().ct_eq(stored_digest.as_bytes()))
+        let (mac, stored_hex) = match stored_digest.split_once('$') {
+            Some((id, hex)) => match keys.code.get(id) {
+                Some(key) => (&key.mac, hex),
+                None => return false,
+            },
+            None => match keys.legacy.as_deref() {
+                Some(legacy) => (&legacy.code, stored_digest),
+                None => return false,
+            },
+        };
+        let digest = keys::hex(&keys::hmac_label(mac, &self.message(verification_id)));
+        digest.len() == stored_hex.len()
+            && bool::from(digest.as_bytes().ct_eq(stored_hex.as_bytes()))
     }
 }
 
@@ -97,6 +119,22 @@ mod tests {
         assert!(!c.matches(&k, "ver_1", &unusable));
         assert!(OneTimeCode::parse("12345a").is_none());
         assert_eq!(format!("{c:?}"), "OneTimeCode(******)");
+    }
+
+    #[test]
+    fn digests_name_their_key_and_older_digests_still_match() {
+        let k = Keys::derive(&[9; 32]);
+        let c = OneTimeCode::parse("123456").unwrap();
+        let d = c.digest(&k, "ver_1");
+        assert!(d.starts_with("signing-secret$"), "{d}");
+        // A digest from before the keyring: the bare hex under the secret's code key.
+        let bare = d.split_once('$').unwrap().1.to_owned();
+        assert!(c.matches(&k, "ver_1", &bare));
+        // A key this keyring does not hold matches nothing, whatever the hex.
+        assert!(!c.matches(&k, "ver_1", &format!("gone${bare}")));
+        assert!(!c.matches(&Keys::derive(&[8; 32]), "ver_1", &d));
+        assert!(!c.matches(&k, "ver_1", ""));
+        assert!(!c.matches(&k, "ver_1", "$"));
     }
 
     #[test]

@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Keys, Purpose};
+use super::{Keys, SealFor};
 use crate::domain::E164;
 
 /// A verified session.
@@ -80,7 +80,7 @@ impl Session {
         };
         // Serialising a struct of strings and integers cannot fail.
         let bytes = serde_json::to_vec(&claims).unwrap_or_default();
-        keys.seal(Purpose::Session, &bytes)
+        keys.seal(SealFor::Session, &bytes)
     }
 
     /// Opens and checks a token presented by `tenant` at `now_ms`.
@@ -91,7 +91,7 @@ impl Session {
         now_ms: i64,
     ) -> Result<Session, SessionError> {
         let bytes = keys
-            .open(Purpose::Session, token.trim())
+            .open(SealFor::Session, token.trim())
             .ok_or(SessionError::Malformed)?;
         let claims: Claims = serde_json::from_slice(&bytes).map_err(|_| SessionError::Malformed)?;
         if now_ms >= claims.exp {

@@ -8,6 +8,7 @@
 mod audit;
 mod push;
 mod rates;
+mod sealed;
 mod tickets;
 mod verifications;
 
@@ -22,6 +23,7 @@ use sqlx::{
 pub use audit::{AuditFilter, AuditRecord};
 pub use push::{AppProgress, Delivery, DeliveryState, PushedNumber, SubmitOutcome};
 pub use rates::BucketSpec;
+pub use sealed::{SealedColumn, SealedValue};
 pub use tickets::{
     CreateOutcome, Finished, NewTicket, TicketEvent, TicketRow, TicketState, UnbindReason,
 };

@@ -352,9 +352,12 @@ impl Store {
     }
 
     /// The numbers of one batch: (sealed number, cancelled_at, reissued_at), in order.
-    pub async fn batch_numbers(&self, d: &Delivery) -> sqlx::Result<Vec<(String, i64, i64)>> {
+    pub async fn batch_numbers(
+        &self,
+        d: &Delivery,
+    ) -> sqlx::Result<Vec<(String, String, i64, i64)>> {
         sqlx::query_as(
-            "SELECT sealed_number, cancelled_at, reissued_at FROM submission_numbers \
+            "SELECT COALESCE(number_hash, ''), sealed_number, cancelled_at, reissued_at FROM submission_numbers \
              WHERE submission_id = $1 AND seq >= $2 AND seq < $3 ORDER BY seq",
         )
         .bind(&d.submission_id)

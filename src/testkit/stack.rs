@@ -352,6 +352,7 @@ pub fn demo_config(
         // A fresh secret per run: sessions do not outlive the demo.
         signing_secret: Some(format!("{}{}", random_id("demo"), random_id("key"))),
         signing_secret_file: None,
+        keys: Default::default(),
         store: StoreConfig {
             url: format!("sqlite://{}", data_dir.join("unbind.db").display()),
             max_connections: 8,

@@ -1,13 +1,15 @@
-//! The tickets' metric: how many there are in each state, across all replicas (read from the
-//! store when `/metrics` is scraped, not counted here).
+//! The tickets' metrics: how many are open in each state, across all replicas (read from the
+//! store's index of open tickets when `/metrics` is scraped), and how many this replica's worker
+//! brought to each final state.
 //!
 //! | metric | type | labels |
 //! |---|---|---|
-//! | `unbind_tickets` | gauge | `state` |
+//! | `unbind_tickets` | gauge | `state` (queued, sent, accepted) |
+//! | `unbind_tickets_finished_total` | counter | `state` (completed, rejected, failed) |
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
-    metrics::{family::Family, gauge::Gauge},
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
 };
 
 use crate::{metrics::Metrics, store::TicketState};
@@ -21,6 +23,7 @@ struct StateLabels {
 #[derive(Clone)]
 pub struct TicketMetrics {
     tickets: Family<StateLabels, Gauge>,
+    finished: Family<StateLabels, Counter>,
 }
 
 impl TicketMetrics {
@@ -29,15 +32,43 @@ impl TicketMetrics {
         let tickets = Family::default();
         metrics.register(
             "tickets",
-            "Unbind tickets by state (all replicas: read from the store)",
+            "Open unbind tickets by state (all replicas: read from the store)",
             Family::clone(&tickets),
         );
-        Self { tickets }
+        let finished = Family::default();
+        metrics.register(
+            "tickets_finished",
+            "Unbind tickets this replica brought to a final state",
+            Family::clone(&finished),
+        );
+        Self { tickets, finished }
     }
 
-    /// Sets the gauges from counts read from the store.
+    /// Counts a ticket this replica brought to `state` (a final one).
+    pub fn finished(&self, state: TicketState) {
+        self.finished
+            .get_or_create(&StateLabels {
+                state: state.as_str(),
+            })
+            .inc();
+    }
+
+    /// Sets the gauges from the open tickets' counts read from the store.
     pub fn observe(&self, counts: &[(TicketState, i64)]) {
         self.tickets.clear();
+        // Every open state, at zero when none is in it: a series that vanishes reads as "no
+        // data", not as "none open".
+        for state in [
+            TicketState::Queued,
+            TicketState::Sent,
+            TicketState::Accepted,
+        ] {
+            self.tickets
+                .get_or_create(&StateLabels {
+                    state: state.as_str(),
+                })
+                .set(0);
+        }
         for (state, n) in counts {
             self.tickets
                 .get_or_create(&StateLabels {

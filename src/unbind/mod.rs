@@ -18,7 +18,7 @@ use crate::{
     config::UnbindConfig,
     fanout::Catalog,
     proto::{UnbindTicket, unbind_ticket},
-    security::{AccountRef, Keys, Ownership, OwnershipRule, Purpose, Session, random_id},
+    security::{AccountRef, Keys, Ownership, OwnershipRule, SealFor, Session, random_id},
     store::{CreateOutcome, NewTicket, Store, TicketRow, TicketState, UnbindReason},
 };
 
@@ -112,9 +112,10 @@ impl Unbinder {
         }
         let number = self.keys.number_hash(&session.phone);
         let number_hex = number.hex();
-        let sealed_number = self
-            .keys
-            .seal(Purpose::StoredNumber, session.phone.expose().as_bytes());
+        let sealed_number = self.keys.seal(
+            SealFor::Number(&number_hex),
+            session.phone.expose().as_bytes(),
+        );
         let now = self.clock.now_ms();
         let mut seen = HashMap::with_capacity(account_refs.len());
         let mut tickets = Vec::with_capacity(account_refs.len());
@@ -160,9 +161,10 @@ impl Unbinder {
                 number_hash: number_hex.clone(),
                 sealed_number: sealed_number.clone(),
                 app_id: account.app_id.clone(),
-                sealed_account_id: self
-                    .keys
-                    .seal(Purpose::StoredNumber, account.account_id.as_bytes()),
+                sealed_account_id: self.keys.seal(
+                    SealFor::AccountId(&account_key),
+                    account.account_id.as_bytes(),
+                ),
                 account_key,
                 account_ref: sealed.clone(),
                 reason,

@@ -24,7 +24,7 @@ use crate::{
         GetUnbindStatusRequest, UnbindAccountRequest, UnbindAccountResponse,
         unbind_account_response::State as AppState,
     },
-    security::{Keys, NumberHash, Purpose, random_id},
+    security::{Keys, NumberHash, SealFor, random_id},
     store::{Finished, Store, TicketRow, TicketState},
 };
 
@@ -41,6 +41,7 @@ pub struct Worker {
     pub(crate) notifier: OutcomeNotifier,
     pub(crate) config: UnbindConfig,
     pub(crate) wake: Arc<Notify>,
+    pub(crate) metrics: super::metrics::TicketMetrics,
     /// This worker's lease-owner name, unique per process.
     pub(crate) owner: String,
 }
@@ -143,15 +144,34 @@ impl Worker {
         let Some(app) = self.catalog.get(&ticket.app_id) else {
             return unsendable(ticket, "the app is no longer integrated", now);
         };
+        let number = SealFor::Number(&ticket.number_hash);
+        let account = SealFor::AccountId(&ticket.account_key);
         let (Some(phone), Some(account_id)) = (
-            self.open_sealed(&ticket.sealed_number),
-            self.open_sealed(&ticket.sealed_account_id),
+            self.open_sealed(number, &ticket.sealed_number),
+            self.open_sealed(account, &ticket.sealed_account_id),
         ) else {
-            return unsendable(
-                ticket,
-                "the ticket cannot be read with this gateway's key",
-                now,
-            );
+            // A key this replica does not hold is the operator's to fix: the ticket waits for
+            // it rather than failing the holder's request.
+            if let Some(key) = self
+                .keys
+                .unheld_key(number, &ticket.sealed_number)
+                .or_else(|| self.keys.unheld_key(account, &ticket.sealed_account_id))
+            {
+                tracing::error!(
+                    ticket = %ticket.id,
+                    key = %key,
+                    "a ticket is sealed under a key this replica does not hold; it waits until the keyring has it"
+                );
+                let backoff = jobs::retry_delay(&self.config, ticket.attempts);
+                return Decision {
+                    to: ticket.state,
+                    detail: ticket.detail.clone(),
+                    vendor_ref: ticket.vendor_ref.clone(),
+                    next_attempt_at: now + backoff.as_millis() as i64,
+                    cause: "retry: sealed under a key this replica does not hold".into(),
+                };
+            }
+            return unsendable(ticket, "the ticket's sealed values do not open", now);
         };
         // The app's client holds its breaker, shared with look-ups and pushes: while it is open
         // (the app keeps failing or timing out) the ticket waits its backoff without adding to
@@ -267,12 +287,13 @@ impl Worker {
             .await
     }
 
-    fn open_sealed(&self, sealed: &str) -> Option<String> {
-        String::from_utf8(self.keys.open(Purpose::StoredNumber, sealed)?).ok()
+    fn open_sealed(&self, for_: SealFor<'_>, sealed: &str) -> Option<String> {
+        String::from_utf8(self.keys.open(for_, sealed)?).ok()
     }
 
     /// On a final state: forget the cached answer, and tell the holder by SMS.
     fn after_final(&self, ticket: &TicketRow, state: TicketState, detail: &str) {
+        self.metrics.finished(state);
         if let (Some(number), Ok(app_id)) = (
             NumberHash::from_hex(&ticket.number_hash),
             AppId::parse(&ticket.app_id),
@@ -280,7 +301,7 @@ impl Worker {
             self.cache.invalidate(&(number.short(), app_id));
         }
         let Some(phone) = self
-            .open_sealed(&ticket.sealed_number)
+            .open_sealed(SealFor::Number(&ticket.number_hash), &ticket.sealed_number)
             .and_then(|p| E164::parse(&p).ok())
         else {
             return;

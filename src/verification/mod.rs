@@ -32,7 +32,7 @@ use crate::{
     config::VerificationConfig,
     domain::{E164, IdLastSix},
     registry::{RegistryClient, RegistryError, Verdict, templates},
-    security::{Keys, OneTimeCode, Purpose, Session, random_id},
+    security::{Keys, OneTimeCode, SealFor, Session, random_id},
     store::{NewVerification, StartLimits, StartOutcome, Store, VerificationState},
 };
 
@@ -74,6 +74,32 @@ pub struct Verifier {
 }
 
 const HOUR_MS: i64 = 3_600_000;
+
+/// What a verification row seals: the number, a newline, and `holder_since` in 20 characters
+/// (`+` and 19 digits, or 20 dashes when the registry gave no date or the ID characters did not
+/// match), so every row's sealed value has one length.
+fn stored_number(phone: &E164, holder_since: Option<i64>) -> String {
+    match holder_since {
+        Some(ms) => format!("{}\n{ms:+020}", phone.expose()),
+        None => format!("{}\n{}", phone.expose(), "-".repeat(20)),
+    }
+}
+
+/// The number and `holder_since` back from [`stored_number`]'s text; a row from before it
+/// sealed the number alone and kept the date in its `holder_since` column (`legacy`).
+fn stored_number_parts(text: &str, legacy: Option<i64>) -> Option<(E164, Option<i64>)> {
+    match text.split_once('\n') {
+        Some((phone, date)) => Some((
+            E164::parse(phone).ok()?,
+            if date.bytes().all(|b| b == b'-') {
+                None
+            } else {
+                Some(date.parse().ok()?)
+            },
+        )),
+        None => Some((E164::parse(text).ok()?, legacy)),
+    }
+}
 
 /// The audit outcome of a verification step.
 fn audit_outcome(result: Result<&'static str, &VerifyError>) -> String {
@@ -166,9 +192,13 @@ impl Verifier {
         let expires_ms = now + self.config.code_ttl.as_millis() as i64;
         let number_hash = self.keys.number_hash(phone).hex();
         let pair_hash = self.keys.pair_hash(phone, id);
-        let sealed_number = self
-            .keys
-            .seal(Purpose::StoredNumber, phone.expose().as_bytes());
+        // The date travels sealed with the number, padded to one length, and the column stays
+        // NULL: nothing in the row tells a reader of the store whether the ID characters
+        // matched.
+        let sealed_number = self.keys.seal(
+            SealFor::Number(&number_hash),
+            stored_number(phone, holder_since).as_bytes(),
+        );
         let outcome = self
             .store
             .start_verification(
@@ -179,7 +209,7 @@ impl Verifier {
                     sealed_number: &sealed_number,
                     tenant,
                     code_digest: &code_digest,
-                    holder_since,
+                    holder_since: None,
                     created_at: now,
                     expires_at: expires_ms,
                 },
@@ -307,19 +337,19 @@ impl Verifier {
         if !self.store.consume_verification(&row.id).await? {
             return Err(self.dead_state(&row.id).await);
         }
-        let phone = self
+        let (phone, holder_since) = self
             .keys
-            .open(Purpose::StoredNumber, &row.sealed_number)
+            .open(SealFor::Number(&row.number_hash), &row.sealed_number)
             .and_then(|b| String::from_utf8(b).ok())
-            .and_then(|s| E164::parse(&s).ok())
-            // Only a different signing secret can get here: the row is unusable.
+            .and_then(|s| stored_number_parts(&s, row.holder_since))
+            // Only a retired key or an altered row can get here: the row is unusable.
             .ok_or(VerifyError::Expired)?;
         tracing::info!(number = %phone, "verification completed");
         Ok(Session {
             id: random_id("ses"),
             phone,
             tenant: tenant.to_owned(),
-            holder_since_ms: row.holder_since,
+            holder_since_ms: holder_since,
             issued_ms: now,
             expires_ms: now + self.config.session_ttl.as_millis() as i64,
         })
@@ -356,5 +386,32 @@ impl Verifier {
                 self.config.max_summary_sms_per_hour,
             )
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sealed_row_text_has_one_length_and_reads_back() {
+        let phone = E164::parse("13800138000").unwrap();
+        let dated = stored_number(&phone, Some(1_700_000_000_000));
+        let undated = stored_number(&phone, None);
+        assert_eq!(dated.len(), undated.len());
+        assert_eq!(
+            stored_number_parts(&dated, None),
+            Some((phone.clone(), Some(1_700_000_000_000)))
+        );
+        assert_eq!(
+            stored_number_parts(&undated, Some(5)),
+            Some((phone.clone(), None))
+        );
+        // A row from before: the number alone, the date in its column.
+        assert_eq!(
+            stored_number_parts("+8613800138000", Some(5)),
+            Some((phone, Some(5)))
+        );
+        assert_eq!(stored_number_parts("+8613800138000\nsoon", None), None);
     }
 }

@@ -70,9 +70,34 @@ pub async fn housekeeping(gateway: Arc<Gateway>) {
             Ok(n) => tracing::info!(submissions = n, "interrupted pushes finished or discarded"),
             Err(e) => tracing::warn!(error = %e, "could not finish interrupted pushes"),
         }
-        let retention = gateway.config.audit.retention.as_millis() as i64;
-        if let Err(e) = gateway.store.purge_audit(now - retention).await {
-            tracing::warn!(error = %e, "could not purge old audit records");
+        let ms = |d: Duration| now - d.as_millis() as i64;
+        let kept = &gateway.config.retention;
+        let store = &gateway.store;
+        for (what, purged) in [
+            (
+                "audit records",
+                store.purge_audit(ms(gateway.config.audit.retention)).await,
+            ),
+            (
+                "final tickets",
+                store.purge_final_tickets(ms(kept.tickets)).await,
+            ),
+            (
+                "finished pushes",
+                store.purge_finished_pushes(ms(kept.pushes)).await,
+            ),
+            (
+                "re-issue dates before the history window",
+                store
+                    .purge_recycled_history(ms(kept.recycled_history))
+                    .await,
+            ),
+        ] {
+            match purged {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(purged = n, what, "retention: deleted"),
+                Err(e) => tracing::warn!(error = %e, what, "retention: could not purge"),
+            }
         }
     }
 }

@@ -61,6 +61,9 @@ pub struct Config {
     pub unbind: UnbindConfig,
     #[serde(default)]
     pub audit: AuditConfig,
+    /// How long tickets, pushes and the recycled-number history are kept.
+    #[serde(default)]
+    pub retention: RetentionConfig,
     #[serde(default)]
     pub app_defaults: AppDefaults,
     /// When an app is taken out of look-ups for failing, and for how long.
@@ -345,6 +348,34 @@ impl Default for AuditConfig {
     fn default() -> Self {
         Self {
             retention: Duration::from_secs(180 * 86400),
+        }
+    }
+}
+
+/// How long what has served its purpose is kept (the README's "Data we keep" says why).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Tickets and their events, after their final state: long enough for the holder to come
+    /// back to an outcome and for a complaint about it, well past the 5-day unbind deadline.
+    #[serde(with = "humantime_serde")]
+    pub tickets: Duration,
+    /// A carrier push's numbers and deliveries, from the push, once every app has its batches
+    /// and the dates are in the history: the carrier's window to read `GetSubmission`.
+    #[serde(with = "humantime_serde")]
+    pub pushes: Duration,
+    /// How far back `CheckNumberRecycled` answers: older re-issue dates are deleted, and a date
+    /// before the window is `OUT_OF_RANGE`, never a guess.
+    #[serde(with = "humantime_serde")]
+    pub recycled_history: Duration,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            tickets: Duration::from_secs(30 * 86400),
+            pushes: Duration::from_secs(7 * 86400),
+            recycled_history: Duration::from_secs(3 * 365 * 86400),
         }
     }
 }
@@ -794,6 +825,11 @@ impl Config {
             bail!("`lookup.max_deadline` must not be shorter than `lookup.default_deadline`");
         }
         check_nonzero(self.verification.code_ttl, "verification.code_ttl")?;
+        check_nonzero(self.retention.tickets, "retention.tickets")?;
+        check_nonzero(self.retention.pushes, "retention.pushes")?;
+        if self.retention.recycled_history < Duration::from_secs(86400) {
+            bail!("`retention.recycled_history` must be at least a day");
+        }
         check_nonzero(self.verification.session_ttl, "verification.session_ttl")?;
         if self.verification.max_attempts == 0 {
             bail!("`verification.max_attempts` must be at least 1");

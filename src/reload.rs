@@ -153,6 +153,7 @@ fn needs_restart(running: &Config, new: &Config) -> Vec<&'static str> {
     check("limits", running.limits == new.limits);
     check("unbind", running.unbind == new.unbind);
     check("audit", running.audit == new.audit);
+    check("retention", running.retention == new.retention);
     check("admin", running.admin == new.admin);
     check("reload", running.reload == new.reload);
     differ

@@ -176,7 +176,11 @@ async fn push_scenario(store_url: Option<String>) {
             .into_inner()
             .recycled
     );
-    assert!(!check(PHONE, 0).await.unwrap().into_inner().recycled);
+    assert!(!check(PHONE, REISSUED).await.unwrap().into_inner().recycled);
+    // 1970 is before the history kept (`retention.recycled_history`): not a guess of "false".
+    let err = check(PHONE, 0).await.unwrap_err();
+    assert_error(&err, Code::InvalidArgument, "OUT_OF_RANGE");
+    assert_eq!(bad_fields(&err), ["specified_date"]);
     let err = check(PHONE, 4_102_444_800).await.unwrap_err(); // 2100
     assert_error(&err, Code::InvalidArgument, "OUT_OF_RANGE");
     assert_eq!(bad_fields(&err), ["specified_date"]);

@@ -237,10 +237,24 @@ impl PushService {
             return Err(ApiError::field("specified_date", "required").into());
         };
         let since = ms_from_timestamp(date);
-        if since > self.gateway.clock.now_ms() {
+        let now = self.gateway.clock.now_ms();
+        if since > now {
             return Err(ApiError::OutOfRange {
                 field: "specified_date".into(),
                 description: "must not be in the future".into(),
+            }
+            .into());
+        }
+        // Re-issue dates older than the history window are deleted: before it, the gateway
+        // does not know, and says so rather than answer "not recycled".
+        let window = self.gateway.config.retention.recycled_history;
+        if since < now - window.as_millis() as i64 {
+            return Err(ApiError::OutOfRange {
+                field: "specified_date".into(),
+                description: format!(
+                    "must be within the last {} days (the recycled-number history kept)",
+                    window.as_secs() / 86_400
+                ),
             }
             .into());
         }

@@ -95,13 +95,4 @@ impl Store {
             )
             .collect())
     }
-
-    /// Deletes records older than `before`.
-    pub async fn purge_audit(&self, before: i64) -> sqlx::Result<u64> {
-        Ok(sqlx::query("DELETE FROM audit_log WHERE at < $1")
-            .bind(before)
-            .execute(self.pool())
-            .await?
-            .rows_affected())
-    }
 }

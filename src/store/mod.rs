@@ -8,6 +8,7 @@
 mod audit;
 mod push;
 mod rates;
+mod retention;
 mod sealed;
 mod tickets;
 mod verifications;

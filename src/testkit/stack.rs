@@ -373,6 +373,7 @@ pub fn demo_config(
         limits: LimitsConfig::default(),
         unbind: UnbindConfig::default(),
         audit: Default::default(),
+        retention: Default::default(),
         app_defaults: AppDefaults {
             timeout: Duration::from_millis(1500),
             ..AppDefaults::default()

@@ -1,10 +1,18 @@
 //! The admin HTTP endpoint, for operators and orchestrators (never for callers; bind it to a
 //! private address): `GET /metrics` (Prometheus text, see `metrics`), `GET /healthz` (the process
-//! is alive), `GET /readyz` (200 while the store answers, else 503).
+//! is alive), `GET /readyz` (200 while the store answers, else 503), `POST /cache/forget` (the
+//! body a number's keyed hash, 64 hex: this replica forgets its cached answers for the number;
+//! what `unbind-gateway erase` calls).
 
 use std::{future::Future, sync::Arc};
 
-use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
+use axum::{
+    Router,
+    extract::State,
+    http::StatusCode,
+    response::IntoResponse,
+    routing::{get, post},
+};
 use tokio::net::TcpListener;
 
 use crate::gateway::Gateway;
@@ -20,6 +28,7 @@ pub async fn serve(
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
+        .route("/cache/forget", post(forget))
         .with_state(gateway);
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)
@@ -44,6 +53,26 @@ async fn metrics(State(gateway): State<Arc<Gateway>>) -> impl IntoResponse {
         )],
         m.encode(),
     )
+}
+
+async fn forget(State(gateway): State<Arc<Gateway>>, body: String) -> impl IntoResponse {
+    match crate::security::NumberHash::from_hex(body.trim()) {
+        Some(number) => {
+            let held = gateway.fanout.cache().forget_number(number.short());
+            (
+                StatusCode::OK,
+                if held {
+                    "forgotten\n"
+                } else {
+                    "nothing cached\n"
+                },
+            )
+        }
+        None => (
+            StatusCode::BAD_REQUEST,
+            "the body must be a number's keyed hash: 64 hex characters\n",
+        ),
+    }
 }
 
 async fn ready(State(gateway): State<Arc<Gateway>>) -> impl IntoResponse {

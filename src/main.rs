@@ -1,5 +1,5 @@
 //! The `unbind-gateway` command: `serve`, `demo`, `query`, `simulate-apps`, `check-adapter`,
-//! `certs`, `audit`, `keys`.
+//! `certs`, `audit`, `keys`, `erase`.
 
 #![forbid(unsafe_code)]
 
@@ -50,6 +50,8 @@ enum Command {
     Certs(cli::certs::CertsArgs),
     /// List audit records (numbers are hashed before the search).
     Audit(cli::audit::AuditArgs),
+    /// Erase everything held about one number (audit records keep only its keyed hash).
+    Erase(cli::erase::EraseArgs),
     /// Make keys for the keyring, and list what a config's keyring holds.
     #[command(subcommand)]
     Keys(cli::keys::KeysCommand),
@@ -116,6 +118,7 @@ async fn main() -> anyhow::Result<()> {
         },
         Command::Audit(args) => cli::audit::run(args).await,
         Command::Keys(command) => cli::keys::run(command),
+        Command::Erase(args) => cli::erase::run(args).await,
         Command::Certs(args) => cli::certs::run(&args),
         Command::SimulateApps(args) => {
             telemetry::init(cli.log_json);

@@ -4,6 +4,7 @@ pub mod audit;
 pub mod certs;
 pub mod check_adapter;
 pub mod demo;
+pub mod erase;
 pub mod keys;
 pub mod query;
 pub mod simulate_apps;

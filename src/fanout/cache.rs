@@ -206,6 +206,11 @@ impl LookupCache {
         store(&self.numbers, key, accounts, self.clock.now_ms());
     }
 
+    /// Forgets every app's answer for a number (an erasure); whether any was held.
+    pub fn forget_number(&self, number: u128) -> bool {
+        self.numbers.remove(&number).is_some()
+    }
+
     /// Forgets the answer for a key (after an unbind, say).
     pub fn invalidate(&self, (number, app): &CacheKey) {
         if let Some(entry) = self.numbers.get(number) {

@@ -6,6 +6,7 @@
 //! PostgreSQL sqlx takes an advisory lock, so replicas starting together do not race.
 
 mod audit;
+mod erase;
 mod push;
 mod rates;
 mod retention;
@@ -22,6 +23,7 @@ use sqlx::{
 };
 
 pub use audit::{AuditFilter, AuditRecord};
+pub use erase::Erased;
 pub use push::{AppProgress, Delivery, DeliveryState, PushedNumber, SubmitOutcome};
 pub use rates::BucketSpec;
 pub use sealed::{SealedColumn, SealedValue};

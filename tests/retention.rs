@@ -19,6 +19,33 @@ use unbind_gateway::proto::{
 
 const DAY_MS: i64 = 86_400_000;
 
+/// Unbinds the first account of the session's look-up that can be; the ticket's id.
+async fn open_ticket(h: &Harness, token: &str, key: &str) -> String {
+    let mut client = h.client().await;
+    let accounts = client
+        .list_linked_accounts(ListLinkedAccountsRequest {
+            session_token: token.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .accounts;
+    let account = accounts.iter().find(|a| a.unbind_supported).unwrap();
+    client
+        .unbind(UnbindRequest {
+            session_token: token.into(),
+            account_refs: vec![account.account_ref.clone()],
+            idempotency_key: key.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .tickets[0]
+        .ticket_id
+        .clone()
+}
+
 async fn count(url: &str, table: &str) -> i64 {
     sqlx::any::install_default_drivers();
     let db = sqlx::AnyPool::connect(url).await.unwrap();
@@ -55,28 +82,7 @@ async fn windows(store_url: Option<String>) {
     let url = h.stack.config.store.url.clone();
     let token = h.session().await;
     let mut client = h.client().await;
-    let accounts = client
-        .list_linked_accounts(ListLinkedAccountsRequest {
-            session_token: token.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .accounts;
-    let account = accounts.iter().find(|a| a.unbind_supported).unwrap();
-    let ticket = client
-        .unbind(UnbindRequest {
-            session_token: token.clone(),
-            account_refs: vec![account.account_ref.clone()],
-            idempotency_key: "retention".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .tickets[0]
-        .ticket_id
-        .clone();
+    let ticket = open_ticket(&h, &token, "retention").await;
     let now_s = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -276,25 +282,7 @@ async fn nothing_unfinished_is_purged_whatever_its_age() {
     .await;
     let url = h.stack.config.store.url.clone();
     let token = h.session().await;
-    let mut client = h.client().await;
-    let accounts = client
-        .list_linked_accounts(ListLinkedAccountsRequest {
-            session_token: token.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .accounts;
-    let account = accounts.iter().find(|a| a.unbind_supported).unwrap();
-    client
-        .unbind(UnbindRequest {
-            session_token: token,
-            account_refs: vec![account.account_ref.clone()],
-            idempotency_key: "open".into(),
-        })
-        .await
-        .unwrap();
+    open_ticket(&h, &token, "open").await;
     CarrierPushClient::connect(h.endpoint())
         .await
         .unwrap()

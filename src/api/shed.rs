@@ -20,7 +20,7 @@
 //! - `limits.max_streams_per_connection` caps one connection's streams, and
 //!   `limits.handshake_timeout` closes a connection that does not finish its TLS handshake in
 //!   time; a peer that stops answering HTTP/2 pings (every 30 s, 10 s to answer) is closed too
-//!   (all three set on the server, `crate::server`).
+//!   (all three set where the server is built, `server.rs`).
 
 use std::{
     future::Future,

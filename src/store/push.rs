@@ -265,7 +265,17 @@ impl Store {
             // Complete (or gone): never discarded.
             return Ok(());
         }
-        let chunk = chunk.max(1) as i64;
+        self.delete_submission_rows(id, chunk.max(1) as i64).await?;
+        sqlx::query("DELETE FROM submissions WHERE id = $1 AND state = 'receiving'")
+            .bind(id)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes a submission's numbers, then its deliveries, `chunk` rows per statement (the
+    /// submission's own row is the caller's to delete, on its own condition).
+    pub(super) async fn delete_submission_rows(&self, id: &str, chunk: i64) -> sqlx::Result<()> {
         for sql in [
             "DELETE FROM submission_numbers WHERE submission_id = $1 AND seq IN \
              (SELECT seq FROM submission_numbers WHERE submission_id = $1 LIMIT $2)",
@@ -281,10 +291,6 @@ impl Store {
                 > 0
             {}
         }
-        sqlx::query("DELETE FROM submissions WHERE id = $1 AND state = 'receiving'")
-            .bind(id)
-            .execute(self.pool())
-            .await?;
         Ok(())
     }
 

@@ -66,21 +66,7 @@ impl Store {
         .fetch_all(self.pool())
         .await?;
         for (id,) in &over {
-            for sql in [
-                "DELETE FROM submission_numbers WHERE submission_id = $1 AND seq IN \
-                 (SELECT seq FROM submission_numbers WHERE submission_id = $1 LIMIT $2)",
-                "DELETE FROM deliveries WHERE submission_id = $1 AND (app_id, batch_no) IN \
-                 (SELECT app_id, batch_no FROM deliveries WHERE submission_id = $1 LIMIT $2)",
-            ] {
-                while sqlx::query(sql)
-                    .bind(id)
-                    .bind(BATCH)
-                    .execute(self.pool())
-                    .await?
-                    .rows_affected()
-                    > 0
-                {}
-            }
+            self.delete_submission_rows(id, BATCH).await?;
             sqlx::query("DELETE FROM submissions WHERE id = $1 AND state = 'applied'")
                 .bind(id)
                 .execute(self.pool())

@@ -88,7 +88,15 @@ async fn main() -> anyhow::Result<()> {
                 return Ok(());
             }
             let watch_interval = config.reload.watch_interval;
-            let listener = tokio::net::TcpListener::bind(config.listen).await?;
+            let listener = tokio::net::TcpListener::bind(config.listen)
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot listen on {} (`listen` in {}): is another process using it?",
+                        config.listen,
+                        path.display()
+                    )
+                })?;
             let running = server::start(config, Clock::system(), listener).await?;
             let reloader = unbind_gateway::reload::Reloader::new(
                 std::sync::Arc::clone(&running.gateway),

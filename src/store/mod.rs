@@ -17,6 +17,15 @@ mod verifications;
 use std::{str::FromStr, time::Duration};
 
 use anyhow::Context;
+
+/// The file of a `sqlite:` store url (`sqlite://path`, `sqlite:path`, options after `?`); `None`
+/// for another store or an in-memory database.
+fn sqlite_path(url: &str) -> Option<std::path::PathBuf> {
+    let rest = url.strip_prefix("sqlite:")?;
+    let rest = rest.strip_prefix("//").unwrap_or(rest);
+    let path = rest.split('?').next().unwrap_or_default();
+    (!path.is_empty() && !path.starts_with(":memory:")).then(|| path.into())
+}
 use sqlx::{
     Executor,
     any::{AnyConnectOptions, AnyPoolOptions},
@@ -52,6 +61,17 @@ impl Store {
     /// Connects (creating a SQLite file if missing) and runs the migrations.
     pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<Self> {
         sqlx::any::install_default_drivers();
+        if let Some(path) = sqlite_path(url) {
+            // A new deployment's directory is made, not reported as "unable to open".
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).with_context(|| {
+                    format!(
+                        "the SQLite store's directory {} cannot be created",
+                        dir.display()
+                    )
+                })?;
+            }
+        }
         let (url, backend) = if url.starts_with("sqlite:") {
             let url = if url.contains('?') {
                 url.to_owned()
@@ -84,7 +104,10 @@ impl Store {
             })
             .connect_with(options)
             .await
-            .context("cannot connect to the store")?;
+            .with_context(|| match sqlite_path(&url) {
+                Some(path) => format!("cannot open the SQLite store {}", path.display()),
+                None => "cannot connect to the store".to_owned(),
+            })?;
         sqlx::migrate!("./migrations")
             .run(&pool)
             .await
@@ -166,5 +189,26 @@ impl Store {
 
     pub(crate) fn pool(&self) -> &sqlx::AnyPool {
         &self.pool
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sqlite_path;
+
+    #[test]
+    fn the_sqlite_file_is_read_from_every_url_form() {
+        let path = |u| sqlite_path(u).map(|p| p.display().to_string());
+        assert_eq!(
+            path("sqlite:///var/lib/u/db.sqlite").as_deref(),
+            Some("/var/lib/u/db.sqlite")
+        );
+        assert_eq!(
+            path("sqlite://data/db.sqlite?mode=rwc").as_deref(),
+            Some("data/db.sqlite")
+        );
+        assert_eq!(path("sqlite:db.sqlite").as_deref(), Some("db.sqlite"));
+        assert_eq!(path("sqlite::memory:"), None);
+        assert_eq!(path("postgres://u@h/db"), None);
     }
 }

@@ -13,5 +13,5 @@ pub use keys::{
     KEYS_ENV, KeyInfo, KeyPurpose, KeySources, Keys, NumberHash, SIGNING_SECRET_ID, new_key_entry,
     signing_secret_number_key_entry, valid_key_id,
 };
-pub use sealed::{MAX_OVERHEAD, SealFor, seal_v1_for_tests};
+pub use sealed::{MAX_OVERHEAD, SealFor};
 pub use session::{Session, SessionError};

@@ -214,8 +214,8 @@ fn open_v1(legacy: &LegacyKeys, for_: SealFor<'_>, mut buf: Vec<u8>) -> Option<V
 }
 
 /// Seals as version 1 did, for tests of what older deployments left in their stores.
-#[doc(hidden)]
-pub fn seal_v1_for_tests(keys: &Keys, for_: SealFor<'_>, plaintext: &[u8]) -> Option<String> {
+#[cfg(test)]
+fn seal_v1_for_tests(keys: &Keys, for_: SealFor<'_>, plaintext: &[u8]) -> Option<String> {
     let legacy = keys.legacy.as_deref()?;
     let mut nonce = [0u8; V1_NONCE_LEN];
     rand::rng().fill(&mut nonce);

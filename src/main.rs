@@ -1,5 +1,5 @@
 //! The `unbind-gateway` command: `serve`, `demo`, `query`, `simulate-apps`, `check-adapter`,
-//! `certs`, `audit`, `keys`, `erase`.
+//! `certs`, `audit`, `keys`, `erase`, `registry`.
 
 #![forbid(unsafe_code)]
 
@@ -55,6 +55,8 @@ enum Command {
     /// Make keys for the keyring, and list what a config's keyring holds.
     #[command(subcommand)]
     Keys(cli::keys::KeysCommand),
+    /// The file-backed subscriber registry on its own: a development stand-in for the carrier's.
+    Registry(cli::registry::RegistryArgs),
     /// Simulated app adapters alone.
     SimulateApps(cli::simulate_apps::SimulateAppsArgs),
     /// Run the adapter conformance suite against an app's adapter.
@@ -62,9 +64,27 @@ enum Command {
     CheckAdapter(cli::check_adapter::CheckAdapterArgs),
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        // Printed once, plainly, whatever RUST_BACKTRACE says: these are the errors a person can
+        // act on (a file, an address, a refused call), not bugs.
+        Err(e) => {
+            cli::support::status::print_error(&e);
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve {
             config,
@@ -84,9 +104,25 @@ async fn main() -> anyhow::Result<()> {
                 config
                     .validate()
                     .with_context(|| format!("invalid config file {}", path.display()))?;
-                println!("{}: the config is valid", path.display());
+                let checked = config
+                    .check_files()
+                    .with_context(|| format!("invalid config file {}", path.display()))?;
+                println!(
+                    "{}: the config is valid ({} apps, store: {})",
+                    path.display(),
+                    config.apps.len(),
+                    unbind_gateway::store::describe_url(&config.store.url)
+                );
+                for line in checked {
+                    println!("  checked {line}");
+                }
                 return Ok(());
             }
+            // The files it names, before anything starts: a missing certificate or a key that
+            // is not its certificate's is named here, not as a TLS error later.
+            config
+                .check_files()
+                .with_context(|| format!("invalid config file {}", path.display()))?;
             let watch_interval = config.reload.watch_interval;
             let listener = tokio::net::TcpListener::bind(config.listen)
                 .await
@@ -128,6 +164,10 @@ async fn main() -> anyhow::Result<()> {
         Command::Keys(command) => cli::keys::run(command),
         Command::Erase(args) => cli::erase::run(args).await,
         Command::Certs(args) => cli::certs::run(&args),
+        Command::Registry(args) => {
+            telemetry::init(cli.log_json);
+            cli::registry::run(args).await
+        }
         Command::SimulateApps(args) => {
             telemetry::init(cli.log_json);
             cli::simulate_apps::run(args).await

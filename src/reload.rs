@@ -159,15 +159,35 @@ fn needs_restart(running: &Config, new: &Config) -> Vec<&'static str> {
     differ
 }
 
-/// What tells a changed file: modification time, length, and the text itself. (A config file is
-/// small: reading it every few seconds costs nothing worth a blocking-pool hop.)
-fn fingerprint(path: &Path) -> Option<(SystemTime, u64, u64)> {
+/// What tells a changed config: the file's and its `apps_file`'s modification times, lengths and
+/// texts. (Both are small: reading them every few seconds costs nothing worth a blocking-pool
+/// hop.)
+fn fingerprint(path: &Path) -> Option<Vec<(SystemTime, u64, u64)>> {
+    let (config, text) = file_fingerprint(path)?;
+    let mut all = vec![config];
+    // The catalog file the config names now (an unreadable config has none).
+    #[derive(serde::Deserialize)]
+    struct AppsFileOnly {
+        apps_file: Option<std::path::PathBuf>,
+    }
+    let named = std::str::from_utf8(&text)
+        .ok()
+        .and_then(|t| toml::from_str::<AppsFileOnly>(t).ok())
+        .and_then(|c| c.apps_file);
+    if let Some(apps) = named {
+        all.extend(file_fingerprint(&apps).map(|(f, _)| f));
+    }
+    Some(all)
+}
+
+/// One file's modification time, length and hash, and its bytes.
+fn file_fingerprint(path: &Path) -> Option<((SystemTime, u64, u64), Vec<u8>)> {
     use std::hash::{Hash, Hasher};
     let meta = std::fs::metadata(path).ok()?;
     let text = std::fs::read(path).ok()?;
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     text.hash(&mut hasher);
-    Some((meta.modified().ok()?, meta.len(), hasher.finish()))
+    Some(((meta.modified().ok()?, meta.len(), hasher.finish()), text))
 }
 
 #[cfg(unix)]

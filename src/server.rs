@@ -124,6 +124,34 @@ const DEVELOPMENT_TLS_BOX: &str = "\n\
   but a test on this machine.\n\
 ==========================================================================\n";
 
+/// The services this process serves, as server reflection lists them. The descriptor set also
+/// holds `unbind.v1.AppAdapter` and `unbind.v1.SubscriberRegistry` (the gateway is their client):
+/// they are not listed, though their messages resolve.
+pub const SERVED_SERVICES: [&str; 6] = [
+    "unbind.v1.AccountGateway",
+    "unbind.v1.NumberStatus",
+    "unbind.v1.CarrierPush",
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+];
+
+/// Server reflection, `grpc.reflection.v1` and the `v1alpha` that older tools (grpcio-reflection,
+/// older grpcurl, Postman, Evans) speak: both list [`SERVED_SERVICES`] and resolve every symbol
+/// of the gateway's protos, health and reflection itself.
+fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
+    let mut builder = tonic_reflection::server::Builder::configure()
+        .include_reflection_service(false)
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET);
+    for name in SERVED_SERVICES {
+        builder = builder.with_service_name(name);
+    }
+    builder
+}
+
 /// Serves the gRPC API (and the admin HTTP endpoint on `admin`) until `shutdown` resolves.
 pub async fn serve(
     gateway: Arc<Gateway>,
@@ -144,10 +172,8 @@ pub async fn serve(
             let _ = admin_stopped.await;
         }))
     });
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    let reflection = reflection_builder().build_v1()?;
+    let reflection_v1alpha = reflection_builder().build_v1alpha()?;
     let max_request = gateway.config.limits.max_request_bytes;
     // The handlers hold what they use: the state, and who may call (mTLS tenants and their
     // rate limits, shared by both services).
@@ -174,7 +200,12 @@ pub async fn serve(
         (tickets, push)
     });
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    tracing::info!(addr = ?incoming.local_addr().ok(), apps = gateway.catalog.snapshot().all().len(), "gateway serving");
+    tracing::info!(
+        addr = %incoming.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        tls = gateway.config.tls.is_some(),
+        apps = gateway.catalog.snapshot().all().len(),
+        "gateway serving"
+    );
     let mut builder = Server::builder();
     match &gateway.config.tls {
         // A connection that opens and never finishes its handshake is closed; a peer that stops
@@ -226,6 +257,7 @@ pub async fn serve(
         ))
         .add_service(health_service)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(service)
         .add_service(
             CarrierPushServer::new(PushService::new(Arc::clone(&gateway), edge.clone()))

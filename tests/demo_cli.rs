@@ -110,7 +110,7 @@ fn query_against_the_demo_lists_all_200_apps() {
     assert!(banner.contains("DEVELOPMENT MODE"), "{banner}");
     let endpoint = banner
         .lines()
-        .find_map(|l| l.strip_prefix("gateway"))
+        .find_map(|l| l.trim_start().strip_prefix("gateway "))
         .map(|rest| rest.trim().to_owned())
         .filter(|e| e.starts_with("http://127.0.0.1:") && !e.ends_with(":0"))
         .unwrap_or_else(|| panic!("the banner names the gateway's address: {banner}"));

@@ -140,7 +140,7 @@ async fn metrics_cover_calls_cache_verifications_and_tickets_without_a_number() 
 }
 
 #[tokio::test]
-async fn health_reports_every_service_and_reflection_lists_them() {
+async fn health_reports_every_service_and_both_reflection_versions_list_exactly_them() {
     use tonic_health::pb::{
         HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
     };
@@ -170,33 +170,90 @@ async fn health_reports_every_service_and_reflection_lists_them() {
         .unwrap_err();
     assert_eq!(unknown.code(), tonic::Code::NotFound);
 
-    use tonic_reflection::pb::v1::{
-        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
-        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
-    };
-    let mut reflection = ServerReflectionClient::new(channel(&h).await);
-    let mut answers = reflection
-        .server_reflection_info(futures::stream::iter([ServerReflectionRequest {
-            host: String::new(),
-            message_request: Some(MessageRequest::ListServices(String::new())),
-        }]))
-        .await
-        .unwrap()
-        .into_inner();
-    let answer = answers.message().await.unwrap().unwrap();
-    let Some(MessageResponse::ListServicesResponse(list)) = answer.message_response else {
-        panic!("{answer:?}");
-    };
-    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    for expected in [
+    // Both reflection versions list exactly the services served here: not AppAdapter nor
+    // SubscriberRegistry, whose protos the gateway holds as their client.
+    let served = [
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
         "unbind.v1.AccountGateway",
         "unbind.v1.CarrierPush",
         "unbind.v1.NumberStatus",
-        "grpc.health.v1.Health",
-    ] {
+    ];
+    {
+        use tonic_reflection::pb::v1::{
+            ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+            server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+        };
+        let mut reflection = ServerReflectionClient::new(channel(&h).await);
+        let mut answers = reflection
+            .server_reflection_info(futures::stream::iter([
+                ServerReflectionRequest {
+                    host: String::new(),
+                    message_request: Some(MessageRequest::ListServices(String::new())),
+                },
+                ServerReflectionRequest {
+                    host: String::new(),
+                    message_request: Some(MessageRequest::FileContainingSymbol(
+                        "unbind.v1.AccountGateway".into(),
+                    )),
+                },
+            ]))
+            .await
+            .unwrap()
+            .into_inner();
+        let answer = answers.message().await.unwrap().unwrap();
+        let Some(MessageResponse::ListServicesResponse(list)) = answer.message_response else {
+            panic!("{answer:?}");
+        };
+        let mut names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+        names.sort();
+        assert_eq!(names, served, "v1");
+        let answer = answers.message().await.unwrap().unwrap();
         assert!(
-            names.iter().any(|n| n == expected),
-            "{expected} not in {names:?}"
+            matches!(
+                answer.message_response,
+                Some(MessageResponse::FileDescriptorResponse(_))
+            ),
+            "{answer:?}"
+        );
+    }
+    {
+        use tonic_reflection::pb::v1alpha::{
+            ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+            server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+        };
+        let mut reflection = ServerReflectionClient::new(channel(&h).await);
+        let mut answers = reflection
+            .server_reflection_info(futures::stream::iter([
+                ServerReflectionRequest {
+                    host: String::new(),
+                    message_request: Some(MessageRequest::ListServices(String::new())),
+                },
+                ServerReflectionRequest {
+                    host: String::new(),
+                    message_request: Some(MessageRequest::FileContainingSymbol(
+                        "unbind.v1.AccountGateway".into(),
+                    )),
+                },
+            ]))
+            .await
+            .expect("v1alpha reflection is served")
+            .into_inner();
+        let answer = answers.message().await.unwrap().unwrap();
+        let Some(MessageResponse::ListServicesResponse(list)) = answer.message_response else {
+            panic!("{answer:?}");
+        };
+        let mut names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+        names.sort();
+        assert_eq!(names, served, "v1alpha");
+        let answer = answers.message().await.unwrap().unwrap();
+        assert!(
+            matches!(
+                answer.message_response,
+                Some(MessageResponse::FileDescriptorResponse(_))
+            ),
+            "{answer:?}"
         );
     }
     h.stop().await;

@@ -22,17 +22,19 @@ const BIN: &str = env!("CARGO_BIN_EXE_unbind-gateway");
 const PROCESS_DEADLINE: Duration = Duration::from_secs(60);
 
 /// A production config (TLS with client certificates, a tenant, `https://` registry) with four
-/// apps, the last at `last_app`. The TLS files are not read by the check.
+/// apps, the last at `last_app`. Its TLS files are a development PKI in `dir` (the check reads
+/// them).
 fn production_toml(dir: &Path, last_app: &str) -> String {
+    let pki = generate(&dir.join("certs"), &[], &[], 30, true).unwrap();
     let mut text = format!(
         r#"
 listen = "0.0.0.0:50051"
 development = false
 signing_secret = "0123456789abcdef0123456789abcdef"
 [tls]
-cert = "gateway.pem"
-key = "gateway.key"
-client_ca = "ca.pem"
+cert = "{}"
+key = "{}"
+client_ca = "{}"
 [[tenants]]
 name = "carrier-a"
 role = "carrier"
@@ -41,6 +43,9 @@ url = "sqlite://{}"
 [registry]
 endpoint = "https://registry.example:443"
 "#,
+        pki.gateway.cert.display(),
+        pki.gateway.key.display(),
+        pki.ca.cert.display(),
         dir.join("unbind.db").display()
     );
     for (i, endpoint) in [

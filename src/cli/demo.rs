@@ -28,7 +28,15 @@ pub struct DemoArgs {
     /// Where the admin HTTP endpoint (metrics, health) listens; port 0 picks a free one.
     #[arg(long, default_value = "127.0.0.1:0")]
     pub admin_listen: SocketAddr,
+    /// Keep the production limits on verifications (5 codes per number per hour) and summary
+    /// SMS. Without it the demo allows 100 of each, so trying the error paths does not lock the
+    /// three demo numbers out for an hour.
+    #[arg(long)]
+    pub strict_limits: bool,
 }
+
+/// Codes and summary SMS per number per hour in the demo unless `--strict-limits`.
+pub const RELAXED_PER_HOUR: u32 = 100;
 
 /// Runs the demo until Ctrl-C.
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
@@ -44,6 +52,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         }
     };
     let admin_listen = args.admin_listen;
+    let strict_limits = args.strict_limits;
     let stack = Stack::start(
         StackOptions {
             apps: args.apps,
@@ -55,7 +64,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         |c| {
             c.admin = Some(crate::config::AdminConfig {
                 listen: admin_listen,
-            })
+            });
+            if !strict_limits {
+                c.verification.max_codes_per_hour = RELAXED_PER_HOUR;
+                c.verification.max_summary_sms_per_hour = RELAXED_PER_HOUR;
+            }
         },
     )
     .await?;
@@ -72,11 +85,29 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             args.apps,
             &data_dir,
             &stack.sms_file,
-            &admin
+            &admin,
+            &limits_line(&stack.config),
         )
     );
     shutdown::shutdown_signal().await;
     stack.stop().await
+}
+
+/// The banner's line on the verification limits in force.
+fn limits_line(config: &crate::config::Config) -> String {
+    let codes = config.verification.max_codes_per_hour;
+    if codes == RELAXED_PER_HOUR {
+        format!(
+            "{codes} codes per number per hour, relaxed for the demo\n{:17}(production: {}; --strict-limits keeps them)",
+            "",
+            crate::config::VerificationConfig::default().max_codes_per_hour
+        )
+    } else {
+        format!(
+            "{codes} codes per number per hour\n{:17}(a restart without --data-dir resets them)",
+            ""
+        )
+    }
 }
 
 fn banner(
@@ -85,32 +116,37 @@ fn banner(
     data_dir: &std::path::Path,
     sms_file: &std::path::Path,
     metrics: &str,
+    limits: &str,
 ) -> String {
-    format!(
-        "\n\
-==========================================================================\n\
-  DEVELOPMENT MODE: plain-text gRPC, a throw-away signing key, simulated\n\
-  apps and registry. Never expose this process to a real network.\n\
-==========================================================================\n\
-\n\
-unbind-gateway demo is running\n\
-  gateway        {endpoint}\n\
-  simulated apps {apps}\n\
-  data dir       {data}\n\
-  SMS messages   printed here and appended to {sms}\n\
-  metrics        {metrics}  (also /healthz, /readyz)\n\
-\n\
-Try it in another terminal (the code arrives by \"SMS\" here):\n\
-  cargo run --release -- query --endpoint {endpoint}\n\
-    number: 13800138000   ID characters: 12345X   (holder since 2024-03-01;\n\
-    the number had a previous holder, whose accounts are shown apart)\n\
-\n\
-Or without typing:\n\
-  cargo run --release -- query --endpoint {endpoint} --phone 13800138000 \\\n\
-    --id-last-six 12345X --code-from-sms-file {sms}\n\
-\n\
-Press Ctrl-C to stop.\n",
-        data = data_dir.display(),
-        sms = sms_file.display(),
-    )
+    let (data, sms) = (data_dir.display(), sms_file.display());
+    // One line per element: a string continuation (`\` at a line's end) would eat the
+    // indentation.
+    [
+        "",
+        "==========================================================================",
+        "  DEVELOPMENT MODE: plain-text gRPC, a throw-away signing key, simulated",
+        "  apps and registry. Never expose this process to a real network.",
+        "==========================================================================",
+        "",
+        "unbind-gateway demo is running",
+        &format!("  gateway        {endpoint}"),
+        &format!("  simulated apps {apps}"),
+        &format!("  data dir       {data}"),
+        &format!("  SMS messages   printed here and appended to {sms}"),
+        &format!("  metrics        {metrics}  (also /healthz, /readyz)"),
+        &format!("  limits         {limits}"),
+        "",
+        "Try it in another terminal (the code arrives by \"SMS\" here):",
+        &format!("  cargo run --release -- query --endpoint {endpoint}"),
+        "    number: 13800138000   ID characters: 12345X   (holder since 2024-03-01;",
+        "    accounts bound before then belong to a previous holder, listed apart)",
+        "",
+        "Or without typing:",
+        &format!("  cargo run --release -- query --endpoint {endpoint} --phone 13800138000 \\"),
+        &format!("    --id-last-six 12345X --code-from-sms-file {sms}"),
+        "",
+        "Press Ctrl-C to stop.",
+        "",
+    ]
+    .join("\n")
 }

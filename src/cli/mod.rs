@@ -7,6 +7,7 @@ pub mod demo;
 pub mod erase;
 pub mod keys;
 pub mod query;
+pub mod registry;
 pub mod simulate_apps;
 pub mod support;
 pub mod tls_args;

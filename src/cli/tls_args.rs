@@ -73,3 +73,47 @@ impl ClientTlsArgs {
         }
     }
 }
+
+/// `--tls-cert`, `--tls-key`, `--tls-client-ca`: what a development server started from the
+/// command line (the simulated registry, the simulated apps) serves.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct ServerTlsArgs {
+    /// Serve TLS with this certificate (PEM); the endpoint becomes https://localhost:PORT.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Require client certificates signed by this CA (PEM); needs --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+}
+
+impl ServerTlsArgs {
+    /// The server TLS the flags name, read from their files; `None` serves plain text.
+    pub fn config(&self) -> anyhow::Result<Option<tonic::transport::ServerTlsConfig>> {
+        use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
+            if self.tls_client_ca.is_some() {
+                bail!("--tls-client-ca needs --tls-cert and --tls-key");
+            }
+            return Ok(None);
+        };
+        let read = |path: &PathBuf, flag: &str| {
+            std::fs::read(path).with_context(|| format!("{flag}: cannot read {}", path.display()))
+        };
+        let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(
+            read(cert, "--tls-cert")?,
+            read(key, "--tls-key")?,
+        ));
+        if let Some(ca) = &self.tls_client_ca {
+            tls = tls.client_ca_root(Certificate::from_pem(read(ca, "--tls-client-ca")?));
+        }
+        Ok(Some(tls))
+    }
+
+    /// Whether clients must present a certificate.
+    pub fn requires_client_certificates(&self) -> bool {
+        self.tls_client_ca.is_some()
+    }
+}

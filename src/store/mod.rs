@@ -20,7 +20,7 @@ use anyhow::Context;
 
 /// The file of a `sqlite:` store url (`sqlite://path`, `sqlite:path`, options after `?`); `None`
 /// for another store or an in-memory database.
-fn sqlite_path(url: &str) -> Option<std::path::PathBuf> {
+pub fn sqlite_path(url: &str) -> Option<std::path::PathBuf> {
     let rest = url.strip_prefix("sqlite:")?;
     let rest = rest.strip_prefix("//").unwrap_or(rest);
     let path = rest.split('?').next().unwrap_or_default();
@@ -42,6 +42,68 @@ pub use tickets::{
 pub use verifications::{
     NewVerification, StartLimits, StartOutcome, VerificationRow, VerificationState,
 };
+
+/// The store in words, for logs and errors, without credentials: "SQLite data/unbind.db" or
+/// "PostgreSQL 127.0.0.1:5432, database test, user postgres".
+pub fn describe_url(url: &str) -> String {
+    if let Some(path) = sqlite_path(url) {
+        return format!("SQLite {}", path.display());
+    }
+    if url.starts_with("sqlite:") {
+        return "SQLite in memory".to_owned();
+    }
+    match sqlx::postgres::PgConnectOptions::from_str(url) {
+        Ok(pg) => {
+            let mut text = format!("PostgreSQL {}:{}", pg.get_host(), pg.get_port());
+            if let Some(db) = pg.get_database() {
+                text.push_str(&format!(", database {db}"));
+            }
+            text.push_str(&format!(", user {}", pg.get_username()));
+            text
+        }
+        Err(_) => "PostgreSQL (an unreadable url)".to_owned(),
+    }
+}
+
+/// How long the first connection to PostgreSQL may take before start-up gives up.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Opens and closes one connection, so a refused or unreachable server fails start-up with its
+/// address and the cause ("connection refused", "password authentication failed").
+async fn probe_postgres(options: &AnyConnectOptions, described: &str) -> anyhow::Result<()> {
+    use sqlx::{ConnectOptions, Connection};
+    match tokio::time::timeout(PROBE_TIMEOUT, options.connect()).await {
+        Ok(Ok(conn)) => {
+            let _ = conn.close().await;
+            Ok(())
+        }
+        Ok(Err(e)) => {
+            let cause = match &e {
+                sqlx::Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    "connection refused: is PostgreSQL running there, and is `store.url` right?"
+                        .to_owned()
+                }
+                sqlx::Error::Io(io) => format!("{io}"),
+                sqlx::Error::Database(db) => db.message().to_owned(),
+                other => other.to_string(),
+            };
+            anyhow::bail!("cannot connect to the store ({described}): {cause}")
+        }
+        Err(_) => anyhow::bail!(
+            "cannot connect to the store ({described}): no answer within {} s: is the address \
+             right and reachable?",
+            PROBE_TIMEOUT.as_secs()
+        ),
+    }
+}
+
+/// The versions of the migrations already applied (none before the first start).
+async fn applied_migrations(pool: &sqlx::AnyPool) -> Vec<i64> {
+    sqlx::query_scalar::<_, i64>("SELECT version FROM _sqlx_migrations WHERE success")
+        .fetch_all(pool)
+        .await
+        .unwrap_or_default()
+}
 
 /// Which database is behind the store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,6 +147,13 @@ impl Store {
             anyhow::bail!("store url must start with sqlite: or postgres:");
         };
         let options = AnyConnectOptions::from_str(&url).context("invalid store url")?;
+        let described = describe_url(&url);
+        if backend == Backend::Postgres {
+            // One plain connection first: a server that refuses or is unreachable is reported at
+            // once, with its address and the cause, instead of after the pool's acquire timeout
+            // as "pool timed out".
+            probe_postgres(&options, &described).await?;
+        }
         let pool = AnyPoolOptions::new()
             .max_connections(max_connections.max(1))
             .acquire_timeout(Duration::from_secs(10))
@@ -106,12 +175,25 @@ impl Store {
             .await
             .with_context(|| match sqlite_path(&url) {
                 Some(path) => format!("cannot open the SQLite store {}", path.display()),
-                None => "cannot connect to the store".to_owned(),
+                None => format!("cannot connect to the store ({described})"),
             })?;
-        sqlx::migrate!("./migrations")
+        let migrator = sqlx::migrate!("./migrations");
+        let before = applied_migrations(&pool).await;
+        migrator
             .run(&pool)
             .await
-            .context("store migrations failed")?;
+            .with_context(|| format!("store migrations failed ({described})"))?;
+        let now: Vec<i64> = applied_migrations(&pool)
+            .await
+            .into_iter()
+            .filter(|v| !before.contains(v))
+            .collect();
+        tracing::info!(
+            store = %described,
+            migrations = migrator.iter().count(),
+            applied_now = ?now,
+            "store ready"
+        );
         Ok(Self { pool, backend })
     }
 

@@ -382,6 +382,7 @@ pub fn demo_config(
         retry: Default::default(),
         admin: None,
         reload: Default::default(),
+        apps_file: None,
         apps,
     }
 }

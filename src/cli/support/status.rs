@@ -53,6 +53,28 @@ pub fn describe_status(status: &Status) -> Vec<String> {
     lines
 }
 
+/// An error that has already been told to the person (a failed call's lines): the process exits
+/// non-zero without printing it again.
+#[derive(Debug)]
+pub struct Reported;
+
+impl std::fmt::Display for Reported {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the error was reported above")
+    }
+}
+
+impl std::error::Error for Reported {}
+
+/// How the command ends on an error: printed once, as "error: a: b: c" (never Rust's `Debug`
+/// form, which adds a backtrace under `RUST_BACKTRACE`), and nothing more for one already
+/// [`Reported`].
+pub fn print_error(error: &anyhow::Error) {
+    if error.downcast_ref::<Reported>().is_none() {
+        eprintln!("error: {}", error_chain(error.as_ref()));
+    }
+}
+
 /// An error and its causes, "a: b: c", without repeats.
 pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut parts: Vec<String> = Vec::new();

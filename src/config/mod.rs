@@ -18,6 +18,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::AppId;
 
+pub mod files;
+
 /// The whole configuration file.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -78,6 +80,11 @@ pub struct Config {
     /// Live reload of the app catalog from the config file.
     #[serde(default)]
     pub reload: ReloadConfig,
+    /// A file of `[[apps]]` entries (as `simulate-apps --catalog-out` writes), added to the
+    /// catalog after the ones in this file; reloaded with it. Relative paths, here as everywhere
+    /// in the config, are taken from the directory the gateway runs in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apps_file: Option<PathBuf>,
     /// The app catalog.
     #[serde(default)]
     pub apps: Vec<AppConfig>,
@@ -699,6 +706,62 @@ impl Default for AppDefaults {
     }
 }
 
+/// Parses TOML into `T`, with an error that names the line and key (or, for a missing section,
+/// the section) and never quotes a value: the parser's own display quotes the offending line,
+/// which may hold the signing secret.
+fn from_toml<T: serde::de::DeserializeOwned>(text: &str) -> anyhow::Result<T> {
+    toml::from_str(text).map_err(|e| {
+        let message = e.message().trim_end();
+        // A missing top-level section or key is reported by the parser at line 1, where the
+        // document starts: name it instead.
+        if let Some(field) = message
+            .strip_prefix("missing field `")
+            .and_then(|rest| rest.strip_suffix('`'))
+        {
+            if e.span().is_none_or(|span| span.start == 0) {
+                return anyhow::anyhow!(
+                    "missing `{field}` (a top-level key or a `[{field}]` section); \
+                     examples/development.toml is a complete config"
+                );
+            }
+        }
+        match e.span() {
+            Some(span) => {
+                let end = span.start.min(text.len());
+                let line = text.as_bytes()[..end]
+                    .iter()
+                    .filter(|&&b| b == b'\n')
+                    .count()
+                    + 1;
+                let text_of_line = text.lines().nth(line - 1).unwrap_or_default().trim();
+                // A section's missing key is reported at its header: name both.
+                let section = text_of_line
+                    .strip_prefix('[')
+                    .and_then(|l| l.split(']').next())
+                    .map(|l| l.trim_matches(['[', ' ']))
+                    .filter(|l| !l.is_empty() && l.len() <= 64);
+                if let (Some(section), Some(field)) = (
+                    section,
+                    message
+                        .strip_prefix("missing field `")
+                        .and_then(|rest| rest.strip_suffix('`')),
+                ) {
+                    return anyhow::anyhow!("line {line}: `[{section}]` has no `{field}`");
+                }
+                // The key on that line (left of `=`), never the value.
+                let key = text_of_line
+                    .split_once('=')
+                    .map(|(k, _)| k.trim())
+                    .filter(|k| !k.is_empty() && k.len() <= 64)
+                    .map(|k| format!(" (`{k}`)"))
+                    .unwrap_or_default();
+                anyhow::anyhow!("line {line}{key}: {message}")
+            }
+            None => anyhow::anyhow!("{message}"),
+        }
+    })
+}
+
 impl Config {
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> anyhow::Result<Self> {
@@ -711,27 +774,10 @@ impl Config {
     pub fn parse(text: &str) -> anyhow::Result<Self> {
         // The message and the line only: the parser's own display quotes the offending line,
         // which may hold the signing secret.
-        let config: Config = toml::from_str(text).map_err(|e| match e.span() {
-            Some(span) => {
-                let end = span.start.min(text.len());
-                let line = text.as_bytes()[..end]
-                    .iter()
-                    .filter(|&&b| b == b'\n')
-                    .count()
-                    + 1;
-                // The key on that line (left of `=`), never the value.
-                let key = text
-                    .lines()
-                    .nth(line - 1)
-                    .and_then(|l| l.split_once('='))
-                    .map(|(k, _)| k.trim())
-                    .filter(|k| !k.is_empty() && k.len() <= 64)
-                    .map(|k| format!(" (`{k}`)"))
-                    .unwrap_or_default();
-                anyhow::anyhow!("line {line}{key}: {}", e.message().trim_end())
-            }
-            None => anyhow::anyhow!("{}", e.message().trim_end()),
-        })?;
+        let mut config: Config = from_toml(text)?;
+        if let Some(path) = &config.apps_file {
+            config.apps.extend(files::read_apps_file(path)?);
+        }
         config.validate()?;
         Ok(config)
     }

@@ -215,11 +215,10 @@ impl LookupRun {
         if self.lookup.summary_sms == SummarySms::Sent
             && action != AuditAction::LookupStreamAbandoned
         {
-            let summary = merge::sms_summary(results, self.previous_holder);
             g.registry.send_sms_detached(
                 self.session.phone.clone(),
                 templates::LOOKUP_SUMMARY,
-                [("summary".to_owned(), summary)].into(),
+                lookup_summary_params(results, self.previous_holder),
             );
         }
         tracing::info!(
@@ -247,6 +246,38 @@ impl LookupRun {
         });
         totals
     }
+}
+
+/// The `lookup_summary` SMS's params, structured for the carrier's template (see
+/// `SendSmsRequest` in registry.proto): `account_count`, `app_count` (apps holding accounts),
+/// `previous_count` (accounts bound before the holder got the number), `missing_app_count` (apps
+/// that did not answer), and `summary`, the message in English.
+fn lookup_summary_params(
+    results: &[AppResult],
+    previous_holder: usize,
+) -> std::collections::HashMap<String, String> {
+    let answered = |r: &&AppResult| r.state == State::Answered as i32;
+    let accounts: u32 = results
+        .iter()
+        .filter(answered)
+        .map(|r| r.account_count)
+        .sum();
+    let apps = results
+        .iter()
+        .filter(answered)
+        .filter(|r| r.account_count > 0)
+        .count();
+    let missing = results.len() - results.iter().filter(answered).count();
+    [
+        ("account_count", accounts.to_string()),
+        ("app_count", apps.to_string()),
+        ("previous_count", previous_holder.to_string()),
+        ("missing_app_count", missing.to_string()),
+        ("summary", merge::sms_summary(results, previous_holder)),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
 }
 
 #[cfg(test)]

@@ -4,7 +4,10 @@
 //! one implements `unbind.v1.SubscriberRegistry` (proto/unbind/v1/registry.proto) over its
 //! real-name records and its SMS gateway. This one reads its subscribers from a TOML file (the
 //! format `demo` writes, e.g. examples/subscribers.toml) and "sends" each SMS by appending it to
-//! a JSON-lines file, and printing it, as the handset's screen.
+//! a JSON-lines file (the template, its params, the code on its own and the text), and printing
+//! it, as the handset's screen. The text is written in each subscriber's language (Chinese or
+//! English) from built-in templates a `--templates` file may replace, as a carrier's SMS
+//! platform holds its own.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -14,7 +17,7 @@ use anyhow::Context;
 use crate::cli::plural;
 use crate::cli::tls_args::ServerTlsArgs;
 use crate::testkit::simulated_registry::{
-    SimulatedRegistry, SimulatedRegistryOptions, load_subscribers,
+    SimulatedRegistry, SimulatedRegistryOptions, SmsTemplates, load_subscribers,
 };
 
 /// Flags of `registry`.
@@ -34,6 +37,10 @@ pub struct RegistryArgs {
     /// Do not print each SMS (they still go to --sms-file).
     #[arg(long)]
     pub quiet: bool,
+    /// SMS texts (TOML, `[zh]` and `[en]` tables of template = "text with {param}") over the
+    /// built-in Chinese and English ones; each subscriber's `language` picks one.
+    #[arg(long, value_name = "FILE")]
+    pub templates: Option<PathBuf>,
     #[command(flatten)]
     pub tls: ServerTlsArgs,
 }
@@ -41,6 +48,10 @@ pub struct RegistryArgs {
 /// Serves the registry until Ctrl-C or SIGTERM.
 pub async fn run(args: RegistryArgs) -> anyhow::Result<()> {
     let subscribers = load_subscribers(&args.subscribers)?;
+    let templates = match &args.templates {
+        Some(path) => SmsTemplates::load(path)?,
+        None => SmsTemplates::default(),
+    };
     let tls = args.tls.config()?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -51,7 +62,7 @@ pub async fn run(args: RegistryArgs) -> anyhow::Result<()> {
             )
         })?;
     let count = subscribers.len();
-    let registry = SimulatedRegistry::start_with_tls(
+    let registry = SimulatedRegistry::start_with_templates(
         SimulatedRegistryOptions {
             subscribers,
             sms_file: args.sms_file.clone(),
@@ -59,6 +70,7 @@ pub async fn run(args: RegistryArgs) -> anyhow::Result<()> {
         },
         listener,
         tls,
+        templates,
     )
     .await?;
     let security = match (

@@ -3,8 +3,10 @@
 
 mod app_id;
 mod id_last_six;
+mod natural;
 mod phone;
 
 pub use app_id::{AppId, InvalidAppId};
 pub use id_last_six::{IdLastSix, InvalidIdLastSix};
+pub use natural::natural_cmp;
 pub use phone::{E164, InvalidPhoneNumber, is_e164_shaped, mask_digits};

@@ -6,6 +6,7 @@
 //! - `simulated_registry`: the carrier's subscriber registry (a real
 //!   `unbind.v1.SubscriberRegistry` server) backed by a subscribers file, writing every SMS it
 //!   "sends" to a JSON-lines file;
+//!   in the holder's language from replaceable templates (`sms_templates`);
 //! - `stack`: both, with a gateway, in one process on loopback.
 //!
 //! They are built from the domain's own types (`E164`, `IdLastSix`, the clock), so a fake never
@@ -13,4 +14,5 @@
 
 pub mod simulated_apps;
 pub mod simulated_registry;
+pub mod sms_templates;
 pub mod stack;

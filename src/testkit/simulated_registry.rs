@@ -12,7 +12,7 @@
 //! holder_since = "2024-03-01"     # a date (midnight UTC) or an RFC 3339 time
 //! ```
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -37,6 +37,8 @@ use crate::proto::{
     SendSmsRequest, SendSmsResponse, VerifySubscriberRequest, VerifySubscriberResponse,
 };
 
+pub use super::sms_templates::{Language, SmsTemplates};
+
 /// One holder of a number, as the carrier's real-name record knows them. The domain's own types
 /// hold the number and the ID characters: a subscriber the gateway could never be asked about
 /// cannot be written down, and `Debug` shows neither in full, so a subscriber can be logged by
@@ -49,6 +51,8 @@ pub struct Subscriber {
     pub id_last_six: IdLastSix,
     /// When the current holder got the number.
     pub holder_since: DateTime<Utc>,
+    /// The language the holder's SMS are written in.
+    pub language: Language,
 }
 
 impl Subscriber {
@@ -59,7 +63,13 @@ impl Subscriber {
             phone_number: exact_e164(phone_number)?,
             id_last_six: IdLastSix::parse(id_last_six).ok()?,
             holder_since,
+            language: Language::default(),
         })
+    }
+
+    /// The same subscriber, written to in `language`.
+    pub fn in_language(self, language: Language) -> Self {
+        Self { language, ..self }
     }
 }
 
@@ -78,6 +88,9 @@ struct SubscriberEntry {
     id_last_six: String,
     /// A string ("2024-03-01" or RFC 3339), or a TOML date / date-time written without quotes.
     holder_since: toml::Value,
+    /// "zh" (the default) or "en": the language of this holder's SMS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    language: Option<Language>,
 }
 
 /// Reads a subscribers file. Errors name the file and the problem (never the ID characters, and
@@ -131,6 +144,7 @@ fn parse_subscribers(text: &str) -> anyhow::Result<Vec<Subscriber>> {
             phone_number,
             id_last_six,
             holder_since,
+            language: entry.language.unwrap_or_default(),
         });
     }
     Ok(subscribers)
@@ -162,6 +176,7 @@ fn render_subscribers(subscribers: &[Subscriber]) -> anyhow::Result<String> {
                 phone_number: s.phone_number.expose().to_owned(),
                 id_last_six: s.id_last_six.expose().to_owned(),
                 holder_since: toml::Value::String(format_holder_since(s.holder_since)),
+                language: Some(s.language),
             })
             .collect(),
     };
@@ -172,14 +187,36 @@ fn render_subscribers(subscribers: &[Subscriber]) -> anyhow::Result<String> {
     ))
 }
 
-/// One SMS the simulated registry "sent": a line of the SMS file.
+/// One SMS the simulated registry "sent": a line of the SMS file. Besides the text the holder
+/// reads, it keeps what the gateway sent (the template and its params) and, for a verification,
+/// the code on its own, so scripts never parse a sentence.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SmsRecord {
     /// E.164.
     pub phone_number: String,
+    /// The template the gateway named ("verification_code", "lookup_summary", "unbind_outcome").
+    #[serde(default)]
+    pub template: String,
+    /// The params the gateway sent with it.
+    #[serde(default)]
+    pub params: BTreeMap<String, String>,
+    /// The verification code, for `verification_code` messages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    /// The language the text is in ("zh", "en").
+    #[serde(default)]
+    pub language: String,
     pub text: String,
     /// RFC 3339.
     pub sent_at: String,
+}
+
+impl SmsRecord {
+    /// The verification code this message carries: its own field, or (for lines written before
+    /// it had one) the digits after "code is" in the text.
+    pub fn verification_code(&self) -> Option<String> {
+        self.code.clone().or_else(|| code_in_sms(&self.text))
+    }
 }
 
 /// The verification code in an SMS text: the digits after "code is" (as the
@@ -265,6 +302,16 @@ impl SimulatedRegistry {
         listener: TcpListener,
         tls: Option<ServerTlsConfig>,
     ) -> anyhow::Result<SimulatedRegistry> {
+        Self::start_with_templates(options, listener, tls, SmsTemplates::default()).await
+    }
+
+    /// Like [`SimulatedRegistry::start_with_tls`], writing SMS from `templates`.
+    pub async fn start_with_templates(
+        options: SimulatedRegistryOptions,
+        listener: TcpListener,
+        tls: Option<ServerTlsConfig>,
+        templates: SmsTemplates,
+    ) -> anyhow::Result<SimulatedRegistry> {
         let addr = listener
             .local_addr()
             .context("reading the registry's listening address")?;
@@ -292,6 +339,7 @@ impl SimulatedRegistry {
         }
         let state = Arc::new(RegistryState {
             by_number,
+            templates,
             sms_file: options.sms_file,
             echo_sms: options.echo_sms,
             sms_lock: Mutex::new(()),
@@ -358,6 +406,7 @@ impl SimulatedRegistry {
 
 struct RegistryState {
     by_number: HashMap<String, Subscriber>,
+    templates: SmsTemplates,
     sms_file: PathBuf,
     echo_sms: bool,
     /// Serializes appends, so concurrent messages never interleave within a line.
@@ -410,11 +459,27 @@ impl SubscriberRegistry for RegistryService {
                 "phone_number must be a mobile number in E.164 form, e.g. +8613800138000",
             ));
         };
-        let text = render_sms(&request.template, &request.params)
+        // A number the registry does not hold still gets its SMS (the gateway sends summaries
+        // only to verified holders), in the default language.
+        let language = state
+            .by_number
+            .get(&request.phone_number)
+            .map(|s| s.language)
+            .unwrap_or_default();
+        let text = state
+            .templates
+            .render(language, &request.template, &request.params)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
 
+        let code = (request.template == "verification_code")
+            .then(|| request.params.get("code").cloned())
+            .flatten();
         let record = SmsRecord {
             phone_number: request.phone_number,
+            template: request.template.clone(),
+            params: request.params.into_iter().collect(),
+            code,
+            language: language.code().to_owned(),
             text,
             sent_at: Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
         };
@@ -438,44 +503,6 @@ impl SubscriberRegistry for RegistryService {
         let message_id = format!("sms-{n:06}-{:08x}", rand::random::<u32>());
         tracing::debug!(template = %request.template, %message_id, "SendSms");
         Ok(Response::new(SendSmsResponse { message_id }))
-    }
-}
-
-/// Why a template could not be rendered; the message names the template or parameter, never a
-/// value.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-enum RenderError {
-    #[error("unknown SMS template `{0}`")]
-    UnknownTemplate(String),
-    #[error("SMS template `{template}` needs the parameter `{param}`")]
-    MissingParam {
-        template: &'static str,
-        param: &'static str,
-    },
-}
-
-/// The text of an SMS from its template and parameters.
-fn render_sms(template: &str, params: &HashMap<String, String>) -> Result<String, RenderError> {
-    let param = |template: &'static str, name: &'static str| {
-        params
-            .get(name)
-            .map(String::as_str)
-            .ok_or(RenderError::MissingParam {
-                template,
-                param: name,
-            })
-    };
-    match template {
-        "verification_code" => {
-            let code = param("verification_code", "code")?;
-            let minutes = param("verification_code", "minutes")?;
-            Ok(format!(
-                "[unbind] Your verification code is {code}. It expires in {minutes} minutes. Never share it."
-            ))
-        }
-        "lookup_summary" => Ok(format!("[unbind] {}", param("lookup_summary", "summary")?)),
-        "unbind_outcome" => Ok(format!("[unbind] {}", param("unbind_outcome", "summary")?)),
-        other => Err(RenderError::UnknownTemplate(truncate(other, 64))),
     }
 }
 
@@ -549,53 +576,6 @@ fn truncate(text: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn params(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
-    }
-
-    #[test]
-    fn renders_the_three_templates() {
-        assert_eq!(
-            render_sms(
-                "verification_code",
-                &params(&[("code", "123456"), ("minutes", "5")])
-            ),
-            Ok("[unbind] Your verification code is 123456. It expires in 5 minutes. Never share it.".to_owned())
-        );
-        assert_eq!(
-            render_sms(
-                "lookup_summary",
-                &params(&[("summary", "7 accounts in 5 apps")])
-            ),
-            Ok("[unbind] 7 accounts in 5 apps".to_owned())
-        );
-        assert_eq!(
-            render_sms(
-                "unbind_outcome",
-                &params(&[("summary", "Sim Pay 1: unbound")])
-            ),
-            Ok("[unbind] Sim Pay 1: unbound".to_owned())
-        );
-    }
-
-    #[test]
-    fn unknown_templates_and_missing_params_are_errors() {
-        assert_eq!(
-            render_sms("marketing", &params(&[])),
-            Err(RenderError::UnknownTemplate("marketing".to_owned()))
-        );
-        assert_eq!(
-            render_sms("verification_code", &params(&[("code", "123456")])),
-            Err(RenderError::MissingParam {
-                template: "verification_code",
-                param: "minutes"
-            })
-        );
-    }
 
     #[test]
     fn parses_dates_times_and_normalises_x() {

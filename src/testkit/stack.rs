@@ -30,11 +30,12 @@ use crate::{
 
 use super::simulated_apps::{Behaviour, Latency, Simulator, SimulatorConfig};
 use super::simulated_registry::{
-    SimulatedRegistry, SimulatedRegistryOptions, Subscriber, code_in_sms, read_sms_file,
+    Language, SimulatedRegistry, SimulatedRegistryOptions, Subscriber, read_sms_file,
     write_subscribers,
 };
 
-/// The demo's subscribers: the first is the one the README walks through.
+/// The demo's subscribers: the first is the one the README walks through. The first's SMS are
+/// in English, the others' in Chinese.
 pub fn demo_subscribers() -> Vec<Subscriber> {
     let day = |y, m, d| {
         Utc.with_ymd_and_hms(y, m, d, 0, 0, 0)
@@ -42,12 +43,16 @@ pub fn demo_subscribers() -> Vec<Subscriber> {
             .unwrap_or_default()
     };
     [
-        ("+8613800138000", "12345X", day(2024, 3, 1)),
-        ("+8613900139000", "154321", day(2019, 6, 15)),
-        ("+8618612345678", "30012X", day(2025, 11, 1)),
+        ("+8613800138000", "12345X", day(2024, 3, 1), Language::En),
+        ("+8613900139000", "154321", day(2019, 6, 15), Language::Zh),
+        ("+8618612345678", "30012X", day(2025, 11, 1), Language::Zh),
     ]
     .into_iter()
-    .map(|(phone, id, since)| Subscriber::new(phone, id, since).expect("a valid demo subscriber"))
+    .map(|(phone, id, since, language)| {
+        Subscriber::new(phone, id, since)
+            .expect("a valid demo subscriber")
+            .in_language(language)
+    })
     .collect()
 }
 
@@ -332,7 +337,7 @@ pub fn codes_in_sms_file(sms_file: &std::path::Path, phone: &str) -> Vec<String>
         .unwrap_or_default()
         .into_iter()
         .filter(|m| m.phone_number == phone)
-        .filter_map(|m| code_in_sms(&m.text))
+        .filter_map(|m| m.verification_code())
         .collect()
 }
 

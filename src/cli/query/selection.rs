@@ -10,6 +10,7 @@ use crate::proto::unbind_ticket::State as TicketState;
 use crate::proto::{LinkedAccount, UnbindTicket};
 
 use super::table::{app_label, ticket_state_word};
+use crate::domain::natural_cmp;
 
 /// The most rows one range ("1-100") may name; guards against "1-999999999".
 const MAX_RANGE_ROWS: usize = 10_000;
@@ -172,46 +173,6 @@ pub(super) fn app_order(name_a: &str, id_a: &str, name_b: &str, id_b: &str) -> O
     natural_cmp(name_a, name_b).then_with(|| natural_cmp(id_a, id_b))
 }
 
-/// Compares strings with runs of ASCII digits compared as numbers.
-fn natural_cmp(a: &str, b: &str) -> Ordering {
-    let (mut a, mut b) = (a, b);
-    loop {
-        match (a.chars().next(), b.chars().next()) {
-            (None, None) => return Ordering::Equal,
-            (None, Some(_)) => return Ordering::Less,
-            (Some(_), None) => return Ordering::Greater,
-            (Some(x), Some(y)) if x.is_ascii_digit() && y.is_ascii_digit() => {
-                let (run_a, rest_a) = split_digits(a);
-                let (run_b, rest_b) = split_digits(b);
-                let (trim_a, trim_b) =
-                    (run_a.trim_start_matches('0'), run_b.trim_start_matches('0'));
-                let order = trim_a
-                    .len()
-                    .cmp(&trim_b.len())
-                    .then_with(|| trim_a.cmp(trim_b))
-                    .then_with(|| run_a.len().cmp(&run_b.len()));
-                if order != Ordering::Equal {
-                    return order;
-                }
-                (a, b) = (rest_a, rest_b);
-            }
-            (Some(x), Some(y)) => {
-                if x != y {
-                    return x.cmp(&y);
-                }
-                (a, b) = (&a[x.len_utf8()..], &b[y.len_utf8()..]);
-            }
-        }
-    }
-}
-
-fn split_digits(text: &str) -> (&str, &str) {
-    let end = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    text.split_at(end)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -303,7 +264,7 @@ mod tests {
         let mut names = vec![
             "Bank 10", "Bank 2", "Bank 1", "Bank", "Chat 1", "Bank 02", "银行",
         ];
-        names.sort_by(|a, b| natural_cmp(a, b));
+        names.sort_by(|a, b| crate::domain::natural_cmp(a, b));
         assert_eq!(
             names,
             [

@@ -15,8 +15,9 @@ const SMS_WAIT: Duration = Duration::from_secs(10);
 const SMS_POLL: Duration = Duration::from_millis(200);
 
 /// The newest code sent to `phone` in the demo's SMS JSON-lines file contents (lines
-/// `{"phone_number", "text", "sent_at"}`, text containing "code is NNNNNN"). Lines that are not
-/// JSON, are for another number, or carry no code are ignored.
+/// `{"phone_number", "template", "params", "code", "text", "sent_at"}`; lines written before
+/// `code` existed have the code in the text, after "code is"). Lines that are not JSON, are for
+/// another number, or carry no code are ignored.
 pub fn newest_code(contents: &str, phone: &str) -> Option<String> {
     // The file is append-only, so the newest message is the last one.
     contents
@@ -28,10 +29,12 @@ pub fn newest_code(contents: &str, phone: &str) -> Option<String> {
                 .and_then(Value::as_str)
                 .is_some_and(|n| same_number(n, phone))
         })
-        .filter_map(|msg| {
-            msg.get("text")
+        .filter_map(|msg| match msg.get("code").and_then(Value::as_str) {
+            Some(code) => Some(code.to_owned()),
+            None => msg
+                .get("text")
                 .and_then(Value::as_str)
-                .and_then(code_in_sms)
+                .and_then(code_in_sms),
         })
         .next()
 }

@@ -16,8 +16,9 @@ use tonic::{Request, Status};
 use crate::cli::plural;
 use crate::cli::support::endpoint::{endpoint_with_tls, normalise_endpoint};
 use crate::cli::support::status::{Reported, describe_status, error_reason};
-use crate::cli::support::text::clean;
+use crate::cli::support::text::{LINE_COLUMNS, clean, wrap};
 use crate::cli::tls_args::ClientTlsArgs;
+use crate::domain::{E164, IdLastSix};
 use crate::proto::SummarySms;
 use crate::proto::account_gateway_client::AccountGatewayClient;
 use crate::proto::app_result::State;
@@ -34,8 +35,8 @@ use super::prompt::{Printer, ask_selection, confirm, prompt_required};
 use super::selection::{Resolved, Selection, is_terminal, ordered_accounts, resolve_selection};
 use super::sms::{sms_file_len, wait_for_sms_code};
 use super::table::{
-    format_app_status, format_clock, format_tickets_table, render_listing, ticket_app,
-    ticket_state_word,
+    format_app_status, format_clock, format_date, format_tickets_table, render_listing,
+    ticket_account, ticket_row, ticket_state_word,
 };
 
 /// Connecting to the gateway gives up after this long.
@@ -53,7 +54,7 @@ const UNBIND_CHUNK: usize = 100;
 /// and nothing more is printed).
 fn report(status: &Status) -> anyhow::Error {
     for line in describe_status(status) {
-        eprintln!("{line}");
+        eprintln!("{}", wrap(&line, LINE_COLUMNS));
     }
     anyhow::Error::new(Reported)
 }
@@ -75,14 +76,15 @@ async fn connect(
 pub(super) async fn run_with(args: QueryArgs, interactive: bool) -> anyhow::Result<()> {
     let out = Printer { json: args.json };
     let mut client = connect(&args.endpoint, &args.tls).await?;
-    let session = verify(&mut client, &args, interactive, out).await?;
-    let listing = look_up(&mut client, &args, &session, out).await?;
-    let Some(chosen) = choose(&args, &listing.rows, interactive, out).await? else {
+    let verified = verify(&mut client, &args, interactive, out).await?;
+    let session = verified.session.as_str();
+    let listing = look_up(&mut client, &args, &verified, out).await?;
+    let Some(chosen) = choose(&args, &listing, interactive, out).await? else {
         return Ok(());
     };
-    let tickets = unbind(&mut client, &session, &listing, &chosen, out).await?;
+    let tickets = unbind(&mut client, session, &listing, &chosen, out).await?;
     if args.watch || interactive {
-        watch(&mut client, &session, tickets, &listing.app_names, out).await?;
+        watch(&mut client, session, tickets, &listing.rows, out).await?;
     }
     Ok(())
 }
@@ -94,14 +96,39 @@ async fn verify(
     args: &QueryArgs,
     interactive: bool,
     out: Printer,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<Verified> {
+    // Each answer is checked as it is given, before the next question: a mistyped number is
+    // asked again, not found out after the ID characters were typed.
     let phone = match args.phone.as_deref().map(str::trim) {
-        Some(p) if !p.is_empty() => p.to_owned(),
-        _ => prompt_required("Mobile number: ", interactive).await?,
+        Some(p) if !p.is_empty() => {
+            E164::parse(p)
+                .map_err(|e| anyhow!("--phone: {e} (e.g. 13800138000 or +8613800138000)"))?;
+            p.to_owned()
+        }
+        _ => {
+            ask_until_valid(
+                "Mobile number: ",
+                interactive,
+                |answer| E164::parse(answer).map(|_| ()),
+                "e.g. 13800138000 or +8613800138000",
+            )
+            .await?
+        }
     };
     let id_last_six = match args.id_last_six.as_deref().map(str::trim) {
-        Some(id) if !id.is_empty() => id.to_owned(),
-        _ => prompt_required("Last six characters of the holder's ID: ", interactive).await?,
+        Some(id) if !id.is_empty() => {
+            IdLastSix::parse(id).map_err(|e| anyhow!("--id-last-six: {e}"))?;
+            id.to_owned()
+        }
+        _ => {
+            ask_until_valid(
+                "Last six characters of the holder's ID: ",
+                interactive,
+                |answer| IdLastSix::parse(answer).map(|_| ()),
+                "e.g. 12345X",
+            )
+            .await?
+        }
     };
 
     // Measured before the code is sent, so an older code in the file is never picked up.
@@ -133,15 +160,55 @@ async fn verify(
         interactive,
     )
     .await?;
-    out.info(&format!("Verified {}", clean(&verified.phone_number)));
-    Ok(verified.session_token)
+    out.info(&format!("Verified {}.", clean(&verified.phone_number)));
+    if let Some(since) = verified.holder_since.as_ref() {
+        out.info(&format!(
+            "This number has been yours since {}. Accounts bound before then belong to a \
+             previous holder of the number: you can unbind them without seeing whose they are.",
+            format_date(Some(since), &Local)
+        ));
+    }
+    Ok(Verified {
+        session: verified.session_token,
+        holder_since: verified.holder_since,
+    })
 }
 
-/// A finished look-up: its accounts in table order (row `n` is element
-/// `n - 1`), and each app's name by id for the tickets.
+/// Asks `question` until the answer passes `check`; a wrong answer is told (and, at a terminal,
+/// asked again).
+async fn ask_until_valid<E: std::fmt::Display>(
+    question: &str,
+    interactive: bool,
+    check: impl Fn(&str) -> Result<(), E>,
+    example: &str,
+) -> anyhow::Result<String> {
+    loop {
+        let answer = prompt_required(question, interactive).await?;
+        match check(&answer) {
+            Ok(()) => return Ok(answer),
+            Err(e) if interactive => eprintln!(
+                "{}",
+                wrap(
+                    &format!("That is {e} ({example}); try again."),
+                    LINE_COLUMNS
+                )
+            ),
+            Err(e) => bail!("{} {e} ({example})", question.trim_end_matches([':', ' '])),
+        }
+    }
+}
+
+/// A verified holder: the session, and since when the number has been theirs.
+struct Verified {
+    session: String,
+    holder_since: Option<prost_types::Timestamp>,
+}
+
+/// A finished look-up: its accounts in table order (row `n` is element `n - 1`), and each app's
+/// customer-service number by app id.
 struct Listing {
     rows: Vec<LinkedAccount>,
-    app_names: HashMap<String, String>,
+    customer_service: HashMap<String, String>,
 }
 
 /// Asks the gateway for the accounts (unary, or streamed with each app's line printed as it
@@ -149,11 +216,11 @@ struct Listing {
 async fn look_up(
     client: &mut AccountGatewayClient<Channel>,
     args: &QueryArgs,
-    session: &str,
+    verified: &Verified,
     out: Printer,
 ) -> anyhow::Result<Listing> {
     let request = ListLinkedAccountsRequest {
-        session_token: session.to_owned(),
+        session_token: verified.session.clone(),
         app_ids: args
             .apps
             .iter()
@@ -182,7 +249,10 @@ async fn look_up(
             out.json_line(&line);
         }
     } else {
-        println!("{}", render_listing(&response, &rows, &Local));
+        println!(
+            "{}",
+            render_listing(&response, &rows, verified.holder_since.as_ref(), &Local)
+        );
     }
     if args.sms {
         out.info(match response.summary_sms() {
@@ -190,27 +260,33 @@ async fn look_up(
             _ => "No SMS was sent: this number has had its summaries for this hour.",
         });
     }
-    let app_names = rows
+    let customer_service = response
+        .app_results
         .iter()
-        .map(|a| (a.app_id.clone(), a.app_name.clone()))
+        .filter(|r| !r.customer_service.is_empty())
+        .map(|r| (r.app_id.clone(), r.customer_service.clone()))
         .collect();
-    Ok(Listing { rows, app_names })
+    Ok(Listing {
+        rows,
+        customer_service,
+    })
 }
 
 /// The rows to unbind, from `--unbind` or asked (and confirmed) at a terminal; `None` when there
 /// is nothing to unbind or the person declined.
 async fn choose(
     args: &QueryArgs,
-    rows: &[LinkedAccount],
+    listing: &Listing,
     interactive: bool,
     out: Printer,
 ) -> anyhow::Result<Option<Resolved>> {
+    let (rows, contacts) = (&listing.rows, &listing.customer_service);
     let (selection, resolved) = match &args.unbind {
         Some(selection) => (
             selection.clone(),
-            resolve_selection(selection, rows).map_err(|e| anyhow!(e))?,
+            resolve_selection(selection, rows, contacts).map_err(|e| anyhow!(e))?,
         ),
-        None if interactive && !rows.is_empty() => ask_selection(rows).await?,
+        None if interactive && !rows.is_empty() => ask_selection(rows, contacts).await?,
         None => (Selection::Nothing, Resolved::default()),
     };
     for note in &resolved.skipped {
@@ -268,7 +344,7 @@ async fn unbind(
             "{}",
             plural(tickets.len(), "unbind ticket", "unbind tickets")
         );
-        for line in format_tickets_table(&tickets, &listing.app_names, &Local) {
+        for line in format_tickets_table(&tickets, &listing.rows, &Local) {
             println!("{line}");
         }
     }
@@ -315,7 +391,7 @@ async fn complete_verification(
                     && error_reason(&status).as_deref() == Some("INVALID_CODE") =>
             {
                 for line in describe_status(&status) {
-                    eprintln!("{line}");
+                    eprintln!("{}", wrap(&line, LINE_COLUMNS));
                 }
             }
             Err(status) => return Err(report(&status)),
@@ -408,22 +484,18 @@ pub fn ticket_changes<'a>(
 }
 
 /// Polls the tickets every second until each is COMPLETED, REJECTED or FAILED, or 60 s pass,
-/// printing every change of state.
+/// printing every change of state (the look-up's row, the app, the account), then a tally.
 async fn watch(
     client: &mut AccountGatewayClient<Channel>,
     session: &str,
     tickets: Vec<UnbindTicket>,
-    app_names: &HashMap<String, String>,
+    rows: &[LinkedAccount],
     out: Printer,
 ) -> anyhow::Result<()> {
     let ids: Vec<String> = tickets.iter().map(|t| t.ticket_id.clone()).collect();
     let mut known: BTreeMap<String, TicketState> = tickets
         .iter()
         .map(|t| (t.ticket_id.clone(), t.state()))
-        .collect();
-    let mut apps: BTreeMap<String, String> = tickets
-        .iter()
-        .map(|t| (t.ticket_id.clone(), ticket_app(t, app_names)))
         .collect();
     let deadline = tokio::time::Instant::now() + WATCH_FOR;
     if !known.values().all(|&s| is_terminal(s)) {
@@ -433,17 +505,12 @@ async fn watch(
         ));
     }
     loop {
-        if known.values().all(|&s| is_terminal(s)) {
-            out.info("Every unbind ticket has finished.");
-            return Ok(());
-        }
-        if tokio::time::Instant::now() >= deadline {
-            let pending = known.values().filter(|&&s| !is_terminal(s)).count();
-            out.info(&format!(
-                "{} still under way after {} s; the apps have until the due date.",
-                plural(pending, "ticket is", "tickets are"),
-                WATCH_FOR.as_secs()
-            ));
+        let finished = known.values().all(|&s| is_terminal(s));
+        if finished || tokio::time::Instant::now() >= deadline {
+            if !out.json {
+                println!();
+            }
+            out.info(&tally(&known));
             return Ok(());
         }
         tokio::time::sleep(WATCH_EVERY).await;
@@ -460,25 +527,69 @@ async fn watch(
             if out.json {
                 out.json_line(&ticket_json(ticket));
             } else {
-                let app = apps
-                    .entry(ticket.ticket_id.clone())
-                    .or_insert_with(|| ticket_app(ticket, app_names));
-                let from = before.map(ticket_state_word).unwrap_or("new");
-                let mut line = format!(
-                    "ticket {} ({}): {from} -> {}",
-                    clean(&ticket.ticket_id),
-                    clean(app),
-                    ticket_state_word(ticket.state())
-                );
-                if !ticket.detail.is_empty() {
-                    line.push_str(&format!(" ({})", clean(&ticket.detail)));
-                }
-                println!("{line}");
+                println!("{}", change_line(ticket, before, rows));
             }
         }
         for ticket in &current {
             known.insert(ticket.ticket_id.clone(), ticket.state());
         }
+    }
+}
+
+/// "row 3, Sim Bank 1 y***i: accepted -> completed (unbound)".
+fn change_line(
+    ticket: &UnbindTicket,
+    before: Option<TicketState>,
+    rows: &[LinkedAccount],
+) -> String {
+    let (app, hint) = ticket_account(ticket, rows);
+    let row = ticket_row(ticket, rows)
+        .map(|n| format!("row {n}, "))
+        .unwrap_or_default();
+    let from = before.map(ticket_state_word).unwrap_or("new");
+    let mut line = format!(
+        "{row}{app} {hint}: {from} -> {}",
+        ticket_state_word(ticket.state())
+    );
+    if !ticket.detail.is_empty() {
+        line.push_str(&format!(" ({})", clean(&ticket.detail)));
+    }
+    line
+}
+
+/// How the watched tickets ended: "Done: 12 unbound." or "5 unbound, 1 refused by the app, 2
+/// still under way after 60 s (the apps have until their due dates)."
+fn tally(known: &BTreeMap<String, TicketState>) -> String {
+    let count = |state: TicketState| known.values().filter(|&&s| s == state).count();
+    let pending = known.values().filter(|&&s| !is_terminal(s)).count();
+    let mut parts = vec![format!("{} unbound", count(TicketState::Completed))];
+    let refused = count(TicketState::Rejected);
+    if refused > 0 {
+        parts.push(format!("{refused} refused by the app (see its detail)"));
+    }
+    let failed = count(TicketState::Failed);
+    if failed > 0 {
+        parts.push(format!(
+            "{failed} failed (the gateway gave up: contact the app's customer service)"
+        ));
+    }
+    if pending == 0 {
+        format!(
+            "Done: {} of {}.",
+            parts.join(", "),
+            plural(known.len(), "ticket", "tickets")
+        )
+    } else {
+        parts.push(format!(
+            "{pending} still under way after {} s (the apps have until their due dates; \
+             GetUnbindTickets or a new look-up shows them)",
+            WATCH_FOR.as_secs()
+        ));
+        format!(
+            "So far, of {}: {}.",
+            plural(known.len(), "ticket", "tickets"),
+            parts.join(", ")
+        )
     }
 }
 
@@ -832,9 +943,10 @@ mod tests {
         let seen = gateway.seen.lock().unwrap();
         assert!(seen.streamed);
         assert_eq!(seen.code, "123456");
-        // Row 2 is Sim Bank 10's first account; no --watch, so no polling.
+        // A previous holder's accounts come first: row 2 is Sim Bank 10's previous holder's
+        // account; no --watch, so no polling.
         let unbind = seen.unbind.as_ref().unwrap();
-        assert_eq!(unbind.account_refs, ["ref-app-10-l***i"]);
+        assert_eq!(unbind.account_refs, ["ref-app-10-w***u"]);
         assert_eq!(seen.polls, 0);
     }
 

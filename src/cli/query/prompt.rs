@@ -1,12 +1,14 @@
 //! Talking with the person at the terminal: where informational lines go, questions on stderr
 //! with answers read from stdin, the row choice and the confirmation before unbinding.
 
+use std::collections::HashMap;
 use std::io::{BufRead, Write};
 
 use anyhow::{Context, bail};
 use serde_json::Value;
 
 use crate::cli::plural;
+use crate::cli::support::text::{LINE_COLUMNS, wrap};
 use crate::proto::LinkedAccount;
 
 use super::selection::{Resolved, Selection, parse_selection, resolve_selection};
@@ -18,7 +20,9 @@ pub(super) struct Printer {
 }
 
 impl Printer {
+    /// A line for the person, wrapped to 80 columns.
     pub(super) fn info(self, line: &str) {
+        let line = wrap(line, LINE_COLUMNS);
         if self.json {
             eprintln!("{line}");
         } else {
@@ -63,14 +67,17 @@ pub(super) async fn prompt_required(question: &str, interactive: bool) -> anyhow
 }
 
 /// Asks until the answer names rows that exist (or nothing).
-pub(super) async fn ask_selection(rows: &[LinkedAccount]) -> anyhow::Result<(Selection, Resolved)> {
+pub(super) async fn ask_selection(
+    rows: &[LinkedAccount],
+    customer_service: &HashMap<String, String>,
+) -> anyhow::Result<(Selection, Resolved)> {
     loop {
         let answer =
-            prompt("Unbind which accounts? (row numbers, 'previous', 'all', or Enter for none) ")
-                .await?;
-        match parse_selection(&answer)
-            .and_then(|selection| Ok((selection.clone(), resolve_selection(&selection, rows)?)))
-        {
+            prompt("Unbind which accounts? (rows, 'previous', 'all', Enter: none) ").await?;
+        match parse_selection(&answer).and_then(|selection| {
+            let resolved = resolve_selection(&selection, rows, customer_service)?;
+            Ok((selection, resolved))
+        }) {
             Ok(chosen) => return Ok(chosen),
             Err(e) => eprintln!("{e}"),
         }

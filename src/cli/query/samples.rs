@@ -61,7 +61,8 @@ pub(super) fn ticket(id: &str, app_id: &str, state: TicketState) -> UnbindTicket
     }
 }
 
-/// Rows in table order: alipay (previous, yours), taobao (previous, unsupported), wechat (unknown).
+/// Rows in table order: a previous holder's (alipay, taobao unsupported), unknown (wechat), yours
+/// (alipay).
 pub(super) fn sample_rows() -> Vec<LinkedAccount> {
     let mut unknown = account("wechat", "WeChat", "w***n", Ownership::Unknown, true);
     unknown.bound_at = None;

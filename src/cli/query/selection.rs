@@ -3,13 +3,14 @@
 //! way a person reads them: "Bank 2" before "Bank 10").
 
 use std::cmp::Ordering;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use crate::proto::linked_account::Ownership;
 use crate::proto::unbind_ticket::State as TicketState;
 use crate::proto::{LinkedAccount, UnbindTicket};
 
-use super::table::{app_label, ticket_state_word};
+use super::table::{app_label, ownership_group, ticket_state_word};
+use crate::cli::support::text::clean;
 use crate::domain::natural_cmp;
 
 /// The most rows one range ("1-100") may name; guards against "1-999999999".
@@ -96,11 +97,13 @@ pub struct Resolved {
 
 /// Maps a selection onto the table's rows (in table order, see [`ordered_accounts`]).
 ///
-/// Accounts whose app does not support unbinding through the gateway, and accounts with an
-/// unbind already under way, are skipped with a note; a row number past the table is an error.
+/// Accounts whose app does not support unbinding through the gateway (the note gives the app's
+/// customer-service number from `customer_service`, by app id), and accounts with an unbind
+/// already under way, are skipped with a note; a row number past the table is an error.
 pub fn resolve_selection(
     selection: &Selection,
     rows: &[LinkedAccount],
+    customer_service: &HashMap<String, String>,
 ) -> Result<Resolved, String> {
     let candidates: Vec<usize> = match selection {
         Selection::Nothing => return Ok(Resolved::default()),
@@ -127,13 +130,17 @@ pub fn resolve_selection(
         let account = &rows[i];
         let name = app_label(&account.app_name, &account.app_id);
         if !account.unbind_supported {
+            let contact = match customer_service.get(&account.app_id) {
+                Some(number) => format!("call its customer service: {}", clean(number)),
+                None => "contact its customer service".to_owned(),
+            };
             resolved.skipped.push(format!(
-                "row {} ({name}): this app cannot unbind through the gateway; contact its customer service",
+                "row {}, {name}: the app does not unbind through the gateway; {contact}",
                 i + 1
             ));
         } else if let Some(ticket) = open_ticket(account) {
             resolved.skipped.push(format!(
-                "row {} ({name}): an unbind is already under way ({})",
+                "row {}, {name}: an unbind is already under way ({})",
                 i + 1,
                 ticket_state_word(ticket.state())
             ));
@@ -159,12 +166,17 @@ pub(super) fn is_terminal(state: TicketState) -> bool {
     )
 }
 
-/// The accounts in table order: grouped by app (by name, then id), each app's accounts in the
-/// order the gateway gave them. Row `n` of the table is element `n - 1`.
+/// The accounts in table order: a previous holder's, then those whose holder nobody can tell,
+/// then the holder's own (see [`ownership_group`]); within each, by app (by name, then id), each
+/// app's accounts in the order the gateway gave them. Row `n` of the table is element `n - 1`.
 pub fn ordered_accounts(accounts: &[LinkedAccount]) -> Vec<LinkedAccount> {
     let mut rows = accounts.to_vec();
     // A stable sort keeps the gateway's order inside each app.
-    rows.sort_by(|a, b| app_order(&a.app_name, &a.app_id, &b.app_name, &b.app_id));
+    rows.sort_by(|a, b| {
+        ownership_group(a.ownership())
+            .cmp(&ownership_group(b.ownership()))
+            .then_with(|| app_order(&a.app_name, &a.app_id, &b.app_name, &b.app_id))
+    });
     rows
 }
 
@@ -224,37 +236,47 @@ mod tests {
     #[test]
     fn previous_picks_previous_holders_that_can_be_unbound() {
         let rows = sample_rows();
-        let resolved = resolve_selection(&Selection::Previous, &rows).unwrap();
-        // Row 1 is Alipay's previous holder's account; Taobao's cannot be unbound.
+        let contacts = HashMap::from([("taobao".to_owned(), "+86 400-800-0001".to_owned())]);
+        let resolved = resolve_selection(&Selection::Previous, &rows, &contacts).unwrap();
+        // Row 1 is Alipay's previous holder's account; Taobao's cannot be unbound, and the note
+        // says whom to call.
         assert_eq!(resolved.chosen, vec![0]);
         assert_eq!(resolved.skipped.len(), 1);
-        assert!(resolved.skipped[0].contains("row 3 (Taobao)"));
+        assert!(
+            resolved.skipped[0].contains("row 2, Taobao")
+                && resolved.skipped[0].contains("call its customer service: +86 400-800-0001"),
+            "{}",
+            resolved.skipped[0]
+        );
     }
 
     #[test]
     fn all_skips_unsupported_and_open_tickets() {
         let mut rows = sample_rows();
-        rows[1].open_ticket = Some(ticket("t1", "alipay", TicketState::Sent));
-        let resolved = resolve_selection(&Selection::All, &rows).unwrap();
+        let none = HashMap::new();
+        rows[2].open_ticket = Some(ticket("t1", "wechat", TicketState::Sent));
+        let resolved = resolve_selection(&Selection::All, &rows, &none).unwrap();
         assert_eq!(resolved.chosen, vec![0, 3]);
         assert_eq!(resolved.skipped.len(), 2);
-        assert!(resolved.skipped[0].contains("already under way (sent)"));
+        assert!(resolved.skipped[0].contains("contact its customer service"));
+        assert!(resolved.skipped[1].contains("already under way (sent)"));
         // A finished ticket does not block a new unbind.
-        rows[1].open_ticket = Some(ticket("t1", "alipay", TicketState::Rejected));
-        let resolved = resolve_selection(&Selection::All, &rows).unwrap();
-        assert_eq!(resolved.chosen, vec![0, 1, 3]);
+        rows[2].open_ticket = Some(ticket("t1", "wechat", TicketState::Rejected));
+        let resolved = resolve_selection(&Selection::All, &rows, &none).unwrap();
+        assert_eq!(resolved.chosen, vec![0, 2, 3]);
     }
 
     #[test]
     fn rows_resolve_in_order_and_out_of_range_is_an_error() {
         let rows = sample_rows();
-        let resolved = resolve_selection(&Selection::Rows(vec![4, 1]), &rows).unwrap();
+        let none = HashMap::new();
+        let resolved = resolve_selection(&Selection::Rows(vec![4, 1]), &rows, &none).unwrap();
         assert_eq!(resolved.chosen, vec![3, 0]);
-        let err = resolve_selection(&Selection::Rows(vec![1, 5]), &rows).unwrap_err();
+        let err = resolve_selection(&Selection::Rows(vec![1, 5]), &rows, &none).unwrap_err();
         assert!(err.contains("no row 5"), "{err}");
-        assert!(resolve_selection(&Selection::Rows(vec![1]), &[]).is_err());
+        assert!(resolve_selection(&Selection::Rows(vec![1]), &[], &none).is_err());
         assert_eq!(
-            resolve_selection(&Selection::Nothing, &rows).unwrap(),
+            resolve_selection(&Selection::Nothing, &rows, &none).unwrap(),
             Resolved::default()
         );
     }
@@ -289,7 +311,7 @@ mod tests {
         ]);
         assert_eq!(rows[0].app_id, "app-002");
         // Without an open ticket the Ticket column is left out.
-        let lines = format_accounts_table(&rows, &Utc);
+        let lines = format_accounts_table(&rows, None, &Utc);
         assert!(lines[0].ends_with("Unbind"), "{}", lines[0]);
     }
 }

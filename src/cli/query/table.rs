@@ -3,8 +3,6 @@
 //! words for states. Text from an app is cleaned of control characters; widths count East Asian
 //! characters as two columns so Chinese app names line up.
 
-use std::collections::HashMap;
-
 use chrono::{DateTime, TimeZone, Utc};
 
 use crate::cli::plural;
@@ -22,12 +20,13 @@ use super::selection::app_order;
 pub fn render_listing<Tz: TimeZone>(
     response: &ListLinkedAccountsResponse,
     rows: &[LinkedAccount],
+    holder_since: Option<&prost_types::Timestamp>,
     tz: &Tz,
 ) -> String {
     let mut lines = vec![format_header(response)];
     if !rows.is_empty() {
         lines.push(String::new());
-        lines.extend(format_accounts_table(rows, tz));
+        lines.extend(format_accounts_table(rows, holder_since, tz));
     } else {
         // Summary-only answers carry counts but no accounts.
         let counted: Vec<String> = sorted_results(&response.app_results)
@@ -95,16 +94,51 @@ pub fn format_header(response: &ListLinkedAccountsResponse) -> String {
     format!("{found} found; {answered} of {asked} apps answered; {completeness}")
 }
 
-/// The accounts table, one numbered row per account, in the order given.
-pub fn format_accounts_table<Tz: TimeZone>(rows: &[LinkedAccount], tz: &Tz) -> Vec<String> {
+/// The widest an app's name is shown in a table, in columns: the tables fit 80 columns.
+const APP_COLUMNS: usize = 24;
+/// The widest an app's free text (a ticket's detail) is shown in a table.
+const DETAIL_COLUMNS: usize = 24;
+
+/// The groups the accounts table shows apart, in table order (see
+/// [`super::selection::ordered_accounts`]): a previous holder's first (what a person most often
+/// came to unbind), then the ones nobody can tell, then the holder's own.
+pub(super) fn ownership_group(ownership: Ownership) -> u8 {
+    match ownership {
+        Ownership::PreviousHolder => 0,
+        Ownership::Unknown | Ownership::Unspecified => 1,
+        Ownership::CurrentHolder => 2,
+    }
+}
+
+/// The heading of a group of the accounts table.
+fn group_heading(ownership: Ownership, count: usize, since: Option<&str>) -> String {
+    let accounts = plural(count, "account", "accounts");
+    match (ownership_group(ownership), since) {
+        (0, Some(day)) => format!("A previous holder's, bound before {day}: {accounts}"),
+        (0, None) => format!("A previous holder's: {accounts}"),
+        (1, _) => {
+            format!("Whose is unknown (no binding date, or too near the change): {accounts}")
+        }
+        (_, Some(day)) => format!("Yours, bound since {day}: {accounts}"),
+        (_, None) => format!("Yours: {accounts}"),
+    }
+}
+
+/// The accounts table: one numbered row per account, in the order given (grouped by
+/// [`ownership_group`]), with a heading before each group, in columns that line up across the
+/// groups.
+pub fn format_accounts_table<Tz: TimeZone>(
+    rows: &[LinkedAccount],
+    holder_since: Option<&prost_types::Timestamp>,
+    tz: &Tz,
+) -> Vec<String> {
     let body: Vec<Vec<String>> = rows
         .iter()
         .enumerate()
         .map(|(i, a)| {
             vec![
                 (i + 1).to_string(),
-                clean(&app_label(&a.app_name, &a.app_id)),
-                ownership_word(a.ownership()).to_owned(),
+                fit(&clean(&app_label(&a.app_name, &a.app_id)), APP_COLUMNS),
                 clean(&a.display_hint),
                 format_date(a.bound_at.as_ref(), tz),
                 if a.unbind_supported { "yes" } else { "no" }.to_owned(),
@@ -115,28 +149,78 @@ pub fn format_accounts_table<Tz: TimeZone>(rows: &[LinkedAccount], tz: &Tz) -> V
             ]
         })
         .collect();
-    let mut headers = vec![
-        "#",
-        "App",
-        "Ownership",
-        "Account",
-        "Bound",
-        "Unbind",
-        "Ticket",
-    ];
+    let mut headers = vec!["#", "App", "Account", "Bound", "Unbind", "Ticket"];
     if rows.iter().all(|a| a.open_ticket.is_none()) {
         // No unbind under way: leave out the empty column.
         headers.pop();
     }
-    render_table(&headers, &body)
+    let table = render_table(&headers, &body);
+    let since = holder_since.map(|t| format_date(Some(t), tz));
+    let mut lines = vec![table[0].clone()];
+    let mut group = None;
+    for (row, line) in rows.iter().zip(&table[1..]) {
+        let this = ownership_group(row.ownership());
+        if group != Some(this) {
+            group = Some(this);
+            let count = rows
+                .iter()
+                .filter(|a| ownership_group(a.ownership()) == this)
+                .count();
+            lines.push(group_heading(row.ownership(), count, since.as_deref()));
+        }
+        lines.push(line.clone());
+    }
+    lines
 }
 
-/// The tickets an unbind created (or a watch found), one row each.
+/// `text` cut to `columns` terminal columns, with "…" when cut.
+fn fit(text: &str, columns: usize) -> String {
+    if display_width(text) <= columns {
+        return text.to_owned();
+    }
+    let mut out = String::new();
+    let mut width = 0;
+    for c in text.chars() {
+        let w = display_width(c.encode_utf8(&mut [0; 4]));
+        if width + w + 1 > columns {
+            break;
+        }
+        width += w;
+        out.push(c);
+    }
+    out.push('…');
+    out
+}
+
+/// The row of the look-up a ticket is for (by its account ref), numbered from 1.
+pub(super) fn ticket_row(ticket: &UnbindTicket, rows: &[LinkedAccount]) -> Option<usize> {
+    rows.iter()
+        .position(|a| !ticket.account_ref.is_empty() && a.account_ref == ticket.account_ref)
+        .map(|i| i + 1)
+}
+
+/// What a person is shown of the account a ticket is for: the app's name and the account's hint,
+/// from the look-up's row (or the app's id when the ticket matches no row).
+pub(super) fn ticket_account(ticket: &UnbindTicket, rows: &[LinkedAccount]) -> (String, String) {
+    let row = ticket_row(ticket, rows).map(|n| &rows[n - 1]);
+    let name = row
+        .map(|a| app_label(&a.app_name, &a.app_id))
+        .unwrap_or_else(|| ticket.app_id.clone());
+    let hint = row.map(|a| a.display_hint.clone()).unwrap_or_default();
+    (clean(&name), clean(&hint))
+}
+
+/// The tickets an unbind created (or a watch found), one row each: the look-up's row number, the
+/// app, the account, the state and the day the app must have acted by; then what "Due by" means
+/// and the zone of the dates.
 pub fn format_tickets_table<Tz: TimeZone>(
     tickets: &[UnbindTicket],
-    app_names: &HashMap<String, String>,
+    rows: &[LinkedAccount],
     tz: &Tz,
-) -> Vec<String> {
+) -> Vec<String>
+where
+    Tz::Offset: std::fmt::Display,
+{
     let body: Vec<Vec<String>> = tickets
         .iter()
         .map(|t| {
@@ -144,23 +228,33 @@ pub fn format_tickets_table<Tz: TimeZone>(
             if t.overdue {
                 due.push_str(" (overdue)");
             }
+            let (app, hint) = ticket_account(t, rows);
             vec![
-                clean(&t.ticket_id),
-                clean(&ticket_app(t, app_names)),
+                ticket_row(t, rows)
+                    .map(|n| n.to_string())
+                    .unwrap_or_default(),
+                fit(&app, APP_COLUMNS),
+                hint,
                 ticket_state_word(t.state()).to_owned(),
                 due,
-                clean(&t.detail),
+                fit(&clean(&t.detail), DETAIL_COLUMNS),
             ]
         })
         .collect();
-    render_table(&["Ticket", "App", "State", "Due", "Detail"], &body)
+    let mut lines = render_table(&["#", "App", "Account", "State", "Due by", "Detail"], &body);
+    lines.push(format!(
+        "Due by: the day the app must have acted by (dates in {}).",
+        zone_name(tz)
+    ));
+    lines
 }
 
-pub(super) fn ticket_app(ticket: &UnbindTicket, app_names: &HashMap<String, String>) -> String {
-    match app_names.get(&ticket.app_id) {
-        Some(name) => app_label(name, &ticket.app_id),
-        None => ticket.app_id.clone(),
-    }
+/// The zone dates and times are shown in: "UTC+08:00".
+pub(super) fn zone_name<Tz: TimeZone>(tz: &Tz) -> String
+where
+    Tz::Offset: std::fmt::Display,
+{
+    Utc::now().with_timezone(tz).format("UTC%:z").to_string()
 }
 
 /// Lays out a table: columns padded to their widest cell (by terminal width, so Chinese app
@@ -250,14 +344,6 @@ fn app_label_with_id(name: &str, id: &str) -> String {
     }
 }
 
-fn ownership_word(ownership: Ownership) -> &'static str {
-    match ownership {
-        Ownership::CurrentHolder => "yours",
-        Ownership::PreviousHolder => "previous holder",
-        Ownership::Unknown | Ownership::Unspecified => "unknown",
-    }
-}
-
 pub(super) fn ticket_state_word(state: TicketState) -> &'static str {
     match state {
         TicketState::Unspecified => "unknown",
@@ -275,21 +361,19 @@ pub(super) fn to_datetime(ts: &prost_types::Timestamp) -> Option<DateTime<Utc>> 
 }
 
 /// YYYY-MM-DD in `tz`, or "-" when the time is absent or out of range.
-fn format_date<Tz: TimeZone>(ts: Option<&prost_types::Timestamp>, tz: &Tz) -> String {
+pub(super) fn format_date<Tz: TimeZone>(ts: Option<&prost_types::Timestamp>, tz: &Tz) -> String {
     ts.and_then(to_datetime)
         .map(|t| t.with_timezone(tz).date_naive().to_string())
         .unwrap_or_else(|| "-".to_owned())
 }
 
-/// HH:MM:SS in `tz`, or "?" when the time is absent or out of range.
-pub(super) fn format_clock<Tz: TimeZone>(ts: Option<&prost_types::Timestamp>, tz: &Tz) -> String {
+/// "HH:MM:SS UTC+08:00" in `tz`, or "?" when the time is absent or out of range.
+pub(super) fn format_clock<Tz: TimeZone>(ts: Option<&prost_types::Timestamp>, tz: &Tz) -> String
+where
+    Tz::Offset: std::fmt::Display,
+{
     ts.and_then(to_datetime)
-        .map(|t| {
-            t.with_timezone(tz)
-                .naive_local()
-                .format("%H:%M:%S")
-                .to_string()
-        })
+        .map(|t| t.with_timezone(tz).format("%H:%M:%S UTC%:z").to_string())
         .unwrap_or_else(|| "?".to_owned())
 }
 
@@ -302,26 +386,57 @@ mod tests {
     use std::collections::BTreeMap;
 
     #[test]
-    fn table_is_grouped_by_app_and_numbered() {
+    fn table_is_grouped_by_whose_then_app_and_numbered() {
         let rows = sample_rows();
         let apps: Vec<&str> = rows.iter().map(|a| a.app_id.as_str()).collect();
-        // Grouped by app name; the gateway's order kept inside Alipay.
-        assert_eq!(apps, ["alipay", "alipay", "taobao", "wechat"]);
+        // A previous holder's first, then unknown, then yours; by app name within each.
+        assert_eq!(apps, ["alipay", "taobao", "wechat", "alipay"]);
         assert_eq!(rows[0].display_hint, "z***g");
 
         let mut rows = rows;
-        rows[1].open_ticket = Some(ticket("t1", "alipay", TicketState::Accepted));
-        let lines = format_accounts_table(&rows, &Utc);
-        assert_eq!(lines.len(), 5);
+        rows[3].open_ticket = Some(ticket("t1", "alipay", TicketState::Accepted));
+        let since = ts(JAN_2023 - 86_400);
+        let lines = format_accounts_table(&rows, since.as_ref(), &Utc);
         assert!(lines[0].starts_with("#  App"), "{}", lines[0]);
         let words = |i: usize| lines[i].split_whitespace().collect::<Vec<_>>().join(" ");
-        assert_eq!(words(1), "1 Alipay previous holder z***g 2019-03-02 yes");
-        assert_eq!(words(2), "2 Alipay yours l***i 2023-01-10 yes accepted");
-        assert_eq!(words(3), "3 Taobao previous holder t***o 2019-03-02 no");
-        assert_eq!(words(4), "4 WeChat unknown w***n - yes");
-        // Columns line up: "Ownership" starts at the same place on every line.
-        let col = lines[0].find("Ownership").unwrap();
-        assert_eq!(&lines[2][col..col + 5], "yours");
+        assert_eq!(
+            lines[1],
+            "A previous holder's, bound before 2023-01-09: 2 accounts"
+        );
+        assert_eq!(words(2), "1 Alipay z***g 2019-03-02 yes");
+        assert_eq!(words(3), "2 Taobao t***o 2019-03-02 no");
+        assert!(lines[4].starts_with("Whose is unknown"), "{}", lines[4]);
+        assert_eq!(words(5), "3 WeChat w***n - yes");
+        assert_eq!(lines[6], "Yours, bound since 2023-01-09: 1 account");
+        assert_eq!(words(7), "4 Alipay l***i 2023-01-10 yes accepted");
+        assert_eq!(lines.len(), 8);
+        // Columns line up across the groups: "Account" starts at the same place.
+        let col = lines[0].find("Account").unwrap();
+        assert_eq!(&lines[2][col..col + 5], "z***g");
+        assert_eq!(&lines[7][col..col + 5], "l***i");
+        assert!(lines.iter().all(|l| display_width(l) <= 80));
+    }
+
+    #[test]
+    fn long_app_names_are_cut_to_fit_80_columns() {
+        let rows = vec![account(
+            "long",
+            "An Extraordinarily Long Application Name Indeed",
+            "a***b",
+            Ownership::PreviousHolder,
+            true,
+        )];
+        let lines = format_accounts_table(&rows, None, &Utc);
+        assert!(
+            lines[2].contains("An Extraordinarily Long…"),
+            "{}",
+            lines[2]
+        );
+        assert!(lines.iter().all(|l| display_width(l) <= 80));
+        assert_eq!(
+            display_width(&fit("微信支付微信支付微信支付微信支付", 10)),
+            9
+        );
     }
 
     #[test]
@@ -336,10 +451,10 @@ mod tests {
                 true,
             ),
         ];
-        let lines = format_accounts_table(&rows, &Utc);
+        let lines = format_accounts_table(&rows, None, &Utc);
         assert!(!lines.iter().any(|l| l.contains('\u{1b}')));
-        let own_at = |l: &str| display_width(&l[..l.find("yours").unwrap()]);
-        assert_eq!(own_at(&lines[1]), own_at(&lines[2]));
+        let hint_at = |l: &str, hint: &str| display_width(&l[..l.find(hint).unwrap()]);
+        assert_eq!(hint_at(&lines[2], "a***b"), hint_at(&lines[3], "c***d"));
         assert_eq!(display_width("微信"), 4);
     }
 
@@ -366,7 +481,7 @@ mod tests {
             generated_at: ts(JAN_2023),
             summary_sms: 0,
         };
-        let text = render_listing(&response, &rows, &Utc);
+        let text = render_listing(&response, &rows, None, &Utc);
         let first = text.lines().next().unwrap();
         assert_eq!(
             first,
@@ -383,7 +498,7 @@ mod tests {
         assert!(!text.contains("Slow App (slow): 0"));
         assert!(
             text.lines()
-                .any(|l| l.split_whitespace().take(2).eq(["3", "Taobao"])),
+                .any(|l| l.split_whitespace().take(2).eq(["2", "Taobao"])),
             "{text}"
         );
     }
@@ -401,7 +516,7 @@ mod tests {
             generated_at: None,
             summary_sms: 0,
         };
-        let text = render_listing(&response, &[], &Utc);
+        let text = render_listing(&response, &[], None, &Utc);
         assert!(text.starts_with("2 accounts found; 2 of 2 apps answered; complete"));
         assert!(text.contains("Alipay (alipay): 2 accounts"));
         assert!(text.contains("1 app has no account bound to this number"));
@@ -432,18 +547,23 @@ mod tests {
 
     #[test]
     fn ticket_table_and_changes() {
-        let names: HashMap<String, String> = [("alipay".to_owned(), "Alipay".to_owned())]
-            .into_iter()
-            .collect();
+        let rows = sample_rows();
+        let mut first = ticket("t1", "alipay", TicketState::Queued);
+        first.account_ref = rows[0].account_ref.clone();
+        // A ticket for no row of this look-up shows its app's id.
         let mut late = ticket("t2", "other", TicketState::Sent);
         late.overdue = true;
         late.detail = "retrying".to_owned();
-        let tickets = vec![ticket("t1", "alipay", TicketState::Queued), late];
-        let lines = format_tickets_table(&tickets, &names, &Utc);
+        let tickets = vec![first, late];
+        let lines = format_tickets_table(&tickets, &rows, &Utc);
         let words = |i: usize| lines[i].split_whitespace().collect::<Vec<_>>().join(" ");
-        assert_eq!(words(0), "Ticket App State Due Detail");
-        assert_eq!(words(1), "t1 Alipay queued 2023-01-10");
-        assert_eq!(words(2), "t2 other sent 2023-01-10 (overdue) retrying");
+        assert_eq!(words(0), "# App Account State Due by Detail");
+        assert_eq!(words(1), "1 Alipay z***g queued 2023-01-10");
+        assert_eq!(words(2), "other sent 2023-01-10 (overdue) retrying");
+        assert_eq!(
+            lines[3],
+            "Due by: the day the app must have acted by (dates in UTC+00:00)."
+        );
 
         let known: BTreeMap<String, TicketState> = [
             ("t1".to_owned(), TicketState::Queued),

@@ -42,3 +42,41 @@ fn char_width(c: char) -> usize {
         _ => 1,
     }
 }
+
+/// The columns a line printed at a terminal keeps within.
+pub const LINE_COLUMNS: usize = 80;
+
+/// `text` broken at spaces into lines of at most `columns` terminal columns (a word longer than
+/// that keeps its own line), the lines after the first indented by two spaces.
+pub fn wrap(text: &str, columns: usize) -> String {
+    let mut lines: Vec<String> = Vec::new();
+    let mut line = String::new();
+    for word in text.split(' ').filter(|w| !w.is_empty()) {
+        let indent = if lines.is_empty() { 0 } else { 2 };
+        if !line.is_empty() && indent + display_width(&line) + 1 + display_width(word) > columns {
+            lines.push(std::mem::take(&mut line));
+        }
+        if !line.is_empty() {
+            line.push(' ');
+        }
+        line.push_str(word);
+    }
+    lines.push(line);
+    lines.join("\n  ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wraps_at_spaces_within_the_columns() {
+        let text = "This number has been yours since 2024-03-01. Accounts bound before then \
+                    belong to a previous holder of the number.";
+        let wrapped = wrap(text, 40);
+        assert!(wrapped.lines().all(|l| display_width(l) <= 40), "{wrapped}");
+        assert_eq!(wrapped.replace("\n  ", " "), text);
+        assert_eq!(wrap("short", 80), "short");
+        assert_eq!(wrap(&"x".repeat(90), 80), "x".repeat(90));
+    }
+}

@@ -115,8 +115,12 @@ fn summary(pki: &DevPki, days: u32) -> String {
     }
     if let Some(t) = pki.tenants.first() {
         s.push_str(&format!(
-            "  - Try it as tenant {}:\n    grpcurl -cacert {ca} -cert {} -key {} localhost:50051 list\n",
+            "  - Try it as tenant {} (README \"Run it without the demo\" walks the whole set-up):\n    \
+             unbind-gateway query --endpoint https://localhost:50051 --ca {ca} --cert {} --key {}\n    \
+             or with grpcurl (an outside tool): grpcurl -cacert {ca} -cert {} -key {} localhost:50051 list\n",
             t.name,
+            d(&t.files.cert),
+            d(&t.files.key),
             d(&t.files.cert),
             d(&t.files.key)
         ));

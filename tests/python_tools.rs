@@ -38,7 +38,10 @@ async fn pythons_standard_reflection_and_health_clients_see_exactly_the_served_s
     let Some(python) = python() else { return };
     let h = Harness::start(Options::default()).await;
     let target = h.endpoint().trim_start_matches("http://").to_owned();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/reflection_health.py");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/python/reflection_health.py"
+    );
     let output = tokio::time::timeout(
         Duration::from_secs(60),
         tokio::process::Command::new(&python)

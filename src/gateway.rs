@@ -53,6 +53,14 @@ impl Gateway {
             .map(|k| format!("{}:{}{}", k.purpose, k.id, if k.active { "*" } else { "" }))
             .collect();
         tracing::info!(keys = %held.join(" "), legacy = keys.opens_legacy_values(), "keyring loaded (* = active)");
+        if config.number_status.history_starts.is_none() {
+            tracing::warn!(
+                window_days = config.retention.recycled_history.as_secs() / 86_400,
+                "number_status.history_starts is not set: CheckNumberRecycled takes the carrier's \
+                 pushes as complete for the whole history window and answers \"not recycled\" \
+                 for a number never pushed; set it to the day the pushes began"
+            );
+        }
         let store = Store::connect(&config.store.url, config.store.max_connections).await?;
         let registry_tls = crate::tls::client_config(
             &config.registry.endpoint,

@@ -31,6 +31,10 @@ pub enum ApiError {
     OutOfRange { field: String, description: String },
     #[error("no such {what}")]
     NotFound { what: &'static str },
+    #[error("this number is not one of the carrier's: the gateway knows nothing of its holders")]
+    NumberNotServed,
+    #[error("`{field}` is not a mobile number: only mobile numbers are recycled and bound to apps")]
+    NotMobile { field: &'static str },
     #[error("`{field}`: no app {app_id:?} in the catalog")]
     UnknownApp { field: String, app_id: String },
     #[error("the request is larger than the gateway accepts")]
@@ -83,7 +87,8 @@ impl ApiError {
             Self::InvalidField { .. } => (Code::InvalidArgument, R::InvalidField),
             Self::InvalidPhoneNumberAt { .. } => (Code::InvalidArgument, R::InvalidPhoneNumber),
             Self::OutOfRange { .. } => (Code::InvalidArgument, R::OutOfRange),
-            Self::NotFound { .. } => (Code::NotFound, R::NotFound),
+            Self::NotFound { .. } | Self::NumberNotServed => (Code::NotFound, R::NotFound),
+            Self::NotMobile { .. } => (Code::FailedPrecondition, R::InvalidPhoneNumber),
             Self::UnknownApp { .. } => (Code::InvalidArgument, R::UnknownApp),
             Self::MessageTooLarge => (Code::InvalidArgument, R::MessageTooLarge),
             Self::InvalidCode => (Code::InvalidArgument, R::InvalidCode),
@@ -110,7 +115,9 @@ impl ApiError {
         let mut metadata = HashMap::new();
         let mut details = ErrorDetails::new();
         match self {
-            Self::InvalidPhoneNumber { field } | Self::InvalidIdLastSix { field } => {
+            Self::InvalidPhoneNumber { field }
+            | Self::InvalidIdLastSix { field }
+            | Self::NotMobile { field } => {
                 metadata.insert("field".to_owned(), (*field).to_owned());
                 details.add_bad_request_violation(*field, self.to_string());
             }

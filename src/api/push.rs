@@ -228,11 +228,24 @@ impl PushService {
         request: &CheckNumberRecycledRequest,
         number_hash: &mut String,
     ) -> Result<bool, Status> {
-        let phone =
-            E164::parse(&request.phone_number).map_err(|_| ApiError::InvalidPhoneNumber {
-                field: "phone_number",
-            })?;
+        let phone = E164::parse(&request.phone_number).map_err(|_| {
+            if E164::is_valid_but_not_mobile(&request.phone_number) {
+                ApiError::NotMobile {
+                    field: "phone_number",
+                }
+            } else {
+                ApiError::InvalidPhoneNumber {
+                    field: "phone_number",
+                }
+            }
+        })?;
         *number_hash = self.gateway.keys.number_hash(&phone).hex();
+        let status = &self.gateway.config.number_status;
+        // Another carrier's number: its re-issues are never pushed here, so "not recycled" would
+        // be a guess.
+        if !status.serves(phone.expose()) {
+            return Err(ApiError::NumberNotServed.into());
+        }
         let Some(date) = &request.specified_date else {
             return Err(ApiError::field("specified_date", "required").into());
         };
@@ -244,6 +257,20 @@ impl PushService {
                 description: "must not be in the future".into(),
             }
             .into());
+        }
+        // Before the carrier's pushes were complete, a number never pushed may still have
+        // changed hands.
+        if let Ok(Some(starts)) = status.history_starts_ms() {
+            if since < starts {
+                return Err(ApiError::OutOfRange {
+                    field: "specified_date".into(),
+                    description: format!(
+                        "must not be before {} (the start of the carrier's recycled-number history)",
+                        status.history_starts.as_deref().unwrap_or_default()
+                    ),
+                }
+                .into());
+            }
         }
         // Re-issue dates older than the history window are deleted: before it, the gateway
         // does not know, and says so rather than answer "not recycled".

@@ -66,6 +66,9 @@ pub struct Config {
     /// How long tickets, pushes and the recycled-number history are kept.
     #[serde(default)]
     pub retention: RetentionConfig,
+    /// What `CheckNumberRecycled` can honestly answer: from when, and for which numbers.
+    #[serde(default)]
+    pub number_status: NumberStatusConfig,
     #[serde(default)]
     pub app_defaults: AppDefaults,
     /// When an app is taken out of look-ups for failing, and for how long.
@@ -384,6 +387,62 @@ impl Default for RetentionConfig {
             pushes: Duration::from_secs(7 * 86400),
             recycled_history: Duration::from_secs(3 * 365 * 86400),
         }
+    }
+}
+
+/// What the recycled-number check knows: the carrier's pushes are complete from `history_starts`
+/// on, for the numbers in `number_ranges`. Outside them the gateway does not know, and says so
+/// (`OUT_OF_RANGE`, `NOT_FOUND`) instead of answering "not recycled".
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NumberStatusConfig {
+    /// The day (`YYYY-MM-DD`, from midnight UTC) from which the carrier's pushes list every
+    /// re-issued number: an earlier date is `OUT_OF_RANGE`. Unset: only the retention window
+    /// (`retention.recycled_history`) bounds the dates, and the gateway takes the pushes as
+    /// complete within it (start-up says so in the log).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub history_starts: Option<String>,
+    /// The carrier's numbers, as E.164 prefixes (`"+86138"`, `"+86139"`): another number is
+    /// `NOT_FOUND` (another carrier's, whose re-issues this gateway never hears of). Empty: every
+    /// mobile number.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub number_ranges: Vec<String>,
+}
+
+impl NumberStatusConfig {
+    /// `history_starts` as milliseconds since the epoch (midnight UTC of that day).
+    pub fn history_starts_ms(&self) -> anyhow::Result<Option<i64>> {
+        let Some(day) = &self.history_starts else {
+            return Ok(None);
+        };
+        let date = chrono::NaiveDate::parse_from_str(day.trim(), "%Y-%m-%d").map_err(|_| {
+            anyhow::anyhow!("`number_status.history_starts` must be a date like \"2024-01-01\"")
+        })?;
+        Ok(Some(
+            date.and_time(chrono::NaiveTime::MIN)
+                .and_utc()
+                .timestamp_millis(),
+        ))
+    }
+
+    /// Whether `e164` is one of the carrier's numbers.
+    pub fn serves(&self, e164: &str) -> bool {
+        self.number_ranges.is_empty() || self.number_ranges.iter().any(|p| e164.starts_with(p))
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        self.history_starts_ms()?;
+        for (i, prefix) in self.number_ranges.iter().enumerate() {
+            let digits = prefix.strip_prefix('+').unwrap_or_default();
+            if digits.is_empty() || digits.len() > 15 || !digits.bytes().all(|b| b.is_ascii_digit())
+            {
+                bail!(
+                    "`number_status.number_ranges[{i}]` must be an E.164 prefix: '+' and 1 to 15 \
+                     digits, e.g. \"+86138\""
+                );
+            }
+        }
+        Ok(())
     }
 }
 
@@ -876,6 +935,7 @@ impl Config {
         if self.retention.recycled_history < Duration::from_secs(86400) {
             bail!("`retention.recycled_history` must be at least a day");
         }
+        self.number_status.check()?;
         check_nonzero(self.verification.session_ttl, "verification.session_ttl")?;
         if self.verification.max_attempts == 0 {
             bail!("`verification.max_attempts` must be at least 1");

@@ -65,6 +65,23 @@ impl E164 {
         })
     }
 
+    /// Whether `input` is a valid phone number that is not a mobile one (a landline, toll-free,
+    /// ...): a number a person may hold, but no app binds to it and no SMS reaches it.
+    pub fn is_valid_but_not_mobile(input: &str) -> bool {
+        let input = input.trim();
+        if input.is_empty() || input.len() > MAX_INPUT_LEN || !input.starts_with('+') {
+            return false;
+        }
+        let Ok(number) = phonenumber::parse(None, input) else {
+            return false;
+        };
+        phonenumber::is_valid(&number)
+            && !matches!(
+                number.number_type(&phonenumber::metadata::DATABASE),
+                Type::Mobile | Type::FixedLineOrMobile
+            )
+    }
+
     /// A number as one system sends it to another: valid, and written exactly in E.164 form
     /// (`+8613800138000`), not in one of the spellings [`E164::parse`] accepts from a person.
     pub fn parse_canonical(input: &str) -> Result<Self, InvalidPhoneNumber> {

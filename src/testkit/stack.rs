@@ -379,6 +379,7 @@ pub fn demo_config(
         unbind: UnbindConfig::default(),
         audit: Default::default(),
         retention: Default::default(),
+        number_status: Default::default(),
         app_defaults: AppDefaults {
             timeout: Duration::from_millis(1500),
             ..AppDefaults::default()

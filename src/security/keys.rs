@@ -361,6 +361,18 @@ impl Keys {
                 };
                 let ring = rings.entry(purpose).or_default();
                 if purpose == KeyPurpose::NumberHash && !ring.is_empty() {
+                    // The store's index was made with one of the two: a keyring key other than
+                    // the secret's would leave every number already stored unreachable.
+                    if let Some((id, _, _)) = ring.iter().find(|(_, bytes, _)| bytes != number_key)
+                    {
+                        bail!(
+                            "the keyring's `number-hash` key {id:?} is not the one `signing_secret` \
+                             derives: the store's index was made with the secret's, and numbers \
+                             already stored would no longer be found. Use the entry \
+                             `unbind-gateway keys number-hash-from-secret` prints, or drop \
+                             `signing_secret`"
+                        );
+                    }
                     continue;
                 }
                 let active = !ring.iter().any(|(_, _, a)| *a);
@@ -678,15 +690,38 @@ mod tests {
             .collect();
         assert_eq!(stored, [("2026-12", true), ("2026-06", false)]);
         // With the secret too, its keys stand behind the keyring's in every purpose but the
-        // number hash, which stays the keyring's one key.
+        // number hash, which stays the keyring's one key: the one the secret derives (another
+        // would lose the store's index, and is refused).
+        let secret = vec![9; 32];
+        let refused = Keys::load(&KeySources {
+            files: vec![("k".into(), text.clone())],
+            signing_secret: Some(secret.clone()),
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            refused.contains("is not the one `signing_secret` derives"),
+            "{refused}"
+        );
+        let mut text: String = text
+            .split("[[key]]")
+            .filter(|entry| !entry.contains("number-hash") && !entry.trim().is_empty())
+            .map(|entry| format!("[[key]]{entry}"))
+            .collect();
+        text.push_str(&signing_secret_number_key_entry(&secret, "index"));
         let both = Keys::load(&KeySources {
             files: vec![("k".into(), text)],
-            signing_secret: Some(vec![9; 32]),
+            signing_secret: Some(secret),
         })
         .unwrap();
         assert!(both.opens_legacy_values());
         let listed = both.list();
-        assert!(listed.iter().all(|k| k.active == (k.id == "2026-12")));
+        assert!(
+            listed
+                .iter()
+                .filter(|k| k.purpose != KeyPurpose::NumberHash)
+                .all(|k| k.active == (k.id == "2026-12"))
+        );
         assert_eq!(
             listed
                 .iter()

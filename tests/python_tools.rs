@@ -9,33 +9,15 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use common::{Harness, Options};
 
-/// The virtual environment's Python, if it has been set up.
-pub fn python() -> Option<PathBuf> {
-    let python = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/python/bin/python");
-    if python.exists() {
-        return Some(python);
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "CI=true but {} is missing: .ci/run creates it",
-        python.display()
-    );
-    eprintln!(
-        "skipped: no Python environment at {} (run `bash .ci/run` once, or create it: python3 -m \
-         venv target/python && target/python/bin/pip install -r tests/python/requirements.txt)",
-        python.display()
-    );
-    None
-}
-
 #[tokio::test]
 async fn pythons_standard_reflection_and_health_clients_see_exactly_the_served_services() {
-    let Some(python) = python() else { return };
+    let Some(python) = common::python_env() else {
+        return;
+    };
     let h = Harness::start(Options::default()).await;
     let target = h.endpoint().trim_start_matches("http://").to_owned();
     let script = concat!(

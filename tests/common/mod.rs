@@ -281,3 +281,25 @@ pub fn metric(text: &str, series: &str) -> Option<f64> {
             .ok()
     })
 }
+
+/// The Python of the virtual environment `target/python` (tests/python/requirements.txt), which
+/// `.ci/run` creates. Without it the caller skips, saying so, except under `CI=true`, where a
+/// missing environment fails the test.
+pub fn python_env() -> Option<std::path::PathBuf> {
+    let python =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/python/bin/python");
+    if python.exists() {
+        return Some(python);
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "CI=true but {} is missing: .ci/run creates it",
+        python.display()
+    );
+    eprintln!(
+        "skipped: no Python environment at {} (run `bash .ci/run` once, or create it: python3 -m \
+         venv target/python && target/python/bin/pip install -r tests/python/requirements.txt)",
+        python.display()
+    );
+    None
+}

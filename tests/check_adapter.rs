@@ -4,6 +4,14 @@
 //! non-zero exit; an unreachable endpoint fails `reachable` and skips the rest; over mutual TLS
 //! with the development PKI the suite passes with the gateway's client certificate and fails
 //! without it. No output ever carries the raw test number or the account id.
+//!
+//! As a person meets it: a closed stdout (`| head -1`) ends it quietly with the exit status the
+//! checks give; an endpoint that serves gRPC but not `unbind.v1.AppAdapter` (the gateway's own
+//! port) gets one line saying so and exit status 2; `simulate-apps --print-test-account` prints
+//! an account id that makes every check pass; and nothing it prints uses the gateway's own words
+//! that an adapter vendor, who has read only adapter.proto, would not know.
+
+mod common;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -486,4 +494,597 @@ async fn over_mutual_tls_with_the_gateways_client_certificate() {
     assert_eq!(run.code, Some(1), "{}\n{}", run.stdout, run.stderr);
     assert_eq!(run.table()["reachable"], "FAIL", "{}", run.stdout);
     simulator.shutdown().await;
+}
+
+/// Runs `unbind-gateway check-adapter ARGS` with its stdout a pipe the test closes after reading
+/// `keep` lines (0: before reading any), as `check-adapter ... | head -1` does; the exit status
+/// and what it wrote to stderr.
+async fn check_adapter_into_closed_pipe(args: &[&str], keep: usize) -> (Option<i32>, String) {
+    use tokio::io::AsyncBufReadExt as _;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_unbind-gateway"))
+        .arg("check-adapter")
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the binary starts");
+    let stdout = child.stdout.take().expect("a piped stdout");
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    for _ in 0..keep {
+        let line = tokio::time::timeout(RUN_LIMIT, lines.next_line())
+            .await
+            .expect("check-adapter printed in time")
+            .expect("stdout is readable");
+        assert!(line.is_some(), "stdout ended before {keep} lines");
+    }
+    // Closes the read end: every later write of the child's fails with EPIPE.
+    drop(lines);
+    let output = tokio::time::timeout(RUN_LIMIT, child.wait_with_output())
+        .await
+        .expect("check-adapter finished in time")
+        .expect("check-adapter ran");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn a_closed_stdout_ends_it_quietly_with_the_status_the_checks_give() {
+    let simulator = Simulator::start(SimulatorConfig {
+        apps: 20,
+        ..SimulatorConfig::default()
+    })
+    .await
+    .unwrap();
+    let (app_id, endpoint, account_id) = app_with_account(&simulator, 0);
+
+    // `| head -1`: one line read, then the pipe is closed. The checks go on (the account really
+    // is unbound, its replay sent) and the exit status is theirs.
+    let (code, stderr) = check_adapter_into_closed_pipe(
+        &[
+            "--endpoint",
+            &endpoint,
+            "--phone",
+            PHONE,
+            "--unbind-account",
+            &account_id,
+        ],
+        1,
+    )
+    .await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.trim().is_empty(), "{stderr}");
+    assert_eq!(simulator.stats(&app_id).unbind_calls, 2);
+
+    // Closed before anything was read, and with --json (whose summary goes to stderr).
+    let (other_id, other_endpoint, _) =
+        app_with_account(&simulator, position(&simulator, &app_id) + 1);
+    for extra in [&[][..], &["--json"][..]] {
+        let mut args = vec!["--endpoint", other_endpoint.as_str(), "--phone", PHONE];
+        args.extend_from_slice(extra);
+        let (code, stderr) = check_adapter_into_closed_pipe(&args, 0).await;
+        assert_eq!(code, Some(0), "{extra:?}: {stderr}");
+        assert!(
+            !stderr.contains("panicked") && !stderr.to_lowercase().contains("pipe"),
+            "{extra:?}: {stderr}"
+        );
+        assert!(simulator.stats(&other_id).find_calls > 0);
+    }
+    simulator.shutdown().await;
+
+    // A check that fails still gives exit status 1.
+    let endpoint = serve(BrokenAdapter::default()).await;
+    for keep in [0, 1] {
+        let (code, stderr) = check_adapter_into_closed_pipe(
+            &["--endpoint", &endpoint, "--phone", PHONE, "--timeout", "2s"],
+            keep,
+        )
+        .await;
+        assert_eq!(code, Some(1), "{stderr}");
+        assert!(stderr.trim().is_empty(), "{stderr}");
+    }
+}
+
+/// The lines of `text` that are not blank.
+fn lines_of(text: &str) -> Vec<&str> {
+    text.lines().filter(|l| !l.trim().is_empty()).collect()
+}
+
+#[tokio::test]
+async fn an_endpoint_that_is_not_an_adapter_gets_one_line_and_exit_status_2() {
+    // The gateway's own port: it serves gRPC (AccountGateway, health, reflection), not AppAdapter.
+    let harness = common::Harness::start(common::Options {
+        apps: 1,
+        ..common::Options::default()
+    })
+    .await;
+    let endpoint = harness.endpoint();
+    for extra in [&[][..], &["--json"][..]] {
+        let mut args = vec!["--endpoint", endpoint.as_str(), "--phone", PHONE];
+        args.extend_from_slice(extra);
+        let run = check_adapter(&args).await;
+        assert_eq!(
+            run.code,
+            Some(2),
+            "{extra:?}:\n{}\n{}",
+            run.stdout,
+            run.stderr
+        );
+        // No table, no header: one line on stderr.
+        assert!(run.stdout.trim().is_empty(), "{extra:?}: {}", run.stdout);
+        let lines = lines_of(&run.stderr);
+        assert_eq!(lines.len(), 1, "{extra:?}: {}", run.stderr);
+        let line = lines[0];
+        for expected in [
+            "error:",
+            endpoint.as_str(),
+            "does not serve unbind.v1.AppAdapter",
+            "UNIMPLEMENTED",
+            "adapter's address",
+            // What reflection says it serves instead.
+            "unbind.v1.AccountGateway",
+        ] {
+            assert!(line.contains(expected), "{expected:?} missing: {line}");
+        }
+        assert!(!line.contains("FAIL") && !line.contains("CHECK"), "{line}");
+        run.assert_private(&[RAW]);
+    }
+    harness.stop().await;
+
+    // A gRPC server without reflection (health only): the same line, without the list.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let (_reporter, health) = tonic_health::server::health_reporter();
+    tokio::spawn(
+        Server::builder()
+            .add_service(health)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let run = check_adapter(&["--endpoint", &endpoint, "--timeout", "2s"]).await;
+    assert_eq!(run.code, Some(2), "{}\n{}", run.stdout, run.stderr);
+    assert!(run.stdout.trim().is_empty(), "{}", run.stdout);
+    let lines = lines_of(&run.stderr);
+    assert_eq!(lines.len(), 1, "{}", run.stderr);
+    assert!(
+        lines[0].contains("does not serve unbind.v1.AppAdapter")
+            && lines[0].contains(&endpoint)
+            && lines[0].contains("UNIMPLEMENTED"),
+        "{}",
+        lines[0]
+    );
+
+    // An adapter that lists unbind.v1.AppAdapter by reflection but has not implemented
+    // FindAccounts yet is an adapter failing its checks: the table, exit status 1.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let reflection = tonic_reflection::server::Builder::configure()
+        .include_reflection_service(false)
+        .register_encoded_file_descriptor_set(unbind_gateway::proto::FILE_DESCRIPTOR_SET)
+        .with_service_name("unbind.v1.AppAdapter")
+        .build_v1()
+        .unwrap();
+    tokio::spawn(
+        Server::builder()
+            .add_service(AppAdapterServer::new(UnfinishedAdapter::default()))
+            .add_service(reflection)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let run = check_adapter(&["--endpoint", &endpoint, "--timeout", "2s"]).await;
+    assert_eq!(run.code, Some(1), "{}\n{}", run.stdout, run.stderr);
+    assert!(!run.stderr.contains("does not serve"), "{}", run.stderr);
+    assert!(
+        run.line("reachable").contains("UNIMPLEMENTED"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(
+        run.table()["recycled-empty-batch"],
+        "PASS",
+        "{}",
+        run.stdout
+    );
+}
+
+/// An adapter whose FindAccounts is not written yet; the rest is [`BrokenAdapter`]'s.
+#[derive(Default)]
+struct UnfinishedAdapter(BrokenAdapter);
+
+#[tonic::async_trait]
+impl AppAdapter for UnfinishedAdapter {
+    async fn find_accounts(
+        &self,
+        _request: Request<FindAccountsRequest>,
+    ) -> Result<Response<FindAccountsResponse>, Status> {
+        Err(Status::unimplemented("FindAccounts is not implemented yet"))
+    }
+
+    async fn unbind_account(
+        &self,
+        request: Request<UnbindAccountRequest>,
+    ) -> Result<Response<UnbindAccountResponse>, Status> {
+        self.0.unbind_account(request).await
+    }
+
+    async fn get_unbind_status(
+        &self,
+        request: Request<GetUnbindStatusRequest>,
+    ) -> Result<Response<UnbindAccountResponse>, Status> {
+        self.0.get_unbind_status(request).await
+    }
+
+    async fn notify_numbers_recycled(
+        &self,
+        request: Request<NotifyNumbersRecycledRequest>,
+    ) -> Result<Response<NotifyNumbersRecycledResponse>, Status> {
+        self.0.notify_numbers_recycled(request).await
+    }
+}
+
+/// The rows `simulate-apps --print-test-account` printed: (app id, endpoint, account id).
+fn test_account_rows(lines: &[String]) -> Vec<(String, String, String)> {
+    lines
+        .iter()
+        .filter_map(|line| {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            match words.as_slice() {
+                [app, endpoint, account]
+                    if app.starts_with("app-")
+                        && endpoint.starts_with("http")
+                        && account.starts_with("acct-") =>
+                {
+                    Some((app.to_string(), endpoint.to_string(), account.to_string()))
+                }
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_account_simulate_apps_prints_passes_every_check() {
+    use tokio::io::AsyncBufReadExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = dir.path().join("apps.toml");
+    let mut simulator = tokio::process::Command::new(env!("CARGO_BIN_EXE_unbind-gateway"))
+        .args(["simulate-apps", "--apps", "20", "--base-port", "0"])
+        .args(["--latency", "0s", "--unbind-completion", "300ms"])
+        .arg("--catalog-out")
+        .arg(&catalog)
+        .args(["--print-test-account", PHONE])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the binary starts");
+    // Its start-up lines, up to the one that says it serves.
+    let mut lines = tokio::io::BufReader::new(simulator.stdout.take().unwrap()).lines();
+    let mut printed = Vec::new();
+    loop {
+        let line = tokio::time::timeout(RUN_LIMIT, lines.next_line())
+            .await
+            .expect("simulate-apps printed in time")
+            .unwrap()
+            .unwrap_or_else(|| panic!("simulate-apps ended:\n{}", printed.join("\n")));
+        let serving = line.starts_with("Serving");
+        printed.push(line);
+        if serving {
+            break;
+        }
+    }
+    let text = printed.join("\n");
+    assert!(text.contains("138****8000"), "{text}");
+    assert!(!text.contains(RAW), "{text}");
+    let rows = test_account_rows(&printed);
+    assert!(!rows.is_empty(), "{text}");
+    let (_, endpoint, account_id) = &rows[0];
+
+    let run = check_adapter(&[
+        "--endpoint",
+        endpoint,
+        "--phone",
+        PHONE,
+        "--unbind-account",
+        account_id,
+    ])
+    .await;
+    assert_eq!(run.code, Some(0), "{}\n{}", run.stdout, run.stderr);
+    let table = run.table();
+    for check in ALL_CHECKS {
+        assert_eq!(
+            table.get(check).map(String::as_str),
+            Some("PASS"),
+            "{check}:\n{}",
+            run.stdout
+        );
+    }
+    run.assert_private(&[RAW, account_id]);
+    simulator.kill().await.unwrap();
+}
+
+/// Words of the gateway's own design an adapter vendor who has read only adapter.proto does not
+/// know. Each matches at the start of a word, so "tickets" and "sealed" count, "please" does not.
+const JARGON: [&str; 14] = [
+    "seal",
+    "account ref",
+    "fan-out",
+    "fan out",
+    "ticket",
+    "tenant",
+    "holder protection",
+    "holder_since",
+    "holder since",
+    "lease",
+    "session",
+    "catalog",
+    "cache",
+    "correlat",
+];
+
+/// The jargon words in `text`.
+fn jargon_in(text: &str) -> Vec<&'static str> {
+    let words: String = text
+        .to_lowercase()
+        .chars()
+        .map(|c| {
+            if c.is_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                ' '
+            }
+        })
+        .collect();
+    let words = format!(
+        " {} ",
+        words.split_whitespace().collect::<Vec<_>>().join(" ")
+    );
+    JARGON
+        .into_iter()
+        .filter(|term| words.contains(&format!(" {term}")))
+        .collect()
+}
+
+/// The account [`WrongAdapter`] is asked to unbind.
+const WRONG_ACCOUNT: &str = "acct-wrong-1";
+
+/// An adapter that gets nearly everything wrong, so the suite prints most of its failure
+/// messages: INTERNAL for any other number, malformed ones included; ill-formed accounts for the
+/// test number, fewer of them the second time and RESOURCE_EXHAUSTED after that; an answer for
+/// unbinds it never saw; an unbind it cannot repeat and whose state it does not know; and a
+/// count for an empty batch, which it then refuses to repeat.
+#[derive(Default)]
+struct WrongAdapter {
+    finds: Mutex<u32>,
+    unbinds: Mutex<u32>,
+    batches: Mutex<u32>,
+}
+
+#[tonic::async_trait]
+impl AppAdapter for WrongAdapter {
+    async fn find_accounts(
+        &self,
+        request: Request<FindAccountsRequest>,
+    ) -> Result<Response<FindAccountsResponse>, Status> {
+        if request.into_inner().phone_number != PHONE {
+            return Err(Status::internal("the database is down"));
+        }
+        let call = {
+            let mut finds = self.finds.lock().unwrap();
+            *finds += 1;
+            *finds
+        };
+        let at = |seconds| Some(prost_types::Timestamp { seconds, nanos: 0 });
+        let account = |id: &str, hint: &str, bound_at| AdapterAccount {
+            account_id: id.to_owned(),
+            display_hint: hint.to_owned(),
+            bound_at,
+            unbind_supported: true,
+        };
+        let mut accounts = vec![
+            account(WRONG_ACCOUNT, "l***i", at(1_600_000_000)),
+            account(WRONG_ACCOUNT, "l***i", at(1_600_000_000)),
+            account(&"x".repeat(3000), "zhangwei", None),
+            account("", "w***i", at(4_000_000_000)),
+            account("acct-wrong-2", "w***i", at(0)),
+        ];
+        match call {
+            1 => {}
+            2 => {
+                accounts.pop();
+            }
+            _ => return Err(Status::resource_exhausted("one call at a time")),
+        }
+        Ok(Response::new(FindAccountsResponse { accounts }))
+    }
+
+    async fn unbind_account(
+        &self,
+        _request: Request<UnbindAccountRequest>,
+    ) -> Result<Response<UnbindAccountResponse>, Status> {
+        let mut unbinds = self.unbinds.lock().unwrap();
+        *unbinds += 1;
+        if *unbinds > 1 {
+            return Err(Status::internal("already asked"));
+        }
+        Ok(Response::new(UnbindAccountResponse {
+            state: State::Accepted as i32,
+            vendor_ref: "wrong-1".to_owned(),
+            detail: String::new(),
+        }))
+    }
+
+    async fn get_unbind_status(
+        &self,
+        _request: Request<GetUnbindStatusRequest>,
+    ) -> Result<Response<UnbindAccountResponse>, Status> {
+        Ok(Response::new(UnbindAccountResponse {
+            state: State::Unspecified as i32,
+            vendor_ref: "wrong-2".to_owned(),
+            detail: String::new(),
+        }))
+    }
+
+    async fn notify_numbers_recycled(
+        &self,
+        _request: Request<NotifyNumbersRecycledRequest>,
+    ) -> Result<Response<NotifyNumbersRecycledResponse>, Status> {
+        let mut batches = self.batches.lock().unwrap();
+        *batches += 1;
+        if *batches > 1 {
+            return Err(Status::failed_precondition("batch already received"));
+        }
+        Ok(Response::new(NotifyNumbersRecycledResponse { accepted: 1 }))
+    }
+}
+
+#[tokio::test]
+async fn nothing_printed_uses_the_gateways_own_words() {
+    let mut printed = Vec::new();
+
+    // Every check passing, the destructive ones included, as a table and as JSON.
+    let simulator = Simulator::start(SimulatorConfig {
+        apps: 20,
+        behaviour: Behaviour {
+            unbind_completion: Duration::from_millis(300),
+            ..Behaviour::default()
+        },
+        ..SimulatorConfig::default()
+    })
+    .await
+    .unwrap();
+    let (app_id, endpoint, account_id) = app_with_account(&simulator, 0);
+    let run = check_adapter(&[
+        "--endpoint",
+        &endpoint,
+        "--phone",
+        PHONE,
+        "--unbind-account",
+        &account_id,
+    ])
+    .await;
+    assert_eq!(run.code, Some(0), "{}\n{}", run.stdout, run.stderr);
+    printed.push(run);
+    let (_, other_endpoint, _) = app_with_account(&simulator, position(&simulator, &app_id) + 1);
+    // Read-only and without --phone: the skipped checks say why.
+    for args in [
+        vec!["--endpoint", other_endpoint.as_str(), "--json"],
+        vec!["--endpoint", other_endpoint.as_str()],
+    ] {
+        let run = check_adapter(&args).await;
+        assert_eq!(run.code, Some(0), "{}\n{}", run.stdout, run.stderr);
+        printed.push(run);
+    }
+    simulator.shutdown().await;
+
+    // Failing checks: the broken adapter and the one that gets nearly everything wrong.
+    let endpoint = serve(BrokenAdapter::default()).await;
+    let run = check_adapter(&[
+        "--endpoint",
+        &endpoint,
+        "--phone",
+        PHONE,
+        "--unbind-account",
+        BROKEN_ACCOUNT,
+        "--timeout",
+        "2s",
+    ])
+    .await;
+    assert_eq!(run.code, Some(1), "{}\n{}", run.stdout, run.stderr);
+    printed.push(run);
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(
+        Server::builder()
+            .add_service(AppAdapterServer::new(WrongAdapter::default()))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let run = check_adapter(&[
+        "--endpoint",
+        &endpoint,
+        "--phone",
+        PHONE,
+        "--unbind-account",
+        WRONG_ACCOUNT,
+        "--timeout",
+        "2s",
+    ])
+    .await;
+    assert_eq!(run.code, Some(1), "{}\n{}", run.stdout, run.stderr);
+    let expected: BTreeMap<String, String> = [
+        ("reachable", "PASS"),
+        ("unknown-number", "FAIL"),
+        ("malformed-number", "FAIL"),
+        ("accounts-well-formed", "FAIL"),
+        ("accounts-stable", "FAIL"),
+        ("status-unknown-key", "FAIL"),
+        ("recycled-empty-batch", "FAIL"),
+        ("recycled-batch-replay", "FAIL"),
+        ("concurrency", "FAIL"),
+        ("unbind-answer", "PASS"),
+        ("unbind-idempotent", "FAIL"),
+        ("unbind-status", "FAIL"),
+        ("unbind-removes-account", "FAIL"),
+    ]
+    .into_iter()
+    .map(|(c, r)| (c.to_owned(), r.to_owned()))
+    .collect();
+    assert_eq!(run.table(), expected, "{}", run.stdout);
+    let accounts = run.line("accounts-well-formed");
+    for problem in [
+        "empty account_id",
+        "repeat an account_id",
+        "over 2813 bytes",
+        "unmasked display_hint",
+        "without bound_at",
+        "bound_at in the future",
+        "implausible bound_at",
+    ] {
+        assert!(accounts.contains(problem), "{problem:?}: {accounts}");
+    }
+    assert!(run.line("status-unknown-key").contains("NOT_FOUND"));
+    run.assert_private(&[RAW, WRONG_ACCOUNT]);
+    printed.push(run);
+
+    // Nothing listens: `reachable` fails, the rest is skipped.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let run = check_adapter(&[
+        "--endpoint",
+        &format!("http://127.0.0.1:{port}"),
+        "--phone",
+        PHONE,
+        "--timeout",
+        "2s",
+    ])
+    .await;
+    assert_eq!(run.code, Some(1), "{}\n{}", run.stdout, run.stderr);
+    printed.push(run);
+
+    // And the help.
+    let run = check_adapter(&["--help"]).await;
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    printed.push(run);
+
+    for run in &printed {
+        let text = format!("{}\n{}", run.stdout, run.stderr);
+        let found = jargon_in(&text);
+        assert!(found.is_empty(), "{found:?} in:\n{text}");
+    }
+    // The help says where a test account to unbind can be had.
+    let help = &printed[printed.len() - 1].stdout;
+    assert!(
+        help.contains("simulate-apps --print-test-account"),
+        "{help}"
+    );
+    assert_eq!(
+        jargon_in("a sealed account ref; Tickets, please"),
+        ["seal", "account ref", "ticket"]
+    );
 }

@@ -551,3 +551,221 @@ async fn latency_and_completion_follow_a_paused_clock() {
     assert_eq!(sim.stats(&app_id).unbind_keys, ["key-p"]);
     sim.shutdown().await;
 }
+
+/// What `unbind-gateway simulate-apps ARGS` printed up to the line saying it serves, and the
+/// process (killed when dropped); or, if it exits first, everything it printed and its status.
+async fn simulate_apps(
+    args: &[&str],
+) -> (
+    Vec<String>,
+    Result<tokio::process::Child, (Option<i32>, String)>,
+) {
+    use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _};
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_unbind-gateway"))
+        .args(["simulate-apps", "--base-port", "0", "--latency", "0s"])
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the binary starts");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut printed = Vec::new();
+    let limit = Duration::from_secs(60);
+    loop {
+        let line = tokio::time::timeout(limit, lines.next_line())
+            .await
+            .expect("simulate-apps printed in time")
+            .expect("stdout is readable");
+        let Some(line) = line else {
+            let status = tokio::time::timeout(limit, child.wait())
+                .await
+                .expect("simulate-apps exited in time")
+                .expect("an exit status");
+            let mut stderr = String::new();
+            let _ = child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut stderr)
+                .await;
+            return (printed, Err((status.code(), stderr)));
+        };
+        let serving = line.starts_with("Serving");
+        printed.push(line);
+        if serving {
+            return (printed, Ok(child));
+        }
+    }
+}
+
+/// The (app id, endpoint, account id) rows of `--print-test-account`.
+fn test_account_rows(lines: &[String]) -> Vec<(String, String, String)> {
+    lines
+        .iter()
+        .filter_map(|line| {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            match words.as_slice() {
+                [app, endpoint, account]
+                    if app.starts_with("app-")
+                        && endpoint.starts_with("http")
+                        && account.starts_with("acct-") =>
+                {
+                    Some((app.to_string(), endpoint.to_string(), account.to_string()))
+                }
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn simulate_apps_prints_a_test_account_each_app_really_holds() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let catalog = dir.path().join("apps.toml");
+    let catalog = catalog.to_str().expect("a UTF-8 path");
+    // The bare national form is accepted, as everywhere a person types a number.
+    let (printed, child) = simulate_apps(&[
+        "--apps",
+        "20",
+        "--catalog-out",
+        catalog,
+        "--print-test-account",
+        "13800138000",
+    ])
+    .await;
+    let text = printed.join("\n");
+    let child = child.unwrap_or_else(|e| panic!("{e:?}\n{text}"));
+    assert!(text.contains("138****8000"), "{text}");
+    assert!(!text.contains("13800138000"), "{text}");
+    assert!(text.contains("check-adapter"), "{text}");
+    let rows = test_account_rows(&printed);
+    // Exactly the apps that hold an account for the number they can unbind, in id order.
+    let expected: Vec<String> = (1..=20)
+        .map(|n| format!("app-{n:03}"))
+        .filter(|id| {
+            accounts_for(42, id, PHONE)
+                .iter()
+                .any(|a| a.unbind_supported)
+        })
+        .collect();
+    assert!(!expected.is_empty());
+    let apps: Vec<&str> = rows.iter().map(|(app, _, _)| app.as_str()).collect();
+    assert_eq!(apps, expected, "{text}");
+    // Each is really listed by that app, and can be unbound.
+    for (_, endpoint, account_id) in &rows {
+        let listed = adapter(endpoint)
+            .find_accounts(find(PHONE))
+            .await
+            .expect("FindAccounts answers")
+            .into_inner()
+            .accounts;
+        assert!(
+            listed
+                .iter()
+                .any(|a| &a.account_id == account_id && a.unbind_supported),
+            "{endpoint}: {text}"
+        );
+    }
+    drop(child);
+
+    // --app: that app only; an app that holds none says so; an unknown app is refused.
+    let holder = &expected[0];
+    let (printed, child) = simulate_apps(&[
+        "--apps",
+        "20",
+        "--catalog-out",
+        catalog,
+        "--print-test-account",
+        PHONE,
+        "--app",
+        holder,
+    ])
+    .await;
+    let text = printed.join("\n");
+    let _child = child.unwrap_or_else(|e| panic!("{e:?}\n{text}"));
+    let rows = test_account_rows(&printed);
+    assert_eq!(rows.len(), 1, "{text}");
+    assert_eq!(&rows[0].0, holder);
+
+    let empty = (1..=20)
+        .map(|n| format!("app-{n:03}"))
+        .find(|id| !expected.contains(id))
+        .expect("some app holds no account for the number");
+    let (printed, child) = simulate_apps(&[
+        "--apps",
+        "20",
+        "--catalog-out",
+        catalog,
+        "--print-test-account",
+        PHONE,
+        "--app",
+        &empty,
+    ])
+    .await;
+    let text = printed.join("\n");
+    let _child = child.unwrap_or_else(|e| panic!("{e:?}\n{text}"));
+    assert!(test_account_rows(&printed).is_empty(), "{text}");
+    assert!(
+        printed
+            .iter()
+            .any(|l| l.contains(&empty) && l.contains("no account")),
+        "{text}"
+    );
+
+    let (printed, exited) = simulate_apps(&[
+        "--apps",
+        "20",
+        "--catalog-out",
+        catalog,
+        "--print-test-account",
+        PHONE,
+        "--app",
+        "app-999",
+    ])
+    .await;
+    let (code, stderr) = exited.expect_err("an unknown app is refused");
+    assert_ne!(code, Some(0), "{printed:?}");
+    assert!(stderr.contains("app-999"), "{stderr}");
+    // --app without --print-test-account is a usage error.
+    let (_, exited) = simulate_apps(&["--apps", "2", "--app", "app-001"]).await;
+    assert_eq!(exited.expect_err("refused").0, Some(2));
+}
+
+#[tokio::test]
+async fn the_test_account_is_one_nobody_asked_to_unbind_yet() {
+    let sim = start(20, Behaviour::default()).await;
+    let app = sim
+        .apps()
+        .into_iter()
+        .find(|app| sim.test_account(&app.id, PHONE).is_some())
+        .expect("some app holds an account for the number");
+    let first = sim.test_account(&app.id, PHONE).unwrap();
+    let listed = accounts_for(sim.seed(), &app.id, PHONE);
+    assert!(
+        listed
+            .iter()
+            .any(|a| a.account_id == first && a.unbind_supported)
+    );
+    assert_eq!(sim.test_account("app-999", PHONE), None);
+    assert_eq!(sim.test_account(&app.id, "+8613800138001").is_some(), {
+        accounts_for(sim.seed(), &app.id, "+8613800138001")
+            .iter()
+            .any(|a| a.unbind_supported)
+    });
+
+    // Once unbound, it is no longer offered: the next one is, or none.
+    adapter(&app.endpoint)
+        .unbind_account(unbind("key-test", &first, PHONE))
+        .await
+        .expect("UnbindAccount answers");
+    let next = sim.test_account(&app.id, PHONE);
+    assert_ne!(next.as_deref(), Some(first.as_str()));
+    let expected = listed
+        .iter()
+        .find(|a| a.unbind_supported && a.account_id != first)
+        .map(|a| a.account_id.clone());
+    assert_eq!(next, expected);
+    sim.shutdown().await;
+}

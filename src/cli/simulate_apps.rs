@@ -3,6 +3,12 @@
 //! gateway configuration can paste. With `--tls-cert`/`--tls-key` (e.g. `certs/adapter.pem` and
 //! `certs/adapter.key` from `unbind-gateway certs`) the apps serve TLS, and with `--tls-client-ca`
 //! they also require the gateway's client certificate.
+//!
+//! With `--print-test-account NUMBER` it also prints, for each app (or the `--app` one), its
+//! endpoint and an account id it holds for that number and can unbind: what
+//! `check-adapter --endpoint URL --phone NUMBER --unbind-account ID` needs to run every check,
+//! the destructive ones included. The number is printed masked; the account ids are the
+//! simulator's own, made up from the seed.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -11,6 +17,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
+use crate::domain::E164;
 use crate::testkit::simulated_apps::{
     Behaviour, Latency, Simulator, SimulatorConfig, catalog_toml,
 };
@@ -57,6 +64,14 @@ pub struct SimulateAppsArgs {
     /// Require client certificates signed by this CA (PEM); needs --tls-cert.
     #[arg(long, requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
+    /// Also print, for each app, its endpoint and an account id it holds for this test number
+    /// (E.164) and can unbind: for `check-adapter --endpoint URL --phone NUMBER --unbind-account
+    /// ID`. Each account can be unbound once per run. The number is printed masked.
+    #[arg(long, value_name = "E164", value_parser = parse_phone)]
+    pub print_test_account: Option<E164>,
+    /// With --print-test-account: only this app (e.g. app-007).
+    #[arg(long, value_name = "APP_ID", requires = "print_test_account")]
+    pub app: Option<String>,
 }
 
 impl SimulateAppsArgs {
@@ -120,6 +135,16 @@ pub async fn run(args: SimulateAppsArgs) -> anyhow::Result<()> {
         .await
         .context("starting the simulated apps")?;
     let apps = simulator.apps();
+    if let Some(id) = &args.app {
+        if !apps.iter().any(|app| &app.id == id) {
+            let range = match (apps.first(), apps.last()) {
+                (Some(first), Some(last)) => format!("{} to {}", first.id, last.id),
+                _ => "none: --apps 0".to_owned(),
+            };
+            simulator.shutdown().await;
+            anyhow::bail!("--app {id}: no such simulated app (the apps are {range})");
+        }
+    }
 
     let catalog = format!(
         "# {} simulated apps (seed {}), for the gateway configuration.\n\n{}",
@@ -135,6 +160,17 @@ pub async fn run(args: SimulateAppsArgs) -> anyhow::Result<()> {
             println!("App catalog written to {}", path.display());
         }
         None => println!("{catalog}"),
+    }
+
+    if let Some(phone) = &args.print_test_account {
+        let tls = match (serves_tls, client_certificates) {
+            (false, _) => TestTls::None,
+            (true, false) => TestTls::Server,
+            (true, true) => TestTls::Mutual,
+        };
+        for line in test_account_lines(&simulator, phone, args.app.as_deref(), tls) {
+            println!("{line}");
+        }
     }
 
     let ports: Vec<u16> = apps
@@ -170,6 +206,87 @@ pub async fn run(args: SimulateAppsArgs) -> anyhow::Result<()> {
     println!("Stopping the simulated apps…");
     simulator.shutdown().await;
     Ok(())
+}
+
+/// What a client of the apps needs besides the endpoint, for the check-adapter line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TestTls {
+    None,
+    /// --ca.
+    Server,
+    /// --ca, --cert and --key.
+    Mutual,
+}
+
+/// The lines `--print-test-account` prints: a table of each app (or `only`) with an account it
+/// holds for `phone` and can unbind, its endpoint and that account's id; then how to check one
+/// with `check-adapter`. The number is printed masked.
+fn test_account_lines(
+    simulator: &Simulator,
+    phone: &E164,
+    only: Option<&str>,
+    tls: TestTls,
+) -> Vec<String> {
+    let rows: Vec<(String, String, String)> = simulator
+        .apps()
+        .into_iter()
+        .filter(|app| only.is_none_or(|id| app.id == id))
+        .filter_map(|app| {
+            let account = simulator.test_account(&app.id, phone.expose())?;
+            Some((app.id, app.endpoint, account))
+        })
+        .collect();
+    let Some((_, endpoint, account)) = rows.first() else {
+        return vec![match only {
+            Some(id) => format!(
+                "{id} holds no account for {phone} that it can unbind: leave out --app to see \
+                 the apps that do, or try another number."
+            ),
+            None => format!(
+                "No app holds an account for {phone} that it can unbind: try another number, or \
+                 more --apps."
+            ),
+        }];
+    };
+    let width = rows.iter().map(|(_, e, _)| e.len()).max().unwrap_or(0) + 2;
+    let mut lines = vec![
+        format!(
+            "Test accounts for {phone} (the --print-test-account number): each app below holds \
+             this account for it and can unbind it, once per run of simulate-apps."
+        ),
+        format!("{:<10}{:<width$}ACCOUNT_ID", "APP", "ENDPOINT"),
+    ];
+    lines.extend(
+        rows.iter()
+            .map(|(app, endpoint, account)| format!("{app:<10}{endpoint:<width$}{account}")),
+    );
+    let (flags, files) = match tls {
+        TestTls::None => ("", ""),
+        TestTls::Server => (
+            " --ca CA.pem",
+            ", CA.pem the CA that signed --tls-cert (certs/ca.pem)",
+        ),
+        TestTls::Mutual => (
+            " --ca CA.pem --cert CLIENT.pem --key CLIENT.key",
+            ", CA.pem the CA that signed --tls-cert (certs/ca.pem) and CLIENT.pem/.key a \
+             certificate --tls-client-ca signed (certs/gateway-client.pem and .key)",
+        ),
+    };
+    lines.push(format!(
+        "Check one with every check (this unbinds its account), NUMBER being the number given to \
+         --print-test-account{files}:"
+    ));
+    lines.push(format!(
+        "  unbind-gateway check-adapter --endpoint {endpoint}{flags} --phone NUMBER \
+         --unbind-account {account}"
+    ));
+    lines
+}
+
+/// A test number, as `check-adapter --phone` takes it.
+fn parse_phone(input: &str) -> Result<E164, String> {
+    E164::parse(input)
+        .map_err(|_| "not a valid mobile number (E.164, e.g. +8613800138000)".to_owned())
 }
 
 /// Waits for Ctrl-C, or SIGTERM where there is one.
@@ -262,6 +379,63 @@ mod tests {
         let cli = Cli::try_parse_from(["x", "--latency", "50ms", "--latency-max", "5ms"])
             .expect("options parse");
         assert!(cli.args.config().is_err());
+    }
+
+    #[test]
+    fn a_test_account_is_asked_for_with_a_valid_number() {
+        let cli = Cli::try_parse_from(["x", "--print-test-account", "13800138000"])
+            .expect("options parse");
+        let phone = cli.args.print_test_account.expect("a number");
+        assert_eq!(phone.expose(), "+8613800138000");
+        assert!(Cli::try_parse_from(["x", "--print-test-account", "12345"]).is_err());
+        // --app narrows --print-test-account; alone it means nothing.
+        assert!(Cli::try_parse_from(["x", "--app", "app-001"]).is_err());
+        let cli = Cli::try_parse_from([
+            "x",
+            "--print-test-account",
+            "+8613800138000",
+            "--app",
+            "app-001",
+        ])
+        .expect("options parse");
+        assert_eq!(cli.args.app.as_deref(), Some("app-001"));
+    }
+
+    #[tokio::test]
+    async fn test_account_lines_name_real_accounts_and_mask_the_number() {
+        let simulator = Simulator::start(SimulatorConfig {
+            apps: 20,
+            ..SimulatorConfig::default()
+        })
+        .await
+        .expect("the apps start");
+        let phone = E164::parse("+8613800138000").expect("a number");
+        let lines = test_account_lines(&simulator, &phone, None, TestTls::Mutual);
+        let text = lines.join("\n");
+        assert!(text.contains("138****8000"), "{text}");
+        assert!(!text.contains("13800138000"), "{text}");
+        assert!(text.contains("--ca CA.pem --cert CLIENT.pem"), "{text}");
+        let rows: Vec<Vec<&str>> = lines
+            .iter()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .filter(|w| w.len() == 3 && w[0].starts_with("app-"))
+            .collect();
+        assert!(!rows.is_empty(), "{text}");
+        for row in &rows {
+            assert_eq!(
+                simulator.test_account(row[0], phone.expose()).as_deref(),
+                Some(row[2])
+            );
+        }
+        let none = simulator
+            .apps()
+            .into_iter()
+            .find(|a| simulator.test_account(&a.id, phone.expose()).is_none())
+            .expect("an app without one");
+        let lines = test_account_lines(&simulator, &phone, Some(&none.id), TestTls::None);
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(lines[0].contains("holds no account"), "{lines:?}");
+        simulator.shutdown().await;
     }
 
     #[test]

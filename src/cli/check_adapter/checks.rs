@@ -1,5 +1,9 @@
 //! The checks, in the order they run, and the `Suite` that runs them against one adapter: each
 //! calls the adapter the way the gateway does and concludes PASS, FAIL or SKIP with a reason.
+//!
+//! The reasons are written for the adapter's vendor, who knows adapter.proto and nothing of the
+//! gateway's insides: what the adapter did and what it should do, in the proto's terms (RPC
+//! names, fields, status codes).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
@@ -24,6 +28,7 @@ use crate::security::{MAX_ACCOUNT_ID_BYTES, escaped_len, random_id};
 
 use super::CheckAdapterArgs;
 use super::report::{Outcome, Reporter, Verdict, describe, fail, pass, skip, vendor_text};
+use super::services::{APP_ADAPTER, served_services};
 
 /// How many look-ups the concurrency check sends at once.
 const CONCURRENT_CALLS: usize = 16;
@@ -107,9 +112,22 @@ struct FirstUnbind {
     answer: UnbindAccountResponse,
 }
 
+/// The endpoint answered UNIMPLEMENTED to the first `FindAccounts` and does not list
+/// `unbind.v1.AppAdapter` by reflection: it is not an adapter (a wrong port, the gateway's own
+/// address), and the suite does not run.
+#[derive(Debug)]
+pub(super) struct NotAnAdapter {
+    /// The answer, as printed: `UNIMPLEMENTED`, with the server's message if it sent one.
+    pub(super) answer: String,
+    /// What it serves instead, when it answers reflection.
+    pub(super) serves: Option<Vec<String>>,
+}
+
 /// The adapter under test and what earlier checks learned from it.
 pub(super) struct Suite {
     client: AppAdapterClient<Channel>,
+    /// The same connection, to ask by reflection what a server that is not an adapter serves.
+    channel: Channel,
     timeout: Duration,
     phone: Option<E164>,
     account: Option<String>,
@@ -123,7 +141,8 @@ pub(super) struct Suite {
 impl Suite {
     pub(super) fn new(channel: Channel, args: &CheckAdapterArgs) -> Self {
         Self {
-            client: AppAdapterClient::new(channel),
+            client: AppAdapterClient::new(channel.clone()),
+            channel,
             timeout: args.timeout,
             phone: args.phone.clone(),
             account: args.unbind_account.clone(),
@@ -134,22 +153,23 @@ impl Suite {
     }
 
     /// Runs every check in order, reporting each as it finishes; an unreachable adapter skips
-    /// the rest.
-    pub(super) async fn run(&mut self, report: &mut Reporter) {
+    /// the rest. `Err` before anything is reported when the endpoint is not an adapter at all.
+    pub(super) async fn run(&mut self, report: &mut Reporter) -> Result<(), NotAnAdapter> {
         for check in Check::ALL {
             let started = Instant::now();
-            let (outcome, stop) = self.check(check).await;
+            let (outcome, stop) = self.check(check).await?;
             let elapsed = (outcome.verdict != Verdict::Skip).then(|| started.elapsed());
             report.record(check, outcome, elapsed);
             if stop {
                 report.skip_rest("not run: the adapter is not reachable");
-                return;
+                return Ok(());
             }
         }
+        Ok(())
     }
 
     /// Runs one check; true as well when the suite cannot go on (the adapter is not reachable).
-    async fn check(&mut self, check: Check) -> (Outcome, bool) {
+    async fn check(&mut self, check: Check) -> Result<(Outcome, bool), NotAnAdapter> {
         let outcome = match check {
             Check::Reachable => return self.reachable().await,
             Check::UnknownNumber => self.unknown_number().await,
@@ -165,7 +185,7 @@ impl Suite {
             Check::UnbindStatus => self.unbind_status().await,
             Check::UnbindRemovesAccount => self.unbind_removes_account().await,
         };
-        (outcome, false)
+        Ok((outcome, false))
     }
 
     /// Sets the per-call deadline, as the gateway does (`grpc-timeout`).
@@ -242,7 +262,9 @@ impl Suite {
 
     /// `FindAccounts` for a valid number (the test number if given) answers OK in time. The bool
     /// is true when the adapter could not be reached at all, so the other checks are pointless.
-    async fn reachable(&mut self) -> (Outcome, bool) {
+    /// UNIMPLEMENTED from a server that does not list `unbind.v1.AppAdapter` by reflection (or
+    /// does not answer reflection) is [`NotAnAdapter`]: every other check would fail the same way.
+    async fn reachable(&mut self) -> Result<(Outcome, bool), NotAnAdapter> {
         let (number, which) = match &self.phone {
             Some(phone) => (phone.expose().to_owned(), "the --phone number"),
             None => (random_number(None), "a random valid number"),
@@ -258,16 +280,28 @@ impl Suite {
                     millis(elapsed),
                     humantime::format_duration(self.timeout)
                 ));
-                (outcome, false)
+                Ok((outcome, false))
             }
             Err(status) => {
+                if status.code() == Code::Unimplemented {
+                    let serves = served_services(self.channel.clone(), self.timeout).await;
+                    let adapter = serves
+                        .as_ref()
+                        .is_some_and(|s| s.iter().any(|name| name == APP_ADAPTER));
+                    if !adapter {
+                        return Err(NotAnAdapter {
+                            answer: describe(&status),
+                            serves,
+                        });
+                    }
+                }
                 let unreachable = is_unreachable(&status);
                 let outcome = fail(format!(
                     "FindAccounts for {which} answered {} after {}: expected OK",
                     describe(&status),
                     millis(elapsed)
                 ));
-                (outcome, unreachable)
+                Ok((outcome, unreachable))
             }
         }
     }
@@ -351,9 +385,8 @@ impl Suite {
             .max()
             .unwrap_or(0);
         pass(format!(
-            "{} ({supported} can be unbound): unique ids of at most {longest} bytes (limit \
-             {MAX_ACCOUNT_ID_BYTES}: the most a sealed account ref carries), masked hints, past \
-             bound_at",
+            "{} ({supported} with unbind_supported): unique account_ids of at most {longest} \
+             bytes (limit {MAX_ACCOUNT_ID_BYTES}), masked display_hints, bound_at in the past",
             plural(accounts.len(), "account", "accounts")
         ))
     }
@@ -424,7 +457,8 @@ impl Suite {
             pass("NOT_FOUND by an unused idempotency_key and by an unused vendor_ref")
         } else {
             fail(format!(
-                "{}; expected NOT_FOUND (the gateway re-sends an unbind the app says it lost)",
+                "{}; expected NOT_FOUND for an unbind the adapter never received (on NOT_FOUND \
+                 the gateway sends its UnbindAccount again)",
                 wrong.join(", ")
             ))
         }
@@ -730,8 +764,8 @@ fn account_problems(accounts: &[AdapterAccount], now_seconds: i64) -> Vec<String
             .filter(|a| escaped_len(&a.account_id) > MAX_ACCOUNT_ID_BYTES)
             .count(),
         &format!(
-            "with an account_id over {MAX_ACCOUNT_ID_BYTES} bytes (the gateway seals ids into \
-             account refs of at most 4096 characters)"
+            "with an account_id over {MAX_ACCOUNT_ID_BYTES} bytes once JSON-escaped, the \
+             longest the gateway accepts"
         ),
     );
     count(
@@ -743,7 +777,8 @@ fn account_problems(accounts: &[AdapterAccount], now_seconds: i64) -> Vec<String
     );
     count(
         accounts.iter().filter(|a| a.bound_at.is_none()).count(),
-        "without bound_at (the gateway cannot tell a previous holder's account)",
+        "without bound_at (when the number was bound to the account: without it UnbindAccount \
+         can only ever be sent with reason NUMBER_RECYCLED)",
     );
     let skew = i64::try_from(CLOCK_SKEW.as_secs()).unwrap_or(0);
     count(

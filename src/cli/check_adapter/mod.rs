@@ -12,11 +12,23 @@
 //! and whatever text the adapter sends back is cleaned of control characters, of the test number
 //! and account id, and of any other long digit run before it is printed.
 //!
+//! An endpoint that answers UNIMPLEMENTED to the first `FindAccounts` and does not list
+//! `unbind.v1.AppAdapter` by reflection is not an adapter (a wrong port, the gateway's own
+//! address): the person gets one line saying so, no table, and exit status 2.
+//!
+//! Every reason is worded for the adapter's vendor, in adapter.proto's terms; a closed stdout
+//! (`| head -1`) stops the printing, not the checks, so the exit status is still theirs.
+//!
+//! To try it without an adapter of one's own, `unbind-gateway simulate-apps
+//! --print-test-account NUMBER` prints, for each simulated app, its endpoint and an account id it
+//! holds for the number, for `--unbind-account`.
+//!
 //! [`checks`] holds the checks (one [`Check`] each, run in order by the `Suite`); [`report`]
-//! prints them, redacted.
+//! prints them, redacted; [`services`] asks a server that is not an adapter what it serves.
 
 mod checks;
 mod report;
+mod services;
 
 use std::fmt;
 use std::time::Duration;
@@ -28,23 +40,35 @@ use crate::cli::tls_args::ClientTlsArgs;
 use crate::domain::E164;
 
 pub use checks::Check;
-use checks::Suite;
+use checks::{NotAnAdapter, Suite};
 pub use report::Verdict;
 use report::{Redactor, Reporter, fail};
 
-/// Shown after `--help`: what is checked and what the exit status means.
+/// Shown after `--help`: what is checked, where to get a test account, and what the exit status
+/// means.
 pub const AFTER_HELP: &str = "\
-Checks: reachable, unknown-number (OK with an empty list), malformed-number (INVALID_ARGUMENT),
-accounts-well-formed and accounts-stable (with --phone), status-unknown-key (NOT_FOUND),
-recycled-empty-batch and recycled-batch-replay, concurrency (16 look-ups at once), and with
---unbind-account only: unbind-answer, unbind-idempotent, unbind-status, unbind-removes-account.
+Checks (adapter.proto's unbind.v1.AppAdapter): reachable (FindAccounts answers OK in time),
+unknown-number (FindAccounts: OK with an empty list), malformed-number (INVALID_ARGUMENT),
+accounts-well-formed and accounts-stable (with --phone), status-unknown-key (GetUnbindStatus:
+NOT_FOUND), recycled-empty-batch and recycled-batch-replay (NotifyNumbersRecycled), concurrency
+(16 FindAccounts at once), and with --unbind-account only: unbind-answer, unbind-idempotent,
+unbind-status, unbind-removes-account (UnbindAccount and GetUnbindStatus).
+
+To try it against simulated adapters: `unbind-gateway simulate-apps --print-test-account
++8613800138000` prints each simulated app's endpoint and an account id it holds for that number,
+to pass as --endpoint, --phone +8613800138000 and --unbind-account.
 
 Exit status: 0 when no check failed (skipped checks allowed), 1 when a check failed, 2 when the
-suite could not run (bad options, unreadable files). The test number is printed masked and
-account ids are never printed.";
+suite could not run (bad options, unreadable files, or an endpoint that does not serve
+unbind.v1.AppAdapter). The test number is printed masked and account ids are never printed.";
 
 /// `unbind-gateway check-adapter`: run the conformance suite against one adapter.
 #[derive(clap::Args)]
+// The shared help of --cert speaks of the gateway's own callers; here it is the adapter's client.
+#[command(mut_arg("cert", |arg| arg.help(
+    "The client certificate (PEM) to present for mutual TLS, e.g. the gateway's client \
+     certificate the adapter expects; with --key"
+)))]
 pub struct CheckAdapterArgs {
     /// The adapter's address: http://HOST:PORT, or https://HOST:PORT (needs --ca).
     #[arg(long, value_name = "URL")]
@@ -52,12 +76,14 @@ pub struct CheckAdapterArgs {
     #[command(flatten)]
     pub tls: ClientTlsArgs,
     /// A test number (E.164) the adapter holds at least one account for. Without it the checks
-    /// of the accounts it lists are skipped. Printed masked only.
+    /// of the accounts FindAccounts lists are skipped. Printed masked only.
     #[arg(long, value_name = "E164", value_parser = parse_phone)]
     pub phone: Option<E164>,
-    /// DESTRUCTIVE: really unbinds this test account of the --phone number, to check
-    /// UnbindAccount, its idempotency, GetUnbindStatus and that the account is gone afterwards.
-    /// Use only an account you can re-create, never a customer's. Nothing is unbound without it.
+    /// DESTRUCTIVE: really unbinds this test account (an account_id FindAccounts lists for the
+    /// --phone number), to check UnbindAccount, its idempotency, GetUnbindStatus and that the
+    /// account is gone afterwards. Use only an account you can re-create, never a customer's.
+    /// Nothing is unbound without it. For a simulated app, `simulate-apps --print-test-account`
+    /// prints one.
     #[arg(long, value_name = "ACCOUNT_ID", requires = "phone")]
     pub unbind_account: Option<String>,
     /// The deadline of each call (sent as grpc-timeout), e.g. "800ms", "5s". An accepted unbind
@@ -92,7 +118,8 @@ fn parse_phone(input: &str) -> Result<E164, String> {
 }
 
 /// Runs the suite and prints the results; `Ok(true)` when no check failed. `Err` only when the
-/// suite cannot start (bad options, unreadable TLS files).
+/// suite cannot run: bad options, unreadable TLS files, or an endpoint that does not serve
+/// `unbind.v1.AppAdapter` (its message is the one line the person gets; nothing else is printed).
 pub async fn run(args: CheckAdapterArgs) -> anyhow::Result<bool> {
     let endpoint = args.endpoint.trim().to_owned();
     let target = endpoint_with_tls(&endpoint, &args.tls, args.timeout)?;
@@ -114,8 +141,34 @@ pub async fn run(args: CheckAdapterArgs) -> anyhow::Result<bool> {
         }
     };
 
-    Suite::new(channel, &args).run(&mut report).await;
-    Ok(report.finish())
+    match Suite::new(channel, &args).run(&mut report).await {
+        Ok(()) => Ok(report.finish()),
+        Err(not) => Err(anyhow::anyhow!(
+            "{}",
+            report.clean(&not_an_adapter(&endpoint, &not))
+        )),
+    }
+}
+
+/// The one line for an endpoint that is not an adapter: what it answered, what it serves instead
+/// if it says, and the likely cause.
+fn not_an_adapter(endpoint: &str, not: &NotAnAdapter) -> String {
+    let serves = not
+        .serves
+        .as_deref()
+        .map(services::worth_naming)
+        .filter(|names| !names.is_empty())
+        .map(|names| {
+            let names: Vec<String> = names.iter().map(|n| report::vendor_text(n, "")).collect();
+            format!("; it serves {}", names.join(", "))
+        })
+        .unwrap_or_default();
+    format!(
+        "{endpoint} does not serve {} (it answered {} to FindAccounts{serves}): is this the \
+         adapter's address?",
+        services::APP_ADAPTER,
+        not.answer
+    )
 }
 
 /// Reports `reachable` failed for `why` and every other check skipped; false (a check failed).
@@ -195,5 +248,46 @@ mod tests {
             !debug.contains("13800138000") && !debug.contains("acct-secret-42"),
             "{debug}"
         );
+    }
+
+    #[test]
+    fn an_endpoint_that_is_not_an_adapter_is_told_in_one_line() {
+        let endpoint = "http://127.0.0.1:50051";
+        let gateway = NotAnAdapter {
+            answer: "UNIMPLEMENTED".to_owned(),
+            serves: Some(
+                [
+                    "unbind.v1.AccountGateway",
+                    "grpc.health.v1.Health",
+                    "grpc.reflection.v1.ServerReflection",
+                ]
+                .map(str::to_owned)
+                .into(),
+            ),
+        };
+        assert_eq!(
+            not_an_adapter(endpoint, &gateway),
+            "http://127.0.0.1:50051 does not serve unbind.v1.AppAdapter (it answered \
+             UNIMPLEMENTED to FindAccounts; it serves unbind.v1.AccountGateway): is this the \
+             adapter's address?"
+        );
+        // No reflection, or nothing but plumbing: no list.
+        for serves in [None, Some(vec!["grpc.health.v1.Health".to_owned()])] {
+            let line = not_an_adapter(
+                endpoint,
+                &NotAnAdapter {
+                    answer: "UNIMPLEMENTED".to_owned(),
+                    serves,
+                },
+            );
+            assert!(!line.contains("it serves"), "{line}");
+            assert!(!line.contains('\n'), "{line}");
+        }
+        // A service name is the server's text: cleaned like any other.
+        let odd = NotAnAdapter {
+            answer: "UNIMPLEMENTED".to_owned(),
+            serves: Some(vec!["x\ny".to_owned()]),
+        };
+        assert!(!not_an_adapter(endpoint, &odd).contains('\n'));
     }
 }

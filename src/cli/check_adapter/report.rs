@@ -1,7 +1,12 @@
 //! The report: each check printed as it finishes (a table, or one JSON object per line), the
 //! summary, and the redaction every printed line goes through, so neither the test number nor
 //! the account id nor any other long digit run the adapter echoes reaches the terminal.
+//!
+//! Every line goes through [`Output`], never `println!`: when the reader goes away
+//! (`check-adapter ... | head -1`) the printing stops, quietly, and the checks go on, so the exit
+//! status is still theirs.
 
+use std::io::{ErrorKind, Write};
 use std::time::Duration;
 
 use serde_json::json;
@@ -159,10 +164,56 @@ impl Redactor {
     }
 }
 
+/// Where the report goes: stdout, and with `--json` the summary to stderr. A stream that cannot
+/// be written to any more is written to no more; a closed pipe (`| head -1`: Rust ignores
+/// SIGPIPE, so the write fails with `BrokenPipe`) says nothing, any other failure one line on
+/// stderr. Either way the checks go on and decide the exit status.
+#[derive(Debug, Default)]
+pub(super) struct Output {
+    stdout_closed: bool,
+    stderr_closed: bool,
+}
+
+impl Output {
+    /// One line on stdout, unless stdout is gone.
+    pub(super) fn line(&mut self, text: &str) {
+        if self.stdout_closed {
+            return;
+        }
+        let written = {
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{text}").and_then(|()| out.flush())
+        };
+        if let Err(e) = written {
+            self.stdout_closed = true;
+            if e.kind() != ErrorKind::BrokenPipe {
+                self.error_line(&format!(
+                    "error: cannot write the report to stdout ({e}); the checks go on"
+                ));
+            }
+        }
+    }
+
+    /// One line on stderr, unless stderr is gone.
+    pub(super) fn error_line(&mut self, text: &str) {
+        if self.stderr_closed {
+            return;
+        }
+        let mut err = std::io::stderr().lock();
+        if writeln!(err, "{text}").and_then(|()| err.flush()).is_err() {
+            self.stderr_closed = true;
+        }
+    }
+}
+
 /// Prints each check as it finishes (a table, or JSON lines) and keeps count.
 pub(super) struct Reporter {
     json: bool,
     redactor: Redactor,
+    out: Output,
+    /// The table's heading, printed with the first check: an endpoint that turns out not to be
+    /// an adapter gets one error line, not the start of a table.
+    heading: Vec<String>,
     done: Vec<(Check, Verdict)>,
 }
 
@@ -174,11 +225,20 @@ impl Reporter {
         Self {
             json,
             redactor,
+            out: Output::default(),
+            heading: Vec::new(),
             done: Vec::new(),
         }
     }
 
-    pub(super) fn header(&self, args: &CheckAdapterArgs, endpoint: &str) {
+    /// Text as it may be printed: the test number masked, the account id and long digit runs
+    /// removed.
+    pub(super) fn clean(&self, text: &str) -> String {
+        self.redactor.clean(text)
+    }
+
+    /// Sets the heading of the table, printed before the first check (none with `--json`).
+    pub(super) fn header(&mut self, args: &CheckAdapterArgs, endpoint: &str) {
         if self.json {
             return;
         }
@@ -192,17 +252,19 @@ impl Reporter {
         } else {
             "read-only"
         };
-        println!(
-            "{}",
+        self.heading = vec![
             self.redactor.clean(&format!(
                 "Checking the adapter at {endpoint} ({tls}; {number}; {destructive}; timeout {})",
                 humantime::format_duration(args.timeout)
-            ))
-        );
-        println!("{:<NAME_WIDTH$}{:<8}REASON", "CHECK", "RESULT");
+            )),
+            format!("{:<NAME_WIDTH$}{:<8}REASON", "CHECK", "RESULT"),
+        ];
     }
 
     pub(super) fn record(&mut self, check: Check, outcome: Outcome, elapsed: Option<Duration>) {
+        for line in std::mem::take(&mut self.heading) {
+            self.out.line(&line);
+        }
         let reason = self.redactor.clean(&outcome.reason);
         if self.json {
             let line = json!({
@@ -211,13 +273,13 @@ impl Reporter {
                 "reason": reason,
                 "elapsed_ms": elapsed.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
             });
-            println!("{line}");
+            self.out.line(&line.to_string());
         } else {
-            println!(
+            self.out.line(&format!(
                 "{:<NAME_WIDTH$}{:<8}{reason}",
                 check.name(),
                 outcome.verdict.as_str()
-            );
+            ));
         }
         self.done.push((check, outcome.verdict));
     }
@@ -232,7 +294,7 @@ impl Reporter {
     }
 
     /// Prints the summary; true when nothing failed.
-    pub(super) fn finish(self) -> bool {
+    pub(super) fn finish(mut self) -> bool {
         let count = |v: Verdict| self.done.iter().filter(|(_, d)| *d == v).count();
         let (passed, failed, skipped) = (
             count(Verdict::Pass),
@@ -254,9 +316,9 @@ impl Reporter {
         }
         // With --json, stdout carries only the per-check objects.
         if self.json {
-            eprintln!("{summary}");
+            self.out.error_line(&summary);
         } else {
-            println!("{summary}");
+            self.out.line(&summary);
         }
         failed == 0
     }

@@ -299,6 +299,20 @@ impl Simulator {
         self.inner.seed
     }
 
+    /// An account id `app_id` holds for `phone_number` (E.164, as the gateway sends it) that a
+    /// test may unbind, e.g. with `check-adapter --unbind-account`: `FindAccounts` lists it, with
+    /// `unbind_supported`, and nobody has asked to unbind it yet. The first such in the app's
+    /// list; `None` when there is none (or no such app). Unbinds are remembered only while the
+    /// simulator runs: started again, it holds every account again.
+    pub fn test_account(&self, app_id: &str, phone_number: &str) -> Option<String> {
+        self.slot(app_id)?
+            .state
+            .unbindable_accounts(phone_number)
+            .into_iter()
+            .next()
+            .map(|a| a.account_id)
+    }
+
     /// The address an app listens on (also while it is stopped).
     pub fn addr(&self, app_id: &str) -> Option<SocketAddr> {
         self.slot(app_id).map(|s| s.addr)
@@ -482,7 +496,8 @@ async fn stop(slot: &AppSlot) {
         task.abort();
         let _ = task.await;
     }
-    tracing::info!(app_id = %slot.app.id, "simulated app stopped");
+    // One line per app would be 200 at the demo's shutdown: the simulator says it once.
+    tracing::debug!(app_id = %slot.app.id, "simulated app stopped");
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@ use crate::domain::is_e164_shaped;
 use crate::proto::app_adapter_server::AppAdapter;
 use crate::proto::unbind_account_response::State;
 use crate::proto::{
-    FindAccountsRequest, FindAccountsResponse, GetUnbindStatusRequest,
+    AdapterAccount, FindAccountsRequest, FindAccountsResponse, GetUnbindStatusRequest,
     NotifyNumbersRecycledRequest, NotifyNumbersRecycledResponse, UnbindAccountRequest,
     UnbindAccountResponse,
 };
@@ -176,6 +176,22 @@ impl AppState {
             return Err(Status::internal("simulated failure"));
         }
         Ok(())
+    }
+
+    /// The accounts of `phone_number` a test may unbind at this app: `FindAccounts` lists them,
+    /// they have `unbind_supported`, and nobody has asked to unbind them yet (an unbind, once
+    /// asked for, is remembered for as long as the simulator runs).
+    pub(crate) fn unbindable_accounts(&self, phone_number: &str) -> Vec<AdapterAccount> {
+        let memory = lock(&self.memory);
+        accounts_for(self.seed, &self.app_id, phone_number)
+            .into_iter()
+            .filter(|a| {
+                a.unbind_supported
+                    && !memory
+                        .key_by_account
+                        .contains_key(&(phone_number.to_owned(), a.account_id.clone()))
+            })
+            .collect()
     }
 
     /// Whether an account of this number, at this app, has been unbound by now.

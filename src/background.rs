@@ -137,7 +137,9 @@ pub async fn reseal(gateway: Arc<Gateway>) -> u64 {
             after = (last.key.clone(), last.seq);
             for value in &page {
                 let for_ = match column {
-                    SealedColumn::TicketAccountId => SealFor::AccountId(&value.row),
+                    SealedColumn::TicketAccountId | SealedColumn::TicketHint => {
+                        SealFor::AccountId(&value.row)
+                    }
                     SealedColumn::TicketNumber | SealedColumn::PushedNumber => {
                         SealFor::Number(&value.row)
                     }

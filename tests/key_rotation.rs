@@ -131,6 +131,7 @@ impl Rig {
         for sql in [
             "SELECT sealed_number FROM tickets",
             "SELECT sealed_account_id FROM tickets",
+            "SELECT sealed_hint FROM tickets WHERE sealed_hint <> ''",
             "SELECT sealed_number FROM submission_numbers",
         ] {
             let rows: Vec<(String,)> = sqlx::query_as(sql).fetch_all(&db).await.unwrap();

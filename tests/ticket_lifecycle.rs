@@ -77,7 +77,19 @@ async fn unbind(h: &Harness, c: &mut Client, key: &str) -> (UnbindTicket, String
         .into_inner()
         .tickets
         .remove(0);
+    // What a client shows a person: the app's name and the hint the listing showed.
+    shows_the_account(&ticket, &account.app_name);
     (ticket, token)
+}
+
+/// The fake app's name (from the catalog) and the hint of its one account, as listed.
+fn shows_the_account(ticket: &UnbindTicket, app_name: &str) {
+    assert!(!app_name.is_empty());
+    assert_eq!(
+        (ticket.app_name.as_str(), ticket.display_hint.as_str()),
+        (app_name, "a***1"),
+        "{ticket:?}"
+    );
 }
 
 /// Polls the ticket until it leaves the open states; panics if it is still open 10 s after its
@@ -143,6 +155,8 @@ async fn an_app_that_never_confirms_ends_failed_at_the_due_date() {
     let end = final_state(&mut c, &token, &ticket.ticket_id).await;
     assert_eq!(end.state(), State::Failed, "{end:?}");
     assert!(end.detail.contains("did not confirm"), "{:?}", end.detail);
+    // Read back when it has ended, the ticket still says which account of which app.
+    shows_the_account(&end, &ticket.app_name);
     assert!(end.updated_at.unwrap().seconds >= end.due_at.unwrap().seconds);
     assert!(adapter.status_calls() >= 1);
     assert_eq!(adapter.unbinds().len(), 1, "sent once, then only asked");

@@ -120,8 +120,25 @@ async fn unbind_previous_holders_accounts(h: &Harness) {
         assert_eq!(t.due_at.as_ref().unwrap().seconds - created_at, 5 * 86400);
         assert!(!t.overdue);
     }
+    shows_what_the_listing_showed(&created, &previous);
     let done = wait_for(h, &ids(&created), &[State::Completed]).await;
     assert!(done.iter().all(|t| !t.overdue));
+    // Read back by id, and by session (newest first), the tickets still say which account.
+    shows_what_the_listing_showed(&done, &previous);
+    let mut by_session = h
+        .client()
+        .await
+        .get_unbind_tickets(GetUnbindTicketsRequest {
+            session_token: token.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .tickets;
+    by_session.sort_by_key(|t| ids(&created).iter().position(|id| *id == t.ticket_id));
+    assert_eq!(ids(&by_session), ids(&created));
+    shows_what_the_listing_showed(&by_session, &previous);
     // Each app saw each ticket once, under the ticket's own key.
     for t in &created {
         let stats = h.simulator.stats(&t.app_id);
@@ -135,6 +152,7 @@ async fn unbind_previous_holders_accounts(h: &Harness) {
     let replay = unbind(h, &token, refs, "key-1").await.unwrap();
     assert_eq!(ids(&replay), ids(&created));
     assert!(replay.iter().all(|t| t.state == State::Completed as i32));
+    shows_what_the_listing_showed(&replay, &previous);
     // The holder heard about each outcome by SMS (outcomes close together share one SMS):
     // every ticket, and no more.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -154,6 +172,21 @@ async fn unbind_previous_holders_accounts(h: &Harness) {
             created.len()
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Each ticket carries what a client shows a person (issue 16, item 8): its app's name and the
+/// hint the listing showed for its account (here previous holders' accounts: masked, "z***g").
+fn shows_what_the_listing_showed(tickets: &[UnbindTicket], listed: &[LinkedAccount]) {
+    assert_eq!(tickets.len(), listed.len());
+    for (t, a) in tickets.iter().zip(listed) {
+        assert_eq!(
+            (t.app_name.as_str(), t.display_hint.as_str()),
+            (a.app_name.as_str(), a.display_hint.as_str()),
+            "{t:?}"
+        );
+        assert!(t.app_name.starts_with("Sim "), "{t:?}");
+        assert!(t.display_hint.contains("***"), "{t:?}");
     }
 }
 
@@ -280,14 +313,19 @@ async fn accepted_tickets_are_polled_until_done_and_show_in_look_ups() {
         .iter()
         .find(|a| a.app_id == target.app_id && a.display_hint == target.display_hint)
         .expect("the account is still listed while its unbind is under way");
-    assert_eq!(
-        shown
-            .open_ticket
-            .as_ref()
-            .expect("its open ticket")
-            .ticket_id,
-        created[0].ticket_id
-    );
+    let open = shown.open_ticket.as_ref().expect("its open ticket");
+    assert_eq!(open.ticket_id, created[0].ticket_id);
+    // The holder's own account: the ticket shows the app's own hint, as the listing did.
+    for t in [&created[0], open] {
+        assert_eq!(
+            (t.app_name.as_str(), t.display_hint.as_str()),
+            (target.app_name.as_str(), target.display_hint.as_str())
+        );
+        assert!(
+            !t.app_name.is_empty() && !t.display_hint.is_empty(),
+            "{t:?}"
+        );
+    }
     // Another key for the same account gets the open ticket, not a second one.
     let again = unbind(&h, &token, vec![shown.account_ref.clone()], "k2")
         .await

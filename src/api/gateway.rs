@@ -30,7 +30,7 @@ use crate::{
         UnbindResponse, account_gateway_server::AccountGateway,
     },
     security::{CODE_LENGTH, OneTimeCode, Session},
-    store::TicketRow,
+    unbind::Ticket,
     verification::VerifyError,
 };
 
@@ -226,7 +226,7 @@ impl GatewayService {
         tenant: &Tenant,
         body: &GetUnbindTicketsRequest,
         number_hash: &mut String,
-    ) -> Result<Vec<TicketRow>, ApiError> {
+    ) -> Result<Vec<Ticket>, ApiError> {
         let unbinder = &self.gateway.unbinder;
         let session = if body.session_token.is_empty() {
             None
@@ -266,7 +266,7 @@ impl GatewayService {
             .await?;
         // With a session too, only that holder's tickets.
         if session.is_some() {
-            rows.retain(|t| t.number_hash == *number_hash);
+            rows.retain(|t| t.row.number_hash == *number_hash);
         }
         Ok(rows)
     }
@@ -483,7 +483,7 @@ impl AccountGateway for GatewayService {
                     e,
                 )
             })?;
-        let mut apps: Vec<&str> = rows.iter().map(|t| t.app_id.as_str()).collect();
+        let mut apps: Vec<&str> = rows.iter().map(|t| t.row.app_id.as_str()).collect();
         apps.sort_unstable();
         apps.dedup();
         self.gateway.audit.record(Entry {
@@ -510,7 +510,7 @@ impl AccountGateway for GatewayService {
             .read_tickets(&tenant, request.get_ref(), &mut number_hash)
             .await
             .map_err(|e| self.refused(&tenant, &number_hash, ACTION, &request, e))?;
-        let mut apps: Vec<&str> = rows.iter().map(|t| t.app_id.as_str()).collect();
+        let mut apps: Vec<&str> = rows.iter().map(|t| t.row.app_id.as_str()).collect();
         apps.sort_unstable();
         apps.dedup();
         self.gateway.audit.record(Entry {

@@ -134,6 +134,7 @@ pub fn linked_accounts(
                     bound_at_ms,
                     a.unbind_supported,
                 )
+                .with_hint(&display_hint)
                 .seal(ctx.keys),
                 display_hint,
                 bound_at: shown_bound_at.map(timestamp_from_ms),

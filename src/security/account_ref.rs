@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Keys, NumberHash, SealFor};
+use super::{Keys, NumberHash, SealFor, sealed::MAX_ENCODED_LEN};
 
 /// Whose account this is, decided from `bound_at` against `holder_since`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,6 +59,9 @@ impl OwnershipRule {
 /// 63 of framing with the longest key id (`MAX_OVERHEAD`), less 132 of JSON around the fields
 /// (with a 36-character session id and a 20-character date) and 64 of the longest app id,
 /// leaves 2813. A unit test below seals an id of exactly this length under a 32-character key id.
+/// The ref also carries the hint the listing showed (`"h"`, at most 32 characters: 199 bytes
+/// with its key, escaped); for an id too long to leave room for it (over about 2,600 bytes) the
+/// hint is left out rather than the ref made too long to accept ([`AccountRef::seal`]).
 pub const MAX_ACCOUNT_ID_BYTES: usize = 2813;
 
 /// An account id's length in the ref: its bytes once JSON-escaped (a quote takes two).
@@ -88,6 +91,12 @@ pub struct AccountRef {
     /// Whether the app said this account can be unbound.
     #[serde(rename = "u")]
     pub unbind_supported: bool,
+    /// The hint the listing showed for this account (as shown: masked unless it was the
+    /// holder's own), so the ticket an `Unbind` makes can show it again. Empty in a ref made
+    /// before refs carried it (a session's refs live 10 minutes, so across an upgrade a client
+    /// may still send one) and in a ref that has no room for it ([`AccountRef::seal`]).
+    #[serde(rename = "h", default, skip_serializing_if = "String::is_empty")]
+    pub display_hint: String,
 }
 
 impl AccountRef {
@@ -107,13 +116,36 @@ impl AccountRef {
             session: session.to_owned(),
             bound_at_ms,
             unbind_supported,
+            display_hint: String::new(),
         }
     }
 
-    /// Seals the ref for a client.
+    /// The same ref, carrying the hint the listing shows for the account.
+    pub fn with_hint(mut self, display_hint: &str) -> Self {
+        self.display_hint = display_hint.to_owned();
+        self
+    }
+
+    /// Seals the ref for a client. The hint is only along for the ride: a ref that would be too
+    /// long for `Unbind` to accept with it (an account id near [`MAX_ACCOUNT_ID_BYTES`]) is
+    /// sealed without it, so every ref the gateway issues stays one it accepts; that account's
+    /// ticket then shows no hint.
     pub fn seal(&self, keys: &Keys) -> String {
-        let bytes = serde_json::to_vec(self).unwrap_or_default();
-        keys.seal(SealFor::AccountRef, &bytes)
+        let sealed = keys.seal(
+            SealFor::AccountRef,
+            &serde_json::to_vec(self).unwrap_or_default(),
+        );
+        if sealed.len() <= MAX_ENCODED_LEN || self.display_hint.is_empty() {
+            return sealed;
+        }
+        let without_hint = Self {
+            display_hint: String::new(),
+            ..self.clone()
+        };
+        keys.seal(
+            SealFor::AccountRef,
+            &serde_json::to_vec(&without_hint).unwrap_or_default(),
+        )
     }
 
     /// Opens a ref; `None` when forged or altered.
@@ -164,6 +196,41 @@ mod tests {
         assert!(AccountRef::open(&keys, &sealed(&too_long)).is_none());
         // Escaping counts: a quote takes two bytes in the ref.
         assert_eq!(escaped_len("a\"b"), 4);
+        // The longest hint a listing shows (32 characters, each escaped to six bytes): the
+        // longest id leaves no room for it, so the ref is sealed without it, and opens.
+        let hint: String = ['\u{1}'; 32].iter().collect();
+        assert_eq!(escaped_len(&hint), 192);
+        let with_hint = |id: &str| {
+            AccountRef::new(&app_id, id, &number, &session, Some(i64::MIN), false)
+                .with_hint(&hint)
+                .seal(&keys)
+        };
+        let opened = AccountRef::open(&keys, &with_hint(&longest)).unwrap();
+        assert_eq!(opened.account_id, longest);
+        assert_eq!(opened.display_hint, "");
+        // An id 199 bytes shorter (the hint and `,"h":""`) always has room for it.
+        let shorter = "x".repeat(MAX_ACCOUNT_ID_BYTES - 199);
+        let opened = AccountRef::open(&keys, &with_hint(&shorter)).unwrap();
+        assert_eq!(opened.display_hint, hint);
+    }
+
+    #[test]
+    fn the_hint_rides_along_when_it_fits_and_old_refs_still_open() {
+        let k = Keys::derive(&[4; 32]);
+        let number = k.number_hash(&E164::parse("13800138000").unwrap());
+        let r = AccountRef::new("app-001", "acct-1", &number, "ses_1", Some(5), true);
+        // A ref without a hint seals exactly as before refs carried one.
+        let plain = serde_json::to_string(&r).unwrap();
+        assert!(!plain.contains("\"h\""), "{plain}");
+        let hinted = r.clone().with_hint("z***g");
+        let opened = AccountRef::open(&k, &hinted.seal(&k)).unwrap();
+        assert_eq!(opened.display_hint, "z***g");
+        assert_eq!(opened, hinted);
+        // A ref sealed before the hint existed opens, with no hint.
+        let old = br#"{"a":"app-001","i":"acct-1","n":"00","s":"ses_1","b":5,"u":true}"#;
+        let opened = AccountRef::open(&k, &k.seal(SealFor::AccountRef, old)).unwrap();
+        assert_eq!(opened.display_hint, "");
+        assert_eq!(opened.account_id, "acct-1");
     }
 
     #[test]

@@ -12,14 +12,18 @@ pub enum SealedColumn {
     TicketAccountId,
     /// `submission_numbers.sealed_number`, bound to `submission_numbers.number_hash`.
     PushedNumber,
+    /// `tickets.sealed_hint`, bound to `tickets.account_key` + `#hint` (empty for tickets from
+    /// before the column: nothing to rewrite).
+    TicketHint,
 }
 
 impl SealedColumn {
     /// Every such column.
-    pub const ALL: [SealedColumn; 3] = [
+    pub const ALL: [SealedColumn; 4] = [
         SealedColumn::TicketNumber,
         SealedColumn::TicketAccountId,
         SealedColumn::PushedNumber,
+        SealedColumn::TicketHint,
     ];
 
     /// `table.column`, for logs.
@@ -28,6 +32,7 @@ impl SealedColumn {
             SealedColumn::TicketNumber => "tickets.sealed_number",
             SealedColumn::TicketAccountId => "tickets.sealed_account_id",
             SealedColumn::PushedNumber => "submission_numbers.sealed_number",
+            SealedColumn::TicketHint => "tickets.sealed_hint",
         }
     }
 
@@ -37,6 +42,9 @@ impl SealedColumn {
             SealedColumn::TicketNumber => ("tickets", "id, 0", "number_hash", "sealed_number"),
             SealedColumn::TicketAccountId => {
                 ("tickets", "id, 0", "account_key", "sealed_account_id")
+            }
+            SealedColumn::TicketHint => {
+                ("tickets", "id, 0", "account_key || '#hint'", "sealed_hint")
             }
             SealedColumn::PushedNumber => (
                 "submission_numbers",

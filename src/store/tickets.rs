@@ -81,6 +81,9 @@ pub struct NewTicket {
     pub sealed_account_id: String,
     pub account_key: String,
     pub account_ref: String,
+    /// The hint the caller's listing showed for the account, sealed (bound to the account key,
+    /// as the account id is); empty when the ref carried none.
+    pub sealed_hint: String,
     pub reason: UnbindReason,
     pub due_at: i64,
 }
@@ -128,13 +131,18 @@ pub struct TicketEvent {
     pub cause: String,
 }
 
+/// A ticket read for a caller: the row, and the hint the listing showed for its account when the
+/// ticket was made, still sealed (`""` for a ticket made before migration 0009, or from a ref
+/// that carried no hint). The worker's reads ([`TicketRow`] alone) never load it.
+pub type ShownTicket = (TicketRow, String);
+
 /// What `create_tickets` did.
 #[derive(Debug)]
 pub enum CreateOutcome {
     /// New tickets (or the already-open ticket of an account), in request order.
-    Created(Vec<TicketRow>),
+    Created(Vec<ShownTicket>),
     /// The same key with the same request: the tickets of the first time.
-    Replayed(Vec<TicketRow>),
+    Replayed(Vec<ShownTicket>),
     /// The same key with a different request.
     KeyReused,
 }
@@ -142,6 +150,10 @@ pub enum CreateOutcome {
 const COLUMNS: &str = "id, tenant, number_hash, sealed_number, app_id, sealed_account_id, \
     account_key, account_ref, reason, state, detail, vendor_ref, attempts, next_attempt_at, \
     created_at, updated_at, due_at";
+/// [`COLUMNS`] and the sealed hint: what callers' reads load.
+const SHOWN_COLUMNS: &str = "id, tenant, number_hash, sealed_number, app_id, sealed_account_id, \
+    account_key, account_ref, reason, state, detail, vendor_ref, attempts, next_attempt_at, \
+    created_at, updated_at, due_at, sealed_hint";
 
 const OPEN: &str = "('queued', 'sent', 'accepted')";
 /// How often a ticket's insert is tried when the account's open ticket keeps ending meanwhile.
@@ -170,6 +182,10 @@ fn from_row(row: &AnyRow) -> sqlx::Result<TicketRow> {
         updated_at: row.try_get("updated_at")?,
         due_at: row.try_get("due_at")?,
     })
+}
+
+fn shown_from_row(row: &AnyRow) -> sqlx::Result<ShownTicket> {
+    Ok((from_row(row)?, row.try_get("sealed_hint")?))
 }
 
 /// `$first, $first+1, ...` for an `IN (...)` list of `n` values.
@@ -255,8 +271,8 @@ impl Store {
     ) -> sqlx::Result<String> {
         for _ in 0..INSERT_ATTEMPTS {
             let inserted = sqlx::query(&format!(
-                "INSERT INTO tickets ({COLUMNS}) VALUES \
-                 ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'queued', '', '', 0, $10, $10, $10, $11) \
+                "INSERT INTO tickets ({SHOWN_COLUMNS}) VALUES \
+                 ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'queued', '', '', 0, $10, $10, $10, $11, $12) \
                  ON CONFLICT DO NOTHING"
             ))
             .bind(&t.id)
@@ -270,6 +286,7 @@ impl Store {
             .bind(t.reason.as_str_name())
             .bind(now)
             .bind(t.due_at)
+            .bind(&t.sealed_hint)
             .execute(&mut **tx)
             .await?
             .rows_affected()
@@ -301,13 +318,13 @@ impl Store {
         Err(sqlx::Error::RowNotFound)
     }
 
-    /// Tickets by id, in the order asked (unknown ids are left out).
-    pub async fn tickets_by_ids(&self, ids: &[String]) -> sqlx::Result<Vec<TicketRow>> {
+    /// Tickets by id, in the order asked (unknown ids are left out), with their sealed hints.
+    pub async fn tickets_by_ids(&self, ids: &[String]) -> sqlx::Result<Vec<ShownTicket>> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
         let sql = format!(
-            "SELECT {COLUMNS} FROM tickets WHERE id IN ({})",
+            "SELECT {SHOWN_COLUMNS} FROM tickets WHERE id IN ({})",
             placeholders(1, ids.len())
         );
         let mut query = sqlx::query(&sql);
@@ -315,26 +332,28 @@ impl Store {
             query = query.bind(id);
         }
         let rows = query.fetch_all(self.pool()).await?;
-        let mut tickets: Vec<TicketRow> = rows.iter().map(from_row).collect::<Result<_, _>>()?;
-        tickets.sort_by_key(|t| ids.iter().position(|id| *id == t.id));
+        let mut tickets: Vec<ShownTicket> =
+            rows.iter().map(shown_from_row).collect::<Result<_, _>>()?;
+        tickets.sort_by_key(|(t, _)| ids.iter().position(|id| *id == t.id));
         Ok(tickets)
     }
 
-    /// A number's tickets created since `since`, newest first.
+    /// A number's tickets created since `since`, newest first (at most 1,000), with their
+    /// sealed hints.
     pub async fn tickets_for_number(
         &self,
         number_hash: &str,
         since: i64,
-    ) -> sqlx::Result<Vec<TicketRow>> {
+    ) -> sqlx::Result<Vec<ShownTicket>> {
         let rows = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM tickets WHERE number_hash = $1 AND created_at >= $2 \
+            "SELECT {SHOWN_COLUMNS} FROM tickets WHERE number_hash = $1 AND created_at >= $2 \
              ORDER BY created_at DESC, id LIMIT 1000"
         ))
         .bind(number_hash)
         .bind(since)
         .fetch_all(self.pool())
         .await?;
-        rows.iter().map(from_row).collect()
+        rows.iter().map(shown_from_row).collect()
     }
 
     /// Claims up to `limit` open tickets that are due, until `lease_until`, under `lease` (a

@@ -16,7 +16,7 @@ use self::metrics::TicketMetrics;
 use crate::{
     clock::{Clock, timestamp_from_ms},
     config::UnbindConfig,
-    fanout::Catalog,
+    fanout::{Catalog, merge::mask_hint},
     proto::{UnbindTicket, unbind_ticket},
     security::{AccountRef, Keys, Ownership, OwnershipRule, SealFor, Session, random_id},
     store::{CreateOutcome, NewTicket, Store, TicketRow, TicketState, UnbindReason},
@@ -49,6 +49,14 @@ pub enum UnbindError {
 
 /// Longest idempotency key accepted.
 const MAX_KEY_LEN: usize = 128;
+
+/// A ticket as the API hands it on: the stored row, and the hint the listing showed for its
+/// account (opened; empty when none was kept).
+#[derive(Clone, Debug)]
+pub struct Ticket {
+    pub row: TicketRow,
+    pub display_hint: String,
+}
 
 /// Creates and reads tickets.
 pub struct Unbinder {
@@ -97,7 +105,7 @@ impl Unbinder {
         session: &Session,
         account_refs: &[String],
         idempotency_key: &str,
-    ) -> Result<Vec<TicketRow>, UnbindError> {
+    ) -> Result<Vec<Ticket>, UnbindError> {
         let key = idempotency_key.trim();
         if key.is_empty() || key.len() > MAX_KEY_LEN || !key.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(UnbindError::BadKey);
@@ -119,6 +127,8 @@ impl Unbinder {
         let now = self.clock.now_ms();
         let mut seen = HashMap::with_capacity(account_refs.len());
         let mut tickets = Vec::with_capacity(account_refs.len());
+        // The hint each ref carries, by account key: what this caller was shown.
+        let mut hints = HashMap::with_capacity(account_refs.len());
         for (index, sealed) in account_refs.iter().enumerate() {
             let account =
                 AccountRef::open(&self.keys, sealed).ok_or(UnbindError::Forged { index })?;
@@ -156,6 +166,17 @@ impl Unbinder {
                     Ownership::CurrentHolder => UnbindReason::HolderRequest,
                     Ownership::PreviousHolder | Ownership::Unknown => UnbindReason::NumberRecycled,
                 };
+            // Sealed like the account id (personal data, however masked), bound to the same
+            // account key under a row of its own, so neither opens as the other.
+            let sealed_hint = if account.display_hint.is_empty() {
+                String::new()
+            } else {
+                self.keys.seal(
+                    SealFor::AccountId(&hint_row(&account_key)),
+                    account.display_hint.as_bytes(),
+                )
+            };
+            hints.insert(account_key.clone(), account.display_hint);
             tickets.push(NewTicket {
                 id: random_id("tkt"),
                 number_hash: number_hex.clone(),
@@ -167,6 +188,7 @@ impl Unbinder {
                 ),
                 account_key,
                 account_ref: sealed.clone(),
+                sealed_hint,
                 reason,
                 due_at: now + app.unbind_deadline.as_millis() as i64,
             });
@@ -190,54 +212,69 @@ impl Unbinder {
             CreateOutcome::KeyReused => return Err(UnbindError::KeyReused),
         };
         // An account whose unbind another tenant asked for first keeps that one ticket (the app
-        // is asked once); this tenant sees it under the ref it sent, in the gateway's words.
+        // is asked once); this tenant sees it under the ref it sent and with the hint that ref
+        // carried (what this caller was shown), in the gateway's words.
         Ok(rows
             .into_iter()
-            .map(|t| {
-                if t.tenant == session.tenant {
+            .map(|shown| {
+                let t = self.opened(shown);
+                if t.row.tenant == session.tenant {
                     return t;
                 }
-                let own_ref = refs.get(t.account_key.as_str()).copied().unwrap_or("");
-                redacted(t, own_ref)
+                let key = t.row.account_key.as_str();
+                let own_ref = refs.get(key).copied().unwrap_or("");
+                let hint = match hints.get(key) {
+                    Some(own) if !own.is_empty() => own.clone(),
+                    _ => masked_again(&t.display_hint),
+                };
+                redacted(t, own_ref, hint)
             })
             .collect())
     }
 
     /// The holder's tickets: those of the session's number since the holder got it.
-    pub async fn tickets_of(&self, session: &Session) -> Result<Vec<TicketRow>, UnbindError> {
+    pub async fn tickets_of(&self, session: &Session) -> Result<Vec<Ticket>, UnbindError> {
         Ok(self
             .tickets_of_number(session)
             .await?
             .into_iter()
-            .filter(|t| t.tenant == session.tenant)
+            .filter(|(t, _)| t.tenant == session.tenant)
+            .map(|shown| self.opened(shown))
             .collect())
     }
 
-    /// Every tenant's tickets of the session's number since the holder got it. When the
-    /// registry did not say since when, nobody can tell the holder's tickets from a previous
-    /// holder's: only those since the session began.
-    async fn tickets_of_number(&self, session: &Session) -> Result<Vec<TicketRow>, UnbindError> {
+    /// Every tenant's tickets of the session's number since the holder got it, hints sealed.
+    /// When the registry did not say since when, nobody can tell the holder's tickets from a
+    /// previous holder's: only those since the session began.
+    async fn tickets_of_number(
+        &self,
+        session: &Session,
+    ) -> Result<Vec<(TicketRow, String)>, UnbindError> {
         let number = self.keys.number_hash(&session.phone).hex();
         let since = session.holder_since_ms.unwrap_or(session.issued_ms);
         Ok(self.store.tickets_for_number(&number, since).await?)
     }
 
     /// Tickets by id: those of `tenant`, and with `number` (the caller's session's keyed number
-    /// hash) the number's tickets another tenant opened, [`redacted`].
+    /// hash) the number's tickets another tenant opened, [`redacted`], their hint masked again
+    /// as a listing masks an account nobody can place.
     pub async fn tickets_by_ids(
         &self,
         tenant: &str,
         number: Option<&str>,
         ids: &[String],
-    ) -> Result<Vec<TicketRow>, UnbindError> {
+    ) -> Result<Vec<Ticket>, UnbindError> {
         let rows = self.store.tickets_by_ids(ids).await?;
         Ok(rows
             .into_iter()
-            .filter_map(|t| {
+            .filter_map(|shown| {
+                let t = &shown.0;
                 if t.tenant == tenant {
-                    Some(t)
+                    Some(self.opened(shown))
                 } else if number == Some(t.number_hash.as_str()) {
-                    Some(redacted(t, ""))
+                    let t = self.opened(shown);
+                    let hint = masked_again(&t.display_hint);
+                    Some(redacted(t, "", hint))
                 } else {
                     None
                 }
@@ -245,15 +282,36 @@ impl Unbinder {
             .collect())
     }
 
+    /// A stored ticket with its hint opened: empty when none was kept, or when it was sealed
+    /// under a stored-data key this keyring no longer holds (the hint only ever shows).
+    fn opened(&self, (row, sealed_hint): (TicketRow, String)) -> Ticket {
+        let display_hint = if sealed_hint.is_empty() {
+            String::new()
+        } else {
+            self.keys
+                .open(
+                    SealFor::AccountId(&hint_row(&row.account_key)),
+                    &sealed_hint,
+                )
+                .and_then(|plain| String::from_utf8(plain).ok())
+                .unwrap_or_default()
+        };
+        Ticket { row, display_hint }
+    }
+
     /// What a look-up of the session's number needs from its tickets (one query).
     pub async fn lookup_tickets(&self, session: &Session) -> Result<LookupTickets, UnbindError> {
         let now = self.clock.now_ms();
+        let catalog = self.catalog.snapshot();
         let mut tickets = LookupTickets::default();
-        for t in self.tickets_of_number(session).await? {
+        for (t, sealed_hint) in self.tickets_of_number(session).await? {
             if t.state.is_open() && t.tenant == session.tenant {
-                tickets
-                    .open
-                    .insert(t.account_key.clone(), to_proto(&t, now));
+                let t = self.opened((t, sealed_hint));
+                let name = catalog
+                    .get(&t.row.app_id)
+                    .map_or("", |app| app.name.as_str());
+                let ticket = to_proto(&t, name, now);
+                tickets.open.insert(t.row.account_key, ticket);
             } else if t.state == TicketState::Completed {
                 // Whichever tenant asked: the account is gone for everyone.
                 let at = tickets
@@ -271,10 +329,19 @@ impl Unbinder {
         self.ownership
     }
 
-    /// Tickets as the caller sees them.
-    pub fn to_proto(&self, rows: &[TicketRow]) -> Vec<UnbindTicket> {
+    /// Tickets as the caller sees them, each with its app's name in the catalog now.
+    pub fn to_proto(&self, tickets: &[Ticket]) -> Vec<UnbindTicket> {
         let now = self.clock.now_ms();
-        rows.iter().map(|t| to_proto(t, now)).collect()
+        let catalog = self.catalog.snapshot();
+        tickets
+            .iter()
+            .map(|t| {
+                let name = catalog
+                    .get(&t.row.app_id)
+                    .map_or("", |app| app.name.as_str());
+                to_proto(t, name, now)
+            })
+            .collect()
     }
 }
 
@@ -322,36 +389,123 @@ pub const FOREIGN_DETAIL: &str =
     "an unbind of this account, asked for through another service, is under way";
 
 /// Another tenant's ticket as this tenant may see it: its state and dates, under `own_ref` (the
-/// ref this tenant sent, or none), never the other tenant's ref nor the app's text.
-fn redacted(mut t: TicketRow, own_ref: &str) -> TicketRow {
-    t.account_ref = own_ref.to_owned();
-    t.detail = if t.state.is_open() {
+/// ref this tenant sent, or none) with `hint`, never the other tenant's ref nor the app's text.
+///
+/// The hint may be shown: both tenants' callers verified as holders of the same number, and it
+/// is the same app's hint for the same account, which this caller's own listing shows too. It
+/// is `hint` all the same, never the other tenant's stored one as is: the hint this caller's own
+/// ref carried when it has one, else the stored one masked again ([`masked_again`]), which is
+/// never more than a listing of the number shows of any account.
+fn redacted(mut t: Ticket, own_ref: &str, hint: String) -> Ticket {
+    let row = &mut t.row;
+    row.account_ref = own_ref.to_owned();
+    row.detail = if row.state.is_open() {
         FOREIGN_DETAIL.to_owned()
     } else {
         "asked for through another service".to_owned()
     };
-    t.vendor_ref.clear();
+    row.vendor_ref.clear();
+    t.display_hint = hint;
     t
 }
 
-/// A stored ticket as the caller sees it.
-pub fn to_proto(t: &TicketRow, now_ms: i64) -> UnbindTicket {
+/// A hint as a listing shows an account nobody can place (first and last character), or none.
+/// An app's masked hint ("z***g") comes out the same.
+fn masked_again(hint: &str) -> String {
+    if hint.is_empty() {
+        String::new()
+    } else {
+        mask_hint(hint)
+    }
+}
+
+/// What a ticket's sealed hint is bound to: its account key, marked as the hint's (an account key
+/// is hex), so a ticket's hint and its account id, both sealed for the account, never open as
+/// each other.
+fn hint_row(account_key: &str) -> String {
+    format!("{account_key}#hint")
+}
+
+/// A ticket as the caller sees it; `app_name` is the app's name in the catalog ("" when the
+/// app has left it).
+pub fn to_proto(t: &Ticket, app_name: &str, now_ms: i64) -> UnbindTicket {
+    let row = &t.row;
     UnbindTicket {
-        ticket_id: t.id.clone(),
-        app_id: t.app_id.clone(),
-        account_ref: t.account_ref.clone(),
-        state: state_to_proto(t.state) as i32,
-        detail: t.detail.clone(),
-        created_at: Some(timestamp_from_ms(t.created_at)),
-        updated_at: Some(timestamp_from_ms(t.updated_at)),
-        due_at: Some(timestamp_from_ms(t.due_at)),
-        overdue: t.state.is_open() && now_ms > t.due_at,
+        ticket_id: row.id.clone(),
+        app_id: row.app_id.clone(),
+        account_ref: row.account_ref.clone(),
+        state: state_to_proto(row.state) as i32,
+        detail: row.detail.clone(),
+        created_at: Some(timestamp_from_ms(row.created_at)),
+        updated_at: Some(timestamp_from_ms(row.updated_at)),
+        due_at: Some(timestamp_from_ms(row.due_at)),
+        overdue: row.state.is_open() && now_ms > row.due_at,
+        app_name: app_name.to_owned(),
+        display_hint: t.display_hint.clone(),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn another_tenants_ticket_shows_no_more_than_a_listing_would() {
+        assert_eq!(masked_again(""), "");
+        // An app's masked hint comes out as it was; a fuller one loses its middle.
+        assert_eq!(masked_again("z***g"), "z***g");
+        assert_eq!(masked_again("zhangsan"), "z***n");
+        let row = TicketRow {
+            id: "tkt_1".into(),
+            tenant: "other".into(),
+            number_hash: "n".into(),
+            sealed_number: "s".into(),
+            app_id: "app-001".into(),
+            sealed_account_id: "s".into(),
+            account_key: "k".into(),
+            account_ref: "their-ref".into(),
+            reason: UnbindReason::HolderRequest,
+            state: TicketState::Accepted,
+            detail: "their app's words".into(),
+            vendor_ref: "v-1".into(),
+            attempts: 1,
+            next_attempt_at: 0,
+            created_at: 0,
+            updated_at: 0,
+            due_at: 0,
+        };
+        let theirs = Ticket {
+            row,
+            display_hint: "zhangsan".into(),
+        };
+        let shown = redacted(theirs, "my-ref", "z***n".into());
+        assert_eq!(shown.row.account_ref, "my-ref");
+        assert_eq!(shown.row.detail, FOREIGN_DETAIL);
+        assert_eq!(shown.row.vendor_ref, "");
+        assert_eq!(shown.display_hint, "z***n");
+        let proto = to_proto(&shown, "Sim Pay 1", 0);
+        assert_eq!(
+            (proto.app_name.as_str(), proto.display_hint.as_str()),
+            ("Sim Pay 1", "z***n")
+        );
+    }
+
+    #[test]
+    fn a_tickets_hint_and_account_id_never_open_as_each_other() {
+        let keys = Keys::derive(&[7; 32]);
+        let account_key = "0a1b";
+        let hint = keys.seal(SealFor::AccountId(&hint_row(account_key)), b"z***g");
+        let id = keys.seal(SealFor::AccountId(account_key), b"acct-1");
+        assert!(keys.open(SealFor::AccountId(account_key), &hint).is_none());
+        assert!(
+            keys.open(SealFor::AccountId(&hint_row(account_key)), &id)
+                .is_none()
+        );
+        assert_eq!(
+            keys.open(SealFor::AccountId(&hint_row(account_key)), &hint),
+            Some(b"z***g".to_vec())
+        );
+    }
 
     #[test]
     fn fingerprint_ignores_order_but_not_content() {

@@ -200,13 +200,20 @@ pub(super) fn ticket_row(ticket: &UnbindTicket, rows: &[LinkedAccount]) -> Optio
 }
 
 /// What a person is shown of the account a ticket is for: the app's name and the account's hint,
-/// from the look-up's row (or the app's id when the ticket matches no row).
+/// as the ticket carries them (else from the look-up's row, else the app's id).
 pub(super) fn ticket_account(ticket: &UnbindTicket, rows: &[LinkedAccount]) -> (String, String) {
     let row = ticket_row(ticket, rows).map(|n| &rows[n - 1]);
-    let name = row
-        .map(|a| app_label(&a.app_name, &a.app_id))
-        .unwrap_or_else(|| ticket.app_id.clone());
-    let hint = row.map(|a| a.display_hint.clone()).unwrap_or_default();
+    let name = if !ticket.app_name.is_empty() {
+        ticket.app_name.clone()
+    } else {
+        row.map(|a| app_label(&a.app_name, &a.app_id))
+            .unwrap_or_else(|| ticket.app_id.clone())
+    };
+    let hint = if !ticket.display_hint.is_empty() {
+        ticket.display_hint.clone()
+    } else {
+        row.map(|a| a.display_hint.clone()).unwrap_or_default()
+    };
     (clean(&name), clean(&hint))
 }
 
@@ -550,7 +557,7 @@ mod tests {
         let rows = sample_rows();
         let mut first = ticket("t1", "alipay", TicketState::Queued);
         first.account_ref = rows[0].account_ref.clone();
-        // A ticket for no row of this look-up shows its app's id.
+        // A ticket for no row of this look-up shows what it carries, else its app's id.
         let mut late = ticket("t2", "other", TicketState::Sent);
         late.overdue = true;
         late.detail = "retrying".to_owned();
@@ -560,6 +567,15 @@ mod tests {
         assert_eq!(words(0), "# App Account State Due by Detail");
         assert_eq!(words(1), "1 Alipay z***g queued 2023-01-10");
         assert_eq!(words(2), "other sent 2023-01-10 (overdue) retrying");
+        let mut carried = ticket("t3", "other", TicketState::Completed);
+        carried.app_name = "Other App".into();
+        carried.display_hint = "o***r".into();
+        let carried_lines = format_tickets_table(&[carried], &rows, &Utc);
+        let carried_words = carried_lines[1]
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert_eq!(carried_words, "Other App o***r completed 2023-01-10");
         assert_eq!(
             lines[3],
             "Due by: the day the app must have acted by (dates in UTC+00:00)."

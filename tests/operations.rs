@@ -471,6 +471,42 @@ async fn file_changes_and_sighup_reload_the_catalog() {
     h.stop().await;
 }
 
+/// `[[apps]]` entries as `simulate-apps --catalog-out` writes them.
+fn write_apps_file(path: &Path, apps: &[AppConfig]) {
+    #[derive(serde::Serialize)]
+    struct AppsFile<'a> {
+        apps: &'a [AppConfig],
+    }
+    std::fs::write(path, toml::to_string(&AppsFile { apps }).unwrap()).unwrap();
+}
+
+#[tokio::test]
+async fn an_edited_apps_file_is_reloaded_like_the_config() {
+    let h = Harness::start(Options {
+        apps: 6,
+        tweak: first_four_apps,
+        ..Options::default()
+    })
+    .await;
+    let all = h.simulator.apps();
+    let path = h.dir.path().join("gateway.toml");
+    let apps_path = h.dir.path().join("apps.toml");
+    // The config names the catalog file and holds no entry itself.
+    let mut config = h.stack.config.clone();
+    let mut apps = std::mem::take(&mut config.apps);
+    config.apps_file = Some(apps_path.clone());
+    write_apps_file(&apps_path, &apps);
+    write_config(&path, &config);
+
+    // Only the apps file changes: the watcher sees it.
+    let watcher = Reloader::new(gateway(&h), path.clone(), |_| {}).spawn(Duration::from_millis(50));
+    apps.push(app_config(&all[4]));
+    write_apps_file(&apps_path, &apps);
+    wait_until_listed(&h, &all[4].id).await;
+    watcher.abort();
+    h.stop().await;
+}
+
 fn short_drain(config: &mut Config) {
     with_admin(config);
     config.limits.drain_timeout = Duration::from_secs(2);

@@ -16,21 +16,7 @@ async fn the_python_adapter_example_passes_every_check() {
         return;
     };
     let root = env!("CARGO_MANIFEST_DIR");
-    let stubs = tempfile::tempdir().unwrap();
-    let generated = tokio::process::Command::new(&python)
-        .args(["-m", "grpc_tools.protoc", "-I"])
-        .arg(format!("{root}/proto"))
-        .arg(format!("--python_out={}", stubs.path().display()))
-        .arg(format!("--grpc_python_out={}", stubs.path().display()))
-        .arg(format!("{root}/proto/unbind/v1/adapter.proto"))
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        generated.status.success(),
-        "{}",
-        String::from_utf8_lossy(&generated.stderr)
-    );
+    let stubs = common::python_stubs(&python, &["unbind/v1/adapter.proto"]).await;
 
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -27,22 +27,11 @@ async fn the_python_client_example_verifies_looks_up_unbinds_and_decodes_errors(
     })
     .await;
     let root = env!("CARGO_MANIFEST_DIR");
-    let stubs = tempfile::tempdir().unwrap();
-    let generated = tokio::process::Command::new(&python)
-        .args(["-m", "grpc_tools.protoc", "-I"])
-        .arg(format!("{root}/proto"))
-        .arg(format!("--python_out={}", stubs.path().display()))
-        .arg(format!("--grpc_python_out={}", stubs.path().display()))
-        .arg(format!("{root}/proto/unbind/v1/adapter.proto"))
-        .arg(format!("{root}/proto/unbind/v1/gateway.proto"))
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        generated.status.success(),
-        "{}",
-        String::from_utf8_lossy(&generated.stderr)
-    );
+    let stubs = common::python_stubs(
+        &python,
+        &["unbind/v1/adapter.proto", "unbind/v1/gateway.proto"],
+    )
+    .await;
     let output = tokio::time::timeout(
         Duration::from_secs(120),
         tokio::process::Command::new(&python)

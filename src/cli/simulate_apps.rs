@@ -15,7 +15,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+use tonic::transport::ServerTlsConfig;
+
+use crate::cli::tls_args::ServerTlsArgs;
 
 use crate::domain::E164;
 use crate::testkit::simulated_apps::{
@@ -55,15 +57,8 @@ pub struct SimulateAppsArgs {
     /// Write the `[[apps]]` catalog here instead of printing it.
     #[arg(long)]
     pub catalog_out: Option<PathBuf>,
-    /// Serve TLS with this certificate (PEM); the endpoints become https://localhost:PORT.
-    #[arg(long, requires = "tls_key")]
-    pub tls_cert: Option<PathBuf>,
-    /// The private key (PEM) of --tls-cert.
-    #[arg(long, requires = "tls_cert")]
-    pub tls_key: Option<PathBuf>,
-    /// Require client certificates signed by this CA (PEM); needs --tls-cert.
-    #[arg(long, requires = "tls_cert")]
-    pub tls_client_ca: Option<PathBuf>,
+    #[command(flatten)]
+    pub server_tls: ServerTlsArgs,
     /// Also print, for each app, its endpoint and an account id it holds for this test number
     /// (E.164) and can unbind: for `check-adapter --endpoint URL --phone NUMBER --unbind-account
     /// ID`. Each account can be unbound once per run. The number is printed masked.
@@ -105,23 +100,7 @@ impl SimulateAppsArgs {
 
     /// The apps' TLS, read from the files the options name; `None` serves plain text.
     pub fn tls(&self) -> anyhow::Result<Option<ServerTlsConfig>> {
-        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
-            if self.tls_client_ca.is_some() {
-                anyhow::bail!("--tls-client-ca needs --tls-cert and --tls-key");
-            }
-            return Ok(None);
-        };
-        let read = |path: &PathBuf, what: &str| {
-            std::fs::read(path).with_context(|| format!("{what}: cannot read {}", path.display()))
-        };
-        let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(
-            read(cert, "--tls-cert")?,
-            read(key, "--tls-key")?,
-        ));
-        if let Some(ca) = &self.tls_client_ca {
-            tls = tls.client_ca_root(Certificate::from_pem(read(ca, "--tls-client-ca")?));
-        }
-        Ok(Some(tls))
+        self.server_tls.config()
     }
 }
 
@@ -129,7 +108,7 @@ impl SimulateAppsArgs {
 pub async fn run(args: SimulateAppsArgs) -> anyhow::Result<()> {
     let config = args.config()?;
     let tls = args.tls()?;
-    let client_certificates = args.tls_client_ca.is_some();
+    let client_certificates = args.server_tls.requires_client_certificates();
     let serves_tls = tls.is_some();
     let simulator = Simulator::start_with_tls(config, tls)
         .await
@@ -323,6 +302,7 @@ fn parse_rate(text: &str) -> Result<f64, String> {
 mod tests {
     use super::*;
     use clap::Parser;
+    use tonic::transport::{Certificate, Identity};
 
     #[derive(Parser)]
     struct Cli {

@@ -303,3 +303,26 @@ pub fn python_env() -> Option<std::path::PathBuf> {
     );
     None
 }
+
+/// Python stubs of `protos` (paths under proto/), generated with grpcio-tools into a new
+/// directory, as the examples' READMEs do it.
+pub async fn python_stubs(python: &std::path::Path, protos: &[&str]) -> tempfile::TempDir {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let stubs = tempfile::tempdir().unwrap();
+    let mut command = tokio::process::Command::new(python);
+    command
+        .args(["-m", "grpc_tools.protoc", "-I"])
+        .arg(format!("{root}/proto"))
+        .arg(format!("--python_out={}", stubs.path().display()))
+        .arg(format!("--grpc_python_out={}", stubs.path().display()));
+    for proto in protos {
+        command.arg(format!("{root}/proto/{proto}"));
+    }
+    let generated = command.output().await.unwrap();
+    assert!(
+        generated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&generated.stderr)
+    );
+    stubs
+}

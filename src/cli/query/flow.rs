@@ -193,7 +193,7 @@ async fn ask_until_valid<E: std::fmt::Display>(
                     LINE_COLUMNS
                 )
             ),
-            Err(e) => bail!("{} {e} ({example})", question.trim_end_matches([':', ' '])),
+            Err(e) => bail!("{}: {e} ({example})", question.trim_end_matches([':', ' '])),
         }
     }
 }

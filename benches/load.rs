@@ -16,13 +16,16 @@
 //! - `saturation`: closed loop of uncached look-ups vs closed loop of raw fan-outs: app calls/s;
 //! - `stragglers` (200 apps): 1% of app calls never answer, 300 ms deadline, open loop;
 //! - `memory`: RSS of a look-up cache holding 1,000,000 (number, app) answers (in this process);
+//! - `check`: the recycled-number check over HTTP (the CAMARA API, keep-alive connections, an
+//!   ES256 access token verified on every request) next to `CheckNumberRecycled` over gRPC and
+//!   the raw RPC, closed loops of 8: requests/s and gateway CPU per request;
 //! - `push`: a carrier push of 1,000,000 numbers (1,000 messages of 1,000) to a gateway with 16
 //!   apps, streamed by this process while it starts a verification every 250 ms: the time until
 //!   the push is answered, the gateway's RSS before and at its peak, and how the verifications
 //!   fared (answered, failed, slowest).
 //!
 //! `cargo bench --bench load` (options: `-- --runs 5 --apps 16,200,1000 --seconds 4 --quick
-//! --only rpc,cached,uncached,saturation,stragglers,memory,push --calls-per-second 2000`).
+//! --only rpc,cached,uncached,saturation,stragglers,memory,check,push --calls-per-second 2000`).
 //! `--quick` runs every scenario once, briefly, in under a minute.
 //!
 //! To measure another build of the gateway side by side (an A/B run), set `UNBIND_GATEWAY_BIN`
@@ -30,6 +33,8 @@
 //! `limits.handshake_timeout`) leaves out config keys that build does not know.
 
 mod common;
+#[path = "../tests/common/https.rs"]
+mod https;
 
 use std::{
     collections::BTreeMap,
@@ -304,12 +309,11 @@ async fn read_catalog(path: &std::path::Path, apps: usize) -> anyhow::Result<Vec
     }
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        if let Ok(text) = std::fs::read_to_string(path) {
-            if let Ok(c) = toml::from_str::<Catalog>(&text) {
-                if c.apps.len() == apps {
-                    return Ok(c.apps);
-                }
-            }
+        if let Ok(text) = std::fs::read_to_string(path)
+            && let Ok(c) = toml::from_str::<Catalog>(&text)
+            && c.apps.len() == apps
+        {
+            return Ok(c.apps);
         }
         anyhow::ensure!(
             Instant::now() < deadline,
@@ -358,6 +362,16 @@ fn free_port() -> u16 {
 impl World {
     /// `apps` simulated apps answering after 20 ms, `stall_rate` of their calls never answered.
     async fn start(apps: usize, stall_rate: f64) -> anyhow::Result<Self> {
+        Self::start_with(apps, stall_rate, |_, _| Ok(())).await
+    }
+
+    /// As [`World::start`], the gateway's config adjusted by `tweak` (given the world's
+    /// directory).
+    async fn start_with(
+        apps: usize,
+        stall_rate: f64,
+        tweak: impl FnOnce(&mut unbind_gateway::config::Config, &std::path::Path) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let catalog_file = dir.path().join("apps.toml");
         let simulator = Command::new(env!("CARGO_BIN_EXE_unbind-gateway"))
@@ -393,6 +407,7 @@ impl World {
         config.admin = Some(AdminConfig {
             listen: format!("127.0.0.1:{}", free_port()).parse()?,
         });
+        tweak(&mut config, dir.path())?;
         let path = dir.path().join("gateway.toml");
         std::fs::write(&path, config_text(&config)?)?;
         let log = std::fs::File::create(dir.path().join("gateway.log"))?;
@@ -491,6 +506,96 @@ fn health_call(channel: Channel) -> Call {
                 .await
                 .map(|_| ())
                 .map_err(|s| code_name(&s))
+        }
+        .boxed()
+    })
+}
+
+/// `CheckNumberRecycled` over gRPC, rotating over the numbers.
+fn grpc_check_call(channel: Channel) -> Call {
+    use unbind_gateway::proto::{
+        CheckNumberRecycledRequest, number_status_client::NumberStatusClient,
+    };
+    let phones = phones();
+    let next = Arc::new(AtomicUsize::new(0));
+    Arc::new(move || {
+        let mut client = NumberStatusClient::new(channel.clone());
+        let phone = phones[next.fetch_add(1, Ordering::Relaxed) % phones.len()].clone();
+        async move {
+            client
+                .check_number_recycled(CheckNumberRecycledRequest {
+                    phone_number: phone,
+                    specified_date: Some(prost_types::Timestamp {
+                        seconds: CHECK_SINCE,
+                        nanos: 0,
+                    }),
+                })
+                .await
+                .map(|_| ())
+                .map_err(|s| code_name(&s))
+        }
+        .boxed()
+    })
+}
+
+/// 2024-06-01T00:00:00+08:00, the day both surfaces ask about.
+const CHECK_SINCE: i64 = 1_717_171_200;
+
+type HttpSender = hyper::client::conn::http1::SendRequest<http_body_util::Full<hyper::body::Bytes>>;
+
+/// `POST /number-recycling/v0.3/check` with a bearer token, on keep-alive connections (one per
+/// caller at a time, from a pool), rotating over the numbers; `Err` unless 200.
+fn http_check_call(addr: std::net::SocketAddr, token: Arc<String>) -> Call {
+    use http_body_util::BodyExt;
+    let pool: Arc<std::sync::Mutex<Vec<HttpSender>>> = Arc::default();
+    let phones = phones();
+    let next = Arc::new(AtomicUsize::new(0));
+    Arc::new(move || {
+        let pool = Arc::clone(&pool);
+        let token = Arc::clone(&token);
+        let phone = phones[next.fetch_add(1, Ordering::Relaxed) % phones.len()].clone();
+        async move {
+            let pooled = pool.lock().unwrap().pop();
+            let mut sender = match pooled {
+                Some(sender) => sender,
+                None => {
+                    let tcp = tokio::net::TcpStream::connect(addr)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let _ = tcp.set_nodelay(true);
+                    let (sender, connection) =
+                        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+                            .await
+                            .map_err(|e| e.to_string())?;
+                    tokio::spawn(connection);
+                    sender
+                }
+            };
+            sender.ready().await.map_err(|e| e.to_string())?;
+            let body = format!(r#"{{"phoneNumber":"{phone}","specifiedDate":"2024-06-01"}}"#);
+            let request = http::Request::post("/number-recycling/v0.3/check")
+                .header("host", "localhost")
+                .header("content-type", "application/json")
+                .header("authorization", format!("Bearer {token}"))
+                .body(http_body_util::Full::new(hyper::body::Bytes::from(body)))
+                .map_err(|e| e.to_string())?;
+            let response = sender
+                .send_request(request)
+                .await
+                .map_err(|e| e.to_string())?;
+            let status = response.status();
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?
+                .to_bytes();
+            pool.lock().unwrap().push(sender);
+            if status == 200 && body.starts_with(b"{\"phoneNumberRecycled\"") {
+                Ok(())
+            } else {
+                Err(format!("HTTP {}", status.as_u16()))
+            }
         }
         .boxed()
     })
@@ -926,6 +1031,80 @@ async fn push(numbers: usize, o: &Options, table: &mut Table) -> anyhow::Result<
     Ok(())
 }
 
+/// The recycled-number check over HTTP and gRPC, and the raw RPC, alternated in each run.
+async fn check(o: &Options, table: &mut Table) -> anyhow::Result<()> {
+    let issuer = https::Issuer::new("bench");
+    let http_port = free_port();
+    let jwks = https::Issuer::jwks(&[&issuer]);
+    let world = World::start_with(16, 0.0, |config, dir| {
+        let jwks_file = dir.join("jwks.json");
+        std::fs::write(&jwks_file, &jwks)?;
+        // The token's client: a tenant of role `app`, its rate limit far above the load (gRPC
+        // callers, without certificates in development, are the development tenant, unlimited).
+        config.tenants.push(unbind_gateway::config::TenantConfig {
+            name: "bench".into(),
+            role: unbind_gateway::config::Role::App,
+            requests_per_second: 1e6,
+            burst: 1_000_000,
+            max_code_failures_per_hour: None,
+            wrong_codes_alert_per_hour: 1000,
+        });
+        config.number_status.history_starts = Some("2024-01-01".into());
+        config.number_status.time_zone = Some("Asia/Shanghai".into());
+        config.http = Some(unbind_gateway::config::HttpConfig {
+            listen: format!("127.0.0.1:{http_port}").parse()?,
+            auth: Some(unbind_gateway::config::HttpAuthConfig {
+                jwks_file,
+                issuer: "https://auth.bench".into(),
+                audience: "unbind-gateway".into(),
+                leeway: Duration::from_secs(30),
+            }),
+        });
+        Ok(())
+    })
+    .await?;
+    let token = Arc::new(issuer.sign(&serde_json::json!({
+        "iss": "https://auth.bench", "aud": "unbind-gateway", "client_id": "bench",
+        "scope": "number-recycling:check", "exp": https::now_secs() + 3600,
+    })));
+    let channel = world.channel().await?;
+    let pid = world.pid();
+    let d = o.duration();
+    let http_addr: std::net::SocketAddr = format!("127.0.0.1:{http_port}").parse()?;
+    // The token is verified on every request (ES256), as an authorization server's would be.
+    let http = http_check_call(http_addr, Arc::clone(&token));
+    // Warm-up: connections, and the answer of one request each way.
+    for _ in 0..8 {
+        http()
+            .await
+            .map_err(|e| anyhow::anyhow!("the HTTP check: {e}"))?;
+    }
+    grpc_check_call(channel.clone())()
+        .await
+        .map_err(|e| anyhow::anyhow!("gRPC check: {e}"))?;
+    println!("--- recycled-number check ---");
+    for run in 1..=o.runs {
+        let rpc = measured(pid, closed_loop(8, d, health_call(channel.clone()))).await;
+        println!("run {run} {}", rpc.line("raw RPC (health check)"));
+        let grpc = measured(pid, closed_loop(8, d, grpc_check_call(channel.clone()))).await;
+        println!("run {run} {}", grpc.line("CheckNumberRecycled (gRPC)"));
+        let web = measured(pid, closed_loop(8, d, Arc::clone(&http))).await;
+        println!("run {run} {}", web.line("POST .../check (HTTP, JWT)"));
+        let cpu = |r: &Recorder| r.cpu_per_request().unwrap_or(0.0) * 1e6;
+        table.add("check grpc/s", grpc.rate());
+        table.add("check http/s", web.rate());
+        table.add("check rpc/s", rpc.rate());
+        table.add("check grpc cpu µs", cpu(&grpc));
+        table.add("check http cpu µs", cpu(&web));
+        table.add("check rpc cpu µs", cpu(&rpc));
+        table.add("check http/grpc cpu ratio", cpu(&web) / cpu(&grpc));
+        table.add("check grpc p50 ms", grpc.ms(0.5));
+        table.add("check http p50 ms", web.ms(0.5));
+    }
+    world.stop().await;
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let o = Options::parse();
@@ -966,6 +1145,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if o.wants("memory") {
         memory(if o.quick { 100_000 } else { 1_000_000 }, &mut table);
+    }
+    if o.wants("check") {
+        check(&o, &mut table).await?;
     }
     if o.wants("push") {
         push(if o.quick { 100_000 } else { 1_000_000 }, &o, &mut table).await?;

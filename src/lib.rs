@@ -26,6 +26,8 @@
 //! - `api`: the gRPC services, the door (tenants, refusals audited), the layers (shedding,
 //!   correlator, deadlines), and the one module that maps errors to statuses;
 //! - `admin`: `/metrics`, `/healthz`, `/readyz` over plain HTTP on a private port;
+//! - `http`: the CAMARA Number Recycling API (HTTP/JSON) for app vendors, with OAuth 2.0 access
+//!   tokens checked against a JWKS file; it shares the check with gRPC (`api::number_status`);
 //! - `server`: composes the tonic server around the state (services, layers, health, reflection)
 //!   and drains it on shutdown;
 //! - `background`: readiness and housekeeping, beside the server;
@@ -53,6 +55,7 @@ pub mod config;
 pub mod domain;
 pub mod fanout;
 pub mod gateway;
+pub mod http;
 pub mod jobs;
 pub mod metrics;
 pub mod pki;

@@ -104,9 +104,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 config
                     .validate()
                     .with_context(|| format!("invalid config file {}", path.display()))?;
-                let checked = config
+                let mut checked = config
                     .check_files()
                     .with_context(|| format!("invalid config file {}", path.display()))?;
+                checked.extend(
+                    unbind_gateway::http::check_files(&config)
+                        .with_context(|| format!("invalid config file {}", path.display()))?,
+                );
                 println!(
                     "{}: the config is valid ({} apps, store: {})",
                     path.display(),

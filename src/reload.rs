@@ -155,6 +155,9 @@ fn needs_restart(running: &Config, new: &Config) -> Vec<&'static str> {
     check("audit", running.audit == new.audit);
     check("retention", running.retention == new.retention);
     check("admin", running.admin == new.admin);
+    // The JWKS file itself is read again when it changes; the rest of `[http]` needs a restart.
+    check("http", running.http == new.http);
+    check("number_status", running.number_status == new.number_status);
     check("reload", running.reload == new.reload);
     differ
 }

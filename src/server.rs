@@ -38,6 +38,8 @@ pub struct RunningGateway {
     pub addr: SocketAddr,
     /// The admin HTTP listener (metrics, health), when configured.
     pub admin_addr: Option<SocketAddr>,
+    /// The HTTP API's listener (`[http] listen`), when configured.
+    pub http_addr: Option<SocketAddr>,
     pub gateway: Arc<Gateway>,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<anyhow::Result<()>>,
@@ -84,14 +86,25 @@ pub async fn start(
         None => None,
     };
     let admin_addr = admin.as_ref().map(|l| l.local_addr()).transpose()?;
+    let http = crate::http::Prepared::new(&config, clock.clone()).await?;
+    let http_addr = http.as_ref().map(|h| h.local_addr()).transpose()?;
     let gateway = Gateway::build(config, clock).await?;
     let (tx, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(serve(Arc::clone(&gateway), listener, admin, async {
-        let _ = rx.await;
-    }));
+    let task = tokio::spawn(serve(
+        Arc::clone(&gateway),
+        Listeners {
+            grpc: listener,
+            admin,
+            http,
+        },
+        async {
+            let _ = rx.await;
+        },
+    ));
     Ok(RunningGateway {
         addr,
         admin_addr,
+        http_addr,
         gateway,
         shutdown: Some(tx),
         task,
@@ -152,13 +165,28 @@ fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
     builder
 }
 
-/// Serves the gRPC API (and the admin HTTP endpoint on `admin`) until `shutdown` resolves.
+/// What [`serve`] listens on.
+pub struct Listeners {
+    /// The gRPC API.
+    pub grpc: TcpListener,
+    /// The admin HTTP endpoint, when configured.
+    pub admin: Option<TcpListener>,
+    /// The HTTP API, when configured.
+    pub http: Option<crate::http::Prepared>,
+}
+
+/// Serves the gRPC API (and the admin endpoint and the HTTP API when configured) until
+/// `shutdown` resolves.
 pub async fn serve(
     gateway: Arc<Gateway>,
-    listener: TcpListener,
-    admin: Option<TcpListener>,
+    listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let Listeners {
+        grpc: listener,
+        admin,
+        http,
+    } = listeners;
     let (health, health_service) = tonic_health::server::health_reporter();
     // Store and catalog are built: every service is ready.
     crate::background::set_health(&health, true).await;
@@ -191,6 +219,17 @@ pub async fn serve(
     let service =
         AccountGatewayServer::new(GatewayService::new(Arc::clone(&gateway), edge.clone()))
             .max_decoding_message_size(max_request);
+    let (stop_http, http_stopped) = oneshot::channel::<()>();
+    let http = http.map(|prepared| {
+        tokio::spawn(crate::http::serve(
+            Arc::clone(&gateway),
+            edge.clone(),
+            prepared,
+            async {
+                let _ = http_stopped.await;
+            },
+        ))
+    });
     let housekeeping = tokio::spawn(crate::background::housekeeping(Arc::clone(&gateway)));
     let reseal = tokio::spawn(crate::background::reseal(Arc::clone(&gateway)));
     let (stop_worker, worker_stopped) = tokio::sync::watch::channel(false);
@@ -225,6 +264,8 @@ pub async fn serve(
         let readiness = readiness.abort_handle();
         async move {
             shutdown.await;
+            // The HTTP API stops taking connections too, and drains on its own.
+            let _ = stop_http.send(());
             // Not ready from here on, whatever the store does: `/readyz` and health agree.
             readiness.abort();
             gateway.set_ready(false);
@@ -282,6 +323,13 @@ pub async fn serve(
     reseal.abort();
     readiness.abort();
     let _ = stop_admin.send(());
+    if let Some(http) = http {
+        match http.await {
+            Ok(Err(e)) => tracing::warn!(error = %e, "HTTP API failed"),
+            Err(e) => tracing::warn!(error = %e, "HTTP API panicked"),
+            Ok(Ok(())) => {}
+        }
+    }
     if let Some(admin) = admin {
         match admin.await {
             Ok(Err(e)) => tracing::warn!(error = %e, "admin endpoint failed"),

@@ -242,3 +242,47 @@ fn errors_print_once_and_never_with_a_backtrace() {
         "{err}"
     );
 }
+
+#[test]
+fn the_http_apis_taken_address_and_unusable_key_set_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("sqlite://{}", dir.path().join("db.sqlite").display());
+    let path = config(dir.path(), "127.0.0.1:0", &store);
+    let base = std::fs::read_to_string(&path).unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    std::fs::write(&path, format!("{base}[http]\nlisten = \"{addr}\"\n")).unwrap();
+    let (err, status) = serve(&path, 20);
+    assert_eq!(status, Some(false), "{err}");
+    assert!(
+        err.contains(&format!("http.listen: cannot listen on {addr}")),
+        "{err}"
+    );
+    // A key set that is missing, and one holding a shared secret.
+    let jwks = dir.path().join("jwks.json");
+    std::fs::write(
+        &path,
+        format!(
+            "{base}[http]\nlisten = \"127.0.0.1:0\"\n[http.auth]\njwks_file = \"{}\"\n\
+             issuer = \"https://as.test\"\naudience = \"unbind-gateway\"\n",
+            jwks.display()
+        ),
+    )
+    .unwrap();
+    let (err, status) = serve(&path, 20);
+    assert_eq!(status, Some(false), "{err}");
+    assert!(
+        err.contains("`http.auth.jwks_file`: cannot read") && err.contains("jwks.json"),
+        "{err}"
+    );
+    std::fs::write(&jwks, r#"{"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}"#).unwrap();
+    let (ok, printed) = check_config(&path);
+    assert!(!ok, "{printed}");
+    assert!(printed.contains("symmetric"), "{printed}");
+    let (err, status) = serve(&path, 20);
+    assert_eq!(status, Some(false), "{err}");
+    assert!(
+        err.contains("symmetric") && err.contains("jwks.json"),
+        "{err}"
+    );
+}

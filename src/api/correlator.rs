@@ -53,7 +53,7 @@ fn presented(headers: &http::HeaderMap) -> Presented<'_> {
 
 /// CAMARA's `x-correlator`: at most 256 characters of `[a-zA-Z0-9-_:;./<>{}]` (all ASCII, so
 /// characters are bytes).
-fn is_correlator(value: &[u8]) -> bool {
+pub(crate) fn is_correlator(value: &[u8]) -> bool {
     value.len() <= MAX_CORRELATOR_LEN
         && value
             .iter()

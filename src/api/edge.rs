@@ -45,6 +45,28 @@ impl Edge {
             })
     }
 
+    /// As [`Edge::admit`], for a caller the HTTP API identified by its access token (`None`: the
+    /// development tenant); `correlator` is the request's `x-correlator`.
+    pub async fn admit_named(
+        &self,
+        name: Option<&str>,
+        action: Action,
+        audited_as: AuditAction,
+        correlator: &str,
+    ) -> Result<Arc<Tenant>, ApiError> {
+        self.tenants
+            .admit_named(name, action)
+            .await
+            .map_err(|refusal| {
+                let tenant = refusal
+                    .tenant
+                    .as_ref()
+                    .map_or(name.unwrap_or_default(), |t| t.name.as_str());
+                self.refused(tenant, "", audited_as, correlator, &refusal.error);
+                refusal.error
+            })
+    }
+
     /// Audits a request refused with `e`.
     pub fn refused(
         &self,
@@ -56,6 +78,19 @@ impl Edge {
     ) {
         let outcome = e.code_and_reason().1.as_str_name().to_owned();
         self.record(tenant, number_hash, action, correlator, outcome);
+    }
+
+    /// Audits a request refused with an answer of another surface than gRPC (the HTTP API's
+    /// CAMARA codes), named by `outcome`.
+    pub fn refused_because(
+        &self,
+        tenant: &str,
+        number_hash: &str,
+        action: AuditAction,
+        correlator: &str,
+        outcome: &str,
+    ) {
+        self.record(tenant, number_hash, action, correlator, outcome.to_owned());
     }
 
     /// Audits a request refused with `status` (its `ErrorInfo` reason, else its code).

@@ -8,6 +8,7 @@ pub mod error;
 pub mod gateway;
 mod lookup;
 pub mod metrics;
+pub mod number_status;
 pub mod push;
 pub mod rate;
 pub mod shed;

@@ -9,6 +9,7 @@ use super::{
     ApiError,
     correlator::correlator_of,
     edge::Edge,
+    number_status::{GRPC_FIELDS, Question, check_recycled},
     tenant::{Action, Tenant},
 };
 use crate::{
@@ -221,72 +222,6 @@ impl PushService {
             created_at: Some(timestamp_from_ms(created_at)),
         })
     }
-
-    /// The check; `number_hash` is set once the number is known (for the audit trail).
-    async fn check(
-        &self,
-        request: &CheckNumberRecycledRequest,
-        number_hash: &mut String,
-    ) -> Result<bool, Status> {
-        let phone = E164::parse(&request.phone_number).map_err(|_| {
-            if E164::is_valid_but_not_mobile(&request.phone_number) {
-                ApiError::NotMobile {
-                    field: "phone_number",
-                }
-            } else {
-                ApiError::InvalidPhoneNumber {
-                    field: "phone_number",
-                }
-            }
-        })?;
-        *number_hash = self.gateway.keys.number_hash(&phone).hex();
-        let status = &self.gateway.config.number_status;
-        // Another carrier's number: its re-issues are never pushed here, so "not recycled" would
-        // be a guess.
-        if !status.serves(phone.expose()) {
-            return Err(ApiError::NumberNotServed.into());
-        }
-        let Some(date) = &request.specified_date else {
-            return Err(ApiError::field("specified_date", "required").into());
-        };
-        let since = ms_from_timestamp(date);
-        let now = self.gateway.clock.now_ms();
-        if since > now {
-            return Err(ApiError::OutOfRange {
-                field: "specified_date".into(),
-                description: "must not be in the future".into(),
-            }
-            .into());
-        }
-        // Before the carrier's pushes were complete, a number never pushed may still have
-        // changed hands.
-        if let Ok(Some(starts)) = status.history_starts_ms() {
-            if since < starts {
-                return Err(ApiError::OutOfRange {
-                    field: "specified_date".into(),
-                    description: format!(
-                        "must not be before {} (the start of the carrier's recycled-number history)",
-                        status.history_starts.as_deref().unwrap_or_default()
-                    ),
-                }
-                .into());
-            }
-        }
-        // Re-issue dates older than the history window are deleted: before it, the gateway
-        // does not know, and says so rather than answer "not recycled".
-        let window = self.gateway.config.retention.recycled_history;
-        if since < now - window.as_millis() as i64 {
-            return Err(ApiError::OutOfRange {
-                field: "specified_date".into(),
-                description: format!(
-                    "must be within the last {} days (the recycled-number history kept)",
-                    window.as_secs() / 86_400
-                ),
-            }
-            .into());
-        }
-        Ok(self.gateway.pusher.recycled_since(&phone, since).await?)
-    }
 }
 
 fn is_submission_id(id: &str) -> bool {
@@ -338,13 +273,23 @@ impl NumberStatus for PushService {
         let tenant = self.admit(&request, Action::CheckNumber, ACTION).await?;
         let correlator = correlator_of(&request);
         let mut hash = String::new();
-        let recycled = self
-            .check(request.get_ref(), &mut hash)
-            .await
-            .inspect_err(|s| {
-                self.edge
-                    .refused_with(&tenant.name, &hash, ACTION, &correlator, s)
-            })?;
+        let request = request.get_ref();
+        let recycled = match &request.specified_date {
+            None => Err(ApiError::field("specified_date", "required")),
+            Some(date) => {
+                let question = Question {
+                    phone_number: &request.phone_number,
+                    since_ms: ms_from_timestamp(date),
+                    fields: GRPC_FIELDS,
+                };
+                check_recycled(&self.gateway, &question, &mut hash).await
+            }
+        }
+        .map_err(Status::from)
+        .inspect_err(|s| {
+            self.edge
+                .refused_with(&tenant.name, &hash, ACTION, &correlator, s)
+        })?;
         self.audit(
             &tenant,
             &hash,

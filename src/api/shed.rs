@@ -270,10 +270,10 @@ impl<B: Body + Unpin> Body for GuardedBody<B> {
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.get_mut();
         let frame = Pin::new(&mut this.inner).poll_frame(cx);
-        if let (Poll::Ready(Some(Ok(frame))), Some(guard)) = (&frame, this.guard.as_mut()) {
-            if let Some(trailers) = frame.trailers_ref() {
-                guard.observe(trailers);
-            }
+        if let (Poll::Ready(Some(Ok(frame))), Some(guard)) = (&frame, this.guard.as_mut())
+            && let Some(trailers) = frame.trailers_ref()
+        {
+            guard.observe(trailers);
         }
         if let Poll::Ready(None) = frame {
             this.guard = None;

@@ -204,6 +204,38 @@ impl Tenants {
             tenant: None,
             error,
         })?;
+        self.check(tenant, action).await
+    }
+
+    /// As [`Tenants::admit_or_refuse`], for a caller identified by other means than its
+    /// certificate (the HTTP API's access tokens name the tenant): `None` is the development
+    /// tenant, when development mode has one.
+    pub async fn admit_named(
+        &self,
+        name: Option<&str>,
+        action: Action,
+    ) -> Result<Arc<Tenant>, Refusal> {
+        let tenant = match name {
+            Some(name) => self
+                .by_name
+                .get(name)
+                .cloned()
+                .ok_or(ApiError::PermissionDenied {
+                    why: "the access token's client is not a tenant of this gateway".into(),
+                }),
+            None => self.development.clone().ok_or(ApiError::PermissionDenied {
+                why: "an access token naming a tenant is required".into(),
+            }),
+        }
+        .map_err(|error| Refusal {
+            tenant: None,
+            error,
+        })?;
+        self.check(tenant, action).await
+    }
+
+    /// The role and rate checks of an identified caller.
+    async fn check(&self, tenant: Arc<Tenant>, action: Action) -> Result<Arc<Tenant>, Refusal> {
         let refuse = |error| Refusal {
             tenant: Some(Arc::clone(&tenant)),
             error,

@@ -114,15 +114,15 @@ pub async fn run(args: SimulateAppsArgs) -> anyhow::Result<()> {
         .await
         .context("starting the simulated apps")?;
     let apps = simulator.apps();
-    if let Some(id) = &args.app {
-        if !apps.iter().any(|app| &app.id == id) {
-            let range = match (apps.first(), apps.last()) {
-                (Some(first), Some(last)) => format!("{} to {}", first.id, last.id),
-                _ => "none: --apps 0".to_owned(),
-            };
-            simulator.shutdown().await;
-            anyhow::bail!("--app {id}: no such simulated app (the apps are {range})");
-        }
+    if let Some(id) = &args.app
+        && !apps.iter().any(|app| &app.id == id)
+    {
+        let range = match (apps.first(), apps.last()) {
+            (Some(first), Some(last)) => format!("{} to {}", first.id, last.id),
+            _ => "none: --apps 0".to_owned(),
+        };
+        simulator.shutdown().await;
+        anyhow::bail!("--app {id}: no such simulated app (the apps are {range})");
     }
 
     let catalog = format!(

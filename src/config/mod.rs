@@ -19,6 +19,9 @@ use serde::{Deserialize, Serialize};
 use crate::domain::AppId;
 
 pub mod files;
+mod http;
+
+pub use http::{HttpAuthConfig, HttpConfig};
 
 /// The whole configuration file.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -80,6 +83,10 @@ pub struct Config {
     /// The admin HTTP endpoint: Prometheus metrics, liveness and readiness. Off when absent.
     #[serde(default)]
     pub admin: Option<AdminConfig>,
+    /// The CAMARA Number Recycling API over HTTP/JSON, with OAuth 2.0 access tokens. Off when
+    /// absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpConfig>,
     /// Live reload of the app catalog from the config file.
     #[serde(default)]
     pub reload: ReloadConfig,
@@ -396,8 +403,8 @@ impl Default for RetentionConfig {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NumberStatusConfig {
-    /// The day (`YYYY-MM-DD`, from midnight UTC) from which the carrier's pushes list every
-    /// re-issued number: an earlier date is `OUT_OF_RANGE`. Unset: only the retention window
+    /// The day (`YYYY-MM-DD`, from midnight in `time_zone`) from which the carrier's pushes list
+    /// every re-issued number: an earlier date is `OUT_OF_RANGE`. Unset: only the retention window
     /// (`retention.recycled_history`) bounds the dates, and the gateway takes the pushes as
     /// complete within it (start-up says so in the log).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -407,10 +414,50 @@ pub struct NumberStatusConfig {
     /// mobile number.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub number_ranges: Vec<String>,
+    /// The carrier's time zone, an IANA name (`"Asia/Shanghai"`): the HTTP API's `specifiedDate`
+    /// and `history_starts` are days there, each from its midnight. Default: UTC.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
 }
 
 impl NumberStatusConfig {
-    /// `history_starts` as milliseconds since the epoch (midnight UTC of that day).
+    /// The carrier's time zone (UTC when unset).
+    pub fn zone(&self) -> anyhow::Result<chrono_tz::Tz> {
+        match &self.time_zone {
+            None => Ok(chrono_tz::UTC),
+            Some(name) => name.trim().parse().map_err(|_| {
+                anyhow::anyhow!(
+                    "`number_status.time_zone`: {name:?} is not an IANA time zone name such as \
+                     \"Asia/Shanghai\" or \"UTC\""
+                )
+            }),
+        }
+    }
+
+    /// The first instant of `day` in the carrier's time zone, in milliseconds since the epoch.
+    /// A midnight that does not exist there (a clock change at 00:00) is the first instant after.
+    pub fn day_start_ms(&self, day: chrono::NaiveDate) -> i64 {
+        use chrono::TimeZone;
+        let zone = self.zone().unwrap_or(chrono_tz::UTC);
+        let midnight = day.and_time(chrono::NaiveTime::MIN);
+        match zone.from_local_datetime(&midnight) {
+            chrono::LocalResult::Single(t) | chrono::LocalResult::Ambiguous(t, _) => {
+                t.timestamp_millis()
+            }
+            // Skipped by a clock change: the day starts when the clock jumps (within the hour).
+            chrono::LocalResult::None => (1..=120)
+                .find_map(|minutes| {
+                    zone.from_local_datetime(&(midnight + chrono::Duration::minutes(minutes)))
+                        .earliest()
+                })
+                .map_or_else(
+                    || midnight.and_utc().timestamp_millis(),
+                    |t| t.timestamp_millis(),
+                ),
+        }
+    }
+
+    /// `history_starts` as milliseconds since the epoch (midnight of that day in `time_zone`).
     pub fn history_starts_ms(&self) -> anyhow::Result<Option<i64>> {
         let Some(day) = &self.history_starts else {
             return Ok(None);
@@ -418,11 +465,7 @@ impl NumberStatusConfig {
         let date = chrono::NaiveDate::parse_from_str(day.trim(), "%Y-%m-%d").map_err(|_| {
             anyhow::anyhow!("`number_status.history_starts` must be a date like \"2024-01-01\"")
         })?;
-        Ok(Some(
-            date.and_time(chrono::NaiveTime::MIN)
-                .and_utc()
-                .timestamp_millis(),
-        ))
+        Ok(Some(self.day_start_ms(date)))
     }
 
     /// Whether `e164` is one of the carrier's numbers.
@@ -431,6 +474,7 @@ impl NumberStatusConfig {
     }
 
     fn check(&self) -> anyhow::Result<()> {
+        self.zone()?;
         self.history_starts_ms()?;
         for (i, prefix) in self.number_ranges.iter().enumerate() {
             let digits = prefix.strip_prefix('+').unwrap_or_default();
@@ -776,13 +820,12 @@ fn from_toml<T: serde::de::DeserializeOwned>(text: &str) -> anyhow::Result<T> {
         if let Some(field) = message
             .strip_prefix("missing field `")
             .and_then(|rest| rest.strip_suffix('`'))
+            && e.span().is_none_or(|span| span.start == 0)
         {
-            if e.span().is_none_or(|span| span.start == 0) {
-                return anyhow::anyhow!(
-                    "missing `{field}` (a top-level key or a `[{field}]` section); \
+            return anyhow::anyhow!(
+                "missing `{field}` (a top-level key or a `[{field}]` section); \
                      examples/development.toml is a complete config"
-                );
-            }
+            );
         }
         match e.span() {
             Some(span) => {
@@ -910,10 +953,10 @@ impl Config {
                 bail!("`tenants[{i}]`: requests_per_second and burst must be positive");
             }
         }
-        if let Some(out) = &self.outbound_tls {
-            if out.cert.is_some() != out.key.is_some() {
-                bail!("`outbound_tls.cert` and `outbound_tls.key` go together");
-            }
+        if let Some(out) = &self.outbound_tls
+            && out.cert.is_some() != out.key.is_some()
+        {
+            bail!("`outbound_tls.cert` and `outbound_tls.key` go together");
         }
         if !(self.store.url.starts_with("sqlite:") || self.store.url.starts_with("postgres:")) {
             bail!("`store.url` must start with sqlite: or postgres:");
@@ -936,6 +979,9 @@ impl Config {
             bail!("`retention.recycled_history` must be at least a day");
         }
         self.number_status.check()?;
+        if let Some(http) = &self.http {
+            http.check(self.development, self.tls.is_some())?;
+        }
         check_nonzero(self.verification.session_ttl, "verification.session_ttl")?;
         if self.verification.max_attempts == 0 {
             bail!("`verification.max_attempts` must be at least 1");
@@ -1270,6 +1316,70 @@ mod tests {
         }
         // Https is fine in development too.
         Config::parse(&MINIMAL.replace("http://", "https://")).unwrap();
+    }
+
+    #[test]
+    fn the_http_api_needs_tls_and_tokens_outside_development() {
+        let auth = "\n[http.auth]\njwks_file = \"jwks.json\"\nissuer = \"https://as\"\n\
+                    audience = \"unbind-gateway\"\n";
+        let http = |text: &str, listen: &str, auth: &str| {
+            Config::parse(&format!("{text}\n[http]\nlisten = \"{listen}\"\n{auth}"))
+                .map_err(|e| format!("{e:#}"))
+        };
+        // Development, plain text on loopback, with or without tokens.
+        http(MINIMAL, "127.0.0.1:8081", "").unwrap();
+        http(MINIMAL, "127.0.0.1:8081", auth).unwrap();
+        let err = http(MINIMAL, "0.0.0.0:8081", "").unwrap_err();
+        assert!(
+            err.contains("`http.listen`") && err.contains("loopback"),
+            "{err}"
+        );
+        // Production: TLS (from [tls]) and [http.auth].
+        http(&production(), "0.0.0.0:8443", auth).unwrap();
+        let err = http(&production(), "0.0.0.0:8443", "").unwrap_err();
+        assert!(err.contains("`http.auth` is required"), "{err}");
+        let err = http(
+            &production(),
+            "0.0.0.0:8443",
+            &auth.replace("https://as", " "),
+        )
+        .unwrap_err();
+        assert!(err.contains("`http.auth.issuer`"), "{err}");
+    }
+
+    #[test]
+    fn the_carriers_time_zone_sets_where_days_begin() {
+        let c = Config::parse(&format!(
+            "{MINIMAL}\n[number_status]\nhistory_starts = \"2024-01-01\"\n\
+             time_zone = \"Asia/Shanghai\"\n"
+        ))
+        .unwrap();
+        // Midnight in Shanghai is 16:00 UTC the day before.
+        let expected = chrono::DateTime::parse_from_rfc3339("2023-12-31T16:00:00Z").unwrap();
+        assert_eq!(
+            c.number_status.history_starts_ms().unwrap(),
+            Some(expected.timestamp_millis())
+        );
+        assert_eq!(
+            NumberStatusConfig::default().history_starts_ms().unwrap(),
+            None
+        );
+        let err = Config::parse(&format!(
+            "{MINIMAL}\n[number_status]\ntime_zone = \"Mars/Olympus\"\n"
+        ))
+        .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("`number_status.time_zone`"),
+            "{err:#}"
+        );
+        // A day whose midnight a clock change skips begins when the clock jumps.
+        let zone = NumberStatusConfig {
+            time_zone: Some("America/Sao_Paulo".into()),
+            ..NumberStatusConfig::default()
+        };
+        let day = chrono::NaiveDate::from_ymd_opt(2018, 11, 4).unwrap();
+        let jumped = chrono::DateTime::parse_from_rfc3339("2018-11-04T01:00:00-02:00").unwrap();
+        assert_eq!(zone.day_start_ms(day), jumped.timestamp_millis());
     }
 
     #[test]

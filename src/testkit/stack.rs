@@ -387,6 +387,7 @@ pub fn demo_config(
         breaker: Default::default(),
         retry: Default::default(),
         admin: None,
+        http: None,
         reload: Default::default(),
         apps_file: None,
         apps,

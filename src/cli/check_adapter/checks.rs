@@ -852,10 +852,10 @@ fn random_number(avoid: Option<&E164>) -> String {
     let mut rng = rand::rng();
     loop {
         let candidate = format!("+86199{:08}", rng.random_range(0..100_000_000u32));
-        if let Ok(number) = E164::parse(&candidate) {
-            if avoid.is_none_or(|a| a != &number) {
-                return number.expose().to_owned();
-            }
+        if let Ok(number) = E164::parse(&candidate)
+            && avoid.is_none_or(|a| a != &number)
+        {
+            return number.expose().to_owned();
         }
     }
 }

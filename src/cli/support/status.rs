@@ -30,10 +30,10 @@ pub fn describe_status(status: &Status) -> Vec<String> {
         );
     }
     let details = status.get_error_details();
-    if let Some(info) = details.error_info() {
-        if !info.reason.is_empty() {
-            lines.push(format!("reason: {}", clean(&info.reason)));
-        }
+    if let Some(info) = details.error_info()
+        && !info.reason.is_empty()
+    {
+        lines.push(format!("reason: {}", clean(&info.reason)));
     }
     if let Some(bad) = details.bad_request() {
         for v in &bad.field_violations {

@@ -1048,6 +1048,7 @@ async fn check(o: &Options, table: &mut Table) -> anyhow::Result<()> {
             burst: 1_000_000,
             max_code_failures_per_hour: None,
             wrong_codes_alert_per_hour: 1000,
+            per_visitor: None,
         });
         config.number_status.history_starts = Some("2024-01-01".into());
         config.number_status.time_zone = Some("Asia/Shanghai".into());

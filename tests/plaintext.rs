@@ -174,6 +174,7 @@ async fn a_reload_adding_a_plain_http_app_outside_development_is_rejected() {
         burst: 10,
         max_code_failures_per_hour: None,
         wrong_codes_alert_per_hour: 100,
+        per_visitor: None,
     }];
     config.validate().unwrap();
     let gateway = Arc::clone(&h.stack.gateway.as_ref().unwrap().gateway);

@@ -44,6 +44,7 @@ fn tenant(name: &str, rate: f64, burst: u32) -> TenantConfig {
         burst,
         max_code_failures_per_hour: None,
         wrong_codes_alert_per_hour: 1000,
+        per_visitor: None,
     }
 }
 
@@ -57,6 +58,7 @@ impl Rig {
             "portal-capped",
             "portal-ghost",
             "portal-shared",
+            "portal-visitors",
         ];
         let tenants: Vec<(String, Role)> = names
             .iter()
@@ -79,6 +81,7 @@ impl Rig {
             // alert at 500 of them.
             TenantConfig {
                 wrong_codes_alert_per_hour: 500,
+                per_visitor: None,
                 ..tenant("portal-a", 100_000.0, 100_000)
             },
             tenant("portal-b", 100.0, 100),
@@ -89,6 +92,14 @@ impl Rig {
                 ..tenant("portal-capped", 100.0, 100)
             },
             tenant("portal-shared", 20.0, 20),
+            // A portal serving many people: each visitor 2 calls, the portal 5 in all.
+            TenantConfig {
+                per_visitor: Some(unbind_gateway::config::VisitorLimit {
+                    requests_per_second: 0.001,
+                    burst: 2,
+                }),
+                ..tenant("portal-visitors", 0.001, 5)
+            },
         ];
         with_admin(c);
         h.restart_gateway().await;
@@ -751,4 +762,65 @@ async fn connections_that_never_finish_their_handshake_are_closed() {
         );
     }
     rig.h.stop().await;
+}
+
+/// `ListApps` as the portal, on behalf of `visitor` (none: the portal itself).
+async fn list_apps_as(client: &mut Client, visitor: Option<&str>) -> Result<(), tonic::Status> {
+    let mut request = tonic::Request::new(ListAppsRequest::default());
+    if let Some(v) = visitor {
+        request
+            .metadata_mut()
+            .insert("x-visitor", v.parse().unwrap());
+    }
+    client.list_apps(request).await.map(|_| ())
+}
+
+#[tokio::test]
+async fn one_visitor_of_a_portal_cannot_spend_the_others_rate() {
+    let rig = Rig::start().await;
+    let mut portal = rig.client("portal-visitors").await;
+    // Visitor A: its two calls, then refused, as itself.
+    list_apps_as(&mut portal, Some("visitor-a")).await.unwrap();
+    list_apps_as(&mut portal, Some("visitor-a")).await.unwrap();
+    for _ in 0..3 {
+        let refused = list_apps_as(&mut portal, Some("visitor-a"))
+            .await
+            .unwrap_err();
+        assert_error(&refused, Code::ResourceExhausted, "RATE_LIMITED");
+        assert!(
+            refused.message().contains("visitor"),
+            "{}",
+            refused.message()
+        );
+    }
+    // Visitor B is served: A's refused calls spent none of the portal's rate (5 in all: A's 2,
+    // B's 2, and one of the portal's own).
+    list_apps_as(&mut portal, Some("visitor-b")).await.unwrap();
+    list_apps_as(&mut portal, Some("visitor-b")).await.unwrap();
+    list_apps_as(&mut portal, None).await.unwrap();
+    // The portal's own rate still holds over all its visitors.
+    let refused = list_apps_as(&mut portal, Some("visitor-c"))
+        .await
+        .unwrap_err();
+    assert_error(&refused, Code::ResourceExhausted, "RATE_LIMITED");
+    assert!(
+        refused.message().contains("tenant"),
+        "{}",
+        refused.message()
+    );
+    // An id that is not one is refused, and not echoed.
+    let bad = list_apps_as(&mut portal, Some("13800138000 <b>"))
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    assert!(bad_fields(&bad).contains(&"x-visitor".to_owned()));
+    assert!(!bad.message().contains("13800138000"));
+    // The refusals are audited under the portal.
+    let refused = rig
+        .audit()
+        .await
+        .into_iter()
+        .filter(|r| r.tenant == "portal-visitors" && r.outcome == "RATE_LIMITED")
+        .count();
+    assert_eq!(refused, 4);
 }

@@ -69,6 +69,7 @@ fn secure(c: &mut unbind_gateway::config::Config) {
         // The operator's opt-in hard cap, on one tenant only.
         max_code_failures_per_hour: (name == "carrier-a").then_some(3),
         wrong_codes_alert_per_hour: 1000,
+        per_visitor: None,
     };
     c.tenants = vec![
         tenant("carrier-a", Role::Carrier, 100.0, 100),

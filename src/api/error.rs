@@ -61,6 +61,8 @@ pub enum ApiError {
     PermissionDenied { why: String },
     #[error("too many requests from this tenant: slow down")]
     RateLimited { retry_after: Duration },
+    #[error("too many requests from this visitor: slow down")]
+    VisitorRateLimited { retry_after: Duration },
     #[error("{what} is unavailable: try again")]
     Unavailable { what: &'static str },
     #[error("the gateway is at capacity: retry shortly")]
@@ -101,7 +103,9 @@ impl ApiError {
             Self::UnbindNotSupported { .. } => (Code::FailedPrecondition, R::InvalidField),
             Self::IdempotencyKeyReused => (Code::AlreadyExists, R::IdempotencyKeyReused),
             Self::PermissionDenied { .. } => (Code::PermissionDenied, R::PermissionDenied),
-            Self::RateLimited { .. } => (Code::ResourceExhausted, R::RateLimited),
+            Self::RateLimited { .. } | Self::VisitorRateLimited { .. } => {
+                (Code::ResourceExhausted, R::RateLimited)
+            }
             Self::Unavailable { .. } | Self::Overloaded { .. } => {
                 (Code::Unavailable, R::ServiceUnavailable)
             }
@@ -136,6 +140,7 @@ impl ApiError {
             }
             Self::MaxCodesExceeded { retry_after }
             | Self::RateLimited { retry_after }
+            | Self::VisitorRateLimited { retry_after }
             | Self::Overloaded { retry_after } => {
                 details.set_retry_info(Some(*retry_after));
             }

@@ -28,6 +28,67 @@ pub const DEVELOPMENT_TENANT: &str = "development";
 /// The URI SAN prefix naming a tenant in a client certificate.
 pub const TENANT_URI_PREFIX: &str = "urn:unbind-gateway:tenant:";
 
+/// The metadata a tenant names the visitor behind a call by (`[[tenants]] per_visitor`): an
+/// opaque id of 1 to 128 characters of `A-Z a-z 0-9 - _ . :`, chosen by the tenant (a random id
+/// or a keyed hash, never a person's number).
+pub const VISITOR: &str = "x-visitor";
+
+/// The most visitors' buckets a tenant keeps (least recently used are dropped beyond it).
+const MAX_VISITORS: u64 = 100_000;
+
+/// How long an idle visitor's bucket is kept (long enough to refill a bucket of any sensible
+/// rate).
+const VISITOR_IDLE: Duration = Duration::from_secs(600);
+
+/// A rate per visitor of one tenant (per replica).
+struct VisitorBuckets {
+    rate: f64,
+    burst: u32,
+    buckets: moka::sync::Cache<String, Arc<TokenBucket>>,
+}
+
+impl std::fmt::Debug for VisitorBuckets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VisitorBuckets")
+            .field("rate", &self.rate)
+            .field("burst", &self.burst)
+            .finish_non_exhaustive()
+    }
+}
+
+impl VisitorBuckets {
+    fn take(&self, visitor: &str) -> Result<(), Duration> {
+        self.buckets
+            .get_with(visitor.to_owned(), || {
+                Arc::new(TokenBucket::new(self.rate, self.burst))
+            })
+            .take()
+    }
+}
+
+/// The request's visitor id: `Ok(None)` when absent, an error when it is not one. Never echoed
+/// or logged.
+fn visitor_of<T>(request: &tonic::Request<T>) -> Result<Option<&str>, ApiError> {
+    let Some(value) = request.metadata().get(VISITOR) else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .filter(|v| {
+            (1..=128).contains(&v.len())
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+        })
+        .map(Some)
+        .ok_or_else(|| {
+            ApiError::field(
+                VISITOR,
+                "an opaque id of 1 to 128 characters of A-Z, a-z, 0-9, '-', '_', '.', ':'",
+            )
+        })
+}
+
 /// What a request wants to do, for the role check.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {
@@ -63,6 +124,8 @@ pub struct Tenant {
     /// Wrong codes per hour above which the tenant's guessing is reported (never refused). Per
     /// replica: it only decides when to tell the operator.
     alert: WrongCodeAlert,
+    /// `per_visitor`: a bucket per visitor, checked before the tenant's.
+    visitors: Option<VisitorBuckets>,
 }
 
 /// Notices when a tenant's callers enter wrong codes faster than `per_hour`, at most one report
@@ -162,6 +225,14 @@ impl Tenants {
                             )
                         }),
                         alert: WrongCodeAlert::new(t.wrong_codes_alert_per_hour),
+                        visitors: t.per_visitor.map(|v| VisitorBuckets {
+                            rate: v.requests_per_second,
+                            burst: v.burst,
+                            buckets: moka::sync::Cache::builder()
+                                .max_capacity(MAX_VISITORS)
+                                .time_to_idle(VISITOR_IDLE)
+                                .build(),
+                        }),
                     }),
                 )
             })
@@ -173,6 +244,7 @@ impl Tenants {
                 bucket: None,
                 failures: None,
                 alert: WrongCodeAlert::new(1000),
+                visitors: None,
             })
         });
         Self {
@@ -204,7 +276,11 @@ impl Tenants {
             tenant: None,
             error,
         })?;
-        self.check(tenant, action).await
+        let visitor = visitor_of(request).map_err(|error| Refusal {
+            tenant: Some(Arc::clone(&tenant)),
+            error,
+        })?;
+        self.check(tenant, action, visitor).await
     }
 
     /// As [`Tenants::admit_or_refuse`], for a caller identified by other means than its
@@ -231,11 +307,16 @@ impl Tenants {
             tenant: None,
             error,
         })?;
-        self.check(tenant, action).await
+        self.check(tenant, action, None).await
     }
 
     /// The role and rate checks of an identified caller.
-    async fn check(&self, tenant: Arc<Tenant>, action: Action) -> Result<Arc<Tenant>, Refusal> {
+    async fn check(
+        &self,
+        tenant: Arc<Tenant>,
+        action: Action,
+        visitor: Option<&str>,
+    ) -> Result<Arc<Tenant>, Refusal> {
         let refuse = |error| Refusal {
             tenant: Some(Arc::clone(&tenant)),
             error,
@@ -244,6 +325,12 @@ impl Tenants {
             return Err(refuse(ApiError::PermissionDenied {
                 why: format!("tenant role `{}` may not call this", tenant.role.as_str()),
             }));
+        }
+        // The visitor first: a visitor over its rate spends none of the tenant's.
+        if let (Some(visitors), Some(visitor)) = (&tenant.visitors, visitor) {
+            visitors
+                .take(visitor)
+                .map_err(|retry_after| refuse(ApiError::VisitorRateLimited { retry_after }))?;
         }
         if let Some(bucket) = &tenant.bucket {
             bucket

@@ -166,6 +166,23 @@ pub struct TenantConfig {
     /// `unbind_wrong_codes_alerts_total` metric. Nothing is refused.
     #[serde(default = "default_wrong_codes_alert")]
     pub wrong_codes_alert_per_hour: u32,
+    /// For a tenant that serves many people (a portal): a rate per visitor, the visitor named by
+    /// the opaque `x-visitor` metadata the tenant sends with each call, so that one visitor
+    /// cannot spend the tenant's whole rate. Checked before the tenant's own bucket (a refused
+    /// visitor spends none of it); per replica. Calls without `x-visitor` count against the
+    /// tenant's rate only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_visitor: Option<VisitorLimit>,
+}
+
+/// A rate per visitor of a tenant.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VisitorLimit {
+    /// Sustained requests per second a visitor may make.
+    pub requests_per_second: f64,
+    /// Requests a visitor may make in a burst.
+    pub burst: u32,
 }
 
 /// What a tenant may do; it comes from the gateway config, never from the certificate.
@@ -945,6 +962,12 @@ impl Config {
             if !names.insert(t.name.as_str()) {
                 bail!("`tenants[{i}].name`: duplicate tenant {:?}", t.name);
             }
+            if let Some(v) = &t.per_visitor
+                && (!(v.requests_per_second > 0.0 && v.requests_per_second.is_finite())
+                    || v.burst == 0)
+            {
+                bail!("`tenants[{i}].per_visitor`: requests_per_second and burst must be positive");
+            }
             if !(t.requests_per_second > 0.0 && t.requests_per_second.is_finite())
                 || t.burst == 0
                 || t.max_code_failures_per_hour == Some(0)
@@ -1441,6 +1464,7 @@ mod tests {
                     burst: 10,
                     max_code_failures_per_hour: None,
                     wrong_codes_alert_per_hour: 1000,
+                    per_visitor: None,
                 });
             }
             &mut c.tenants[0]

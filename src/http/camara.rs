@@ -173,7 +173,9 @@ impl From<ApiError> for CamaraError {
                     "Client does not have sufficient permissions to perform this action: {why}."
                 ),
             ),
-            ApiError::RateLimited { retry_after } | ApiError::Overloaded { retry_after } => {
+            ApiError::RateLimited { retry_after }
+            | ApiError::VisitorRateLimited { retry_after }
+            | ApiError::Overloaded { retry_after } => {
                 let mut error = Self::new(
                     StatusCode::TOO_MANY_REQUESTS,
                     "TOO_MANY_REQUESTS",

@@ -8,13 +8,19 @@
 //!   seed 42 and number `+8613800138000`, holder since 2024-03-01), including the sealing of every
 //!   account ref;
 //! - `phone/parse`, `cache_key/number_hash`: parsing the caller's number, then deriving the cache
-//!   key from it (keyed hash, first 16 bytes).
+//!   key from it (keyed hash, first 16 bytes);
+//! - `token/verify_es256`, `token/verify_remembered`: checking an OAuth access token of the HTTP
+//!   API (an ES256 JWT: the signature, issuer, audience, times, scope, client) the first time,
+//!   and again (as an app sends the same token until it expires).
 //!
 //! `cargo bench --bench micro`
 
 use std::{collections::HashMap, hint::black_box, sync::Arc, time::Duration};
 
 use criterion::{Criterion, criterion_group, criterion_main};
+
+#[path = "../tests/common/https.rs"]
+mod https;
 use unbind_gateway::{
     config::AppConfig,
     domain::E164,
@@ -169,6 +175,45 @@ fn merge(c: &mut Criterion) {
     });
 }
 
+fn token(c: &mut Criterion) {
+    use unbind_gateway::{clock::Clock, config::HttpAuthConfig, http::TokenVerifier};
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = https::Issuer::new("bench");
+    let jwks_file = dir.path().join("jwks.json");
+    std::fs::write(&jwks_file, https::Issuer::jwks(&[&issuer])).unwrap();
+    let verifier = TokenVerifier::new(
+        &HttpAuthConfig {
+            jwks_file,
+            issuer: "https://auth.bench".into(),
+            audience: "unbind-gateway".into(),
+            leeway: Duration::from_secs(30),
+        },
+        Clock::system(),
+    )
+    .unwrap();
+    let bearer = |i: i64| {
+        format!(
+            "Bearer {}",
+            issuer.sign(&serde_json::json!({
+                "iss": "https://auth.bench", "aud": "unbind-gateway", "client_id": "bench",
+                "scope": "number-recycling:check", "exp": https::now_secs() + 3600 + i,
+            }))
+        )
+    };
+    // More distinct tokens than the verifier remembers: each is verified in full.
+    let tokens: Vec<String> = (0..20_000).map(bearer).collect();
+    let mut next = tokens.iter().cycle();
+    c.bench_function("token/verify_es256", |b| {
+        b.iter(|| verifier.verify(black_box(Some(next.next().unwrap().as_str()))))
+    });
+    // One token, as an app sends it request after request.
+    let header = bearer(0);
+    assert!(verifier.verify(Some(&header)).is_ok());
+    c.bench_function("token/verify_remembered", |b| {
+        b.iter(|| verifier.verify(black_box(Some(header.as_str()))))
+    });
+}
+
 fn cache_key(c: &mut Criterion) {
     let keys = keys();
     c.bench_function("phone/parse", |b| b.iter(|| E164::parse(black_box(PHONE))));
@@ -183,6 +228,6 @@ criterion_group! {
     config = Criterion::default()
         .measurement_time(Duration::from_secs(3))
         .warm_up_time(Duration::from_secs(1));
-    targets = session, account_ref, merge, cache_key
+    targets = session, account_ref, merge, cache_key, token
 }
 criterion_main!(micro);

@@ -952,10 +952,21 @@ fn main() -> ExitCode {
         }
         return ExitCode::SUCCESS;
     }
-    let filter = args.iter().find(|a| !a.starts_with('-')).cloned();
+    // libtest's conventions: names containing any filter given (all when none), but those
+    // containing a `--skip` value.
+    let (mut filters, mut skips) = (Vec::new(), Vec::new());
+    let mut words = args.iter();
+    while let Some(word) = words.next() {
+        if word == "--skip" {
+            skips.extend(words.next().cloned());
+        } else if !word.starts_with('-') {
+            filters.push(word.clone());
+        }
+    }
     let selected: Vec<_> = scenarios()
         .into_iter()
-        .filter(|(name, _)| filter.as_deref().is_none_or(|f| name.contains(f)))
+        .filter(|(name, _)| filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str())))
+        .filter(|(name, _)| !skips.iter().any(|s| name.contains(s.as_str())))
         .collect();
     println!("\nrunning {} tests", selected.len());
     if selected.is_empty() {

@@ -98,32 +98,51 @@ impl Reloader {
     /// Reloads on SIGHUP and when the file changes (checked every `interval`; zero: SIGHUP only),
     /// until the task is aborted.
     pub fn spawn(self, interval: Duration) -> JoinHandle<()> {
-        // Registered before returning, so a SIGHUP sent from now on is never missed.
-        let mut hangup = hangup_signals();
-        // The file as it is now is the baseline: an edit made right after this call is a change.
-        let mut seen = fingerprint(&self.path);
-        tokio::spawn(async move {
-            let mut tick = (!interval.is_zero()).then(|| {
-                let mut t = tokio::time::interval(interval);
-                t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                t
-            });
-            loop {
-                let by_signal = tokio::select! {
-                    Some(()) = next_hangup(&mut hangup) => true,
-                    _ = async { tick.as_mut().unwrap().tick().await }, if tick.is_some() => false,
-                };
-                let now = fingerprint(&self.path);
+        let path = self.path.clone();
+        watch(
+            interval,
+            move || fingerprint(&path),
+            move |by_signal| {
                 if by_signal {
                     tracing::info!("SIGHUP: reloading the config");
-                } else if now == seen {
-                    continue;
                 }
-                seen = now;
                 let _ = self.reload();
-            }
-        })
+            },
+        )
     }
+}
+
+/// Calls `changed(by_signal)` on SIGHUP, and whenever `fingerprint` gives something else than it
+/// last gave (asked every `interval`; zero: SIGHUP only), until the task is aborted. What the
+/// config and the HTTP API's key set are watched with.
+pub fn watch<F: PartialEq + Send + 'static>(
+    interval: Duration,
+    mut fingerprint: impl FnMut() -> F + Send + 'static,
+    mut changed: impl FnMut(bool) + Send + 'static,
+) -> JoinHandle<()> {
+    // Registered before returning, so a SIGHUP sent from now on is never missed.
+    let mut hangup = hangup_signals();
+    // The file as it is now is the baseline: an edit made right after this call is a change.
+    let mut seen = fingerprint();
+    tokio::spawn(async move {
+        let mut tick = (!interval.is_zero()).then(|| {
+            let mut t = tokio::time::interval(interval);
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            t
+        });
+        loop {
+            let by_signal = tokio::select! {
+                Some(()) = next_hangup(&mut hangup) => true,
+                _ = async { tick.as_mut().unwrap().tick().await }, if tick.is_some() => false,
+            };
+            let now = fingerprint();
+            if !by_signal && now == seen {
+                continue;
+            }
+            seen = now;
+            changed(by_signal);
+        }
+    })
 }
 
 /// Top-level sections that differ between the running config and a new one, outside the parts a

@@ -392,35 +392,18 @@ impl TokenVerifier {
     /// the task is aborted. A file that cannot be used is logged and the keys in use are kept.
     pub fn spawn_reload(self: &Arc<Self>, interval: Duration) -> tokio::task::JoinHandle<()> {
         let verifier = Arc::clone(self);
-        let mut hangup =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-        let mut seen = std::fs::read(&verifier.path).ok();
-        tokio::spawn(async move {
-            let mut tick = (!interval.is_zero()).then(|| {
-                let mut t = tokio::time::interval(interval);
-                t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                t
-            });
-            loop {
-                let by_signal = tokio::select! {
-                    Some(()) = async { hangup.as_mut()?.recv().await }, if hangup.is_some() => true,
-                    _ = async { tick.as_mut().unwrap().tick().await }, if tick.is_some() => false,
-                    else => return,
-                };
-                let now = std::fs::read(&verifier.path).ok();
-                if !by_signal && now == seen {
-                    continue;
-                }
-                seen = now;
-                match verifier.reload() {
-                    Ok(keys) => tracing::info!(keys, "http.auth.jwks_file reloaded"),
-                    Err(e) => tracing::error!(
-                        reason = %format!("{e:#}"),
-                        "http.auth.jwks_file rejected; the keys in use are kept"
-                    ),
-                }
-            }
-        })
+        let path = self.path.clone();
+        crate::reload::watch(
+            interval,
+            move || std::fs::read(&path).ok(),
+            move |_| match verifier.reload() {
+                Ok(keys) => tracing::info!(keys, "http.auth.jwks_file reloaded"),
+                Err(e) => tracing::error!(
+                    reason = %format!("{e:#}"),
+                    "http.auth.jwks_file rejected; the keys in use are kept"
+                ),
+            },
+        )
     }
 }
 

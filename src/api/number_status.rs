@@ -1,6 +1,6 @@
 //! The recycled-number check: one implementation behind `unbind.v1.NumberStatus`'s
 //! `CheckNumberRecycled` (gRPC) and the CAMARA Number Recycling API's `POST .../check`
-//! (`crate::http`). It answers only what the gateway knows:
+//! (the HTTP surface). It answers only what the gateway knows:
 //!
 //! - `true` when the holder behind the number changed after the date (the carrier pushed a
 //!   re-issue later than it), a date between cancellation and re-issue included;

@@ -635,3 +635,44 @@ async fn forms_without_the_visitors_csrf_token_are_refused() {
     );
     stack.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_gateway_that_cannot_be_reached_is_told_in_words() {
+    // A port nothing listens on: the portal starts all the same (it connects on first use).
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let gateway = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let portal = unbind_gateway::portal::start(
+        unbind_gateway::portal::PortalOptions {
+            gateway,
+            tls: Default::default(),
+            time_zone: "Asia/Shanghai".parse().unwrap(),
+        },
+        listener,
+    )
+    .await
+    .unwrap();
+    for (language, sentence) in [
+        ("en", "This page cannot reach the service right now."),
+        ("zh-CN", "本页面暂时无法连接服务。"),
+    ] {
+        let mut b = Browser::new(portal.addr, language);
+        let csrf = b.get("/").await.csrf();
+        b.post_to(
+            "/start",
+            &[
+                ("csrf", csrf.as_str()),
+                ("phone", PHONE_BARE),
+                ("id_last_six", ID),
+            ],
+            "/",
+        )
+        .await;
+        let told = b.get("/").await;
+        assert!(told.body.contains(sentence), "{}", told.body);
+        assert!(told.body.contains("role=\"alert\""), "{}", told.body);
+        b.assert_nothing_leaked(&[PHONE_BARE, ID]);
+    }
+    portal.stop().await.unwrap();
+}

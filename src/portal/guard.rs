@@ -97,6 +97,17 @@ impl Keys {
         URL_SAFE_NO_PAD.encode(self.mac("csrf", visitor_id).finalize().into_bytes())
     }
 
+    /// The name the gateway knows the visitor by (`x-visitor` metadata, for its per-visitor
+    /// rate within the portal's): a keyed hash of the visitor id, so the gateway (and its logs,
+    /// were it to log it) never holds the cookie's id itself.
+    pub fn gateway_visitor(&self, visitor_id: &str) -> String {
+        URL_SAFE_NO_PAD.encode(
+            self.mac("gateway-visitor", visitor_id)
+                .finalize()
+                .into_bytes(),
+        )
+    }
+
     /// Whether `token` is the visitor's CSRF token (compared in constant time).
     pub fn csrf_ok(&self, visitor_id: &str, token: &str) -> bool {
         let expected = self.csrf_token(visitor_id);
@@ -180,6 +191,15 @@ mod tests {
         assert!(!keys.csrf_ok(&b, &token));
         assert!(!keys.csrf_ok(&a, ""));
         assert!(!keys.csrf_ok(&a, &token[1..]));
+        // The gateway's name for a visitor: neither its id nor its token, and what the gateway
+        // accepts (1 to 128 of A-Z a-z 0-9 - _ . :).
+        let name = keys.gateway_visitor(&a);
+        assert!(name != a && name != token && name != keys.gateway_visitor(&b));
+        assert!(name.len() <= 128);
+        assert!(
+            name.bytes()
+                .all(|c| c.is_ascii_alphanumeric() || b"-_.:".contains(&c))
+        );
     }
 
     #[test]

@@ -88,6 +88,8 @@ pub struct Visitor {
     pub id: String,
     pub locale: Locale,
     pub csrf: String,
+    /// What the gateway calls this visitor (`x-visitor`).
+    pub gateway_name: String,
 }
 
 /// The portal's routes, behind the visitor and header layer.
@@ -134,9 +136,13 @@ async fn visit_layer(State(portal): State<Shared>, mut request: Request, next: N
             )
         });
     let csrf = portal.keys.csrf_token(&id);
-    request
-        .extensions_mut()
-        .insert(Visitor { id, locale, csrf });
+    let gateway_name = portal.keys.gateway_visitor(&id);
+    request.extensions_mut().insert(Visitor {
+        id,
+        locale,
+        csrf,
+        gateway_name,
+    });
     let mut response = next.run(request).await;
     if let Some(value) = new_cookie
         && let Ok(cookie) = HeaderValue::from_str(&guard::visitor_set_cookie(&value))
@@ -266,10 +272,14 @@ fn log_failure(rpc: &'static str, status: &Status) {
     tracing::warn!(rpc, code = ?status.code(), reason, "a gateway call from the portal failed");
 }
 
-/// A gRPC request with a deadline.
-fn with_timeout<T>(message: T, timeout: Duration) -> tonic::Request<T> {
+/// A gRPC request with a deadline, naming the visitor behind it (`x-visitor`), so the gateway
+/// can hold each visitor to a rate of their own within the portal's.
+fn call<T>(message: T, timeout: Duration, visitor: &str) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     request.set_timeout(timeout);
+    if let Ok(name) = visitor.parse() {
+        request.metadata_mut().insert("x-visitor", name);
+    }
     request
 }
 
@@ -321,7 +331,7 @@ async fn start(State(p): State<Shared>, Extension(v): Extension<Visitor>, body: 
     let answer = p
         .client
         .clone()
-        .start_verification(with_timeout(request, CALL_TIMEOUT))
+        .start_verification(call(request, CALL_TIMEOUT, &v.gateway_name))
         .await;
     let mut visit = lock(&visit);
     match answer {
@@ -403,13 +413,13 @@ async fn code(State(p): State<Shared>, Extension(v): Extension<Visitor>, body: B
     let answer = p
         .client
         .clone()
-        .complete_verification(with_timeout(request, CALL_TIMEOUT))
+        .complete_verification(call(request, CALL_TIMEOUT, &v.gateway_name))
         .await;
     match answer {
         Ok(answer) => {
             let answer = answer.into_inner();
             let token = SessionToken(answer.session_token);
-            let lookup = spawn_lookup(&p, token.clone());
+            let lookup = spawn_lookup(&p, token.clone(), v.gateway_name.clone());
             let mut visit = lock(&visit);
             visit.pending = None;
             visit.session = Some(Session {
@@ -439,17 +449,18 @@ async fn code(State(p): State<Shared>, Extension(v): Extension<Visitor>, body: B
 
 /// Starts the look-up: a task reads the gateway's stream into the visit's [`Lookup`], app by
 /// app, so the page shows each answer as it comes rather than after the slowest app.
-fn spawn_lookup(p: &Portal, token: SessionToken) -> Arc<Mutex<Lookup>> {
+fn spawn_lookup(p: &Portal, token: SessionToken, visitor: String) -> Arc<Mutex<Lookup>> {
     let lookup = Arc::new(Mutex::new(Lookup::default()));
     let shared = Arc::clone(&lookup);
     let mut client = p.client.clone();
     tokio::spawn(async move {
-        let request = with_timeout(
+        let request = call(
             ListLinkedAccountsRequest {
                 session_token: token.0,
                 ..Default::default()
             },
             LOOKUP_DEADLINE,
+            &visitor,
         );
         let read = async {
             let mut stream = client.stream_linked_accounts(request).await?.into_inner();
@@ -664,7 +675,10 @@ async fn confirm(
             // The same key on a resent form: the gateway answers with the same tickets.
             idempotency_key: format!("{}-{n}", choice.idempotency_key),
         };
-        match client.unbind(with_timeout(request, CALL_TIMEOUT)).await {
+        match client
+            .unbind(call(request, CALL_TIMEOUT, &v.gateway_name))
+            .await
+        {
             Ok(answer) => tickets.extend(answer.into_inner().tickets),
             Err(status) => {
                 log_failure("Unbind", &status);
@@ -717,7 +731,11 @@ async fn confirm(
 
 /// The visit's tickets as they are now. Once the session has ended they are read by id alone
 /// (the portal's tenant may read its own tickets), so the page can be followed to the end.
-async fn load_tickets(p: &Portal, visit: &Mutex<Visit>) -> Result<Vec<UnbindTicket>, Notice> {
+async fn load_tickets(
+    p: &Portal,
+    v: &Visitor,
+    visit: &Mutex<Visit>,
+) -> Result<Vec<UnbindTicket>, Notice> {
     let (ids, token) = {
         let visit = lock(visit);
         let live = visit
@@ -736,7 +754,7 @@ async fn load_tickets(p: &Portal, visit: &Mutex<Visit>) -> Result<Vec<UnbindTick
         ticket_ids: ids.clone(),
     };
     let answer = match client
-        .get_unbind_tickets(with_timeout(ask(token.clone()), CALL_TIMEOUT))
+        .get_unbind_tickets(call(ask(token.clone()), CALL_TIMEOUT, &v.gateway_name))
         .await
     {
         Err(status)
@@ -744,7 +762,7 @@ async fn load_tickets(p: &Portal, visit: &Mutex<Visit>) -> Result<Vec<UnbindTick
                 && crate::api::error::reason_of(&status).as_deref() == Some("INVALID_SESSION") =>
         {
             client
-                .get_unbind_tickets(with_timeout(ask(String::new()), CALL_TIMEOUT))
+                .get_unbind_tickets(call(ask(String::new()), CALL_TIMEOUT, &v.gateway_name))
                 .await
         }
         other => other,
@@ -764,7 +782,7 @@ async fn tickets_page(State(p): State<Shared>, Extension(v): Extension<Visitor>)
     };
     let (notice, visiting) = notice_of(Some(&visit));
     let has_session = lock(&visit).session.is_some();
-    let (tickets, failed) = match load_tickets(&p, &visit).await {
+    let (tickets, failed) = match load_tickets(&p, &v, &visit).await {
         Ok(tickets) => (tickets, None),
         Err(notice) => (Vec::new(), Some(notice)),
     };
@@ -787,7 +805,7 @@ async fn tickets_live(State(p): State<Shared>, Extension(v): Extension<Visitor>)
     let Some(visit) = p.visits.get(&v.id) else {
         return StatusCode::NOT_FOUND.into_response();
     };
-    match load_tickets(&p, &visit).await {
+    match load_tickets(&p, &v, &visit).await {
         Ok(tickets) => {
             let view = tickets_view(&tickets, v.locale.messages(), p.tz);
             let ctx = context! { lang => v.locale.tag(), view => Value::from(Serde(&view)) };
@@ -857,4 +875,19 @@ async fn js() -> Response {
 
 async fn not_found(State(p): State<Shared>, Extension(v): Extension<Visitor>) -> Response {
     p.message(&v, StatusCode::NOT_FOUND, "error.not_found_page")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn calls_carry_a_deadline_and_the_visitors_name_only() {
+        let request = call((), Duration::from_secs(3), "abc_DEF-1");
+        assert_eq!(request.metadata().get("x-visitor").unwrap(), "abc_DEF-1");
+        assert_eq!(request.metadata().get("grpc-timeout").unwrap(), "3000000u");
+        // A name the metadata cannot hold is left out rather than failing the call.
+        let request = call((), Duration::from_secs(3), "bad\nname");
+        assert!(request.metadata().get("x-visitor").is_none());
+    }
 }

@@ -108,6 +108,8 @@ pub fn router(portal: Shared) -> Router {
         .route("/forget", post(forget))
         .route("/assets/portal.css", get(css))
         .route("/assets/portal.js", get(js))
+        // Browsers ask for it on their own: nothing, rather than a 404 in every console.
+        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_FORM))
         .layer(middleware::from_fn_with_state(portal.clone(), visit_layer))

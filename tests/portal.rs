@@ -676,3 +676,159 @@ async fn a_gateway_that_cannot_be_reached_is_told_in_words() {
     }
     portal.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn an_expired_code_or_session_sends_the_person_back_with_a_sentence() {
+    let dir = tempfile::tempdir().unwrap();
+    let (stack, addr) = stack(&dir).await;
+    let mut b = Browser::new(addr, "en");
+    let csrf = b.get("/").await.csrf();
+    let csrf = csrf.as_str();
+
+    // A code typed after its five minutes.
+    b.post_to(
+        "/start",
+        &[("csrf", csrf), ("phone", PHONE_BARE), ("id_last_six", ID)],
+        "/code",
+    )
+    .await;
+    let code = stack.wait_for_code(PHONE, 1).await.unwrap();
+    stack.clock.advance(Duration::from_secs(5 * 60 + 1));
+    b.post_to("/code", &[("csrf", csrf), ("code", code.as_str())], "/")
+        .await;
+    let told = b.get("/").await;
+    assert!(
+        told.body.contains("That code can no longer be used"),
+        "{}",
+        told.body
+    );
+    assert_eq!(
+        b.get("/code").await.location(),
+        "/",
+        "the dead code is gone"
+    );
+
+    // A session that ends between the list and the confirmation.
+    b.post_to(
+        "/start",
+        &[("csrf", csrf), ("phone", PHONE_BARE), ("id_last_six", ID)],
+        "/code",
+    )
+    .await;
+    let code = stack.wait_for_code(PHONE, 2).await.unwrap();
+    b.post_to(
+        "/code",
+        &[("csrf", csrf), ("code", code.as_str())],
+        "/accounts",
+    )
+    .await;
+    b.wait_for("/accounts", Duration::from_secs(30), |a| !a.refreshes())
+        .await;
+    b.post_to(
+        "/choose",
+        &[("csrf", csrf), ("which", "previous")],
+        "/confirm",
+    )
+    .await;
+    stack.clock.advance(Duration::from_secs(10 * 60 + 1));
+    b.post_to("/confirm", &[("csrf", csrf)], "/").await;
+    let told = b.get("/").await;
+    assert!(told.body.contains("Your visit ended"), "{}", told.body);
+    assert_eq!(b.get("/accounts").await.location(), "/");
+    stack.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn over_mutual_tls_as_a_portal_tenant() {
+    use unbind_gateway::config::{Role, TenantConfig, TlsConfig};
+    use unbind_gateway::pki::generate;
+    use unbind_gateway::testkit::stack::BackendTls;
+
+    let certs = tempfile::tempdir().unwrap();
+    let pki = generate(
+        certs.path(),
+        &[("portal-web".to_owned(), Role::Portal)],
+        &[],
+        30,
+        false,
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (gateway_tls, client_ca) = (pki.gateway.clone(), pki.ca.cert.clone());
+    let stack = Stack::start(
+        StackOptions {
+            apps: 6,
+            backend_tls: Some(BackendTls::from_pki(&pki).unwrap()),
+            ..StackOptions::new(dir.path().to_path_buf())
+        },
+        move |c| {
+            // Production mode: TLS, client certificates, the portal a tenant of role portal.
+            c.development = false;
+            c.tls = Some(TlsConfig {
+                cert: gateway_tls.cert,
+                key: gateway_tls.key,
+                client_ca: Some(client_ca),
+            });
+            c.tenants = vec![
+                toml::from_str::<TenantConfig>("name = \"portal-web\"\nrole = \"portal\"").unwrap(),
+            ];
+        },
+    )
+    .await
+    .unwrap();
+    let gateway = format!(
+        "https://127.0.0.1:{}",
+        stack.gateway.as_ref().unwrap().addr.port()
+    );
+    let files = &pki.tenants[0].files;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let portal = unbind_gateway::portal::start(
+        unbind_gateway::portal::PortalOptions {
+            gateway,
+            tls: unbind_gateway::cli::tls_args::ClientTlsArgs {
+                ca: Some(pki.ca.cert.clone()),
+                cert: Some(files.cert.clone()),
+                key: Some(files.key.clone()),
+                tls_server_name: Some("localhost".to_owned()),
+            },
+            time_zone: "Asia/Shanghai".parse().unwrap(),
+        },
+        listener,
+    )
+    .await
+    .unwrap();
+
+    let mut b = Browser::new(portal.addr, "en");
+    let csrf = b.get("/").await.csrf();
+    let csrf = csrf.as_str();
+    b.post_to(
+        "/start",
+        &[("csrf", csrf), ("phone", PHONE_BARE), ("id_last_six", ID)],
+        "/code",
+    )
+    .await;
+    let code = stack.wait_for_code(PHONE, 1).await.unwrap();
+    b.post_to(
+        "/code",
+        &[("csrf", csrf), ("code", code.as_str())],
+        "/accounts",
+    )
+    .await;
+    let accounts = b
+        .wait_for("/accounts", Duration::from_secs(30), |a| !a.refreshes())
+        .await;
+    assert!(
+        accounts
+            .body
+            .contains("This number has been yours since 1 March 2024."),
+        "{}",
+        accounts.body
+    );
+    assert!(
+        accounts.body.contains("6 apps were asked."),
+        "{}",
+        accounts.body
+    );
+    portal.stop().await.unwrap();
+    stack.stop().await.unwrap();
+}

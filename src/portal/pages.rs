@@ -300,9 +300,23 @@ fn notice_of(visit: Option<&Arc<Mutex<Visit>>>) -> (Option<Notice>, bool) {
 // ---- number and ID characters ----
 
 async fn start_page(State(p): State<Shared>, Extension(v): Extension<Visitor>) -> Response {
-    let (notice, visiting) = notice_of(p.visits.get(&v.id).as_ref());
+    let visit = p.visits.get(&v.id);
+    let (notice, visiting) = notice_of(visit.as_ref());
+    // A session still good: the way back to its accounts.
+    let verified = visit.is_some_and(|visit| {
+        lock(&visit)
+            .session
+            .as_ref()
+            .is_some_and(|s| s.expires_at.is_none_or(|at| at > Utc::now()))
+    });
     let page = Page::new("start.html", "start.heading", "/").step(0);
-    p.page(&v, page, notice, visiting, context! {})
+    p.page(
+        &v,
+        page,
+        notice,
+        visiting,
+        context! { verified => verified },
+    )
 }
 
 async fn start(State(p): State<Shared>, Extension(v): Extension<Visitor>, body: Bytes) -> Response {

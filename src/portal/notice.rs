@@ -15,7 +15,7 @@ use super::i18n::Messages;
 pub struct Notice {
     /// The message key (`error.*`).
     pub key: &'static str,
-    /// Minutes to wait, for the messages that say so.
+    /// Minutes to wait, for the messages that say so (their keys are `key_one` / `key_other`).
     pub minutes: Option<u64>,
 }
 
@@ -27,8 +27,11 @@ impl Notice {
 
     /// The sentence in one language.
     pub fn text(&self, messages: &Messages) -> String {
-        let minutes = self.minutes.unwrap_or(1).max(1).to_string();
-        messages.text(self.key, &[("minutes", minutes)])
+        if messages.has(self.key) {
+            messages.text(self.key, &[])
+        } else {
+            messages.plural(self.key, self.minutes.unwrap_or(1).max(1), &[])
+        }
     }
 }
 
@@ -154,7 +157,11 @@ mod tests {
             let (notice, _) = from_status(&error.to_status());
             for locale in Locale::ALL {
                 let messages = locale.messages();
-                assert!(messages.has(notice.key), "{error:?}: {}", notice.key);
+                assert!(
+                    messages.has(notice.key) || messages.has(&format!("{}_other", notice.key)),
+                    "{error:?}: {}",
+                    notice.key
+                );
                 let text = notice.text(messages);
                 assert!(!text.contains('{'), "{text}");
             }
@@ -169,7 +176,19 @@ mod tests {
             .to_status(),
         );
         assert_eq!((notice.minutes, next), (Some(31), Next::Restart));
-        assert!(notice.text(Locale::En.messages()).contains("31 minutes"));
+        assert!(
+            notice
+                .text(Locale::En.messages())
+                .contains("in 31 minutes.")
+        );
+        let (notice, _) = from_status(
+            &ApiError::RateLimited {
+                retry_after: Duration::from_millis(300),
+            }
+            .to_status(),
+        );
+        assert!(notice.text(Locale::En.messages()).contains("in 1 minute."));
+        assert!(notice.text(Locale::Zh.messages()).contains("1 分钟"));
         let (notice, next) = from_status(&Status::unavailable("connection refused"));
         assert_eq!((notice.key, next), ("error.unreachable", Next::Stay));
     }

@@ -9,6 +9,12 @@
   if (!live || !window.fetch || !("content" in document.createElement("template"))) {
     return;
   }
+  // How often the part is fetched again, as the page says (the accounts arrive quickly, the
+  // unbinds take seconds to days).
+  function every() {
+    var ms = parseInt(live.getAttribute("data-every"), 10);
+    return ms >= 250 ? ms : 1500;
+  }
   function poll() {
     var url = live.getAttribute("data-live");
     if (!url || url.charAt(0) !== "/") {
@@ -34,7 +40,10 @@
         }
         live.innerHTML = fresh.innerHTML;
         if (fresh.hasAttribute("data-live")) {
-          window.setTimeout(poll, 1500);
+          if (fresh.hasAttribute("data-every")) {
+            live.setAttribute("data-every", fresh.getAttribute("data-every"));
+          }
+          window.setTimeout(poll, every());
         } else {
           live.removeAttribute("data-live");
           live.removeAttribute("aria-busy");
@@ -44,5 +53,5 @@
         window.setTimeout(poll, 5000);
       });
   }
-  window.setTimeout(poll, 1000);
+  window.setTimeout(poll, Math.min(every(), 1000));
 })();

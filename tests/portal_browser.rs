@@ -1,7 +1,8 @@
 //! The portal in a real browser (issue 18): `tests/browser/portal.cjs` drives Debian's chromium
 //! with playwright-core against the demo stack (with an app that never answers), in English with
-//! JavaScript and in Chinese without it, checks every page with axe-core, and writes a
-//! screenshot of each step to `docs/portal/`.
+//! JavaScript and in Chinese without it, checks every page with axe-core, and takes a screenshot
+//! of each step: into `docs/portal/` (the README's) with `UPDATE_SCREENSHOTS=1`, else into a
+//! temporary directory, so a test run leaves the tree as it was.
 //!
 //! It needs `chromium` and the npm packages under `target/node` (`.ci/run` installs both); without
 //! them it skips, saying so, except under `CI=true`, where it fails.
@@ -97,12 +98,18 @@ async fn the_flow_in_chromium_in_both_languages_with_and_without_javascript() {
         .await
         .unwrap();
 
+    let scratch = tempfile::tempdir().unwrap();
+    let shots = if std::env::var("UPDATE_SCREENSHOTS").as_deref() == Ok("1") {
+        root.join("docs/portal")
+    } else {
+        scratch.path().to_path_buf()
+    };
     let run = tokio::process::Command::new("node")
         .arg(root.join("tests/browser/portal.cjs"))
         .env("NODE_PATH", &modules)
         .env("PORTAL_URL", &portal)
         .env("SMS_FILE", &stack.sms_file)
-        .env("SHOTS", root.join("docs/portal"))
+        .env("SHOTS", &shots)
         .env("CHROMIUM", &chromium)
         .env("SILENT_APP_NAME", &silent_name)
         // Its steps and any failure go straight to the test's output, even if it hangs.

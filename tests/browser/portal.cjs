@@ -10,7 +10,7 @@
 //
 // On every page: axe-core finds nothing serious or critical, no console error or CSP violation
 // appears, and the cookies carry HttpOnly, Secure and SameSite=Strict. A screenshot of each step
-// is written to SHOTS (docs/portal/). Any failure exits non-zero with the reason.
+// is written to SHOTS (docs/portal/ when the screenshots are to be renewed). Any failure exits non-zero with the reason.
 "use strict";
 
 const fs = require("fs");

@@ -1,6 +1,7 @@
 //! `demo` starts the web portal too and names its address first (issue 18): run as a person
 //! would, the binary with `--portal-listen 127.0.0.1:0`, and the page it names answers, in the
-//! browser's language.
+//! browser's language; a person verified through it leaves neither the number nor the ID
+//! characters in the demo's log.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;

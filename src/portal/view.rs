@@ -242,7 +242,13 @@ pub fn tickets_view(tickets: &[UnbindTicket], m: &Messages, tz: Tz) -> TicketsVi
                     .map(|at| m.time(at, tz))
                     .unwrap_or_default(),
                 overdue: t.overdue,
-                detail: t.detail.chars().filter(|c| !c.is_control()).collect(),
+                // "Done" says nothing the state does not; a refusal, a failure or a retry is
+                // worth the app's (or the gateway's) own words.
+                detail: if t.state() == TicketState::Completed {
+                    String::new()
+                } else {
+                    t.detail.chars().filter(|c| !c.is_control()).collect()
+                },
             }
         })
         .collect();
@@ -373,7 +379,11 @@ mod tests {
             tz,
         );
         assert_eq!(view.rows[0].app, "bank-2");
-        assert_eq!(view.rows[0].detail, "ok");
+        assert_eq!(
+            view.rows[0].detail, "",
+            "a completed ticket needs no detail"
+        );
+        assert_eq!(view.rows[1].detail, "ok", "control characters removed");
         assert_eq!(view.rows[0].state_key, "tickets.state_completed");
         assert!(view.rows[1].due.contains("2026"), "{}", view.rows[1].due);
         assert_eq!((view.open, view.completed, view.done), (1, 1, false));

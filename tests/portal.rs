@@ -28,13 +28,18 @@ const ZH_ID: &str = "154321";
 /// The app that never answers.
 const SILENT_APP: &str = "app-003";
 
-/// A stack of 12 quick apps (one of which never answers) with a fast unbind worker, and the
-/// portal in front of it.
+/// A stack of 12 quick apps (one of which never answers: it times out after 0.7 s) with a fast
+/// unbind worker, and the portal in front of it.
 async fn stack(dir: &tempfile::TempDir) -> (Stack, SocketAddr) {
+    stack_with(dir, Duration::from_millis(700)).await
+}
+
+/// [`stack`] with another timeout for every app.
+async fn stack_with(dir: &tempfile::TempDir, app_timeout: Duration) -> (Stack, SocketAddr) {
     let mut stack = Stack::start(
         StackOptions {
             apps: 12,
-            app_timeout: Some(Duration::from_millis(700)),
+            app_timeout: Some(app_timeout),
             behaviour: Behaviour {
                 latency: Latency::Uniform {
                     min: Duration::from_millis(1),
@@ -185,6 +190,9 @@ impl Browser {
         if !answer.location().is_empty() {
             self.urls.push(answer.location().to_owned());
         }
+        if let Some(placeholder) = unfilled_placeholder(&answer.body) {
+            panic!("{path} shows an unfilled {placeholder}: {}", answer.body);
+        }
         self.bodies.push(answer.body.clone());
         answer
     }
@@ -250,6 +258,17 @@ impl Browser {
             }
         }
     }
+}
+
+/// A message placeholder left as it was ("{count}"): a message used without its value.
+fn unfilled_placeholder(body: &str) -> Option<&str> {
+    body.match_indices('{').find_map(|(i, _)| {
+        let rest = &body[i + 1..];
+        let end = rest.find('}')?;
+        let name = &rest[..end];
+        (!name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
+            .then(|| &body[i..i + end + 2])
+    })
 }
 
 /// Percent-encoding for a form field.
@@ -830,5 +849,90 @@ async fn over_mutual_tls_as_a_portal_tenant() {
         accounts.body
     );
     portal.stop().await.unwrap();
+    stack.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_accounts_appear_as_the_apps_answer_not_after_the_slowest() {
+    let dir = tempfile::tempdir().unwrap();
+    // Apps have 4 s: one takes 2.5 s, one never answers, the others answer in milliseconds.
+    let (stack, addr) = stack_with(&dir, Duration::from_secs(4)).await;
+    let slow = "app-005";
+    stack.simulator.set_behaviour(
+        slow,
+        Behaviour {
+            latency: Latency::Fixed(Duration::from_millis(2500)),
+            ..Behaviour::default()
+        },
+    );
+    let mut b = Browser::new(addr, "en");
+    let csrf = b.get("/").await.csrf();
+    let csrf = csrf.as_str();
+    b.post_to(
+        "/start",
+        &[("csrf", csrf), ("phone", PHONE_BARE), ("id_last_six", ID)],
+        "/code",
+    )
+    .await;
+    let code = stack.wait_for_code(PHONE, 1).await.unwrap();
+    b.post_to(
+        "/code",
+        &[("csrf", csrf), ("code", code.as_str())],
+        "/accounts",
+    )
+    .await;
+    // Before the slow app answers, the page already lists what the others said, and refreshes.
+    let partial = b
+        .wait_for("/accounts", Duration::from_secs(3), |a| {
+            a.body.contains("have answered so far.")
+        })
+        .await;
+    assert!(partial.refreshes(), "{}", partial.body);
+    assert!(partial.body.contains("Accounts of a previous holder"));
+    assert!(
+        partial.body.contains("<td"),
+        "rows already: {}",
+        partial.body
+    );
+    assert!(
+        partial.checkboxes().is_empty(),
+        "nothing to tick before the end"
+    );
+    assert!(
+        !partial.body.contains("No app reported"),
+        "{}",
+        partial.body
+    );
+    // Its live part, for the page's script, says the same.
+    let live = b.get("/accounts/live").await;
+    assert!(
+        live.body.contains("data-live=\"/accounts/live\"")
+            || live.body.contains("data-live=\"&#x2f;accounts&#x2f;live\""),
+        "{}",
+        live.body
+    );
+    assert!(live.body.contains("have answered so far."), "{}", live.body);
+    // Then the slow app's answer, and the choice.
+    let done = b
+        .wait_for("/accounts", Duration::from_secs(30), |a| !a.refreshes())
+        .await;
+    assert!(!done.checkboxes().is_empty());
+    let name = |id: &str| {
+        stack
+            .simulator
+            .apps()
+            .into_iter()
+            .find(|a| a.id == id)
+            .unwrap()
+            .name
+    };
+    let silent = done.body.split("Apps that did not answer").nth(1).unwrap();
+    assert!(silent.contains(&name(SILENT_APP)), "{silent}");
+    assert!(
+        !silent.contains(&name(slow)),
+        "the slow app answered in time: {silent}"
+    );
+    let live = b.get("/accounts/live").await;
+    assert!(live.body.contains("data-reload"), "{}", live.body);
     stack.stop().await.unwrap();
 }

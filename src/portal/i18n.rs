@@ -239,6 +239,23 @@ mod tests {
         );
     }
 
+    /// The `{name}`s of a message.
+    fn placeholders(text: &str) -> std::collections::BTreeSet<&str> {
+        text.split('{')
+            .skip(1)
+            .filter_map(|rest| rest.split_once('}').map(|(name, _)| name))
+            .collect()
+    }
+
+    #[test]
+    fn both_languages_fill_in_the_same_values() {
+        let (en, zh) = (Locale::En.messages(), Locale::Zh.messages());
+        for key in en.keys() {
+            let (a, b) = (&en.map[key], &zh.map[key]);
+            assert_eq!(placeholders(a), placeholders(b), "{key}: {a:?} / {b:?}");
+        }
+    }
+
     #[test]
     fn accept_language_picks_the_preferred_of_ours() {
         assert_eq!(Locale::negotiate(None), Locale::En);

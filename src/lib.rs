@@ -37,7 +37,8 @@
 //!   `telemetry`: logging set-up; `proto`: generated code.
 //!
 //! Around it
-//! - `cli`: the `demo`, `query`, `certs`, `audit`, `check-adapter` and `simulate-apps` commands
+//! - `portal`: the reference web portal a person meets, a client of the gateway's API;
+//! - `cli`: the `demo`, `portal`, `query`, `certs`, `audit`, `check-adapter` and `simulate-apps` commands
 //!   (`cli/query/`, `cli/check_adapter/`, and `cli/support/` what both share);
 //! - `testkit`: fakes that never run in production — simulated apps, a simulated registry, and
 //!   the in-process stack the demo, the tests and the benchmarks run.
@@ -59,6 +60,7 @@ pub mod http;
 pub mod jobs;
 pub mod metrics;
 pub mod pki;
+pub mod portal;
 pub mod proto;
 pub mod push;
 pub mod registry;

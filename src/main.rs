@@ -1,5 +1,5 @@
 //! The `unbind-gateway` command: `serve`, `demo`, `query`, `simulate-apps`, `check-adapter`,
-//! `certs`, `audit`, `keys`, `erase`, `registry`.
+//! `certs`, `audit`, `keys`, `erase`, `registry`, `portal`.
 
 #![forbid(unsafe_code)]
 
@@ -46,6 +46,8 @@ enum Command {
     Demo(cli::demo::DemoArgs),
     /// An interactive client: verify, list accounts, unbind.
     Query(cli::query::QueryArgs),
+    /// The reference web portal over a gateway: verify, see and unbind accounts in a browser.
+    Portal(cli::portal::PortalArgs),
     /// Write a development CA and certificates for mutual TLS under certs/.
     Certs(cli::certs::CertsArgs),
     /// List audit records (numbers are hashed before the search).
@@ -153,6 +155,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             cli::demo::run(args).await
         }
         Command::Query(args) => cli::query::run(args).await,
+        Command::Portal(args) => {
+            telemetry::init(cli.log_json);
+            cli::portal::run(args).await
+        }
         Command::CheckAdapter(args) => match cli::check_adapter::run(args).await {
             Ok(true) => Ok(()),
             // A failed check, after the table has been printed.

@@ -1,6 +1,7 @@
 //! `unbind-gateway demo`: the whole system in one process on loopback — the gateway, the
-//! simulated subscriber registry, and simulated apps ([`crate::testkit::stack`]) — with SQLite in
-//! a data directory, no config needed. Development mode: plain text and throw-away secrets, and
+//! simulated subscriber registry, and simulated apps ([`crate::testkit::stack`]), and the web
+//! portal over the gateway ([`crate::portal`]) — with SQLite in a data directory, no config
+//! needed. Development mode: plain text and throw-away secrets, and
 //! it says so.
 
 use std::{net::SocketAddr, path::PathBuf};
@@ -33,7 +34,15 @@ pub struct DemoArgs {
     /// three demo numbers out for an hour.
     #[arg(long)]
     pub strict_limits: bool,
+    /// Where the web portal listens (port 0 picks a free one). Default: 127.0.0.1:8080, or no
+    /// portal (said in the banner) when that port is taken.
+    #[arg(long, value_name = "ADDR")]
+    pub portal_listen: Option<SocketAddr>,
 }
+
+/// Where the demo's portal listens unless `--portal-listen` says otherwise.
+pub const DEFAULT_PORTAL_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8080);
 
 /// Codes and summary SMS per number per hour in the demo unless `--strict-limits`.
 pub const RELAXED_PER_HOUR: u32 = 100;
@@ -53,7 +62,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     };
     let admin_listen = args.admin_listen;
     let strict_limits = args.strict_limits;
-    let stack = Stack::start(
+    let mut stack = Stack::start(
         StackOptions {
             apps: args.apps,
             seed: args.seed,
@@ -72,6 +81,18 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         },
     )
     .await?;
+    // A port given on the command line must work; the default may be taken (another demo, a
+    // web server), which costs the portal only.
+    let portal = match args.portal_listen {
+        Some(listen) => stack.start_portal(listen).await?,
+        None => match stack.start_portal(DEFAULT_PORTAL_LISTEN).await {
+            Ok(url) => url,
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "the demo's portal did not start");
+                String::new()
+            }
+        },
+    };
     let admin = stack
         .gateway
         .as_ref()
@@ -81,6 +102,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     println!(
         "{}",
         banner(
+            &portal,
             &stack.endpoint(),
             args.apps,
             &data_dir,
@@ -111,6 +133,7 @@ fn limits_line(config: &crate::config::Config) -> String {
 }
 
 fn banner(
+    portal: &str,
     endpoint: &str,
     apps: usize,
     data_dir: &std::path::Path,
@@ -119,6 +142,13 @@ fn banner(
     limits: &str,
 ) -> String {
     let (data, sms) = (data_dir.display(), sms_file.display());
+    let portal_line = if portal.is_empty() {
+        format!(
+            "  (no web portal: {DEFAULT_PORTAL_LISTEN} is taken; --portal-listen 127.0.0.1:0 picks a free port)"
+        )
+    } else {
+        format!("  open {portal}   in a browser: the web portal, in English or Chinese")
+    };
     // One line per element: a string continuation (`\` at a line's end) would eat the
     // indentation.
     [
@@ -129,6 +159,8 @@ fn banner(
         "==========================================================================",
         "",
         "unbind-gateway demo is running",
+        &portal_line,
+        "",
         &format!("  gateway        {endpoint}"),
         &format!("  simulated apps {apps}"),
         &format!("  data dir       {data}"),

@@ -6,6 +6,7 @@ pub mod check_adapter;
 pub mod demo;
 pub mod erase;
 pub mod keys;
+pub mod portal;
 pub mod query;
 pub mod registry;
 pub mod simulate_apps;

@@ -1,5 +1,6 @@
 //! The whole system in one process on loopback: a gateway, the simulated registry and the
-//! simulated apps, with SQLite in a data directory. The demo runs it; the integration tests and
+//! simulated apps, with SQLite in a data directory (and, on request, the web portal over the
+//! gateway). The demo runs it; the integration tests and
 //! the benchmarks use it as their harness (with options to run the backends over mutual TLS,
 //! restart the gateway, or use PostgreSQL), and read the codes the registry "sent" from its SMS
 //! file.
@@ -149,6 +150,8 @@ pub struct Stack {
     pub config: Config,
     pub clock: Clock,
     pub sms_file: PathBuf,
+    /// The reference web portal over the gateway, once [`Stack::start_portal`] started it.
+    pub portal: Option<crate::portal::RunningPortal>,
 }
 
 impl Stack {
@@ -208,6 +211,7 @@ impl Stack {
             config,
             clock: options.clock,
             sms_file,
+            portal: None,
         };
         stack.restart_gateway().await?;
         Ok(stack)
@@ -254,8 +258,33 @@ impl Stack {
         verified_session_at(&self.endpoint(), &self.sms_file, phone, id_last_six).await
     }
 
+    /// Starts the reference web portal on `listen` (port 0 picks a free one), as a client of
+    /// this stack's gateway, with dates in the carrier's default time zone; returns its URL.
+    pub async fn start_portal(&mut self, listen: SocketAddr) -> anyhow::Result<String> {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen} for the portal"))?;
+        let time_zone = crate::portal::parse_time_zone(crate::portal::DEFAULT_TIME_ZONE)
+            .map_err(anyhow::Error::msg)?;
+        let portal = crate::portal::start(
+            crate::portal::PortalOptions {
+                gateway: self.endpoint(),
+                tls: Default::default(),
+                time_zone,
+            },
+            listener,
+        )
+        .await?;
+        let url = portal.url();
+        self.portal = Some(portal);
+        Ok(url)
+    }
+
     /// Stops everything.
     pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(p) = self.portal.take() {
+            p.stop().await?;
+        }
         if let Some(g) = self.gateway.take() {
             g.stop().await?;
         }

@@ -1,0 +1,122 @@
+//! `unbind-gateway portal`: the reference web portal a person meets, over the gateway. It is a
+//! client of the gateway's gRPC API exactly as a government or carrier portal would integrate
+//! it (a tenant certificate of role `portal` in production): server-rendered HTML in Chinese and
+//! English that works without JavaScript, on a phone.
+//!
+//! The flow ([`pages`]): number and ID characters → the code from the SMS → the accounts as the
+//! apps answer (a previous holder's apart from the holder's own, the apps that did not answer
+//! with their customer-service numbers) → tick, or "all of the previous holder's" → confirm →
+//! each unbind until it ends → a summary.
+//!
+//! - [`guard`]: the signed visitor cookie, CSRF tokens, the security headers;
+//! - [`visitor`]: what is remembered of a visit, on the server (the gateway session among it);
+//! - [`i18n`]: the message files (`locales/`), the language, dates in the carrier's zone;
+//! - [`render`]: the templates (`templates/`); [`view`]: what the pages show, as plain values;
+//! - [`notice`]: every error the gateway can answer as a sentence with what to do next;
+//! - [`form`]: posted forms.
+
+pub mod form;
+pub mod guard;
+pub mod i18n;
+pub mod notice;
+pub mod pages;
+pub mod render;
+pub mod view;
+pub mod visitor;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono_tz::Tz;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::cli::support::endpoint::{endpoint_with_tls, normalise_endpoint};
+use crate::cli::tls_args::ClientTlsArgs;
+use crate::proto::account_gateway_client::AccountGatewayClient;
+
+/// The time zone dates are written in unless told otherwise: the carrier's.
+pub const DEFAULT_TIME_ZONE: &str = "Asia/Shanghai";
+/// Connecting to the gateway gives up after this long (each call retries the connection).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a stop waits for open connections before closing them.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// What a portal needs.
+#[derive(Clone, Debug)]
+pub struct PortalOptions {
+    /// The gateway: http://HOST:PORT (development) or https://HOST:PORT with `tls`.
+    pub gateway: String,
+    pub tls: ClientTlsArgs,
+    /// Where dates are written for.
+    pub time_zone: Tz,
+}
+
+/// A running portal.
+pub struct RunningPortal {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl RunningPortal {
+    /// The address to open in a browser.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops serving: open connections get a few seconds to finish.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match tokio::time::timeout(STOP_GRACE, &mut self.task).await {
+            Ok(joined) => joined
+                .context("the portal's server task failed")?
+                .context("the portal's server failed"),
+            Err(_) => {
+                self.task.abort();
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Serves the portal on `listener`, as a client of the gateway at `options.gateway` (connected
+/// on first use, so the portal may start before the gateway).
+pub async fn start(options: PortalOptions, listener: TcpListener) -> anyhow::Result<RunningPortal> {
+    let endpoint = normalise_endpoint(&options.gateway);
+    let channel = endpoint_with_tls(&endpoint, &options.tls, CONNECT_TIMEOUT)?.connect_lazy();
+    let portal = Arc::new(pages::Portal {
+        client: AccountGatewayClient::new(channel),
+        visits: visitor::Visits::new(),
+        keys: guard::Keys::random(),
+        templates: render::Templates::new().context("the portal's templates do not compile")?,
+        tz: options.time_zone,
+    });
+    let app = pages::router(portal);
+    let addr = listener.local_addr()?;
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    Ok(RunningPortal {
+        addr,
+        stop: Some(stop),
+        task,
+    })
+}
+
+/// A time zone by its IANA name ("Asia/Shanghai"), for `--time-zone`.
+pub fn parse_time_zone(name: &str) -> Result<Tz, String> {
+    name.trim()
+        .parse::<Tz>()
+        .map_err(|_| format!("{name:?} is not an IANA time zone name, e.g. Asia/Shanghai"))
+}

@@ -1,0 +1,126 @@
+//! The portal in a real browser (issue 18): `tests/browser/portal.cjs` drives Debian's chromium
+//! with playwright-core against the demo stack (with an app that never answers), in English with
+//! JavaScript and in Chinese without it, checks every page with axe-core, and takes a screenshot
+//! of each step: into `docs/portal/` (the README's) with `UPDATE_SCREENSHOTS=1`, else into a
+//! temporary directory, so a test run leaves the tree as it was.
+//!
+//! It needs `chromium` and the npm packages under `target/node` (`.ci/run` installs both); without
+//! them it skips, saying so, except under `CI=true`, where it fails.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use unbind_gateway::testkit::simulated_apps::{Behaviour, Latency};
+use unbind_gateway::testkit::stack::{Stack, StackOptions};
+
+/// The app that never answers.
+const SILENT_APP: &str = "app-007";
+
+/// Chromium, node and the driver, or why not.
+fn browser_tools(root: &Path) -> Result<(PathBuf, PathBuf), String> {
+    let chromium = std::env::var_os("CHROMIUM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
+    if !chromium.exists() {
+        return Err(format!("no chromium at {}", chromium.display()));
+    }
+    let modules = root.join("target/node/node_modules");
+    for package in ["playwright-core", "axe-core"] {
+        if !modules.join(package).exists() {
+            return Err(format!("no {package} under {}", modules.display()));
+        }
+    }
+    let node = std::process::Command::new("node").arg("--version").output();
+    if !node.is_ok_and(|o| o.status.success()) {
+        return Err("no node on PATH".to_owned());
+    }
+    Ok((chromium, modules))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_flow_in_chromium_in_both_languages_with_and_without_javascript() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let (chromium, modules) = match browser_tools(&root) {
+        Ok(tools) => tools,
+        Err(why) => {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "CI=true but {why}: .ci/run installs them"
+            );
+            eprintln!(
+                "skipped: {why} (`bash .ci/run` installs chromium and, under target/node, \
+                 playwright-core and axe-core)"
+            );
+            return;
+        }
+    };
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut stack = Stack::start(
+        StackOptions {
+            apps: 40,
+            app_timeout: Some(Duration::from_millis(800)),
+            behaviour: Behaviour {
+                latency: Latency::Uniform {
+                    min: Duration::from_millis(5),
+                    max: Duration::from_millis(200),
+                },
+                unbind_completion: Duration::from_secs(2),
+                ..Behaviour::default()
+            },
+            ..StackOptions::new(dir.path().to_path_buf())
+        },
+        |c| {
+            c.unbind.poll_interval = Duration::from_millis(50);
+            c.unbind.status_poll_interval = Duration::from_millis(200);
+            c.unbind.retry_jitter = false;
+            c.verification.max_codes_per_hour = 100;
+        },
+    )
+    .await
+    .unwrap();
+    stack.simulator.set_behaviour(
+        SILENT_APP,
+        Behaviour {
+            stall_rate: 1.0,
+            ..Behaviour::default()
+        },
+    );
+    let silent_name = stack
+        .simulator
+        .apps()
+        .into_iter()
+        .find(|a| a.id == SILENT_APP)
+        .unwrap()
+        .name;
+    let portal = stack
+        .start_portal(([127, 0, 0, 1], 0).into())
+        .await
+        .unwrap();
+
+    let scratch = tempfile::tempdir().unwrap();
+    let shots = if std::env::var("UPDATE_SCREENSHOTS").as_deref() == Ok("1") {
+        root.join("docs/portal")
+    } else {
+        scratch.path().to_path_buf()
+    };
+    let run = tokio::process::Command::new("node")
+        .arg(root.join("tests/browser/portal.cjs"))
+        .env("NODE_PATH", &modules)
+        .env("PORTAL_URL", &portal)
+        .env("SMS_FILE", &stack.sms_file)
+        .env("SHOTS", &shots)
+        .env("CHROMIUM", &chromium)
+        .env("SILENT_APP_NAME", &silent_name)
+        // Its steps and any failure go straight to the test's output, even if it hangs.
+        .stdout(std::process::Stdio::inherit())
+        .stderr(std::process::Stdio::inherit())
+        .kill_on_drop(true)
+        .status();
+    let status = tokio::time::timeout(Duration::from_secs(240), run)
+        .await
+        .expect("the browser test ran longer than 4 minutes (its last step is printed above)")
+        .unwrap();
+    assert!(status.success(), "the browser test failed: see above");
+    stack.stop().await.unwrap();
+}

@@ -664,8 +664,9 @@ async fn a_gateway_that_cannot_be_reached_is_told_in_words() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let portal = unbind_gateway::portal::start(
         unbind_gateway::portal::PortalOptions {
-            gateway,
-            tls: Default::default(),
+            gateway: tonic::transport::Endpoint::from_shared(gateway)
+                .unwrap()
+                .connect_lazy(),
             time_zone: "Asia/Shanghai".parse().unwrap(),
         },
         listener,
@@ -803,13 +804,19 @@ async fn over_mutual_tls_as_a_portal_tenant() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let portal = unbind_gateway::portal::start(
         unbind_gateway::portal::PortalOptions {
-            gateway,
-            tls: unbind_gateway::cli::tls_args::ClientTlsArgs {
-                ca: Some(pki.ca.cert.clone()),
-                cert: Some(files.cert.clone()),
-                key: Some(files.key.clone()),
-                tls_server_name: Some("localhost".to_owned()),
-            },
+            // As `unbind-gateway portal --gateway URL --ca --cert --key` builds it.
+            gateway: unbind_gateway::cli::support::endpoint::endpoint_with_tls(
+                &gateway,
+                &unbind_gateway::cli::tls_args::ClientTlsArgs {
+                    ca: Some(pki.ca.cert.clone()),
+                    cert: Some(files.cert.clone()),
+                    key: Some(files.key.clone()),
+                    tls_server_name: Some("localhost".to_owned()),
+                },
+                unbind_gateway::portal::CONNECT_TIMEOUT,
+            )
+            .unwrap()
+            .connect_lazy(),
             time_zone: "Asia/Shanghai".parse().unwrap(),
         },
         listener,

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use anyhow::Context;
 use chrono_tz::Tz;
 
+use crate::cli::support::endpoint::{endpoint_with_tls, normalise_endpoint};
 use crate::cli::tls_args::ClientTlsArgs;
 use crate::portal::{self, PortalOptions, parse_time_zone};
 use crate::shutdown;
@@ -38,10 +39,11 @@ pub async fn run(args: PortalArgs) -> anyhow::Result<()> {
                 args.listen
             )
         })?;
+    let endpoint = normalise_endpoint(&args.gateway);
+    let gateway = endpoint_with_tls(&endpoint, &args.tls, portal::CONNECT_TIMEOUT)?.connect_lazy();
     let running = portal::start(
         PortalOptions {
-            gateway: args.gateway.clone(),
-            tls: args.tls.clone(),
+            gateway,
             time_zone: args.time_zone,
         },
         listener,

@@ -34,23 +34,22 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::cli::support::endpoint::{endpoint_with_tls, normalise_endpoint};
-use crate::cli::tls_args::ClientTlsArgs;
 use crate::proto::account_gateway_client::AccountGatewayClient;
 
 /// The time zone dates are written in unless told otherwise: the carrier's.
 pub const DEFAULT_TIME_ZONE: &str = "Asia/Shanghai";
 /// Connecting to the gateway gives up after this long (each call retries the connection).
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a stop waits for open connections before closing them.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// What a portal needs.
 #[derive(Clone, Debug)]
 pub struct PortalOptions {
-    /// The gateway: http://HOST:PORT (development) or https://HOST:PORT with `tls`.
-    pub gateway: String,
-    pub tls: ClientTlsArgs,
+    /// The gateway, as the caller reaches it (plain text in development, else TLS with the
+    /// portal tenant's client certificate), connected lazily (`Endpoint::connect_lazy`, with
+    /// [`CONNECT_TIMEOUT`]) so the portal may start before the gateway.
+    pub gateway: tonic::transport::Channel,
     /// Where dates are written for.
     pub time_zone: Tz,
 }
@@ -85,13 +84,10 @@ impl RunningPortal {
     }
 }
 
-/// Serves the portal on `listener`, as a client of the gateway at `options.gateway` (connected
-/// on first use, so the portal may start before the gateway).
+/// Serves the portal on `listener`, as a client of the gateway `options.gateway`.
 pub async fn start(options: PortalOptions, listener: TcpListener) -> anyhow::Result<RunningPortal> {
-    let endpoint = normalise_endpoint(&options.gateway);
-    let channel = endpoint_with_tls(&endpoint, &options.tls, CONNECT_TIMEOUT)?.connect_lazy();
     let portal = Arc::new(pages::Portal {
-        client: AccountGatewayClient::new(channel),
+        client: AccountGatewayClient::new(options.gateway),
         visits: visitor::Visits::new(),
         keys: guard::Keys::random(),
         templates: render::Templates::new().context("the portal's templates do not compile")?,

@@ -268,8 +268,9 @@ impl Stack {
             .map_err(anyhow::Error::msg)?;
         let portal = crate::portal::start(
             crate::portal::PortalOptions {
-                gateway: self.endpoint(),
-                tls: Default::default(),
+                gateway: tonic::transport::Endpoint::from_shared(self.endpoint())?
+                    .connect_timeout(crate::portal::CONNECT_TIMEOUT)
+                    .connect_lazy(),
                 time_zone,
             },
             listener,

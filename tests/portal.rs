@@ -913,12 +913,29 @@ async fn the_accounts_appear_as_the_apps_answer_not_after_the_slowest() {
     // Its live part, for the page's script, says the same.
     let live = b.get("/accounts/live").await;
     assert!(
-        live.body.contains("data-live=\"/accounts/live\"")
-            || live.body.contains("data-live=\"&#x2f;accounts&#x2f;live\""),
+        live.body.contains("data-live=\"/accounts/live?seen=")
+            || live
+                .body
+                .contains("data-live=\"&#x2f;accounts&#x2f;live?seen="),
         "{}",
         live.body
     );
     assert!(live.body.contains("have answered so far."), "{}", live.body);
+    // Asked with what it showed, the live part is held until there is news: the next answer
+    // (a later version), or the end of the look-up.
+    let seen_in = |body: &str| -> u64 {
+        let rest = body.split("live?seen=").nth(1).expect("a seen version");
+        rest[..rest.find(|c: char| !c.is_ascii_digit()).unwrap()]
+            .parse()
+            .unwrap()
+    };
+    let seen = seen_in(&live.body);
+    let news = b.get(&format!("/accounts/live?seen={seen}")).await;
+    assert!(
+        news.body.contains("data-reload") || seen_in(&news.body) > seen,
+        "held until something changed (seen {seen}): {}",
+        news.body
+    );
     // Then the slow app's answer, and the choice.
     let done = b
         .wait_for("/accounts", Duration::from_secs(30), |a| !a.refreshes())

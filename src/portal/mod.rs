@@ -86,7 +86,9 @@ impl RunningPortal {
 
 /// Serves the portal on `listener`, as a client of the gateway `options.gateway`.
 pub async fn start(options: PortalOptions, listener: TcpListener) -> anyhow::Result<RunningPortal> {
+    let (closing, closing_seen) = tokio::sync::watch::channel(false);
     let portal = Arc::new(pages::Portal {
+        closing: closing_seen,
         client: AccountGatewayClient::new(options.gateway),
         visits: visitor::Visits::new(),
         keys: guard::Keys::random(),
@@ -98,8 +100,10 @@ pub async fn start(options: PortalOptions, listener: TcpListener) -> anyhow::Res
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         axum::serve(listener, app)
-            .with_graceful_shutdown(async {
+            .with_graceful_shutdown(async move {
                 let _ = stopped.await;
+                // Held live parts answer now rather than keep the stop waiting.
+                let _ = closing.send(true);
             })
             .await
     });

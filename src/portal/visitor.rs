@@ -64,6 +64,24 @@ pub struct Lookup {
     pub rows: Vec<LinkedAccount>,
     /// Rows whose unbind was asked for in this visit.
     pub asked: std::collections::BTreeSet<usize>,
+    /// How many times the look-up has changed (an answer arrived, or it ended): the live part
+    /// waits on it rather than being asked again and again.
+    pub version: tokio::sync::watch::Sender<u64>,
+}
+
+impl Lookup {
+    /// An app's answer arrived.
+    pub fn push(&mut self, result: AppResult) {
+        self.results.push(result);
+        self.version.send_modify(|v| *v += 1);
+    }
+
+    /// The stream ended: the rows are numbered once and for all.
+    pub fn finish(&mut self, rows: Vec<LinkedAccount>) {
+        self.rows = rows;
+        self.done = true;
+        self.version.send_modify(|v| *v += 1);
+    }
 }
 
 /// The accounts chosen, waiting for the person's confirmation.

@@ -10,10 +10,12 @@
     return;
   }
   // How often the part is fetched again, as the page says (the accounts arrive quickly, the
-  // unbinds take seconds to days).
+  // unbinds take seconds to days). A part marked data-hold is held by the server until it has
+  // news (its URL says what the page has seen), so it is asked for at once, and again after a
+  // short pause that gathers the answers arriving together into one swap.
   function every() {
     var ms = parseInt(live.getAttribute("data-every"), 10);
-    return ms >= 250 ? ms : 1500;
+    return ms >= 100 ? ms : 1500;
   }
   function poll() {
     var url = live.getAttribute("data-live");
@@ -40,6 +42,7 @@
         }
         live.innerHTML = fresh.innerHTML;
         if (fresh.hasAttribute("data-live")) {
+          live.setAttribute("data-live", fresh.getAttribute("data-live"));
           if (fresh.hasAttribute("data-every")) {
             live.setAttribute("data-every", fresh.getAttribute("data-every"));
           }
@@ -53,5 +56,5 @@
         window.setTimeout(poll, 5000);
       });
   }
-  window.setTimeout(poll, Math.min(every(), 1000));
+  window.setTimeout(poll, live.hasAttribute("data-hold") ? 0 : Math.min(every(), 1000));
 })();

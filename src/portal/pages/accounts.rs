@@ -20,6 +20,7 @@ fn accounts_context(p: &Portal, v: &Visitor, session: &Session, lookup: &Lookup)
         since => session.holder_since.map(|at| m.day(at, p.tz)),
         done => lookup.done,
         asked => lookup.results.len(),
+        version => *lookup.version.borrow(),
         view => Value::from(Serde(&view)),
     }
 }
@@ -63,10 +64,20 @@ pub(super) async fn accounts_page(
     )
 }
 
+/// The live part of the accounts page. Asked with `?seen=N` (the look-up's version the page
+/// shows), it is held until the look-up changes (an app answers, or it ends) or
+/// [`LIVE_HOLD`] passes, so an answer reaches the page as soon as it reaches the portal,
+/// without the page asking again and again (a long poll).
 pub(super) async fn accounts_live(
     State(p): State<Shared>,
     Extension(v): Extension<Visitor>,
+    uri: Uri,
 ) -> Response {
+    let seen = uri.query().and_then(|q| {
+        q.split('&')
+            .find_map(|pair| pair.strip_prefix("seen="))
+            .and_then(|n| n.parse::<u64>().ok())
+    });
     let reload = || {
         p.html(
             StatusCode::OK,
@@ -81,6 +92,17 @@ pub(super) async fn accounts_live(
     let Some((session, lookup)) = session_and_lookup(&visit) else {
         return reload();
     };
+    drop(visit);
+    if let Some(seen) = seen {
+        let mut changed = lock(&lookup).version.subscribe();
+        let mut closing = p.closing.clone();
+        // Whether it changed, the hold ran out or the portal stops, the answer is the part as
+        // it is now.
+        tokio::select! {
+            _ = tokio::time::timeout(LIVE_HOLD, changed.wait_for(|now| *now > seen)) => {}
+            _ = closing.wait_for(|closing| *closing) => {}
+        }
+    }
     let ctx = accounts_context(&p, &v, &session, &lock(&lookup));
     p.html(StatusCode::OK, "accounts_live.html", ctx, &v)
 }

@@ -14,7 +14,8 @@
 //! characters travel only in a POST body, never in a URL, so they reach neither the browser's
 //! history nor any log, and a reload never posts them again. Nothing typed is echoed back. A
 //! page that changes while the person waits refreshes itself (`<noscript>` meta refresh), and
-//! with JavaScript its live part is fetched again from `/accounts/live` or `/tickets/live`.
+//! with JavaScript its live part is fetched again from `/accounts/live` or `/tickets/live`
+//! (the accounts' part is held until an app answers, so each answer shows as it arrives).
 //!
 //! Here: the shared state, the routes, the visitor layer and how a page is rendered; the steps
 //! in [`verify`] (number, code), [`accounts`] (the list, the choice, the confirmation) and
@@ -33,7 +34,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use chrono::Utc;
 use chrono_tz::Tz;
-use http::{HeaderValue, StatusCode, header};
+use http::{HeaderValue, StatusCode, Uri, header};
 use minijinja::value::Serde;
 use minijinja::{Value, context};
 use tonic::Status;
@@ -64,6 +65,9 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 const LOOKUP_DEADLINE: Duration = Duration::from_secs(8);
 /// Most account refs in one `Unbind` (the gateway's default `max_refs_per_request`).
 const UNBIND_CHUNK: usize = 100;
+/// Longest a live part waits for news before answering as it is (below the usual 30 s or more
+/// proxies allow an idle request).
+const LIVE_HOLD: Duration = Duration::from_secs(15);
 /// Seconds between refreshes of a page that changes while the person waits, without JavaScript.
 const REFRESH_ACCOUNTS: u32 = 2;
 const REFRESH_TICKETS: u32 = 3;
@@ -86,6 +90,8 @@ pub struct Portal {
     pub templates: Templates,
     /// The carrier's time zone: dates are written in it.
     pub tz: Tz,
+    /// Becomes true when the portal stops: held requests answer at once.
+    pub closing: tokio::sync::watch::Receiver<bool>,
 }
 
 type Shared = Arc<Portal>;

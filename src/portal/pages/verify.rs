@@ -197,7 +197,7 @@ fn spawn_lookup(p: &Portal, token: SessionToken, visitor: String) -> Arc<Mutex<L
         let read = async {
             let mut stream = client.stream_linked_accounts(request).await?.into_inner();
             while let Some(result) = stream.message().await? {
-                lock(&shared).results.push(result);
+                lock(&shared).push(result);
             }
             Ok::<(), Status>(())
         }
@@ -207,8 +207,8 @@ fn spawn_lookup(p: &Portal, token: SessionToken, visitor: String) -> Arc<Mutex<L
             log_failure("StreamLinkedAccounts", &status);
             lookup.failed = Some(notice::from_status(&status).0);
         }
-        lookup.rows = order_rows(&lookup.results);
-        lookup.done = true;
+        let rows = order_rows(&lookup.results);
+        lookup.finish(rows);
     });
     lookup
 }

@@ -1,22 +1,17 @@
 //! The README's promise, end to end with the real binary: `demo` starts everything, and `query`
 //! against it verifies the demo subscriber and lists accounts from all 200 apps, both holders'
-//! accounts told apart.
+//! accounts told apart and the one app that never answers listed as such.
 
 use std::{
-    io::{BufRead, BufReader, Read},
-    process::{Child, Command, Output, Stdio},
-    sync::mpsc,
+    io::Read,
+    process::{Command, Output, Stdio},
     time::{Duration, Instant},
 };
 
-struct KillOnDrop(Child);
+#[path = "common/demo.rs"]
+mod demo;
 
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use demo::KillOnDrop;
 
 /// Runs a command to its end, as `Command::output` does, but fails the test if it takes longer
 /// than `limit` (the child is killed) rather than hanging CI.
@@ -65,55 +60,14 @@ fn query_against_the_demo_lists_all_200_apps() {
     // Port 0: the demo binds a free port itself and prints it. (A port found free beforehand
     // could be taken meanwhile by one of the demo's own 200 simulated apps.)
     // Its log, for the message should it not start.
-    let log = dir.path().join("demo.log");
-    let mut demo = KillOnDrop(
-        Command::new(bin)
-            .args(["demo", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir.path())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap(),
+    // The portal too, on a free port rather than 8080, which another program may hold.
+    let demo = demo::Demo::start(
+        dir.path(),
+        &["--listen", "127.0.0.1:0", "--portal-listen", "127.0.0.1:0"],
     );
-    // Wait for the banner, which is printed once everything is up. The demo's stdout is read
-    // on a thread of its own (which also keeps draining the SMS echo so the demo never blocks),
-    // so a demo that prints nothing fails this test at the deadline instead of hanging it.
-    let stdout = demo.0.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            // Once nobody listens any more, this just keeps draining.
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut banner = String::new();
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = rx
-            .recv_timeout(left)
-            .unwrap_or_else(|e| {
-                let log = std::fs::read_to_string(&log).unwrap_or_default();
-                let tail: Vec<&str> = log.lines().rev().take(20).collect();
-                panic!(
-                    "demo did not start within 60 s ({e}): {banner}\n--- its log, last lines first ---\n{}",
-                    tail.join("\n")
-                )
-            });
-        banner.push_str(&line);
-        banner.push('\n');
-        if line.contains("Press Ctrl-C") {
-            break;
-        }
-    }
+    let banner = &demo.banner;
     assert!(banner.contains("DEVELOPMENT MODE"), "{banner}");
-    let endpoint = banner
-        .lines()
-        .find_map(|l| l.trim_start().strip_prefix("gateway "))
-        .map(|rest| rest.trim().to_owned())
-        .filter(|e| e.starts_with("http://127.0.0.1:") && !e.ends_with(":0"))
-        .unwrap_or_else(|| panic!("the banner names the gateway's address: {banner}"));
+    let endpoint = demo.gateway();
 
     let sms = dir.path().join("sms.jsonl");
     let mut output = Command::new(bin);
@@ -152,6 +106,15 @@ fn query_against_the_demo_lists_all_200_apps() {
         .filter_map(|v| v.get("app_id").and_then(|a| a.as_str()).map(str::to_owned))
         .collect();
     assert_eq!(app_ids.len(), 200, "{text}");
+    // The demo's one silent app (`--silent-apps` 1) is listed as not answering, not as empty.
+    let silent: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|v| v["type"] == "app_result" && v["state"] != "ANSWERED")
+        .collect();
+    assert_eq!(silent.len(), 1, "{text}");
+    assert_eq!(silent[0]["app_id"], "app-200", "{text}");
+    assert_eq!(silent[0]["state"], "TIMED_OUT", "{text}");
+    assert!(silent[0]["account_count"].is_null(), "{text}");
 
     // Then unbind every previous holder's account and watch the tickets complete.
     let mut output = Command::new(bin);

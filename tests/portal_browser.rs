@@ -1,8 +1,10 @@
 //! The portal in a real browser (issue 18): `tests/browser/portal.cjs` drives Debian's chromium
-//! with playwright-core against the demo stack (with an app that never answers), in English with
-//! JavaScript and in Chinese without it, checks every page with axe-core, and takes a screenshot
-//! of each step: into `docs/portal/` (the README's) with `UPDATE_SCREENSHOTS=1`, else into a
-//! temporary directory, so a test run leaves the tree as it was.
+//! with playwright-core against the `demo` binary, run as a person runs it (40 apps, the last of
+//! which never answers), through the whole flow four times: in English and in Chinese, each with
+//! JavaScript and without it, at desktop and phone widths. It checks every page with axe-core and
+//! takes a screenshot of each step: into `docs/portal/` (the README's) with
+//! `UPDATE_SCREENSHOTS=1`, else into a temporary directory, so a test run leaves the tree as it
+//! was.
 //!
 //! It needs `chromium` and the npm packages under `target/node` (`.ci/run` installs both); without
 //! them it skips, saying so, except under `CI=true`, where it fails.
@@ -10,11 +12,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use unbind_gateway::testkit::simulated_apps::{Behaviour, Latency};
-use unbind_gateway::testkit::stack::{Stack, StackOptions};
-
-/// The app that never answers.
-const SILENT_APP: &str = "app-007";
+#[path = "common/demo.rs"]
+mod demo;
 
 /// Chromium, node and the driver, or why not.
 fn browser_tools(root: &Path) -> Result<(PathBuf, PathBuf), String> {
@@ -37,7 +36,7 @@ fn browser_tools(root: &Path) -> Result<(PathBuf, PathBuf), String> {
     Ok((chromium, modules))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn the_flow_in_chromium_in_both_languages_with_and_without_javascript() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let (chromium, modules) = match browser_tools(&root) {
@@ -56,47 +55,24 @@ async fn the_flow_in_chromium_in_both_languages_with_and_without_javascript() {
     };
 
     let dir = tempfile::tempdir().unwrap();
-    let mut stack = Stack::start(
-        StackOptions {
-            apps: 40,
-            app_timeout: Some(Duration::from_millis(800)),
-            behaviour: Behaviour {
-                latency: Latency::Uniform {
-                    min: Duration::from_millis(5),
-                    max: Duration::from_millis(200),
-                },
-                unbind_completion: Duration::from_secs(2),
-                ..Behaviour::default()
-            },
-            ..StackOptions::new(dir.path().to_path_buf())
-        },
-        |c| {
-            c.unbind.poll_interval = Duration::from_millis(50);
-            c.unbind.status_poll_interval = Duration::from_millis(200);
-            c.unbind.retry_jitter = false;
-            c.verification.max_codes_per_hour = 100;
-        },
-    )
-    .await
-    .unwrap();
-    stack.simulator.set_behaviour(
-        SILENT_APP,
-        Behaviour {
-            stall_rate: 1.0,
-            ..Behaviour::default()
-        },
+    let demo = demo::Demo::start(
+        dir.path(),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--portal-listen",
+            "127.0.0.1:0",
+            "--apps",
+            "40",
+        ],
     );
-    let silent_name = stack
-        .simulator
-        .apps()
-        .into_iter()
-        .find(|a| a.id == SILENT_APP)
-        .unwrap()
-        .name;
-    let portal = stack
-        .start_portal(([127, 0, 0, 1], 0).into())
-        .await
-        .unwrap();
+    // The banner names the app that never answers: `"Sim Video 4" never answers ...`.
+    let apps = demo.line("simulated apps ");
+    let silent_name = apps
+        .split('"')
+        .nth(1)
+        .unwrap_or_else(|| panic!("the banner names the silent app: {}", demo.banner))
+        .to_owned();
 
     let scratch = tempfile::tempdir().unwrap();
     let shots = if std::env::var("UPDATE_SCREENSHOTS").as_deref() == Ok("1") {
@@ -107,8 +83,8 @@ async fn the_flow_in_chromium_in_both_languages_with_and_without_javascript() {
     let run = tokio::process::Command::new("node")
         .arg(root.join("tests/browser/portal.cjs"))
         .env("NODE_PATH", &modules)
-        .env("PORTAL_URL", &portal)
-        .env("SMS_FILE", &stack.sms_file)
+        .env("PORTAL_URL", demo.portal())
+        .env("SMS_FILE", demo.sms_file())
         .env("SHOTS", &shots)
         .env("CHROMIUM", &chromium)
         .env("SILENT_APP_NAME", &silent_name)
@@ -122,5 +98,16 @@ async fn the_flow_in_chromium_in_both_languages_with_and_without_javascript() {
         .expect("the browser test ran longer than 4 minutes (its last step is printed above)")
         .unwrap();
     assert!(status.success(), "the browser test failed: see above");
-    stack.stop().await.unwrap();
+    // Nobody's number or ID characters reached the demo's log.
+    let log = demo.log();
+    for secret in [
+        "13800138000",
+        "13900139000",
+        "18612345678",
+        "12345X",
+        "154321",
+        "30012X",
+    ] {
+        assert!(!log.contains(secret), "the demo's log holds {secret}");
+    }
 }

@@ -3,67 +3,28 @@
 //! browser's language; a person verified through it leaves neither the number nor the ID
 //! characters in the demo's log.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+#[path = "common/demo.rs"]
+mod demo;
 
 #[test]
 fn demo_prints_the_portals_address_first_and_serves_it() {
-    let bin = env!("CARGO_BIN_EXE_unbind-gateway");
     let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("demo.log");
-    let mut demo = KillOnDrop(
-        Command::new(bin)
-            .args([
-                "demo",
-                "--listen",
-                "127.0.0.1:0",
-                "--portal-listen",
-                "127.0.0.1:0",
-                "--apps",
-                "5",
-                "--data-dir",
-            ])
-            .arg(dir.path())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap(),
+    let demo = demo::Demo::start(
+        dir.path(),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--portal-listen",
+            "127.0.0.1:0",
+            "--apps",
+            "5",
+        ],
     );
-    // The banner, read on a thread of its own so a silent demo fails at the deadline.
-    let stdout = demo.0.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut banner = String::new();
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = rx.recv_timeout(left).unwrap_or_else(|e| {
-            let log = std::fs::read_to_string(&log).unwrap_or_default();
-            panic!("demo did not start within 60 s ({e}): {banner}\n--- its log ---\n{log}")
-        });
-        banner.push_str(&line);
-        banner.push('\n');
-        if line.contains("Press Ctrl-C") {
-            break;
-        }
-    }
+    let banner = &demo.banner;
     // The portal's address comes before the gateway's and everything else.
     let lines: Vec<&str> = banner.lines().collect();
     let open = lines
@@ -75,17 +36,17 @@ fn demo_prints_the_portals_address_first_and_serves_it() {
         .position(|l| l.trim_start().starts_with("gateway "))
         .unwrap_or_else(|| panic!("the banner names the gateway: {banner}"));
     assert!(open < gateway, "{banner}");
-    let addr = lines[open]
-        .trim_start()
-        .trim_start_matches("open http://")
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_owned();
-    assert!(!addr.ends_with(":0"), "{banner}");
+    let portal = demo.portal();
+    let addr = portal.trim_start_matches("http://");
+    // One app never answers by default, and the banner names it.
+    assert!(
+        demo.line("simulated apps ")
+            .starts_with("5; \"Sim Ride 1\" never answers"),
+        "{banner}"
+    );
 
     // The page answers, in Chinese for a Chinese browser.
-    let mut stream = TcpStream::connect(&addr).unwrap();
+    let mut stream = TcpStream::connect(addr).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();

@@ -23,6 +23,11 @@ pub struct DemoArgs {
     /// Number of simulated apps.
     #[arg(long, default_value_t = 200)]
     pub apps: usize,
+    /// How many of them (the last ones) never answer, so that the page and `query` show how an
+    /// app that does not answer in time is listed: apart, with its customer-service number,
+    /// never as "no accounts". 0 for none.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub silent_apps: usize,
     /// Seed of the simulated accounts.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
@@ -81,6 +86,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         },
     )
     .await?;
+    let silent = silence_the_last(&stack, args.silent_apps);
     // A port given on the command line must work; the default may be taken (another demo, a
     // web server), which costs the portal only.
     let portal = match args.portal_listen {
@@ -104,7 +110,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         banner(
             &portal,
             &stack.endpoint(),
-            args.apps,
+            &apps_line(args.apps, &silent, &stack.config),
             &data_dir,
             &stack.sms_file,
             &admin,
@@ -113,6 +119,40 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     );
     shutdown::shutdown_signal().await;
     stack.stop().await
+}
+
+/// Makes the last `count` simulated apps stall every call; their names, in order.
+fn silence_the_last(stack: &Stack, count: usize) -> Vec<String> {
+    let apps = stack.simulator.apps();
+    let silent = &apps[apps.len().saturating_sub(count)..];
+    for app in silent {
+        stack.simulator.set_behaviour(
+            &app.id,
+            crate::testkit::simulated_apps::Behaviour {
+                stall_rate: 1.0,
+                ..crate::testkit::simulated_apps::Behaviour::default()
+            },
+        );
+    }
+    silent.iter().map(|a| a.name.clone()).collect()
+}
+
+/// The banner's line on the simulated apps, naming the ones that never answer.
+fn apps_line(apps: usize, silent: &[String], config: &crate::config::Config) -> String {
+    let timeout = format!("{:.1} s", config.app_defaults.timeout.as_secs_f64());
+    match silent {
+        [] => format!("{apps}, all answering"),
+        [one] => format!(
+            "{apps}; \"{one}\" never answers (--silent-apps): it is listed\n{:17}as not answering after {timeout}, with its customer-service number",
+            ""
+        ),
+        many => format!(
+            "{apps}; {} never answer (--silent-apps), from \"{}\" on: they are\n{:17}listed as not answering after {timeout}, with their customer-service numbers",
+            many.len(),
+            many[0],
+            ""
+        ),
+    }
 }
 
 /// The banner's line on the verification limits in force.
@@ -135,7 +175,7 @@ fn limits_line(config: &crate::config::Config) -> String {
 fn banner(
     portal: &str,
     endpoint: &str,
-    apps: usize,
+    apps: &str,
     data_dir: &std::path::Path,
     sms_file: &std::path::Path,
     metrics: &str,

@@ -1,12 +1,11 @@
 // The portal in a real browser (issue 18): Debian's chromium driven by playwright-core, against
-// a running demo stack whose portal, SMS file and silent app the Rust test (tests/portal_browser.rs)
-// passes in the environment. Two people walk the whole flow:
-//
-// - in English, JavaScript on, at desktop width: a wrong code then the right one, the accounts
-//   (the silent app listed as not answering), all of the previous holder's, the tickets updated
-//   in place by the page's script until the summary;
-// - in Chinese, JavaScript off, at phone width, by keyboard alone: two ticked accounts, the
-//   tickets page refreshing itself until the summary.
+// a running `demo` whose portal, SMS file and silent app the Rust test (tests/portal_browser.rs)
+// passes in the environment. Four people walk the whole flow (a wrong code then the right one,
+// the accounts with the silent app listed as not answering, a choice, confirm, the tickets to
+// the summary): in English and in Chinese, each once with JavaScript (the page's live parts
+// updated in place) and once without (the pages refreshing themselves), at desktop and phone
+// widths, by mouse and by keyboard alone; some unbind all of the previous holder's accounts,
+// some two of their own.
 //
 // On every page: axe-core finds nothing serious or critical, no console error or CSP violation
 // appears, and the cookies carry HttpOnly, Secure and SameSite=Strict. A screenshot of each step
@@ -168,112 +167,123 @@ function checkClean(visit, secrets, who) {
   }
 }
 
-async function english(browser) {
-  const phone = "+8613800138000";
-  const visit = await newPage(browser, {
-    locale: "en-GB",
-    viewport: { width: 1280, height: 900 },
-  });
+/** What each language says at the steps the walk checks. */
+const WORDS = {
+  en: {
+    start: "Which app accounts use your number?",
+    wrongCode: "That is not the code we sent",
+    confirmTwo: "You are about to release your number from 2 accounts.",
+    done: "All the unbinds you asked for have ended.",
+  },
+  zh: {
+    start: "哪些应用账号绑定了您的号码？",
+    wrongCode: "验证码不正确。",
+    confirmTwo: "您将让号码与 2 个账号解除绑定。",
+    done: "您申请的解绑已全部结束。",
+  },
+};
+
+const DESKTOP = { viewport: { width: 1280, height: 900 } };
+const PHONE = { viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true };
+
+/**
+ * One person's whole visit: number and ID characters, a wrong code then the right one, the
+ * accounts (the silent app listed as not answering), a choice (`previous`: all of the previous
+ * holder's; `two`: two of the holder's own), confirm, the tickets followed to the summary.
+ * `w.shots` names the screenshots' suffix (none: no screenshots); `w.keyboard` types and submits
+ * by keyboard alone.
+ */
+async function walk(browser, w) {
+  const who = `${w.lang}${w.js ? "" : " without JavaScript"}`;
+  const words = WORDS[w.lang];
+  const locale = w.lang === "zh" ? "zh-CN" : "en-GB";
+  const visit = await newPage(browser, { locale, javaScriptEnabled: w.js, ...w.device });
   const { context, page } = visit;
+  page.noScript = !w.js;
+  page.locale = locale;
+  const snap = async (step) => {
+    if (w.shots) await shot(page, `${step}-${w.shots}`);
+    else console.error(`browser test: ${who}: ${step}`);
+  };
+
   const response = await page.goto(PORTAL + "/");
-  checkHeaders(response, "en start");
-  await checkCookies(context, "en start");
-  await checkAccessibility(page, "en start");
-  await shot(page, "1-start-desktop");
+  checkHeaders(response, `${who} start`);
+  await checkCookies(context, `${who} start`);
+  await waitForText(page, words.start, 1000);
+  await checkAccessibility(page, `${who} start`);
+  await snap("1-start");
 
-  const before = codesSentTo(phone).length;
-  await page.fill("#phone", "13800138000");
-  await page.fill("#id_last_six", "12345X");
-  await Promise.all([page.waitForURL("**/code"), page.click("form[action='/start'] button")]);
-  const code = await newCode(phone, before);
-  await checkAccessibility(page, "en code");
-
-  // A wrong code first.
-  await page.fill("#code", code === "000000" ? "111111" : "000000");
-  await Promise.all([page.waitForURL("**/code"), page.click("form[action='/code'] button")]);
-  await waitForText(page, "That is not the code we sent", 5000);
-  await checkAccessibility(page, "en wrong code");
-  await shot(page, "2-wrong-code-desktop");
-  if ((await page.inputValue("#code")) !== "") fail("the code field kept what was typed");
-
-  await page.fill("#code", code);
-  await Promise.all([page.waitForURL("**/accounts"), page.click("form[action='/code'] button")]);
-  await shot(page, "3-accounts-arriving-desktop");
-  await page.waitForSelector("button[value='previous']", { timeout: 30000 });
-  await waitForText(page, "This number has been yours since 1 March 2024.", 1000);
-  const silent = await page.textContent(".group.silent");
-  if (!silent || !silent.includes(SILENT_APP_NAME)) fail(`the silent app is not listed: ${silent}`);
-  await checkAccessibility(page, "en accounts");
-  await shot(page, "4-accounts-desktop");
-
-  await Promise.all([page.waitForURL("**/confirm"), page.click("button[value='previous']")]);
-  await checkAccessibility(page, "en confirm");
-  await shot(page, "5-confirm-desktop");
-  await Promise.all([page.waitForURL("**/tickets"), page.click("form[action='/confirm'] button")]);
-  await shot(page, "6-tickets-under-way-desktop");
-  // With JavaScript the page stays where it is and its live part is updated in place.
-  const url = page.url();
-  await waitForText(page, "All the unbinds you asked for have ended.", 60000);
-  if (page.url() !== url) fail("the tickets page navigated instead of updating in place");
-  await checkAccessibility(page, "en summary");
-  await shot(page, "7-summary-desktop");
-  checkClean(visit, ["13800138000", "12345X", code], "en");
-  await context.close();
-}
-
-async function chinese(browser) {
-  const phone = "+8613900139000";
-  const visit = await newPage(browser, {
-    locale: "zh-CN",
-    javaScriptEnabled: false,
-    viewport: { width: 390, height: 844 },
-    isMobile: true,
-    hasTouch: true,
-  });
-  const { context, page } = visit;
-  page.noScript = true;
-  page.locale = "zh-CN";
-  const response = await page.goto(PORTAL + "/");
-  checkHeaders(response, "zh start");
-  await waitForText(page, "哪些应用账号绑定了您的号码？", 1000);
-  await checkAccessibility(page, "zh start");
-  await shot(page, "1-start-phone-zh");
-
-  // Keyboard only: Tab to the number field, type, Tab to the ID field, type, Enter.
-  for (let i = 0; i < 10; i++) {
+  let before = codesSentTo(w.phone).length;
+  if (w.keyboard) {
+    // Keyboard only: Tab to the number field, type, Tab to the ID field, type, Enter.
+    for (let i = 0; i < 10; i++) {
+      await page.keyboard.press("Tab");
+      if ((await page.evaluate(() => document.activeElement && document.activeElement.id)) === "phone") break;
+    }
+    if ((await page.evaluate(() => document.activeElement.id)) !== "phone") fail(`${who}: Tab never reached the number field`);
+    await page.keyboard.type(w.bare);
     await page.keyboard.press("Tab");
-    if ((await page.evaluate(() => document.activeElement && document.activeElement.id)) === "phone") break;
+    if ((await page.evaluate(() => document.activeElement.id)) !== "id_last_six") fail(`${who}: Tab did not lead to the ID field`);
+    await page.keyboard.type(w.id);
+    await Promise.all([page.waitForURL("**/code"), page.keyboard.press("Enter")]);
+  } else {
+    await page.fill("#phone", w.bare);
+    await page.fill("#id_last_six", w.id);
+    await Promise.all([page.waitForURL("**/code"), page.click("form[action='/start'] button")]);
   }
-  if ((await page.evaluate(() => document.activeElement.id)) !== "phone") fail("Tab never reached the number field");
-  const before = codesSentTo(phone).length;
-  await page.keyboard.type("13900139000");
-  await page.keyboard.press("Tab");
-  if ((await page.evaluate(() => document.activeElement.id)) !== "id_last_six") fail("Tab did not lead to the ID field");
-  await page.keyboard.type("154321");
-  await Promise.all([page.waitForURL("**/code"), page.keyboard.press("Enter")]);
-  const code = await newCode(phone, before);
-  await page.focus("#code");
-  await page.keyboard.type(code);
-  await Promise.all([page.waitForURL("**/accounts"), page.keyboard.press("Enter")]);
+  const code = await newCode(w.phone, before);
+  await checkAccessibility(page, `${who} code`);
 
-  // Without JavaScript the page refreshes itself until every app has answered.
-  await waitForText(page, "自 2019年6月15日 起，这个号码归您使用。", 5000);
+  // A wrong code first: said plainly, the field emptied, the visit goes on.
+  const wrong = code === "000000" ? "111111" : "000000";
+  const typeCode = async (digits) => {
+    if (w.keyboard) {
+      await page.focus("#code");
+      await page.keyboard.type(digits);
+      return page.keyboard.press("Enter");
+    }
+    await page.fill("#code", digits);
+    return page.click("form[action='/code'] button");
+  };
+  await Promise.all([page.waitForURL("**/code"), typeCode(wrong)]);
+  await waitForText(page, words.wrongCode, 5000);
+  if ((await page.inputValue("#code")) !== "") fail(`${who}: the code field kept what was typed`);
+  await checkAccessibility(page, `${who} wrong code`);
+  await snap("2-wrong-code");
+
+  await Promise.all([page.waitForURL("**/accounts"), typeCode(code)]);
+  if (w.js) await snap("3-accounts-arriving");
+  // The accounts can be chosen once every app has answered or timed out (with JavaScript the
+  // page's live part fills in; without, the page refreshes itself until then).
+  await waitForText(page, w.since, 5000);
   await page.waitForSelector("input[name='acct']", { timeout: 30000 });
-  await checkAccessibility(page, "zh accounts");
-  await shot(page, "4-accounts-phone-zh");
-  const boxes = await page.$$("input[name='acct']");
-  if (boxes.length < 2) fail("fewer than two accounts to tick");
-  await boxes[0].check();
-  await boxes[1].check();
-  await Promise.all([page.waitForURL("**/confirm"), page.click("button[value='ticked']")]);
-  await waitForText(page, "您将让号码与 2 个账号解除绑定。", 1000);
-  await shot(page, "5-confirm-phone-zh");
+  const silent = await page.textContent(".group.silent");
+  if (!silent || !silent.includes(SILENT_APP_NAME)) fail(`${who}: the silent app is not listed: ${silent}`);
+  await checkAccessibility(page, `${who} accounts`);
+  await snap("4-accounts");
+
+  if (w.pick === "previous") {
+    await Promise.all([page.waitForURL("**/confirm"), page.click("button[value='previous']")]);
+  } else {
+    const boxes = await page.$$(".group.yours input[name='acct']");
+    if (boxes.length < 2) fail(`${who}: fewer than two of the holder's accounts to tick`);
+    await boxes[0].check();
+    await boxes[1].check();
+    await Promise.all([page.waitForURL("**/confirm"), page.click("button[value='ticked']")]);
+    await waitForText(page, words.confirmTwo, 1000);
+  }
+  await checkAccessibility(page, `${who} confirm`);
+  await snap("5-confirm");
   await Promise.all([page.waitForURL("**/tickets"), page.click("form[action='/confirm'] button")]);
-  await waitForText(page, "您申请的解绑已全部结束。", 60000);
-  await checkAccessibility(page, "zh summary");
-  await shot(page, "7-summary-phone-zh");
-  await checkCookies(context, "zh summary");
-  checkClean(visit, ["13900139000", "154321", code], "zh");
+  if (w.js) await snap("6-tickets-under-way");
+  const url = page.url();
+  await waitForText(page, words.done, 60000);
+  // With JavaScript the page stays where it is and its live part is updated in place.
+  if (w.js && page.url() !== url) fail(`${who}: the tickets page navigated instead of updating in place`);
+  await checkAccessibility(page, `${who} summary`);
+  await snap("7-summary");
+  await checkCookies(context, `${who} summary`);
+  checkClean(visit, [w.bare, w.id, code], who);
   await context.close();
 }
 
@@ -284,8 +294,27 @@ async function chinese(browser) {
     args: ["--no-sandbox", "--disable-dev-shm-usage"],
   });
   try {
-    await english(browser);
-    await chinese(browser);
+    // The screenshots the README shows come from the first two.
+    await walk(browser, {
+      lang: "en", js: true, device: DESKTOP, shots: "desktop",
+      phone: "+8613800138000", bare: "13800138000", id: "12345X",
+      since: "This number has been yours since 1 March 2024.", pick: "previous",
+    });
+    await walk(browser, {
+      lang: "zh", js: false, device: PHONE, shots: "phone-zh", keyboard: true,
+      phone: "+8613900139000", bare: "13900139000", id: "154321",
+      since: "自 2019年6月15日 起，这个号码归您使用。", pick: "two",
+    });
+    await walk(browser, {
+      lang: "zh", js: true, device: PHONE,
+      phone: "+8618612345678", bare: "18612345678", id: "30012X",
+      since: "自 2025年11月1日 起，这个号码归您使用。", pick: "previous",
+    });
+    await walk(browser, {
+      lang: "en", js: false, device: DESKTOP, keyboard: true,
+      phone: "+8613800138000", bare: "13800138000", id: "12345X",
+      since: "This number has been yours since 1 March 2024.", pick: "two",
+    });
   } finally {
     await browser.close();
   }

@@ -6,7 +6,7 @@
 use chrono::{DateTime, TimeZone, Utc};
 
 use crate::cli::plural;
-use crate::cli::support::text::{clean, display_width};
+use crate::cli::support::text::{LINE_COLUMNS, clean, display_width, wrap};
 use crate::proto::app_result::State;
 use crate::proto::linked_account::Ownership;
 use crate::proto::unbind_ticket::State as TicketState;
@@ -23,7 +23,7 @@ pub fn render_listing<Tz: TimeZone>(
     holder_since: Option<&prost_types::Timestamp>,
     tz: &Tz,
 ) -> String {
-    let mut lines = vec![format_header(response)];
+    let mut lines = vec![wrap(&format_header(response), LINE_COLUMNS)];
     if !rows.is_empty() {
         lines.push(String::new());
         lines.extend(format_accounts_table(rows, holder_since, tz));
@@ -489,11 +489,16 @@ mod tests {
             summary_sms: 0,
         };
         let text = render_listing(&response, &rows, None, &Utc);
-        let first = text.lines().next().unwrap();
+        // The header, wrapped to the terminal's 80 columns.
+        let head: Vec<&str> = text.lines().take(2).collect();
         assert_eq!(
-            first,
-            "4 accounts found; 186 of 190 apps answered; INCOMPLETE: apps that did not answer are listed below"
+            head,
+            [
+                "4 accounts found; 186 of 190 apps answered; INCOMPLETE: apps that did not answer",
+                "  are listed below"
+            ]
         );
+        assert!(text.lines().all(|l| display_width(l) <= 80), "{text}");
         assert!(text.contains("Slow App (slow): timed out — customer service cs-slow"));
         assert!(
             text.contains("Down App (down): skipped (circuit open) — customer service cs-down")

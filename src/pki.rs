@@ -75,6 +75,9 @@ pub struct DevPki {
     pub adapter: CertAndKey,
     /// The server certificate of the subscriber registry.
     pub registry: CertAndKey,
+    /// The web portal's HTTPS certificate, for browsers (`portal --tls-cert`): the loopback
+    /// names and the `--gateway-name` ones, where a development portal is served too.
+    pub portal: CertAndKey,
     /// One client certificate per tenant.
     pub tenants: Vec<TenantFiles>,
 }
@@ -88,6 +91,7 @@ impl DevPki {
             &self.gateway_client,
             &self.adapter,
             &self.registry,
+            &self.portal,
         ];
         pairs.extend(self.tenants.iter().map(|t| &t.files));
         pairs
@@ -180,6 +184,7 @@ pub fn generate(
         gateway_client: pair("gateway-client"),
         adapter: pair("adapter"),
         registry: pair("registry"),
+        portal: pair("portal"),
         tenants: tenants
             .iter()
             .map(|(name, role)| TenantFiles {
@@ -259,6 +264,12 @@ pub fn generate(
     issue(
         &pki.gateway,
         "unbind-gateway server",
+        gateway_sans.clone(),
+        ExtendedKeyUsagePurpose::ServerAuth,
+    )?;
+    issue(
+        &pki.portal,
+        "unbind-gateway portal",
         gateway_sans,
         ExtendedKeyUsagePurpose::ServerAuth,
     )?;
@@ -527,7 +538,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("certs");
         let pki = generate_default(&out);
-        assert_eq!(pki.files().len(), 2 * (5 + 3));
+        assert_eq!(pki.files().len(), 2 * (6 + 3));
         for path in pki.files() {
             assert!(path.starts_with(&out), "{}", path.display());
             assert!(path.is_file(), "{}", path.display());
@@ -549,6 +560,8 @@ mod tests {
                 "gateway-client.pem",
                 "gateway.key",
                 "gateway.pem",
+                "portal.key",
+                "portal.pem",
                 "registry.key",
                 "registry.pem",
                 "tenant-app-demo.key",
@@ -579,6 +592,20 @@ mod tests {
             (
                 &pki.gateway,
                 "unbind-gateway server".to_owned(),
+                Sans {
+                    dns: vec!["localhost".into(), "gateway.example.test".into()],
+                    ips: vec![
+                        Ipv4Addr::LOCALHOST.into(),
+                        Ipv6Addr::LOCALHOST.into(),
+                        Ipv4Addr::new(10, 1, 2, 3).into(),
+                    ],
+                    uris: vec![],
+                },
+                (true, false),
+            ),
+            (
+                &pki.portal,
+                "unbind-gateway portal".to_owned(),
                 Sans {
                     dns: vec!["localhost".into(), "gateway.example.test".into()],
                     ips: vec![

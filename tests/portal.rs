@@ -15,6 +15,9 @@ use hyper::body::Bytes;
 use hyper::{HeaderMap, Method, StatusCode, header};
 use hyper_util::rt::TokioIo;
 use unbind_gateway::testkit::simulated_apps::{Behaviour, Latency};
+
+#[path = "common/https.rs"]
+mod https;
 use unbind_gateway::testkit::stack::{Stack, StackOptions};
 
 /// The demo's English-speaking subscriber (holder since 1 March 2024).
@@ -668,6 +671,7 @@ async fn a_gateway_that_cannot_be_reached_is_told_in_words() {
                 .unwrap()
                 .connect_lazy(),
             time_zone: "Asia/Shanghai".parse().unwrap(),
+            tls: None,
         },
         listener,
     )
@@ -818,6 +822,7 @@ async fn over_mutual_tls_as_a_portal_tenant() {
             .unwrap()
             .connect_lazy(),
             time_zone: "Asia/Shanghai".parse().unwrap(),
+            tls: None,
         },
         listener,
     )
@@ -959,4 +964,141 @@ async fn the_accounts_appear_as_the_apps_answer_not_after_the_slowest() {
     let live = b.get("/accounts/live").await;
     assert!(live.body.contains("data-reload"), "{}", live.body);
     stack.stop().await.unwrap();
+}
+
+/// `unbind-gateway portal` as run: started, it prints `open URL`; this waits (30 s at most)
+/// for that line, or for the process to end, and returns the line (or everything it said).
+async fn portal_process(args: &[&str]) -> (tokio::process::Child, Result<String, String>) {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_unbind-gateway"))
+        .arg("portal")
+        .args(args)
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut out = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut said = String::new();
+    let found = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Ok(Some(line)) = out.next_line().await {
+            if let Some(url) = line.trim_start().strip_prefix("open ") {
+                return Some(url.trim().to_owned());
+            }
+            said.push_str(&line);
+            said.push('\n');
+        }
+        None
+    })
+    .await
+    .expect("the portal neither started nor ended within 30 s");
+    match found {
+        Some(url) => (child, Ok(url)),
+        None => {
+            let mut err = String::new();
+            use tokio::io::AsyncReadExt;
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .await
+                .unwrap();
+            let status = child.wait().await.unwrap();
+            assert!(!status.success(), "{said}{err}");
+            (child, Err(format!("{said}{err}")))
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_portal_serves_https_with_its_own_certificate_and_refuses_plain_http_off_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = unbind_gateway::pki::generate(dir.path(), &[], &[], 30, false).unwrap();
+    let (cert, key) = (
+        pki.portal.cert.to_str().unwrap(),
+        pki.portal.key.to_str().unwrap(),
+    );
+    // A gateway nobody runs: the portal connects on first use, and these pages need none.
+    let gateway = "http://127.0.0.1:9";
+
+    let (mut child, url) = portal_process(&[
+        "--gateway",
+        gateway,
+        "--listen",
+        "127.0.0.1:0",
+        "--tls-cert",
+        cert,
+        "--tls-key",
+        key,
+    ])
+    .await;
+    let url = url.unwrap();
+    let addr: SocketAddr = url
+        .strip_prefix("https://")
+        .unwrap_or_else(|| panic!("not an https URL: {url}"))
+        .parse()
+        .unwrap();
+    let client = https::Client::tls(addr, &pki.ca.cert);
+    let page = client
+        .request("GET", "/", &[("accept-language", "en")], None)
+        .await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains("<form"), "{}", page.body);
+    assert_eq!(
+        page.header("strict-transport-security"),
+        Some("max-age=31536000")
+    );
+    assert!(page.header("content-security-policy").is_some());
+    let cookie = page.header("set-cookie").unwrap();
+    assert!(
+        cookie.contains("Secure")
+            && cookie.contains("HttpOnly")
+            && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    // Plain HTTP on the HTTPS port gets no page.
+    let mut plain = tokio::net::TcpStream::connect(addr).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    plain
+        .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), plain.read_to_end(&mut answer)).await;
+    assert!(
+        !String::from_utf8_lossy(&answer).contains("HTTP/1.1 200"),
+        "{answer:?}"
+    );
+    let _ = child.kill().await;
+
+    // Plain HTTP on an address browsers reach from elsewhere is refused, with what to do.
+    let (_, refused) = portal_process(&["--gateway", gateway, "--listen", "0.0.0.0:0"]).await;
+    let refused = refused.unwrap_err();
+    assert!(
+        refused.contains("--tls-cert") && refused.contains("--behind-tls-proxy"),
+        "{refused}"
+    );
+    // ... unless a proxy in front terminates TLS.
+    let (mut behind, url) = portal_process(&[
+        "--gateway",
+        gateway,
+        "--listen",
+        "0.0.0.0:0",
+        "--behind-tls-proxy",
+    ])
+    .await;
+    assert!(url.unwrap().starts_with("http://0.0.0.0:"));
+    let _ = behind.kill().await;
+
+    // A certificate file that is not one is named.
+    let (_, bad) =
+        portal_process(&["--gateway", gateway, "--tls-cert", key, "--tls-key", key]).await;
+    let bad = bad.unwrap_err();
+    assert!(bad.contains("--tls-cert"), "{bad}");
+    // Half of a pair is refused by the flags.
+    let (_, half) = portal_process(&["--gateway", gateway, "--tls-cert", cert]).await;
+    assert!(half.unwrap_err().contains("--tls-key"));
 }

@@ -6,6 +6,8 @@
 //! drift from the program.
 
 mod common;
+#[path = "common/https.rs"]
+mod https;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -181,7 +183,7 @@ async fn start_background(dir: &Path, args: &[String]) -> (Child, Vec<String>) {
 async fn the_readmes_run_it_without_the_demo_section_works_as_written() {
     let database = common::fresh_postgres_database().await;
     let dir = tempfile::tempdir().unwrap();
-    let (gateway, registry, admin) = (free_port(), free_port(), free_port());
+    let (gateway, registry, admin, portal) = (free_port(), free_port(), free_port(), free_port());
     // The ports the README and the example config use, and the ones this run uses instead.
     // `--base-port 0` lets each simulated app take a free port (apps.toml records them).
     let ports: Vec<(String, String)> = vec![
@@ -189,6 +191,7 @@ async fn the_readmes_run_it_without_the_demo_section_works_as_written() {
         (":50051".into(), format!(":{gateway}")),
         (":50052".into(), format!(":{registry}")),
         (":9090".into(), format!(":{admin}")),
+        (":8444".into(), format!(":{portal}")),
         ("--base-port 60000".into(), "--base-port 0".into()),
     ];
     copy_examples(dir.path(), &ports);
@@ -243,8 +246,71 @@ async fn the_readmes_run_it_without_the_demo_section_works_as_written() {
         last_output.contains("Done: ") && last_output.contains(" unbound of "),
         "{last_output}"
     );
+    // The portal serves HTTPS with the certificate `certs` wrote for it, tells browsers to keep
+    // to HTTPS, and reaches the gateway as its portal tenant: a person's first step sends a code.
+    let client = https::Client::tls(
+        ([127, 0, 0, 1], portal).into(),
+        &dir.path().join("certs/ca.pem"),
+    );
+    let start = client.request("GET", "/", &[], None).await;
+    assert_eq!(start.status, 200, "{}", start.body);
+    assert_eq!(
+        start.header("strict-transport-security"),
+        Some("max-age=31536000")
+    );
+    let cookie = start
+        .header("set-cookie")
+        .and_then(|c| c.split(';').next())
+        .expect("a visitor cookie")
+        .to_owned();
+    let marker = "name=\"csrf\" value=\"";
+    let csrf = start
+        .body
+        .split(marker)
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap();
+    let codes_before = std::fs::read_to_string(dir.path().join("sms.jsonl"))
+        .unwrap()
+        .lines()
+        .count();
+    let form = format!("csrf={csrf}&phone=13800138000&id_last_six=12345X");
+    let sent = client
+        .request(
+            "POST",
+            "/start",
+            &[
+                ("cookie", &cookie),
+                ("content-type", "application/x-www-form-urlencoded"),
+            ],
+            Some(&form),
+        )
+        .await;
+    assert_eq!(sent.status, 303, "{}", sent.body);
+    assert_eq!(sent.header("location"), Some("/code"));
+    // The code goes out on its own after the answer: wait for it (10 s at most).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let sms = std::fs::read_to_string(dir.path().join("sms.jsonl")).unwrap();
+        let new_code = sms
+            .lines()
+            .skip(codes_before)
+            .any(|l| l.contains("\"template\":\"verification_code\""));
+        if new_code {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no code reached the number through the portal: {sms}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
     // The gateway's start-up said what it runs on.
-    let (_, gateway_log) = running.last().unwrap();
+    let (_, gateway_log) = running
+        .iter()
+        .find(|(_, log)| log.iter().any(|l| l.contains("store ready")))
+        .expect("the gateway's log");
     assert!(
         gateway_log
             .iter()

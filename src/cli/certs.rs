@@ -76,6 +76,7 @@ fn summary(pki: &DevPki, days: u32) -> String {
     line("gateway -> adapters/registry (client)", &pki.gateway_client);
     line("adapters / simulator (server)", &pki.adapter);
     line("registry (server)", &pki.registry);
+    line("web portal, for browsers (server)", &pki.portal);
     for t in &pki.tenants {
         line(&format!("tenant {} ({})", t.name, t.role), &t.files);
     }
@@ -99,6 +100,12 @@ fn summary(pki: &DevPki, days: u32) -> String {
         d(&pki.adapter.key),
         d(&pki.registry.cert),
         d(&pki.registry.key)
+    ));
+    s.push_str(&format!(
+        "  - The web portal: serve HTTPS with --tls-cert {} --tls-key {} (browsers trust {ca} \
+         only if you add it to them).\n",
+        d(&pki.portal.cert),
+        d(&pki.portal.key)
     ));
     if !pki.tenants.is_empty() {
         s.push_str(

@@ -2,6 +2,7 @@
 //! a gateway, until Ctrl-C or SIGTERM.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use anyhow::Context;
 use chrono_tz::Tz;
@@ -20,10 +21,22 @@ pub struct PortalArgs {
     pub gateway: String,
     #[command(flatten)]
     pub tls: ClientTlsArgs,
-    /// Where the portal serves HTTP. Its cookies are `Secure`: browsers accept them over plain
-    /// HTTP on localhost only, so anywhere else serve it behind a proxy that terminates TLS.
+    /// Where the portal serves: HTTPS with --tls-cert and --tls-key, else plain HTTP, which is
+    /// allowed on a loopback address only (its cookies are `Secure`: browsers take them over
+    /// plain HTTP from localhost alone) unless --behind-tls-proxy says a proxy in front
+    /// terminates TLS.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+    /// The portal's own certificate chain for browsers (PEM), to serve HTTPS.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Serve plain HTTP on a non-loopback --listen: browsers reach the portal only through a
+    /// proxy that terminates TLS in front of it.
+    #[arg(long, conflicts_with = "tls_cert")]
+    pub behind_tls_proxy: bool,
     /// The carrier's time zone, in which dates are written (an IANA name).
     #[arg(long, default_value = portal::DEFAULT_TIME_ZONE, value_parser = parse_time_zone)]
     pub time_zone: Tz,
@@ -31,6 +44,21 @@ pub struct PortalArgs {
 
 /// Runs the portal until a shutdown signal.
 pub async fn run(args: PortalArgs) -> anyhow::Result<()> {
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(crate::http::serve::tls_acceptor(
+            cert,
+            key,
+            ("--tls-cert", "--tls-key"),
+        )?),
+        _ => None,
+    };
+    anyhow::ensure!(
+        tls.is_some() || args.listen.ip().is_loopback() || args.behind_tls_proxy,
+        "--listen {} is not a loopback address: serve HTTPS there with --tls-cert and --tls-key, \
+         or pass --behind-tls-proxy when a proxy in front terminates TLS (browsers drop the \
+         portal's Secure cookies over plain HTTP from anywhere but localhost)",
+        args.listen
+    );
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| {
@@ -45,6 +73,7 @@ pub async fn run(args: PortalArgs) -> anyhow::Result<()> {
         PortalOptions {
             gateway,
             time_zone: args.time_zone,
+            tls,
         },
         listener,
     )
@@ -57,11 +86,8 @@ pub async fn run(args: PortalArgs) -> anyhow::Result<()> {
         args.tls.describe()
     );
     println!("  time zone      {}", args.time_zone);
-    if !args.listen.ip().is_loopback() {
-        println!(
-            "  note           serve it to browsers through a proxy that terminates TLS: its \
-             cookies are Secure"
-        );
+    if args.behind_tls_proxy {
+        println!("  note           plain HTTP, for the proxy in front that terminates TLS");
     }
     println!("Press Ctrl-C to stop.");
     shutdown::shutdown_signal().await;

@@ -9,31 +9,22 @@
 
 pub mod auth;
 pub mod camara;
+pub mod serve;
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{future::Future, sync::Arc};
 
 use anyhow::Context;
 use axum::{Router, http::StatusCode, response::IntoResponse, routing::post};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family},
 };
 use tokio::net::TcpListener;
-use tokio_rustls::{
-    TlsAcceptor,
-    rustls::{
-        self,
-        pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
-    },
-};
+use tokio_rustls::TlsAcceptor;
 
 use crate::{api::edge::Edge, config::TlsConfig, gateway::Gateway};
 
 pub use auth::TokenVerifier;
-
-/// Longest a client may take to send a request's head.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CodeLabels {
@@ -112,20 +103,7 @@ pub fn check_files(config: &crate::config::Config) -> anyhow::Result<Vec<String>
 
 /// The rustls server side for the HTTP listener: the `[tls]` certificate, HTTP/1.1 by ALPN.
 fn acceptor(tls: &TlsConfig) -> anyhow::Result<TlsAcceptor> {
-    let certs = CertificateDer::pem_file_iter(&tls.cert)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .with_context(|| format!("tls.cert: cannot read {}", tls.cert.display()))?;
-    let key = PrivateKeyDer::from_pem_file(&tls.key)
-        .with_context(|| format!("tls.key: cannot read {}", tls.key.display()))?;
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .context("tls.cert and tls.key do not make a TLS identity")?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    serve::tls_acceptor(&tls.cert, &tls.key, ("tls.cert", "tls.key"))
 }
 
 /// The routes: the one operation, and CAMARA-shaped answers for everything else.
@@ -191,62 +169,11 @@ pub async fn serve(
              development tenant"
         );
     }
-    let handshake_timeout = gateway.config.limits.handshake_timeout;
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, _peer) = tokio::select! {
-            () = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Out of file descriptors and the like: pause rather than spin.
-                    tracing::warn!(error = %e, "HTTP API: accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
-        let service = hyper_util::service::TowerToHyperService::new(router.clone());
-        let watcher = graceful.watcher();
-        let tls = tls.clone();
-        tokio::spawn(async move {
-            let builder = {
-                let mut b = hyper::server::conn::http1::Builder::new();
-                b.timer(TokioTimer::new())
-                    .header_read_timeout(Some(HEADER_TIMEOUT));
-                b
-            };
-            let result = match tls {
-                Some(tls) => {
-                    let Ok(Ok(stream)) =
-                        tokio::time::timeout(handshake_timeout, tls.accept(stream)).await
-                    else {
-                        return;
-                    };
-                    watcher
-                        .watch(builder.serve_connection(TokioIo::new(stream), service))
-                        .await
-                }
-                None => {
-                    watcher
-                        .watch(builder.serve_connection(TokioIo::new(stream), service))
-                        .await
-                }
-            };
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "HTTP API connection ended");
-            }
-        });
-    }
-    drop(listener);
-    if tokio::time::timeout(gateway.config.limits.drain_timeout, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("HTTP API: requests still open after the drain limit were cut");
-    }
+    let limits = serve::Limits {
+        handshake: gateway.config.limits.handshake_timeout,
+        drain: gateway.config.limits.drain_timeout,
+    };
+    serve::serve("http-api", listener, router, tls, limits, shutdown).await;
     if let Some(reload) = reload {
         reload.abort();
     }

@@ -140,8 +140,9 @@ pub fn lang_set_cookie(locale: Locale) -> String {
     )
 }
 
-/// Adds the headers every answer carries (leaving any a handler set).
-pub fn add_security_headers(headers: &mut HeaderMap) {
+/// Adds the headers every answer carries (leaving any a handler set); over HTTPS, also
+/// `Strict-Transport-Security`, so the browser never comes back over plain HTTP.
+pub fn add_security_headers(headers: &mut HeaderMap, https: bool) {
     let set = |headers: &mut HeaderMap, name: header::HeaderName, value: &'static str| {
         headers
             .entry(name)
@@ -161,7 +162,13 @@ pub fn add_security_headers(headers: &mut HeaderMap) {
         header::HeaderName::from_static("cross-origin-opener-policy"),
         "same-origin",
     );
+    if https {
+        set(headers, header::STRICT_TRANSPORT_SECURITY, HSTS);
+    }
 }
+
+/// A year of HTTPS only, for this host alone (the portal cannot speak for its subdomains).
+pub const HSTS: &str = "max-age=31536000";
 
 #[cfg(test)]
 mod tests {

@@ -40,11 +40,13 @@ use crate::proto::account_gateway_client::AccountGatewayClient;
 pub const DEFAULT_TIME_ZONE: &str = "Asia/Shanghai";
 /// Connecting to the gateway gives up after this long (each call retries the connection).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long a stop waits for open connections before closing them.
+/// How long a stop waits for requests in flight before cutting them.
 const STOP_GRACE: Duration = Duration::from_secs(5);
+/// Longest a browser may take over the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What a portal needs.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct PortalOptions {
     /// The gateway, as the caller reaches it (plain text in development, else TLS with the
     /// portal tenant's client certificate), connected lazily (`Endpoint::connect_lazy`, with
@@ -52,30 +54,35 @@ pub struct PortalOptions {
     pub gateway: tonic::transport::Channel,
     /// Where dates are written for.
     pub time_zone: Tz,
+    /// Serve HTTPS with this identity (`--tls-cert`, `--tls-key`;
+    /// [`crate::http::serve::tls_acceptor`]); `None`: plain HTTP, which browsers accept the
+    /// portal's `Secure` cookies over on localhost only.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 /// A running portal.
 pub struct RunningPortal {
     pub addr: SocketAddr,
+    https: bool,
     stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<std::io::Result<()>>,
+    task: JoinHandle<()>,
 }
 
 impl RunningPortal {
     /// The address to open in a browser.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.https { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
-    /// Stops serving: open connections get a few seconds to finish.
+    /// Stops serving: requests in flight get a few seconds to finish (held live parts answer
+    /// at once), then are cut.
     pub async fn stop(mut self) -> anyhow::Result<()> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        match tokio::time::timeout(STOP_GRACE, &mut self.task).await {
-            Ok(joined) => joined
-                .context("the portal's server task failed")?
-                .context("the portal's server failed"),
+        match tokio::time::timeout(STOP_GRACE + Duration::from_secs(1), &mut self.task).await {
+            Ok(joined) => joined.context("the portal's server task failed"),
             Err(_) => {
                 self.task.abort();
                 Ok(())
@@ -94,21 +101,32 @@ pub async fn start(options: PortalOptions, listener: TcpListener) -> anyhow::Res
         keys: guard::Keys::random(),
         templates: render::Templates::new().context("the portal's templates do not compile")?,
         tz: options.time_zone,
+        https: options.tls.is_some(),
     });
     let app = pages::router(portal);
     let addr = listener.local_addr()?;
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stopped.await;
-                // Held live parts answer now rather than keep the stop waiting.
-                let _ = closing.send(true);
-            })
-            .await
-    });
+    let https = options.tls.is_some();
+    tracing::info!(%addr, https, "web portal serving");
+    let limits = crate::http::serve::Limits {
+        handshake: HANDSHAKE_TIMEOUT,
+        drain: STOP_GRACE,
+    };
+    let task = tokio::spawn(crate::http::serve::serve(
+        "portal",
+        listener,
+        app,
+        options.tls,
+        limits,
+        async move {
+            let _ = stopped.await;
+            // Held live parts answer now rather than keep the stop waiting.
+            let _ = closing.send(true);
+        },
+    ));
     Ok(RunningPortal {
         addr,
+        https,
         stop: Some(stop),
         task,
     })

@@ -272,6 +272,7 @@ impl Stack {
                     .connect_timeout(crate::portal::CONNECT_TIMEOUT)
                     .connect_lazy(),
                 time_zone,
+                tls: None,
             },
             listener,
         )

@@ -92,6 +92,8 @@ pub struct Portal {
     pub tz: Tz,
     /// Becomes true when the portal stops: held requests answer at once.
     pub closing: tokio::sync::watch::Receiver<bool>,
+    /// Served over HTTPS: browsers are told to come back only that way (HSTS).
+    pub https: bool,
 }
 
 type Shared = Arc<Portal>;
@@ -168,7 +170,7 @@ async fn visit_layer(State(portal): State<Shared>, mut request: Request, next: N
     {
         response.headers_mut().append(header::SET_COOKIE, cookie);
     }
-    guard::add_security_headers(response.headers_mut());
+    guard::add_security_headers(response.headers_mut(), portal.https);
     response
 }
 

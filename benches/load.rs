@@ -1054,6 +1054,7 @@ async fn check(o: &Options, table: &mut Table) -> anyhow::Result<()> {
         config.number_status.time_zone = Some("Asia/Shanghai".into());
         config.http = Some(unbind_gateway::config::HttpConfig {
             listen: format!("127.0.0.1:{http_port}").parse()?,
+            max_connections: unbind_gateway::config::DEFAULT_MAX_CONNECTIONS,
             auth: Some(unbind_gateway::config::HttpAuthConfig {
                 jwks_file,
                 issuer: "https://auth.bench".into(),

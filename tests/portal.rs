@@ -672,6 +672,7 @@ async fn a_gateway_that_cannot_be_reached_is_told_in_words() {
                 .connect_lazy(),
             time_zone: "Asia/Shanghai".parse().unwrap(),
             tls: None,
+            max_connections: unbind_gateway::http::serve::DEFAULT_MAX_CONNECTIONS,
         },
         listener,
     )
@@ -823,6 +824,7 @@ async fn over_mutual_tls_as_a_portal_tenant() {
             .connect_lazy(),
             time_zone: "Asia/Shanghai".parse().unwrap(),
             tls: None,
+            max_connections: unbind_gateway::http::serve::DEFAULT_MAX_CONNECTIONS,
         },
         listener,
     )
@@ -1101,4 +1103,46 @@ async fn the_portal_serves_https_with_its_own_certificate_and_refuses_plain_http
     // Half of a pair is refused by the flags.
     let (_, half) = portal_process(&["--gateway", gateway, "--tls-cert", cert]).await;
     assert!(half.unwrap_err().contains("--tls-key"));
+}
+
+#[tokio::test]
+async fn at_its_connection_cap_the_portal_takes_the_next_connection_when_one_closes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let portal = unbind_gateway::portal::start(
+        unbind_gateway::portal::PortalOptions {
+            gateway: tonic::transport::Endpoint::from_static("http://127.0.0.1:9").connect_lazy(),
+            time_zone: "Asia/Shanghai".parse().unwrap(),
+            tls: None,
+            max_connections: 2,
+        },
+        listener,
+    )
+    .await
+    .unwrap();
+    // Two connections that send nothing hold both places.
+    let idle_one = tokio::net::TcpStream::connect(portal.addr).await.unwrap();
+    let _idle_two = tokio::net::TcpStream::connect(portal.addr).await.unwrap();
+    let mut third = tokio::net::TcpStream::connect(portal.addr).await.unwrap();
+    third
+        .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut first_byte = [0u8; 1];
+    let waited =
+        tokio::time::timeout(Duration::from_millis(500), third.read(&mut first_byte)).await;
+    assert!(
+        waited.is_err(),
+        "a third connection was served at a cap of 2"
+    );
+    // One closes: the third is taken and answered.
+    drop(idle_one);
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), third.read_to_end(&mut answer))
+        .await
+        .expect("the third connection was answered once a place was free")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    portal.stop().await.unwrap();
 }

@@ -10,6 +10,10 @@ use chrono_tz::Tz;
 use crate::cli::support::endpoint::{endpoint_with_tls, normalise_endpoint};
 use crate::cli::tls_args::ClientTlsArgs;
 use crate::portal::{self, PortalOptions, parse_time_zone};
+
+/// `--max-connections` unless given: the HTTP API's default.
+#[allow(clippy::cast_possible_truncation)] // 4096
+const DEFAULT_MAX_CONNECTIONS: u32 = crate::http::serve::DEFAULT_MAX_CONNECTIONS as u32;
 use crate::shutdown;
 
 /// Flags of `portal`.
@@ -37,6 +41,10 @@ pub struct PortalArgs {
     /// proxy that terminates TLS in front of it.
     #[arg(long, conflicts_with = "tls_cert")]
     pub behind_tls_proxy: bool,
+    /// Connections open at once; at the cap a new one waits until one closes (an idle one
+    /// closes itself after 10 s).
+    #[arg(long, default_value_t = DEFAULT_MAX_CONNECTIONS, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
     /// The carrier's time zone, in which dates are written (an IANA name).
     #[arg(long, default_value = portal::DEFAULT_TIME_ZONE, value_parser = parse_time_zone)]
     pub time_zone: Tz,
@@ -74,6 +82,7 @@ pub async fn run(args: PortalArgs) -> anyhow::Result<()> {
             gateway,
             time_zone: args.time_zone,
             tls,
+            max_connections: usize::try_from(args.max_connections).unwrap_or(usize::MAX),
         },
         listener,
     )

@@ -19,6 +19,19 @@ pub struct HttpConfig {
     /// every request is the `development` tenant's, two-legged, and no token is read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<HttpAuthConfig>,
+    /// Connections open at once; at the cap a new one waits (in the kernel's backlog) until one
+    /// closes. Idle ones close themselves: the TLS handshake and a request's head have
+    /// `limits.handshake_timeout` and 10 s.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+}
+
+/// The default `max_connections` of an HTTP listener (the portal's too): well within a
+/// process's usual 65,536 file descriptors next to the gateway's own connections.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+
+fn default_max_connections() -> usize {
+    DEFAULT_MAX_CONNECTIONS
 }
 
 /// How access tokens are checked.
@@ -45,6 +58,9 @@ fn default_leeway() -> Duration {
 
 impl HttpConfig {
     pub(super) fn check(&self, development: bool, tls: bool) -> anyhow::Result<()> {
+        if self.max_connections == 0 {
+            bail!("`http.max_connections` must be at least 1");
+        }
         if !tls && !development {
             bail!("`http.listen` is served with the `[tls]` certificate: `tls` is required");
         }

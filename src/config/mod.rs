@@ -21,7 +21,7 @@ use crate::domain::AppId;
 pub mod files;
 mod http;
 
-pub use http::{HttpAuthConfig, HttpConfig};
+pub use http::{DEFAULT_MAX_CONNECTIONS, HttpAuthConfig, HttpConfig};
 
 /// The whole configuration file.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -1368,6 +1368,17 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.contains("`http.auth.issuer`"), "{err}");
+        // A connection cap, 4096 unless set, at least 1.
+        let c =
+            Config::parse(&format!("{MINIMAL}\n[http]\nlisten = \"127.0.0.1:8081\"\n")).unwrap();
+        assert_eq!(c.http.unwrap().max_connections, DEFAULT_MAX_CONNECTIONS);
+        let err = Config::parse(&format!(
+            "{MINIMAL}\n[http]\nlisten = \"127.0.0.1:8081\"\nmax_connections = 0\n"
+        ))
+        .map(|_| ())
+        .map_err(|e| format!("{e:#}"))
+        .unwrap_err();
+        assert!(err.contains("`http.max_connections`"), "{err}");
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //! `[http] listen` address, callers identified by OAuth 2.0 access tokens (`auth`). Served over
 //! TLS with the `[tls]` certificate (no client certificate asked: the token identifies the
 //! caller), plain text only in development on loopback. HTTP/1.1, bounded in every dimension a
-//! caller controls: the TLS handshake and the request head have time limits, the body a size
-//! limit, and requests in flight a cap (`limits.max_in_flight`) beyond which the answer is 503.
+//! caller controls: connections a cap (`max_connections`), the TLS handshake and the request head
+//! time limits, the body a size limit, and requests in flight a cap (`limits.max_in_flight`)
+//! beyond which the answer is 503.
 //!
 //! Metric: `unbind_http_requests_total{code}` (the CAMARA code of each answer, `OK` for 200).
 
@@ -51,6 +52,7 @@ impl HttpApi {
 /// on a taken port or an unusable JWKS file).
 pub struct Prepared {
     listener: TcpListener,
+    max_connections: usize,
     tokens: Option<Arc<TokenVerifier>>,
     tls: Option<TlsAcceptor>,
 }
@@ -78,6 +80,7 @@ impl Prepared {
         })?;
         Ok(Some(Self {
             listener,
+            max_connections: http.max_connections,
             tokens,
             tls,
         }))
@@ -138,6 +141,7 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let Prepared {
         listener,
+        max_connections,
         tokens,
         tls,
     } = prepared;
@@ -172,6 +176,7 @@ pub async fn serve(
     let limits = serve::Limits {
         handshake: gateway.config.limits.handshake_timeout,
         drain: gateway.config.limits.drain_timeout,
+        max_connections,
     };
     serve::serve("http-api", listener, router, tls, limits, shutdown).await;
     if let Some(reload) = reload {

@@ -1,6 +1,9 @@
 //! Serving an axum router over HTTP/1.1, in plain text or TLS, bounded in what a client controls:
-//! the TLS handshake and the request head have time limits, and a stop lets requests in flight
-//! finish for a while, then cuts them. The HTTP API and the web portal both serve this way.
+//! connections open at once have a cap (at the cap no new one is accepted until one closes, so
+//! they wait in the kernel's backlog instead of costing memory), the TLS handshake and the
+//! request head have time limits (so idle connections free their places), and a stop lets
+//! requests in flight finish for a while, then cuts them. The HTTP API and the web portal both
+//! serve this way.
 
 use std::{future::Future, path::Path, sync::Arc, time::Duration};
 
@@ -26,7 +29,11 @@ pub struct Limits {
     pub handshake: Duration,
     /// Longest a stop waits for requests in flight before cutting them.
     pub drain: Duration,
+    /// Connections open at once (at least 1).
+    pub max_connections: usize,
 }
+
+pub use crate::config::DEFAULT_MAX_CONNECTIONS;
 
 /// A rustls server side offering HTTP/1.1 by ALPN, from a PEM certificate chain and key.
 /// `flags` names them as the caller's user knows them (`("tls.cert", "tls.key")`,
@@ -70,8 +77,38 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let places = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    let mut full_since: Option<tokio::time::Instant> = None;
     tokio::pin!(shutdown);
     loop {
+        // A place first: at the cap, the next connection waits in the backlog until one closes.
+        let place = match Arc::clone(&places).try_acquire_owned() {
+            Ok(place) => place,
+            Err(_) => {
+                if full_since.is_none() {
+                    full_since = Some(tokio::time::Instant::now());
+                    tracing::warn!(
+                        listener = name,
+                        max_connections = limits.max_connections,
+                        "connection cap reached: new connections wait until one closes"
+                    );
+                }
+                tokio::select! {
+                    () = &mut shutdown => break,
+                    place = Arc::clone(&places).acquire_owned() => match place {
+                        Ok(place) => place,
+                        Err(_) => break,
+                    },
+                }
+            }
+        };
+        if let Some(since) = full_since.take() {
+            tracing::info!(
+                listener = name,
+                full_ms = u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX),
+                "connection cap: a place is free again"
+            );
+        }
         let (stream, _peer) = tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
@@ -89,6 +126,8 @@ pub async fn serve(
         let watcher = graceful.watcher();
         let tls = tls.clone();
         tokio::spawn(async move {
+            // Held until the connection ends, however it ends.
+            let _place = place;
             let builder = {
                 let mut b = hyper::server::conn::http1::Builder::new();
                 b.timer(TokioTimer::new())

@@ -58,6 +58,8 @@ pub struct PortalOptions {
     /// [`crate::http::serve::tls_acceptor`]); `None`: plain HTTP, which browsers accept the
     /// portal's `Secure` cookies over on localhost only.
     pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Connections open at once ([`crate::http::serve::Limits::max_connections`]).
+    pub max_connections: usize,
 }
 
 /// A running portal.
@@ -111,6 +113,7 @@ pub async fn start(options: PortalOptions, listener: TcpListener) -> anyhow::Res
     let limits = crate::http::serve::Limits {
         handshake: HANDSHAKE_TIMEOUT,
         drain: STOP_GRACE,
+        max_connections: options.max_connections,
     };
     let task = tokio::spawn(crate::http::serve::serve(
         "portal",

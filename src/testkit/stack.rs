@@ -273,6 +273,7 @@ impl Stack {
                     .connect_lazy(),
                 time_zone,
                 tls: None,
+                max_connections: crate::http::serve::DEFAULT_MAX_CONNECTIONS,
             },
             listener,
         )

@@ -928,6 +928,8 @@ async fn the_accounts_appear_as_the_apps_answer_not_after_the_slowest() {
         live.body
     );
     assert!(live.body.contains("have answered so far."), "{}", live.body);
+    // Out of how many: the 12 apps of the catalog (from ListApps).
+    assert!(live.body.contains("Asking 12 apps… "), "{}", live.body);
     // Asked with what it showed, the live part is held until there is news: the next answer
     // (a later version), or the end of the look-up.
     let seen_in = |body: &str| -> u64 {

@@ -104,6 +104,7 @@ pub async fn start(options: PortalOptions, listener: TcpListener) -> anyhow::Res
         templates: render::Templates::new().context("the portal's templates do not compile")?,
         tz: options.time_zone,
         https: options.tls.is_some(),
+        app_count: std::sync::Mutex::new(None),
     });
     let app = pages::router(portal);
     let addr = listener.local_addr()?;

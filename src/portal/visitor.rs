@@ -56,6 +56,8 @@ pub struct Session {
 pub struct Lookup {
     /// Each app's answer, in the order they arrived.
     pub results: Vec<AppResult>,
+    /// How many apps are asked, once the gateway has said (`ListApps`): "12 of 40".
+    pub apps: Option<usize>,
     /// The stream ended (every app answered, or the deadline passed).
     pub done: bool,
     /// The stream failed: what to tell the person.
@@ -70,6 +72,12 @@ pub struct Lookup {
 }
 
 impl Lookup {
+    /// The number of apps asked is known.
+    pub fn set_apps(&mut self, apps: usize) {
+        self.apps = Some(apps);
+        self.version.send_modify(|v| *v += 1);
+    }
+
     /// An app's answer arrived.
     pub fn push(&mut self, result: AppResult) {
         self.results.push(result);

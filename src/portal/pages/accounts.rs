@@ -20,6 +20,7 @@ fn accounts_context(p: &Portal, v: &Visitor, session: &Session, lookup: &Lookup)
         since => session.holder_since.map(|at| m.day(at, p.tz)),
         done => lookup.done,
         asked => lookup.results.len(),
+        apps => lookup.apps,
         version => *lookup.version.borrow(),
         view => Value::from(Serde(&view)),
     }

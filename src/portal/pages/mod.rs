@@ -43,8 +43,8 @@ use tonic::transport::Channel;
 use crate::domain::{E164, IdLastSix};
 use crate::proto::account_gateway_client::AccountGatewayClient;
 use crate::proto::{
-    CompleteVerificationRequest, GetUnbindTicketsRequest, ListLinkedAccountsRequest,
-    StartVerificationRequest, UnbindRequest, UnbindTicket,
+    CompleteVerificationRequest, GetUnbindTicketsRequest, ListAppsRequest,
+    ListLinkedAccountsRequest, StartVerificationRequest, UnbindRequest, UnbindTicket,
 };
 
 mod accounts;
@@ -63,6 +63,9 @@ use super::visitor::{Choice, Lookup, Pending, Session, SessionToken, Visit, Visi
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// The look-up's deadline: the gateway reports the apps that miss it as timed out.
 const LOOKUP_DEADLINE: Duration = Duration::from_secs(8);
+/// How long the number of apps a look-up asks (from `ListApps`) is reused before being asked
+/// again: the catalog changes rarely, and each call spends the portal tenant's rate.
+const APP_COUNT_TTL: Duration = Duration::from_secs(60);
 /// Most account refs in one `Unbind` (the gateway's default `max_refs_per_request`).
 const UNBIND_CHUNK: usize = 100;
 /// Longest a live part waits for news before answering as it is (below the usual 30 s or more
@@ -94,6 +97,8 @@ pub struct Portal {
     pub closing: tokio::sync::watch::Receiver<bool>,
     /// Served over HTTPS: browsers are told to come back only that way (HSTS).
     pub https: bool,
+    /// The number of enabled apps (those a look-up asks), and when the gateway said it.
+    pub app_count: Mutex<Option<(std::time::Instant, usize)>>,
 }
 
 type Shared = Arc<Portal>;

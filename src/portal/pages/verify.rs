@@ -180,12 +180,20 @@ pub(super) async fn code(
 }
 
 /// Starts the look-up: a task reads the gateway's stream into the visit's [`Lookup`], app by
-/// app, so the page shows each answer as it comes rather than after the slowest app.
-fn spawn_lookup(p: &Portal, token: SessionToken, visitor: String) -> Arc<Mutex<Lookup>> {
+/// app, so the page shows each answer as it comes rather than after the slowest app. Beside it,
+/// the number of apps asked (remembered for [`APP_COUNT_TTL`]), for "12 of 40".
+fn spawn_lookup(p: &Shared, token: SessionToken, visitor: String) -> Arc<Mutex<Lookup>> {
     let lookup = Arc::new(Mutex::new(Lookup::default()));
+    let cached = lock(&p.app_count)
+        .filter(|(at, _)| at.elapsed() < APP_COUNT_TTL)
+        .map(|(_, count)| count);
+    if let Some(count) = cached {
+        lock(&lookup).set_apps(count);
+    }
     let shared = Arc::clone(&lookup);
-    let mut client = p.client.clone();
+    let portal = Arc::clone(p);
     tokio::spawn(async move {
+        let mut client = portal.client.clone();
         let request = call(
             ListLinkedAccountsRequest {
                 session_token: token.0,
@@ -200,8 +208,24 @@ fn spawn_lookup(p: &Portal, token: SessionToken, visitor: String) -> Arc<Mutex<L
                 lock(&shared).push(result);
             }
             Ok::<(), Status>(())
-        }
-        .await;
+        };
+        let count = async {
+            if cached.is_some() {
+                return;
+            }
+            let mut client = portal.client.clone();
+            let request = call(ListAppsRequest::default(), CALL_TIMEOUT, &visitor);
+            match client.list_apps(request).await {
+                Ok(answer) => {
+                    let count = answer.get_ref().apps.iter().filter(|a| a.enabled).count();
+                    *lock(&portal.app_count) = Some((std::time::Instant::now(), count));
+                    lock(&shared).set_apps(count);
+                }
+                // The page does without the total.
+                Err(status) => log_failure("ListApps", &status),
+            }
+        };
+        let (read, ()) = tokio::join!(read, count);
         let mut lookup = lock(&shared);
         if let Err(status) = read {
             log_failure("StreamLinkedAccounts", &status);

@@ -673,6 +673,7 @@ async fn a_gateway_that_cannot_be_reached_is_told_in_words() {
             time_zone: "Asia/Shanghai".parse().unwrap(),
             tls: None,
             max_connections: unbind_gateway::http::serve::DEFAULT_MAX_CONNECTIONS,
+            admin: None,
         },
         listener,
     )
@@ -825,6 +826,7 @@ async fn over_mutual_tls_as_a_portal_tenant() {
             time_zone: "Asia/Shanghai".parse().unwrap(),
             tls: None,
             max_connections: unbind_gateway::http::serve::DEFAULT_MAX_CONNECTIONS,
+            admin: None,
         },
         listener,
     )
@@ -1117,6 +1119,7 @@ async fn at_its_connection_cap_the_portal_takes_the_next_connection_when_one_clo
             time_zone: "Asia/Shanghai".parse().unwrap(),
             tls: None,
             max_connections: 2,
+            admin: None,
         },
         listener,
     )
@@ -1146,5 +1149,80 @@ async fn at_its_connection_cap_the_portal_takes_the_next_connection_when_one_clo
         .unwrap();
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    portal.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_admin_endpoint_counts_pages_and_gateway_errors_and_says_whether_the_gateway_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (stack, _) = stack(&dir).await;
+    let admin_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let portal = unbind_gateway::portal::start(
+        unbind_gateway::portal::PortalOptions {
+            gateway: tonic::transport::Endpoint::from_shared(stack.endpoint())
+                .unwrap()
+                .connect_lazy(),
+            time_zone: "Asia/Shanghai".parse().unwrap(),
+            tls: None,
+            max_connections: unbind_gateway::http::serve::DEFAULT_MAX_CONNECTIONS,
+            admin: Some(admin_listener),
+        },
+        listener,
+    )
+    .await
+    .unwrap();
+    let admin = https::Client::plain(portal.admin_addr.unwrap());
+    let healthz = admin.request("GET", "/healthz", &[], None).await;
+    assert_eq!((healthz.status, healthz.body.as_str()), (200, "ok\n"));
+    let ready = admin.request("GET", "/readyz", &[], None).await;
+    assert_eq!(ready.status, 200, "{}", ready.body);
+
+    // A visit with a wrong code: a page answered, and a gateway call failed.
+    let mut b = Browser::new(portal.addr, "en");
+    let csrf = b.get("/").await.csrf();
+    let csrf = csrf.as_str();
+    b.post_to(
+        "/start",
+        &[("csrf", csrf), ("phone", PHONE_BARE), ("id_last_six", ID)],
+        "/code",
+    )
+    .await;
+    let code = stack.wait_for_code(PHONE, 1).await.unwrap();
+    let wrong = if code == "000000" { "111111" } else { "000000" };
+    b.post_to("/code", &[("csrf", csrf), ("code", wrong)], "/code")
+        .await;
+    let _ = b.get("/no-such-page?phone=13800138000").await;
+    let metrics = admin.request("GET", "/metrics", &[], None).await;
+    assert_eq!(metrics.status, 200);
+    let text = metrics.body;
+    assert!(
+        text.contains("unbind_portal_pages_total{route=\"/\",status=\"200\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("unbind_portal_pages_total{route=\"/start\",status=\"303\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("unbind_portal_pages_total{route=\"other\",status=\"404\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("unbind_portal_gateway_errors_total{rpc=\"CompleteVerification\""),
+        "{text}"
+    );
+    assert!(text.contains("unbind_portal_visits 1"), "{text}");
+    for secret in [PHONE_BARE, "8613800138000", ID, code.as_str(), wrong] {
+        assert!(!text.contains(secret), "the metrics hold {secret}");
+    }
+
+    // The gateway gone: not ready (taken out of rotation), still alive.
+    stack.stop().await.unwrap();
+    let ready = admin.request("GET", "/readyz", &[], None).await;
+    assert_eq!(ready.status, 503, "{}", ready.body);
+    assert!(ready.body.starts_with("not ready: "), "{}", ready.body);
+    let healthz = admin.request("GET", "/healthz", &[], None).await;
+    assert_eq!(healthz.status, 200);
     portal.stop().await.unwrap();
 }

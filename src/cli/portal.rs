@@ -45,6 +45,10 @@ pub struct PortalArgs {
     /// closes itself after 10 s).
     #[arg(long, default_value_t = DEFAULT_MAX_CONNECTIONS, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
+    /// Where the admin endpoint listens (plain HTTP: `/metrics`, `/healthz`, and `/readyz`,
+    /// which is 503 while the gateway does not answer); a private address. None unless given.
+    #[arg(long, value_name = "ADDR")]
+    pub admin_listen: Option<SocketAddr>,
     /// The carrier's time zone, in which dates are written (an IANA name).
     #[arg(long, default_value = portal::DEFAULT_TIME_ZONE, value_parser = parse_time_zone)]
     pub time_zone: Tz,
@@ -67,6 +71,12 @@ pub async fn run(args: PortalArgs) -> anyhow::Result<()> {
          portal's Secure cookies over plain HTTP from anywhere but localhost)",
         args.listen
     );
+    let admin = match args.admin_listen {
+        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.with_context(|| {
+            format!("cannot listen on {addr} (--admin-listen): is another process using it?")
+        })?),
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| {
@@ -83,6 +93,7 @@ pub async fn run(args: PortalArgs) -> anyhow::Result<()> {
             time_zone: args.time_zone,
             tls,
             max_connections: usize::try_from(args.max_connections).unwrap_or(usize::MAX),
+            admin,
         },
         listener,
     )
@@ -95,6 +106,9 @@ pub async fn run(args: PortalArgs) -> anyhow::Result<()> {
         args.tls.describe()
     );
     println!("  time zone      {}", args.time_zone);
+    if let Some(admin) = running.admin_addr {
+        println!("  admin          http://{admin}/metrics  (also /healthz, /readyz)");
+    }
     if args.behind_tls_proxy {
         println!("  note           plain HTTP, for the proxy in front that terminates TLS");
     }

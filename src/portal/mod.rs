@@ -13,8 +13,10 @@
 //! - [`i18n`]: the message files (`locales/`), the language, dates in the carrier's zone;
 //! - [`render`]: the templates (`templates/`); [`view`]: what the pages show, as plain values;
 //! - [`notice`]: every error the gateway can answer as a sentence with what to do next;
-//! - [`form`]: posted forms.
+//! - [`form`]: posted forms;
+//! - [`admin`]: the admin endpoint (metrics, health, readiness) on a private address.
 
+pub mod admin;
 pub mod form;
 pub mod guard;
 pub mod i18n;
@@ -46,7 +48,6 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What a portal needs.
-#[derive(Clone)]
 pub struct PortalOptions {
     /// The gateway, as the caller reaches it (plain text in development, else TLS with the
     /// portal tenant's client certificate), connected lazily (`Endpoint::connect_lazy`, with
@@ -60,11 +61,16 @@ pub struct PortalOptions {
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     /// Connections open at once ([`crate::http::serve::Limits::max_connections`]).
     pub max_connections: usize,
+    /// Where to serve the admin endpoint ([`admin`]: metrics, `/healthz`, `/readyz`), if at
+    /// all: a private address, never the browsers' one.
+    pub admin: Option<TcpListener>,
 }
 
 /// A running portal.
 pub struct RunningPortal {
     pub addr: SocketAddr,
+    /// Where the admin endpoint listens, if it does.
+    pub admin_addr: Option<SocketAddr>,
     https: bool,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
@@ -98,13 +104,29 @@ pub async fn start(options: PortalOptions, listener: TcpListener) -> anyhow::Res
     let (closing, closing_seen) = tokio::sync::watch::channel(false);
     let portal = Arc::new(pages::Portal {
         closing: closing_seen,
-        client: AccountGatewayClient::new(options.gateway),
+        client: AccountGatewayClient::new(options.gateway.clone()),
         visits: visitor::Visits::new(),
         keys: guard::Keys::random(),
         templates: render::Templates::new().context("the portal's templates do not compile")?,
         tz: options.time_zone,
         https: options.tls.is_some(),
         app_count: std::sync::Mutex::new(None),
+        metrics: admin::PortalMetrics::new(),
+    });
+    let admin_addr = match &options.admin {
+        Some(listener) => Some(listener.local_addr()?),
+        None => None,
+    };
+    let admin_task = options.admin.map(|listener| {
+        let mut closing = portal.closing.clone();
+        tokio::spawn(admin::serve(
+            Arc::clone(&portal),
+            options.gateway.clone(),
+            listener,
+            async move {
+                let _ = closing.wait_for(|c| *c).await;
+            },
+        ))
     });
     let app = pages::router(portal);
     let addr = listener.local_addr()?;
@@ -116,20 +138,21 @@ pub async fn start(options: PortalOptions, listener: TcpListener) -> anyhow::Res
         drain: STOP_GRACE,
         max_connections: options.max_connections,
     };
-    let task = tokio::spawn(crate::http::serve::serve(
-        "portal",
-        listener,
-        app,
-        options.tls,
-        limits,
-        async move {
+    let task = tokio::spawn(async move {
+        crate::http::serve::serve("portal", listener, app, options.tls, limits, async move {
             let _ = stopped.await;
-            // Held live parts answer now rather than keep the stop waiting.
+            // Held live parts answer now rather than keep the stop waiting; the admin
+            // endpoint stops too.
             let _ = closing.send(true);
-        },
-    ));
+        })
+        .await;
+        if let Some(admin) = admin_task {
+            let _ = admin.await;
+        }
+    });
     Ok(RunningPortal {
         addr,
+        admin_addr,
         https,
         stop: Some(stop),
         task,

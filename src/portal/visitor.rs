@@ -158,6 +158,12 @@ impl Visits {
             .get_with(id.to_owned(), || Arc::new(Mutex::new(Visit::default())))
     }
 
+    /// How many visits are remembered.
+    pub fn count(&self) -> u64 {
+        self.cache.run_pending_tasks();
+        self.cache.entry_count()
+    }
+
     /// Forgets a visit.
     pub fn forget(&self, id: &str) {
         self.cache.invalidate(id);

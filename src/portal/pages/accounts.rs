@@ -231,7 +231,7 @@ pub(super) async fn confirm(
         {
             Ok(answer) => tickets.extend(answer.into_inner().tickets),
             Err(status) => {
-                log_failure("Unbind", &status);
+                p.log_failure("Unbind", &status);
                 failure = Some(notice::from_status(&status));
                 break;
             }

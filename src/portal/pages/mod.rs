@@ -99,6 +99,17 @@ pub struct Portal {
     pub https: bool,
     /// The number of enabled apps (those a look-up asks), and when the gateway said it.
     pub app_count: Mutex<Option<(std::time::Instant, usize)>>,
+    pub metrics: super::admin::PortalMetrics,
+}
+
+impl Portal {
+    /// A gateway call failed: said in the log (code and reason, nothing of the person) and
+    /// counted.
+    fn log_failure(&self, rpc: &'static str, status: &Status) {
+        self.metrics.gateway_error(rpc, status.code());
+        let reason = crate::api::error::reason_of(status).unwrap_or_default();
+        tracing::warn!(rpc, code = ?status.code(), reason, "a gateway call from the portal failed");
+    }
 }
 
 type Shared = Arc<Portal>;
@@ -143,6 +154,12 @@ pub fn router(portal: Shared) -> Router {
 /// Reads (or issues) the signed visitor cookie and the language, and adds the security
 /// headers to every answer.
 async fn visit_layer(State(portal): State<Shared>, mut request: Request, next: Next) -> Response {
+    // The route's pattern, never the path as asked (which a client makes up at will).
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("other", |m| m.as_str())
+        .to_owned();
     let headers = request.headers();
     let known = guard::cookie(headers, VISITOR_COOKIE).and_then(|v| portal.keys.verify_visitor(v));
     let (id, new_cookie) = match known {
@@ -176,6 +193,7 @@ async fn visit_layer(State(portal): State<Shared>, mut request: Request, next: N
         response.headers_mut().append(header::SET_COOKIE, cookie);
     }
     guard::add_security_headers(response.headers_mut(), portal.https);
+    portal.metrics.page(&route, response.status());
     response
 }
 
@@ -293,11 +311,6 @@ impl Portal {
 }
 
 /// Logs a failed gateway call by its code and reason only (never its request).
-fn log_failure(rpc: &'static str, status: &Status) {
-    let reason = crate::api::error::reason_of(status).unwrap_or_default();
-    tracing::warn!(rpc, code = ?status.code(), reason, "a gateway call from the portal failed");
-}
-
 /// A gRPC request with a deadline, naming the visitor behind it (`x-visitor`), so the gateway
 /// can hold each visitor to a rate of their own within the portal's.
 fn call<T>(message: T, timeout: Duration, visitor: &str) -> tonic::Request<T> {

@@ -43,7 +43,7 @@ pub(super) async fn load_tickets(
     match answer {
         Ok(answer) => Ok(answer.into_inner().tickets),
         Err(status) => {
-            log_failure("GetUnbindTickets", &status);
+            p.log_failure("GetUnbindTickets", &status);
             Err(notice::from_status(&status).0)
         }
     }

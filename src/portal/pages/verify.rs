@@ -74,7 +74,7 @@ pub(super) async fn start(
             see_other("/code")
         }
         Err(status) => {
-            log_failure("StartVerification", &status);
+            p.log_failure("StartVerification", &status);
             visit.notice = Some(notice::from_status(&status).0);
             see_other("/")
         }
@@ -165,7 +165,7 @@ pub(super) async fn code(
             see_other("/accounts")
         }
         Err(status) => {
-            log_failure("CompleteVerification", &status);
+            p.log_failure("CompleteVerification", &status);
             let (notice, next) = notice::from_status(&status);
             let mut visit = lock(&visit);
             visit.notice = Some(notice);
@@ -222,13 +222,13 @@ fn spawn_lookup(p: &Shared, token: SessionToken, visitor: String) -> Arc<Mutex<L
                     lock(&shared).set_apps(count);
                 }
                 // The page does without the total.
-                Err(status) => log_failure("ListApps", &status),
+                Err(status) => portal.log_failure("ListApps", &status),
             }
         };
         let (read, ()) = tokio::join!(read, count);
         let mut lookup = lock(&shared);
         if let Err(status) = read {
-            log_failure("StreamLinkedAccounts", &status);
+            portal.log_failure("StreamLinkedAccounts", &status);
             lookup.failed = Some(notice::from_status(&status).0);
         }
         let rows = order_rows(&lookup.results);

@@ -1226,3 +1226,60 @@ async fn the_admin_endpoint_counts_pages_and_gateway_errors_and_says_whether_the
     assert_eq!(healthz.status, 200);
     portal.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_tickets_reason_is_said_in_the_visitors_language_not_the_gateways_english() {
+    let dir = tempfile::tempdir().unwrap();
+    let (stack, addr) = stack(&dir).await;
+    // The apps accept at once and take a minute to finish: the tickets stay ACCEPTED.
+    stack.simulator.set_behaviour_all(&Behaviour {
+        unbind_completion: Duration::from_secs(60),
+        ..Behaviour::default()
+    });
+    let mut b = Browser::new(addr, "zh-CN");
+    let csrf = b.get("/").await.csrf();
+    let csrf = csrf.as_str();
+    b.post_to(
+        "/start",
+        &[
+            ("csrf", csrf),
+            ("phone", ZH_PHONE_BARE),
+            ("id_last_six", ZH_ID),
+        ],
+        "/code",
+    )
+    .await;
+    let code = stack.wait_for_code(ZH_PHONE, 1).await.unwrap();
+    b.post_to(
+        "/code",
+        &[("csrf", csrf), ("code", code.as_str())],
+        "/accounts",
+    )
+    .await;
+    let accounts = b
+        .wait_for("/accounts", Duration::from_secs(30), |a| !a.refreshes())
+        .await;
+    let boxes = accounts.checkboxes();
+    b.post_to(
+        "/choose",
+        &[
+            ("csrf", csrf),
+            ("which", "ticked"),
+            ("acct", boxes[0].as_str()),
+        ],
+        "/confirm",
+    )
+    .await;
+    b.post_to("/confirm", &[("csrf", csrf)], "/tickets").await;
+    let accepted = b
+        .wait_for("/tickets", Duration::from_secs(30), |a| {
+            a.body.contains("该应用已受理，正在处理。")
+        })
+        .await;
+    assert!(
+        !accepted.body.contains("accepted by the app"),
+        "{}",
+        accepted.body
+    );
+    stack.stop().await.unwrap();
+}

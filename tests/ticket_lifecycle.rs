@@ -14,8 +14,9 @@ use fakes::{FakeAccount, FakeAdapter, Unbinds};
 use tonic::transport::Channel;
 use unbind_gateway::proto::{
     GetUnbindTicketsRequest, ListLinkedAccountsRequest, UnbindRequest, UnbindTicket,
-    account_gateway_client::AccountGatewayClient, app_result::State as AppStatus,
-    unbind_ticket::State,
+    account_gateway_client::AccountGatewayClient,
+    app_result::State as AppStatus,
+    unbind_ticket::{State, StateReason},
 };
 
 type Client = AccountGatewayClient<Channel>;
@@ -133,6 +134,7 @@ async fn an_app_that_accepts_then_forgets_ends_failed_after_bounded_resends() {
     let end = final_state(&mut c, &token, &ticket.ticket_id).await;
     assert_eq!(end.state(), State::Failed, "{end:?}");
     assert!(end.detail.contains("lost track"), "{:?}", end.detail);
+    assert_eq!(end.state_reason(), StateReason::LostTrack);
     let sends = adapter.unbinds();
     assert!(sends.len() <= 4, "{} sends: bounded re-sends", sends.len());
     assert!(sends.iter().all(|s| s.idempotency_key == ticket.ticket_id));
@@ -155,6 +157,7 @@ async fn an_app_that_never_confirms_ends_failed_at_the_due_date() {
     let end = final_state(&mut c, &token, &ticket.ticket_id).await;
     assert_eq!(end.state(), State::Failed, "{end:?}");
     assert!(end.detail.contains("did not confirm"), "{:?}", end.detail);
+    assert_eq!(end.state_reason(), StateReason::NotConfirmedInTime);
     // Read back when it has ended, the ticket still says which account of which app.
     shows_the_account(&end, &ticket.app_name);
     assert!(end.updated_at.unwrap().seconds >= end.due_at.unwrap().seconds);

@@ -13,8 +13,10 @@ use tonic::Code;
 use unbind_gateway::{
     proto::{
         GetUnbindTicketsRequest, LinkedAccount, ListLinkedAccountsRequest, UnbindRequest,
-        UnbindTicket, app_result::State as AppState, linked_account::Ownership,
-        unbind_ticket::State,
+        UnbindTicket,
+        app_result::State as AppState,
+        linked_account::Ownership,
+        unbind_ticket::{State, StateReason},
     },
     security::{AccountRef, Session},
     testkit::simulated_apps::Behaviour,
@@ -405,6 +407,9 @@ async fn refused_and_given_up_tickets_end_rejected_and_failed() {
         "{:?}",
         rejected[0]
     );
+    // The reason as a code, for a client to word; the detail is the app's own.
+    assert_eq!(rejected[0].state_reason(), StateReason::RefusedByApp);
+    assert!(rejected[0].detail_from_app, "{:?}", rejected[0]);
 
     // An app failing every call: retried until the due date, then failed. (The account is
     // found first: an app failing every call would list none.)
@@ -429,13 +434,14 @@ async fn refused_and_given_up_tickets_end_rejected_and_failed() {
         assert!(Instant::now() < deadline, "no retry");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(
-        tickets(&h, &ids(&failing)).await[0].state,
-        State::Sent as i32
-    );
+    let retrying = &tickets(&h, &ids(&failing)).await[0];
+    assert_eq!(retrying.state(), State::Sent);
+    assert_eq!(retrying.state_reason(), StateReason::NoAnswerResending);
+    assert!(!retrying.detail_from_app, "{retrying:?}");
     h.clock.advance(Duration::from_secs(5 * 86400 + 60));
     let failed = wait_for(&h, &ids(&failing), &[State::Failed]).await;
     assert!(failed[0].detail.contains("due date"), "{:?}", failed[0]);
+    assert_eq!(failed[0].state_reason(), StateReason::NoAnswerBeforeDue);
     h.stop().await;
 }
 

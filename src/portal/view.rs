@@ -13,7 +13,7 @@ use serde::Serialize;
 use crate::domain::natural_cmp;
 use crate::proto::app_result::State;
 use crate::proto::linked_account::Ownership;
-use crate::proto::unbind_ticket::State as TicketState;
+use crate::proto::unbind_ticket::{State as TicketState, StateReason};
 use crate::proto::{AppResult, LinkedAccount, UnbindTicket};
 
 use super::i18n::{Messages, to_utc};
@@ -195,7 +195,33 @@ pub struct TicketRow {
     pub tone: &'static str,
     pub due: String,
     pub overdue: bool,
+    /// Why it is where it is, as a message key (`tickets.reason_*`), when the gateway said.
+    pub reason_key: Option<&'static str>,
+    /// The app's own words, as it gave them (or, for a ticket the gateway gave no reason for,
+    /// its detail).
     pub detail: String,
+}
+
+/// The message key that says a ticket's reason, if it has one.
+fn reason_key(reason: StateReason) -> Option<&'static str> {
+    Some(match reason {
+        StateReason::Unspecified => return None,
+        // The state ("unbound") says it all.
+        StateReason::Unbound => return None,
+        StateReason::RefusedByApp => "tickets.reason_refused_by_app",
+        StateReason::RequestRefused => "tickets.reason_request_refused",
+        StateReason::NotConfirmedInTime => "tickets.reason_not_confirmed_in_time",
+        StateReason::AcceptedByApp => "tickets.reason_accepted_by_app",
+        StateReason::NoAnswerBeforeDue => "tickets.reason_no_answer_before_due",
+        StateReason::NoAnswerResending => "tickets.reason_no_answer_resending",
+        StateReason::NotReceivedBeforeDue => "tickets.reason_not_received_before_due",
+        StateReason::NotReceivedSending => "tickets.reason_not_received_sending",
+        StateReason::NoAnswerAsking => "tickets.reason_no_answer_asking",
+        StateReason::LostTrack => "tickets.reason_lost_track",
+        StateReason::LostTrackResending => "tickets.reason_lost_track_resending",
+        StateReason::AppRemoved => "tickets.reason_app_removed",
+        StateReason::Unreadable => "tickets.reason_unreadable",
+    })
 }
 
 /// The tickets page's content.
@@ -242,9 +268,13 @@ pub fn tickets_view(tickets: &[UnbindTicket], m: &Messages, tz: Tz) -> TicketsVi
                     .map(|at| m.time(at, tz))
                     .unwrap_or_default(),
                 overdue: t.overdue,
-                // "Done" says nothing the state does not; a refusal, a failure or a retry is
-                // worth the app's (or the gateway's) own words.
-                detail: if t.state() == TicketState::Completed {
+                reason_key: reason_key(t.state_reason()),
+                // "Done" says nothing the state does not. Otherwise the app's own words are
+                // shown as they are; the gateway's (English) words only when it gave no reason
+                // to say in the reader's language (a ticket from before reasons were kept).
+                detail: if t.state() == TicketState::Completed
+                    || !(t.detail_from_app || reason_key(t.state_reason()).is_none())
+                {
                     String::new()
                 } else {
                     t.detail.chars().filter(|c| !c.is_control()).collect()
@@ -384,6 +414,35 @@ mod tests {
             "a completed ticket needs no detail"
         );
         assert_eq!(view.rows[1].detail, "ok", "control characters removed");
+        // With a reason: said in the reader's words, and the detail shown only when the app
+        // wrote it.
+        let with_reason = |state: TicketState, reason: StateReason, from_app: bool| UnbindTicket {
+            state_reason: reason as i32,
+            detail_from_app: from_app,
+            detail: "the gateway's or the app's words".into(),
+            ..ticket(state)
+        };
+        let worded = tickets_view(
+            &[
+                with_reason(TicketState::Sent, StateReason::NoAnswerResending, false),
+                with_reason(TicketState::Rejected, StateReason::RefusedByApp, true),
+            ],
+            Locale::Zh.messages(),
+            tz,
+        );
+        assert_eq!(
+            worded.rows[0].reason_key,
+            Some("tickets.reason_no_answer_resending")
+        );
+        assert_eq!(
+            worded.rows[0].detail, "",
+            "the gateway's English is not shown"
+        );
+        assert_eq!(
+            worded.rows[1].reason_key,
+            Some("tickets.reason_refused_by_app")
+        );
+        assert_eq!(worded.rows[1].detail, "the gateway's or the app's words");
         assert_eq!(view.rows[0].state_key, "tickets.state_completed");
         assert!(view.rows[1].due.contains("2026"), "{}", view.rows[1].due);
         assert_eq!((view.open, view.completed, view.done), (1, 1, false));

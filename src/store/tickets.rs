@@ -101,7 +101,12 @@ pub struct TicketRow {
     pub account_ref: String,
     pub reason: UnbindReason,
     pub state: TicketState,
+    /// Why it is in its state, as a code (`unbind::lifecycle::Why::code`); `""` while never
+    /// attempted, and for tickets from before migration 0010.
+    pub state_reason: String,
     pub detail: String,
+    /// `detail` is the app's own text, not the gateway's words.
+    pub detail_from_app: bool,
     pub vendor_ref: String,
     pub attempts: i64,
     pub next_attempt_at: i64,
@@ -116,7 +121,9 @@ pub struct Finished<'a> {
     /// The lease the ticket was claimed under.
     pub lease: &'a str,
     pub to: TicketState,
+    pub state_reason: &'a str,
     pub detail: &'a str,
+    pub detail_from_app: bool,
     pub vendor_ref: &'a str,
     pub next_attempt_at: i64,
     pub cause: &'a str,
@@ -148,12 +155,12 @@ pub enum CreateOutcome {
 }
 
 const COLUMNS: &str = "id, tenant, number_hash, sealed_number, app_id, sealed_account_id, \
-    account_key, account_ref, reason, state, detail, vendor_ref, attempts, next_attempt_at, \
-    created_at, updated_at, due_at";
+    account_key, account_ref, reason, state, state_reason, detail, detail_from_app, vendor_ref, \
+    attempts, next_attempt_at, created_at, updated_at, due_at";
 /// [`COLUMNS`] and the sealed hint: what callers' reads load.
 const SHOWN_COLUMNS: &str = "id, tenant, number_hash, sealed_number, app_id, sealed_account_id, \
-    account_key, account_ref, reason, state, detail, vendor_ref, attempts, next_attempt_at, \
-    created_at, updated_at, due_at, sealed_hint";
+    account_key, account_ref, reason, state, state_reason, detail, detail_from_app, vendor_ref, \
+    attempts, next_attempt_at, created_at, updated_at, due_at, sealed_hint";
 
 const OPEN: &str = "('queued', 'sent', 'accepted')";
 /// How often a ticket's insert is tried when the account's open ticket keeps ending meanwhile.
@@ -174,7 +181,9 @@ fn from_row(row: &AnyRow) -> sqlx::Result<TicketRow> {
         reason: UnbindReason::from_str_name(&row.try_get::<String, _>("reason")?)
             .unwrap_or(UnbindReason::NumberRecycled),
         state: TicketState::read(&row.try_get::<String, _>("state")?)?,
+        state_reason: row.try_get("state_reason")?,
         detail: row.try_get("detail")?,
+        detail_from_app: row.try_get::<i64, _>("detail_from_app")? != 0,
         vendor_ref: row.try_get("vendor_ref")?,
         attempts: row.try_get("attempts")?,
         next_attempt_at: row.try_get("next_attempt_at")?,
@@ -272,7 +281,8 @@ impl Store {
         for _ in 0..INSERT_ATTEMPTS {
             let inserted = sqlx::query(&format!(
                 "INSERT INTO tickets ({SHOWN_COLUMNS}) VALUES \
-                 ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'queued', '', '', 0, $10, $10, $10, $11, $12) \
+                 ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'queued', '', '', 0, '', 0, $10, $10, $10, $11, \
+                 $12) \
                  ON CONFLICT DO NOTHING"
             ))
             .bind(&t.id)
@@ -431,21 +441,23 @@ impl Store {
         for chunk in finished.chunks(200) {
             let values = (0..chunk.len())
                 .map(|i| {
-                    let p = 2 + i * 6;
+                    let p = 2 + i * 8;
                     format!(
-                        "(${p}, ${}, ${}, ${}, ${}, ${})",
+                        "(${p}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
                         p + 1,
                         p + 2,
                         p + 3,
                         p + 4,
-                        p + 5
+                        p + 5,
+                        p + 6,
+                        p + 7
                     )
                 })
                 .collect::<Vec<_>>()
                 .join(", ");
             let sql = format!(
                 "UPDATE tickets SET state = v.column2, detail = v.column3, vendor_ref = v.column4, \
-                 next_attempt_at = v.column5, \
+                 next_attempt_at = v.column5, state_reason = v.column7, detail_from_app = v.column8, \
                  updated_at = CASE WHEN tickets.state = v.column2 THEN tickets.updated_at ELSE $1 END, \
                  lease_owner = NULL, lease_until = NULL \
                  FROM (VALUES {values}) AS v \
@@ -459,7 +471,9 @@ impl Store {
                     .bind(f.detail)
                     .bind(f.vendor_ref)
                     .bind(f.next_attempt_at)
-                    .bind(f.lease);
+                    .bind(f.lease)
+                    .bind(f.state_reason)
+                    .bind(i64::from(f.detail_from_app));
             }
             recorded.extend(query.fetch_all(&mut *tx).await?.into_iter().map(|(id,)| id));
         }

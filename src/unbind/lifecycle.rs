@@ -65,15 +65,128 @@ pub enum Then {
     Poll,
 }
 
-/// The next state, when to look again, and why, in words the holder may read.
+/// Why a ticket is in its state: a code a client puts in its reader's language
+/// (`UnbindTicket.state_reason`), kept with the ticket, and the gateway's own words for it
+/// (`UnbindTicket.detail` when the app gave none).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Why {
+    AlreadyEnded,
+    Unbound,
+    RefusedByApp,
+    RequestRefused,
+    NotConfirmedInTime,
+    AcceptedByApp,
+    NoAnswerBeforeDue,
+    NoAnswerResending,
+    NotReceivedBeforeDue,
+    NotReceivedSending,
+    NoAnswerAsking,
+    LostTrack,
+    LostTrackResending,
+    AppRemoved,
+    Unreadable,
+}
+
+impl Why {
+    /// Every reason: its stored code and its words.
+    const ALL: [(Why, &'static str, &'static str); 15] = [
+        (Why::AlreadyEnded, "already_ended", "already ended"),
+        (Why::Unbound, "unbound", "unbound"),
+        (Why::RefusedByApp, "refused_by_app", "refused by the app"),
+        (
+            Why::RequestRefused,
+            "request_refused",
+            "the app refused the request",
+        ),
+        (
+            Why::NotConfirmedInTime,
+            "not_confirmed_in_time",
+            "the app did not confirm in time",
+        ),
+        (Why::AcceptedByApp, "accepted_by_app", "accepted by the app"),
+        (
+            Why::NoAnswerBeforeDue,
+            "no_answer_before_due",
+            "the app did not answer before the due date",
+        ),
+        (
+            Why::NoAnswerResending,
+            "no_answer_resending",
+            "the app did not answer; sending again",
+        ),
+        (
+            Why::NotReceivedBeforeDue,
+            "not_received_before_due",
+            "the app did not receive the unbind before the due date",
+        ),
+        (
+            Why::NotReceivedSending,
+            "not_received_sending",
+            "the app has not received it; sending",
+        ),
+        (
+            Why::NoAnswerAsking,
+            "no_answer_asking",
+            "the app did not answer; asking again",
+        ),
+        (
+            Why::LostTrack,
+            "lost_track",
+            "the app lost track of the unbind",
+        ),
+        (
+            Why::LostTrackResending,
+            "lost_track_resending",
+            "the app lost track of the unbind; sending it again",
+        ),
+        (
+            Why::AppRemoved,
+            "app_removed",
+            "the app is no longer integrated",
+        ),
+        (
+            Why::Unreadable,
+            "unreadable",
+            "the ticket's sealed values do not open",
+        ),
+    ];
+
+    fn entry(self) -> (Why, &'static str, &'static str) {
+        Self::ALL
+            .into_iter()
+            .find(|(why, _, _)| *why == self)
+            .unwrap_or((self, "", ""))
+    }
+
+    /// The code kept with the ticket.
+    pub fn code(self) -> &'static str {
+        self.entry().1
+    }
+
+    /// The gateway's words for it.
+    pub fn words(self) -> &'static str {
+        self.entry().2
+    }
+
+    /// The reason a kept code names; `None` for `""` (a ticket never attempted, or from before
+    /// reasons were kept) or an unknown code.
+    pub fn from_code(code: &str) -> Option<Why> {
+        Self::ALL
+            .into_iter()
+            .find(|(_, c, _)| *c == code)
+            .map(|(why, _, _)| why)
+    }
+}
+
+/// The next state, when to look again, and why.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Step {
     pub to: TicketState,
     pub then: Then,
-    pub why: &'static str,
+    pub why: Why,
 }
 
-fn step(to: TicketState, then: Then, why: &'static str) -> Step {
+fn step(to: TicketState, then: Then, why: Why) -> Step {
     Step { to, then, why }
 }
 
@@ -99,64 +212,46 @@ pub fn next(state: TicketState, found: Found, now: i64, due: i64, resends: u32) 
     let due_now = now >= due;
     match (state, found) {
         // A final state never moves.
-        (Completed | Rejected | Failed, _) => step(state, Then::Now, "already ended"),
+        (Completed | Rejected | Failed, _) => step(state, Then::Now, Why::AlreadyEnded),
 
         // The app's own verdicts end the ticket, whatever the state and the time.
-        (_, Found::Done) => step(Completed, Then::Now, "unbound"),
-        (_, Found::Rejected) => step(Rejected, Then::Now, "refused by the app"),
-        (_, Found::Refused) => step(Failed, Then::Now, "the app refused the request"),
+        (_, Found::Done) => step(Completed, Then::Now, Why::Unbound),
+        (_, Found::Rejected) => step(Rejected, Then::Now, Why::RefusedByApp),
+        (_, Found::Refused) => step(Failed, Then::Now, Why::RequestRefused),
 
         // Accepted: the app will do it, and is polled until the due date. At the due date this
         // was the final check: it did not confirm in time.
         (Queued | Sent | Accepted, Found::Accepted) if due_now => {
-            step(Failed, Then::Now, "the app did not confirm in time")
+            step(Failed, Then::Now, Why::NotConfirmedInTime)
         }
         (Queued | Sent | Accepted, Found::Accepted) => {
-            step(Accepted, Then::Poll, "accepted by the app")
+            step(Accepted, Then::Poll, Why::AcceptedByApp)
         }
 
         // Not sent yet, or sent without an answer: sent again under the same key after the
         // backoff. At the due date the attempt was the final status check, which the app could
         // not answer, or to which it said it never received the ticket.
-        (Queued | Sent, Found::NoAnswer) if due_now => step(
-            Failed,
-            Then::Now,
-            "the app did not answer before the due date",
-        ),
-        (Queued | Sent, Found::NoAnswer) => {
-            step(Sent, Then::Backoff, "the app did not answer; sending again")
+        (Queued | Sent, Found::NoAnswer) if due_now => {
+            step(Failed, Then::Now, Why::NoAnswerBeforeDue)
         }
-        (Queued | Sent, Found::NotFound) if due_now => step(
-            Failed,
-            Then::Now,
-            "the app did not receive the unbind before the due date",
-        ),
+        (Queued | Sent, Found::NoAnswer) => step(Sent, Then::Backoff, Why::NoAnswerResending),
+        (Queued | Sent, Found::NotFound) if due_now => {
+            step(Failed, Then::Now, Why::NotReceivedBeforeDue)
+        }
         // A status query is only made at the due date for these states; should one be answered
         // NOT_FOUND earlier, the ticket is simply sent.
-        (Queued | Sent, Found::NotFound) => {
-            step(Sent, Then::Now, "the app has not received it; sending")
-        }
+        (Queued | Sent, Found::NotFound) => step(Sent, Then::Now, Why::NotReceivedSending),
 
         // Accepted, and now the app does not answer: asked again, until the due date.
-        (Accepted, Found::NoAnswer) if due_now => {
-            step(Failed, Then::Now, "the app did not confirm in time")
-        }
-        (Accepted, Found::NoAnswer) => step(
-            Accepted,
-            Then::Backoff,
-            "the app did not answer; asking again",
-        ),
+        (Accepted, Found::NoAnswer) if due_now => step(Failed, Then::Now, Why::NotConfirmedInTime),
+        (Accepted, Found::NoAnswer) => step(Accepted, Then::Backoff, Why::NoAnswerAsking),
 
         // Accepted, then forgotten: sent again with the same key, a bounded number of times and
         // never past the due date.
         (Accepted, Found::NotFound) if due_now || resends >= MAX_RESENDS => {
-            step(Failed, Then::Now, "the app lost track of the unbind")
+            step(Failed, Then::Now, Why::LostTrack)
         }
-        (Accepted, Found::NotFound) => step(
-            Sent,
-            Then::Now,
-            "the app lost track of the unbind; sending it again",
-        ),
+        (Accepted, Found::NotFound) => step(Sent, Then::Now, Why::LostTrackResending),
     }
 }
 
@@ -231,7 +326,7 @@ mod tests {
             assert_eq!((s.to, s.then), (Accepted, Then::Poll));
             let s = next(state, Found::Accepted, DUE, DUE, 0);
             assert_eq!((s.to, s.then), (Failed, Then::Now));
-            assert_eq!(s.why, "the app did not confirm in time");
+            assert_eq!(s.why.words(), "the app did not confirm in time");
         }
         let s = next(Accepted, Found::NoAnswer, DUE - 1, DUE, 0);
         assert_eq!((s.to, s.then), (Accepted, Then::Backoff));
@@ -260,7 +355,7 @@ mod tests {
         }
         let s = next(Accepted, Found::NotFound, 0, DUE, MAX_RESENDS);
         assert_eq!(s.to, Failed);
-        assert_eq!(s.why, "the app lost track of the unbind");
+        assert_eq!(s.why.words(), "the app lost track of the unbind");
         // Never past the due date.
         assert_eq!(next(Accepted, Found::NotFound, DUE, DUE, 0).to, Failed);
     }

@@ -17,7 +17,7 @@ use crate::{
     clock::{Clock, timestamp_from_ms},
     config::UnbindConfig,
     fanout::{Catalog, merge::mask_hint},
-    proto::{UnbindTicket, unbind_ticket},
+    proto::{UnbindTicket, unbind_ticket, unbind_ticket::StateReason},
     security::{AccountRef, Keys, Ownership, OwnershipRule, SealFor, Session, random_id},
     store::{CreateOutcome, NewTicket, Store, TicketRow, TicketState, UnbindReason},
 };
@@ -426,6 +426,28 @@ fn hint_row(account_key: &str) -> String {
     format!("{account_key}#hint")
 }
 
+/// A reason as the protocol names it.
+fn reason_to_proto(why: lifecycle::Why) -> StateReason {
+    use lifecycle::Why;
+    match why {
+        Why::AlreadyEnded => StateReason::Unspecified,
+        Why::Unbound => StateReason::Unbound,
+        Why::RefusedByApp => StateReason::RefusedByApp,
+        Why::RequestRefused => StateReason::RequestRefused,
+        Why::NotConfirmedInTime => StateReason::NotConfirmedInTime,
+        Why::AcceptedByApp => StateReason::AcceptedByApp,
+        Why::NoAnswerBeforeDue => StateReason::NoAnswerBeforeDue,
+        Why::NoAnswerResending => StateReason::NoAnswerResending,
+        Why::NotReceivedBeforeDue => StateReason::NotReceivedBeforeDue,
+        Why::NotReceivedSending => StateReason::NotReceivedSending,
+        Why::NoAnswerAsking => StateReason::NoAnswerAsking,
+        Why::LostTrack => StateReason::LostTrack,
+        Why::LostTrackResending => StateReason::LostTrackResending,
+        Why::AppRemoved => StateReason::AppRemoved,
+        Why::Unreadable => StateReason::Unreadable,
+    }
+}
+
 /// A ticket as the caller sees it; `app_name` is the app's name in the catalog ("" when the
 /// app has left it).
 pub fn to_proto(t: &Ticket, app_name: &str, now_ms: i64) -> UnbindTicket {
@@ -442,6 +464,9 @@ pub fn to_proto(t: &Ticket, app_name: &str, now_ms: i64) -> UnbindTicket {
         overdue: row.state.is_open() && now_ms > row.due_at,
         app_name: app_name.to_owned(),
         display_hint: t.display_hint.clone(),
+        state_reason: lifecycle::Why::from_code(&row.state_reason)
+            .map_or(StateReason::Unspecified, reason_to_proto) as i32,
+        detail_from_app: row.detail_from_app,
     }
 }
 
@@ -466,7 +491,9 @@ mod tests {
             account_ref: "their-ref".into(),
             reason: UnbindReason::HolderRequest,
             state: TicketState::Accepted,
+            state_reason: "refused_by_app".into(),
             detail: "their app's words".into(),
+            detail_from_app: true,
             vendor_ref: "v-1".into(),
             attempts: 1,
             next_attempt_at: 0,

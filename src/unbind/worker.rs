@@ -49,7 +49,11 @@ pub struct Worker {
 /// What one attempt decided.
 pub struct Decision {
     to: TicketState,
+    /// [`lifecycle::Why::code`], or the ticket's own when it does not move.
+    state_reason: String,
     detail: String,
+    /// `detail` is the app's own text.
+    detail_from_app: bool,
     vendor_ref: String,
     next_attempt_at: i64,
     cause: String,
@@ -96,7 +100,9 @@ impl Jobs for Worker {
                 ticket: &d.job,
                 lease: &d.lease,
                 to: d.outcome.to,
+                state_reason: &d.outcome.state_reason,
                 detail: &d.outcome.detail,
+                detail_from_app: d.outcome.detail_from_app,
                 vendor_ref: &d.outcome.vendor_ref,
                 next_attempt_at: d.outcome.next_attempt_at,
                 cause: &d.outcome.cause,
@@ -142,7 +148,7 @@ impl Worker {
     async fn attempt_ticket(&self, ticket: &TicketRow) -> Decision {
         let now = self.clock.now_ms();
         let Some(app) = self.catalog.get(&ticket.app_id) else {
-            return unsendable(ticket, "the app is no longer integrated", now);
+            return unsendable(ticket, lifecycle::Why::AppRemoved, now);
         };
         let number = SealFor::Number(&ticket.number_hash);
         let account = SealFor::AccountId(&ticket.account_key);
@@ -165,13 +171,15 @@ impl Worker {
                 let backoff = jobs::retry_delay(&self.config, ticket.attempts);
                 return Decision {
                     to: ticket.state,
+                    state_reason: ticket.state_reason.clone(),
                     detail: ticket.detail.clone(),
+                    detail_from_app: ticket.detail_from_app,
                     vendor_ref: ticket.vendor_ref.clone(),
                     next_attempt_at: now + backoff.as_millis() as i64,
                     cause: "retry: sealed under a key this replica does not hold".into(),
                 };
             }
-            return unsendable(ticket, "the ticket's sealed values do not open", now);
+            return unsendable(ticket, lifecycle::Why::Unreadable, now);
         };
         // The app's client holds its breaker, shared with look-ups and pushes: while it is open
         // (the app keeps failing or timing out) the ticket waits its backoff without adding to
@@ -345,29 +353,39 @@ fn decide(
         // Waiting: what went wrong this time.
         Some(why) if step.to.is_open() => why,
         // Ended: why it ended, and what went wrong last.
-        Some(why) => format!("{}: {why}", step.why),
-        None => step.why.to_owned(),
+        Some(why) => format!("{}: {why}", step.why.words()),
+        None => step.why.words().to_owned(),
     };
-    let (detail, vendor_ref) = match answer {
-        Some(a) if matches!(found, Found::Done | Found::Accepted | Found::Rejected) => (
-            clip(&a.detail, step.why),
-            pick(bounded_ref(a.vendor_ref), &ticket.vendor_ref),
-        ),
-        _ if step.to == TicketState::Sent && ticket.state == TicketState::Accepted => {
-            (words, String::new())
+    let (detail, detail_from_app, vendor_ref) = match answer {
+        Some(a) if matches!(found, Found::Done | Found::Accepted | Found::Rejected) => {
+            let vendor_ref = pick(bounded_ref(a.vendor_ref), &ticket.vendor_ref);
+            match app_words(&a.detail) {
+                Some(text) => (text, true, vendor_ref),
+                None => (step.why.words().to_owned(), false, vendor_ref),
+            }
         }
-        _ => (words, ticket.vendor_ref.clone()),
+        _ if step.to == TicketState::Sent && ticket.state == TicketState::Accepted => {
+            (words, false, String::new())
+        }
+        _ => (words, false, ticket.vendor_ref.clone()),
     };
     let cause = match (step.to.is_open(), found) {
         (_, Found::Done | Found::Accepted | Found::Rejected) => {
             format!("app: {}", found_word(found))
         }
-        (true, _) => format!("retry: {}", step.why),
-        (false, _) => format!("failed: {}", step.why),
+        (true, _) => format!("retry: {}", step.why.words()),
+        (false, _) => format!("failed: {}", step.why.words()),
     };
     Decision {
         to: step.to,
+        // A final ticket does not move, nor does its reason.
+        state_reason: if step.why == lifecycle::Why::AlreadyEnded {
+            ticket.state_reason.clone()
+        } else {
+            step.why.code().to_owned()
+        },
         detail,
+        detail_from_app,
         vendor_ref,
         next_attempt_at: lifecycle::next_attempt_at(
             step.then,
@@ -393,13 +411,15 @@ fn found_word(found: Found) -> &'static str {
 
 /// A ticket that cannot be sent at all (its app left the catalog, or it cannot be read with this
 /// gateway's keys): FAILED now, for `why`.
-fn unsendable(ticket: &TicketRow, why: &str, now: i64) -> Decision {
+fn unsendable(ticket: &TicketRow, why: lifecycle::Why, now: i64) -> Decision {
     Decision {
         to: TicketState::Failed,
-        detail: why.to_owned(),
+        state_reason: why.code().to_owned(),
+        detail: why.words().to_owned(),
+        detail_from_app: false,
         vendor_ref: ticket.vendor_ref.clone(),
         next_attempt_at: now,
-        cause: format!("failed: {why}"),
+        cause: format!("failed: {}", why.words()),
     }
 }
 
@@ -419,19 +439,15 @@ fn bounded_ref(vendor_ref: String) -> String {
     }
 }
 
-/// The app's text, bounded ([`answer::MAX_DETAIL_CHARS`], control characters dropped), or a
-/// default.
-fn clip(detail: &str, default: &str) -> String {
+/// The app's text, bounded ([`answer::MAX_DETAIL_CHARS`], control characters dropped), if it
+/// gave any.
+fn app_words(detail: &str) -> Option<String> {
     let d: String = detail
         .chars()
         .filter(|c| !c.is_control())
         .take(answer::MAX_DETAIL_CHARS)
         .collect();
-    if d.trim().is_empty() {
-        default.to_owned()
-    } else {
-        d
-    }
+    (!d.trim().is_empty()).then_some(d)
 }
 
 fn pick(new: String, old: &str) -> String {
@@ -455,7 +471,9 @@ mod tests {
             account_ref: String::new(),
             reason: UnbindReason::HolderRequest,
             state,
+            state_reason: String::new(),
             detail: String::new(),
+            detail_from_app: false,
             vendor_ref: "v-old".into(),
             attempts,
             next_attempt_at: 0,
@@ -555,18 +573,32 @@ mod tests {
         assert_eq!(bounded_ref("ref\n2".into()), "");
         assert_eq!(bounded_ref(String::new()), "");
         let long = "d".repeat(answer::MAX_DETAIL_CHARS + 50);
-        assert_eq!(clip(&long, "x").chars().count(), answer::MAX_DETAIL_CHARS);
-        assert_eq!(clip("ok\u{1b}[2J", "x"), "ok[2J");
-        assert_eq!(clip(" \n ", "default"), "default");
+        assert_eq!(
+            app_words(&long).unwrap().chars().count(),
+            answer::MAX_DETAIL_CHARS
+        );
+        assert_eq!(app_words("ok\u{1b}[2J").unwrap(), "ok[2J");
+        assert_eq!(app_words(" \n "), None);
     }
 
     #[test]
     fn a_ticket_that_cannot_be_sent_fails_now() {
-        let d = unsendable(&ticket(TicketState::Sent, 1, 0), "gone", 7);
+        let d = unsendable(
+            &ticket(TicketState::Sent, 1, 0),
+            lifecycle::Why::AppRemoved,
+            7,
+        );
         assert_eq!(d.to, TicketState::Failed);
         assert_eq!(
             (d.detail.as_str(), d.cause.as_str()),
-            ("gone", "failed: gone")
+            (
+                "the app is no longer integrated",
+                "failed: the app is no longer integrated"
+            )
+        );
+        assert_eq!(
+            (d.state_reason.as_str(), d.detail_from_app),
+            ("app_removed", false)
         );
         assert_eq!((d.next_attempt_at, d.vendor_ref.as_str()), (7, "v-old"));
     }
@@ -578,6 +610,11 @@ mod tests {
         assert_eq!(d.to, TicketState::Completed);
         assert_eq!((d.vendor_ref.as_str(), d.next_attempt_at), ("v-old", 5));
         assert_eq!((d.detail.as_str(), d.cause.as_str()), ("done", "app: done"));
+        // The app's words, and the reason as a code beside them.
+        assert_eq!(
+            (d.state_reason.as_str(), d.detail_from_app),
+            ("unbound", true)
+        );
         let d = run(
             &t,
             Found::Accepted,
@@ -617,10 +654,13 @@ mod tests {
 
     #[test]
     fn an_apps_text_is_bounded_and_cleaned() {
-        assert_eq!(clip("refused\u{7}: frozen", "none"), "refused: frozen");
-        assert_eq!(clip("   ", "none"), "none");
-        assert_eq!(clip("", "none"), "none");
-        assert_eq!(clip(&"x".repeat(300), "none").len(), 200);
+        assert_eq!(
+            app_words("refused\u{7}: frozen").as_deref(),
+            Some("refused: frozen")
+        );
+        assert_eq!(app_words("   "), None);
+        assert_eq!(app_words(""), None);
+        assert_eq!(app_words(&"x".repeat(300)).unwrap().len(), 200);
         assert_eq!(pick(String::new(), "old"), "old");
         assert_eq!(pick("new".into(), "old"), "new");
     }

@@ -130,6 +130,31 @@ struct Browser {
 }
 
 impl Browser {
+    /// Verifies `phone` (typed as `bare`, with `id`) through the start and code pages, the code
+    /// read from the stack's SMS file, landing on the accounts page; the visit's CSRF token.
+    async fn verify(&mut self, stack: &Stack, phone: &str, bare: &str, id: &str) -> String {
+        let csrf = self.get("/").await.csrf();
+        let before = stack.codes_sent_to(phone).len();
+        self.post_to(
+            "/start",
+            &[
+                ("csrf", csrf.as_str()),
+                ("phone", bare),
+                ("id_last_six", id),
+            ],
+            "/code",
+        )
+        .await;
+        let code = stack.wait_for_code(phone, before + 1).await.unwrap();
+        self.post_to(
+            "/code",
+            &[("csrf", csrf.as_str()), ("code", code.as_str())],
+            "/accounts",
+        )
+        .await;
+        csrf
+    }
+
     fn new(addr: SocketAddr, accept_language: &'static str) -> Browser {
         Browser {
             addr,
@@ -834,21 +859,7 @@ async fn over_mutual_tls_as_a_portal_tenant() {
     .unwrap();
 
     let mut b = Browser::new(portal.addr, "en");
-    let csrf = b.get("/").await.csrf();
-    let csrf = csrf.as_str();
-    b.post_to(
-        "/start",
-        &[("csrf", csrf), ("phone", PHONE_BARE), ("id_last_six", ID)],
-        "/code",
-    )
-    .await;
-    let code = stack.wait_for_code(PHONE, 1).await.unwrap();
-    b.post_to(
-        "/code",
-        &[("csrf", csrf), ("code", code.as_str())],
-        "/accounts",
-    )
-    .await;
+    b.verify(&stack, PHONE, PHONE_BARE, ID).await;
     let accounts = b
         .wait_for("/accounts", Duration::from_secs(30), |a| !a.refreshes())
         .await;
@@ -882,21 +893,7 @@ async fn the_accounts_appear_as_the_apps_answer_not_after_the_slowest() {
         },
     );
     let mut b = Browser::new(addr, "en");
-    let csrf = b.get("/").await.csrf();
-    let csrf = csrf.as_str();
-    b.post_to(
-        "/start",
-        &[("csrf", csrf), ("phone", PHONE_BARE), ("id_last_six", ID)],
-        "/code",
-    )
-    .await;
-    let code = stack.wait_for_code(PHONE, 1).await.unwrap();
-    b.post_to(
-        "/code",
-        &[("csrf", csrf), ("code", code.as_str())],
-        "/accounts",
-    )
-    .await;
+    b.verify(&stack, PHONE, PHONE_BARE, ID).await;
     // Before the slow app answers, the page already lists what the others said, and refreshes.
     let partial = b
         .wait_for("/accounts", Duration::from_secs(3), |a| {
@@ -1237,25 +1234,8 @@ async fn a_tickets_reason_is_said_in_the_visitors_language_not_the_gateways_engl
         ..Behaviour::default()
     });
     let mut b = Browser::new(addr, "zh-CN");
-    let csrf = b.get("/").await.csrf();
+    let csrf = b.verify(&stack, ZH_PHONE, ZH_PHONE_BARE, ZH_ID).await;
     let csrf = csrf.as_str();
-    b.post_to(
-        "/start",
-        &[
-            ("csrf", csrf),
-            ("phone", ZH_PHONE_BARE),
-            ("id_last_six", ZH_ID),
-        ],
-        "/code",
-    )
-    .await;
-    let code = stack.wait_for_code(ZH_PHONE, 1).await.unwrap();
-    b.post_to(
-        "/code",
-        &[("csrf", csrf), ("code", code.as_str())],
-        "/accounts",
-    )
-    .await;
     let accounts = b
         .wait_for("/accounts", Duration::from_secs(30), |a| !a.refreshes())
         .await;

@@ -26,7 +26,6 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::net::TcpListener;
-use tonic::server::NamedService;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -149,11 +148,8 @@ async fn metrics(State(admin): State<Arc<Admin>>) -> impl IntoResponse {
 }
 
 async fn ready(State(admin): State<Arc<Admin>>) -> impl IntoResponse {
-    let service = <crate::proto::account_gateway_server::AccountGatewayServer<
-        crate::api::gateway::GatewayService,
-    > as NamedService>::NAME;
     let mut request = tonic::Request::new(HealthCheckRequest {
-        service: service.to_owned(),
+        service: crate::proto::account_gateway_server::SERVICE_NAME.to_owned(),
     });
     request.set_timeout(READY_TIMEOUT);
     let mut health = admin.health.clone();

@@ -10,11 +10,11 @@ use chrono_tz::Tz;
 use crate::cli::support::endpoint::{endpoint_with_tls, normalise_endpoint};
 use crate::cli::tls_args::ClientTlsArgs;
 use crate::portal::{self, PortalOptions, parse_time_zone};
+use crate::shutdown;
 
 /// `--max-connections` unless given: the HTTP API's default.
 #[allow(clippy::cast_possible_truncation)] // 4096
 const DEFAULT_MAX_CONNECTIONS: u32 = crate::http::serve::DEFAULT_MAX_CONNECTIONS as u32;
-use crate::shutdown;
 
 /// Flags of `portal`.
 #[derive(clap::Args, Debug)]
@@ -65,7 +65,7 @@ pub async fn run(args: PortalArgs) -> anyhow::Result<()> {
         _ => None,
     };
     anyhow::ensure!(
-        tls.is_some() || args.listen.ip().is_loopback() || args.behind_tls_proxy,
+        tls.is_some() || args.listen.ip().to_canonical().is_loopback() || args.behind_tls_proxy,
         "--listen {} is not a loopback address: serve HTTPS there with --tls-cert and --tls-key, \
          or pass --behind-tls-proxy when a proxy in front terminates TLS (browsers drop the \
          portal's Secure cookies over plain HTTP from anywhere but localhost)",

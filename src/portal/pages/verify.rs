@@ -189,6 +189,24 @@ fn spawn_lookup(p: &Shared, token: SessionToken, visitor: String) -> Arc<Mutex<L
         .map(|(_, count)| count);
     if let Some(count) = cached {
         lock(&lookup).set_apps(count);
+    } else {
+        // On its own: a slow answer must not hold the look-up's end.
+        let portal = Arc::clone(p);
+        let shared = Arc::clone(&lookup);
+        let visitor = visitor.clone();
+        tokio::spawn(async move {
+            let mut client = portal.client.clone();
+            let request = call(ListAppsRequest::default(), CALL_TIMEOUT, &visitor);
+            match client.list_apps(request).await {
+                Ok(answer) => {
+                    let count = answer.get_ref().apps.iter().filter(|a| a.enabled).count();
+                    *lock(&portal.app_count) = Some((std::time::Instant::now(), count));
+                    lock(&shared).set_apps(count);
+                }
+                // The page does without the total.
+                Err(status) => portal.log_failure("ListApps", &status),
+            }
+        });
     }
     let shared = Arc::clone(&lookup);
     let portal = Arc::clone(p);
@@ -208,24 +226,8 @@ fn spawn_lookup(p: &Shared, token: SessionToken, visitor: String) -> Arc<Mutex<L
                 lock(&shared).push(result);
             }
             Ok::<(), Status>(())
-        };
-        let count = async {
-            if cached.is_some() {
-                return;
-            }
-            let mut client = portal.client.clone();
-            let request = call(ListAppsRequest::default(), CALL_TIMEOUT, &visitor);
-            match client.list_apps(request).await {
-                Ok(answer) => {
-                    let count = answer.get_ref().apps.iter().filter(|a| a.enabled).count();
-                    *lock(&portal.app_count) = Some((std::time::Instant::now(), count));
-                    lock(&shared).set_apps(count);
-                }
-                // The page does without the total.
-                Err(status) => portal.log_failure("ListApps", &status),
-            }
-        };
-        let (read, ()) = tokio::join!(read, count);
+        }
+        .await;
         let mut lookup = lock(&shared);
         if let Err(status) = read {
             portal.log_failure("StreamLinkedAccounts", &status);

@@ -465,7 +465,7 @@ mod tests {
         cn.as_str().unwrap().to_owned()
     }
 
-    #[derive(Debug, Default, PartialEq)]
+    #[derive(Clone, Debug, Default, PartialEq)]
     struct Sans {
         dns: Vec<String>,
         ips: Vec<IpAddr>,
@@ -587,34 +587,28 @@ mod tests {
         let ca_days = (ca_validity.not_after.timestamp() - now) / 86_400;
         assert!((3649..=3650).contains(&ca_days), "{ca_days}");
 
+        // The gateway's and the portal's: the loopback names and the --gateway-name ones.
+        let served = Sans {
+            dns: vec!["localhost".into(), "gateway.example.test".into()],
+            ips: vec![
+                Ipv4Addr::LOCALHOST.into(),
+                Ipv6Addr::LOCALHOST.into(),
+                Ipv4Addr::new(10, 1, 2, 3).into(),
+            ],
+            uris: vec![],
+        };
         // (files, CN, SANs, (serverAuth, clientAuth))
         let mut leaves = vec![
             (
                 &pki.gateway,
                 "unbind-gateway server".to_owned(),
-                Sans {
-                    dns: vec!["localhost".into(), "gateway.example.test".into()],
-                    ips: vec![
-                        Ipv4Addr::LOCALHOST.into(),
-                        Ipv6Addr::LOCALHOST.into(),
-                        Ipv4Addr::new(10, 1, 2, 3).into(),
-                    ],
-                    uris: vec![],
-                },
+                served.clone(),
                 (true, false),
             ),
             (
                 &pki.portal,
                 "unbind-gateway portal".to_owned(),
-                Sans {
-                    dns: vec!["localhost".into(), "gateway.example.test".into()],
-                    ips: vec![
-                        Ipv4Addr::LOCALHOST.into(),
-                        Ipv6Addr::LOCALHOST.into(),
-                        Ipv4Addr::new(10, 1, 2, 3).into(),
-                    ],
-                    uris: vec![],
-                },
+                served.clone(),
                 (true, false),
             ),
             (

@@ -75,8 +75,8 @@ pub(super) async fn accounts_live(
     uri: Uri,
 ) -> Response {
     let seen = uri.query().and_then(|q| {
-        q.split('&')
-            .find_map(|pair| pair.strip_prefix("seen="))
+        Form::parse(q.as_bytes())
+            .get("seen")
             .and_then(|n| n.parse::<u64>().ok())
     });
     let reload = || {

@@ -14,6 +14,7 @@ use crate::{
     audit::{AuditLog, AuditMetrics},
     clock::Clock,
     config::Config,
+    connections::ConnectionMetrics,
     fanout::{Catalog, FanOut, FanoutMetrics, LookupCache},
     metrics::Metrics,
     push::{Pusher, worker::PushWorker},
@@ -38,6 +39,8 @@ pub struct Gateway {
     pub audit: AuditLog,
     pub pusher: Pusher,
     pub metrics: Metrics,
+    /// The connection caps' metrics, shared by the gRPC and HTTP listeners.
+    pub connections: ConnectionMetrics,
     /// The store answered the last readiness check (and the gateway is not shutting down).
     ready: AtomicBool,
 }
@@ -115,6 +118,7 @@ impl Gateway {
             Arc::clone(&catalog),
         );
         Ok(Arc::new(Self {
+            connections: ConnectionMetrics::register(&metrics),
             metrics,
             ready: AtomicBool::new(true),
             pusher,

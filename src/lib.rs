@@ -31,6 +31,7 @@
 //! - `server`: composes the tonic server around the state (services, layers, health, reflection)
 //!   and drains it on shutdown;
 //! - `background`: readiness and housekeeping, beside the server;
+//! - `connections`: the connection cap every listener (gRPC, HTTP API, portal) shares;
 //! - `shutdown`: the signals that stop it; `reload`: the catalog re-read on SIGHUP or change;
 //! - `metrics`: the one Prometheus registry, shared label types, encoding;
 //! - `tls`: rustls settings in and out; `pki`: the development PKI (`certs`, the test kit);
@@ -53,6 +54,7 @@ pub mod backoff;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod connections;
 pub mod domain;
 pub mod fanout;
 pub mod gateway;

@@ -23,6 +23,7 @@ use crate::{
     },
     clock::Clock,
     config::Config,
+    connections::ConnectionCap,
     gateway::Gateway,
     proto::{
         FILE_DESCRIPTOR_SET, account_gateway_server::AccountGatewayServer,
@@ -239,8 +240,22 @@ pub async fn serve(
         (tickets, push)
     });
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let addr = incoming
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    // At most `limits.max_connections` open: a partner that opens connections without end
+    // holds that many places and no more (each TLS handshake runs with its place held).
+    let incoming = crate::connections::capped(
+        incoming,
+        ConnectionCap::new(
+            "grpc",
+            gateway.config.limits.max_connections,
+            &gateway.connections,
+        ),
+    );
     tracing::info!(
-        addr = %incoming.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        %addr,
         tls = gateway.config.tls.is_some(),
         apps = gateway.catalog.snapshot().all().len(),
         "gateway serving"

@@ -1210,6 +1210,15 @@ async fn the_admin_endpoint_counts_pages_and_gateway_errors_and_says_whether_the
         "{text}"
     );
     assert!(text.contains("unbind_portal_visits 1"), "{text}");
+    // Both listeners report their connection cap.
+    assert!(
+        text.contains("unbind_connections_max{listener=\"portal\"} 4096"),
+        "{text}"
+    );
+    assert!(
+        text.contains("unbind_connections_max{listener=\"portal-admin\"} 64"),
+        "{text}"
+    );
     for secret in [PHONE_BARE, "8613800138000", ID, code.as_str(), wrong] {
         assert!(!text.contains(secret), "the metrics hold {secret}");
     }

@@ -764,6 +764,57 @@ async fn connections_that_never_finish_their_handshake_are_closed() {
     rig.h.stop().await;
 }
 
+/// At `limits.max_connections` the gateway takes no new gRPC connection until one closes: a
+/// partner opening connections without end cannot take the process's descriptors. A tenant's
+/// connection taken after the wait is still known by its certificate (the cap wraps the
+/// connection under TLS). On main the gRPC listener had no cap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_its_connection_cap_the_gateway_takes_the_next_connection_when_one_closes() {
+    let mut rig = Rig::start().await;
+    rig.h.stack.config.limits.max_connections = 2;
+    rig.h.restart_gateway().await;
+    let running = rig.h.stack.gateway.as_ref().unwrap();
+    let addr = running.addr;
+    let gateway = std::sync::Arc::clone(&running.gateway);
+    // Two connections that never start their handshake hold both places.
+    let idle_one = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let _idle_two = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let answered = {
+        let call = async {
+            rig.client("portal-a")
+                .await
+                .list_apps(ListAppsRequest {})
+                .await
+        };
+        tokio::pin!(call);
+        let early = tokio::time::timeout(std::time::Duration::from_millis(500), &mut call).await;
+        assert!(
+            early.is_err(),
+            "a third connection was served at a cap of 2"
+        );
+        let metrics = gateway.metrics.encode();
+        assert!(
+            metrics.contains("unbind_connections_open{listener=\"grpc\"} 2"),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains("unbind_connections_max{listener=\"grpc\"} 2"),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains("unbind_connection_cap_waits_total{listener=\"grpc\"} 1"),
+            "{metrics}"
+        );
+        // One closes: the tenant's connection is taken, its handshake done, its call answered.
+        drop(idle_one);
+        tokio::time::timeout(std::time::Duration::from_secs(10), call)
+            .await
+            .expect("the waiting connection was served once a place was free")
+    };
+    assert!(!answered.unwrap().into_inner().apps.is_empty());
+    rig.h.stop().await;
+}
+
 /// `ListApps` as the portal, on behalf of `visitor` (none: the portal itself).
 async fn list_apps_as(client: &mut Client, visitor: Option<&str>) -> Result<(), tonic::Status> {
     let mut request = tonic::Request::new(ListAppsRequest::default());

@@ -364,6 +364,9 @@ pub struct LimitsConfig {
     pub handshake_timeout: Duration,
     /// Concurrent requests (HTTP/2 streams) per client connection.
     pub max_streams_per_connection: u32,
+    /// gRPC connections open at once; at the cap a new connection is not accepted (it waits in
+    /// the kernel's backlog) until one closes.
+    pub max_connections: usize,
     /// On shutdown, how long in-flight requests get to finish before their connections are cut.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
@@ -810,6 +813,7 @@ impl Default for LimitsConfig {
             body_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
             max_streams_per_connection: 256,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
             drain_timeout: Duration::from_secs(30),
         }
     }
@@ -1050,6 +1054,9 @@ impl Config {
         }
         if self.limits.max_in_flight_per_tenant == 0 {
             bail!("`limits.max_in_flight_per_tenant` must be at least 1");
+        }
+        if self.limits.max_connections == 0 {
+            bail!("`limits.max_connections` must be at least 1");
         }
         check_nonzero(self.limits.body_timeout, "limits.body_timeout")?;
         check_nonzero(self.limits.handshake_timeout, "limits.handshake_timeout")?;
@@ -1698,6 +1705,8 @@ mod tests {
                 false,
             ),
             ("in flight 0", |c| c.limits.max_in_flight = 0, false),
+            ("connections 0", |c| c.limits.max_connections = 0, false),
+            ("connections 1", |c| c.limits.max_connections = 1, true),
             (
                 "streams 0",
                 |c| c.limits.max_streams_per_connection = 0,

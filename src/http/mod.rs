@@ -177,6 +177,7 @@ pub async fn serve(
         handshake: gateway.config.limits.handshake_timeout,
         drain: gateway.config.limits.drain_timeout,
         max_connections,
+        metrics: gateway.connections.clone(),
     };
     serve::serve("http-api", listener, router, tls, limits, shutdown).await;
     if let Some(reload) = reload {

@@ -1,6 +1,6 @@
 //! Serving an axum router over HTTP/1.1, in plain text or TLS, bounded in what a client controls:
-//! connections open at once have a cap (at the cap no new one is accepted until one closes, so
-//! they wait in the kernel's backlog instead of costing memory), the TLS handshake and the
+//! connections open at once have a cap (`crate::connections`: at the cap no new one is accepted
+//! until one closes, so they wait in the kernel's backlog instead of costing memory), the TLS handshake and the
 //! request head have time limits (so idle connections free their places), and a stop lets
 //! requests in flight finish for a while, then cuts them. The HTTP API and the web portal both
 //! serve this way.
@@ -11,6 +11,9 @@ use anyhow::Context;
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
+
+use crate::connections::ConnectionCap;
+pub use crate::connections::ConnectionMetrics;
 use tokio_rustls::{
     TlsAcceptor,
     rustls::{
@@ -22,8 +25,8 @@ use tokio_rustls::{
 /// Longest a client may take to send a request's head.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The time limits of one listener.
-#[derive(Clone, Copy, Debug)]
+/// The limits of one listener.
+#[derive(Clone)]
 pub struct Limits {
     /// Longest a TLS handshake may take.
     pub handshake: Duration,
@@ -31,6 +34,8 @@ pub struct Limits {
     pub drain: Duration,
     /// Connections open at once (at least 1).
     pub max_connections: usize,
+    /// Where the connection cap is reported.
+    pub metrics: ConnectionMetrics,
 }
 
 pub use crate::config::DEFAULT_MAX_CONNECTIONS;
@@ -77,38 +82,14 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let places = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
-    let mut full_since: Option<tokio::time::Instant> = None;
+    let mut cap = ConnectionCap::new(name, limits.max_connections, &limits.metrics);
     tokio::pin!(shutdown);
     loop {
         // A place first: at the cap, the next connection waits in the backlog until one closes.
-        let place = match Arc::clone(&places).try_acquire_owned() {
-            Ok(place) => place,
-            Err(_) => {
-                if full_since.is_none() {
-                    full_since = Some(tokio::time::Instant::now());
-                    tracing::warn!(
-                        listener = name,
-                        max_connections = limits.max_connections,
-                        "connection cap reached: new connections wait until one closes"
-                    );
-                }
-                tokio::select! {
-                    () = &mut shutdown => break,
-                    place = Arc::clone(&places).acquire_owned() => match place {
-                        Ok(place) => place,
-                        Err(_) => break,
-                    },
-                }
-            }
+        let place = tokio::select! {
+            () = &mut shutdown => break,
+            place = cap.place() => place,
         };
-        if let Some(since) = full_since.take() {
-            tracing::info!(
-                listener = name,
-                full_ms = u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX),
-                "connection cap: a place is free again"
-            );
-        }
         let (stream, _peer) = tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {

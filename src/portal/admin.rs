@@ -9,6 +9,7 @@
 //! | `unbind_portal_pages_total` | `route`, `status` | answers by route (the pattern, e.g. `/accounts/live`) and HTTP status |
 //! | `unbind_portal_gateway_errors_total` | `rpc`, `code` | gateway calls that failed, by RPC and gRPC code |
 //! | `unbind_portal_visits` | | visits remembered |
+//! | `unbind_connections_open`, `_max`, `unbind_connection_cap_waits_total` | `listener` | `portal` and `portal-admin` (`crate::connections`) |
 //!
 //! Labels are route patterns, RPC names and codes: never a number, a code or a visitor.
 
@@ -30,7 +31,7 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-use crate::metrics::Metrics;
+use crate::{connections::ConnectionMetrics, metrics::Metrics};
 
 /// How long `/readyz` waits for the gateway's health answer.
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -54,11 +55,13 @@ pub struct PortalMetrics {
     pages: Family<PageLabels, Counter>,
     gateway_errors: Family<RpcLabels, Counter>,
     visits: Gauge,
+    /// The caps of the portal's listener and of this endpoint.
+    pub(super) connections: ConnectionMetrics,
 }
 
 impl PortalMetrics {
     pub fn new() -> Self {
-        let m = Self::default();
+        let mut m = Self::default();
         m.registry.register(
             "portal_pages",
             "Portal answers by route pattern and HTTP status",
@@ -69,6 +72,7 @@ impl PortalMetrics {
             "Gateway calls from the portal that failed, by RPC and gRPC code",
             m.gateway_errors.clone(),
         );
+        m.connections = ConnectionMetrics::register(&m.registry);
         m.registry.register(
             "portal_visits",
             "Visits the portal remembers",
@@ -119,6 +123,7 @@ pub(super) async fn serve(
         addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         "portal admin endpoint serving"
     );
+    let connections = portal.metrics.connections.clone();
     let admin = Arc::new(Admin {
         portal,
         health: HealthClient::new(gateway),
@@ -132,6 +137,7 @@ pub(super) async fn serve(
         handshake: READY_TIMEOUT,
         drain: READY_TIMEOUT,
         max_connections: 64,
+        metrics: connections,
     };
     crate::http::serve::serve("portal-admin", listener, router, None, limits, shutdown).await;
 }

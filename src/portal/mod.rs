@@ -128,6 +128,7 @@ pub async fn start(options: PortalOptions, listener: TcpListener) -> anyhow::Res
             },
         ))
     });
+    let connections = portal.metrics.connections.clone();
     let app = pages::router(portal);
     let addr = listener.local_addr()?;
     let (stop, stopped) = oneshot::channel::<()>();
@@ -137,6 +138,7 @@ pub async fn start(options: PortalOptions, listener: TcpListener) -> anyhow::Res
         handshake: HANDSHAKE_TIMEOUT,
         drain: STOP_GRACE,
         max_connections: options.max_connections,
+        metrics: connections,
     };
     let task = tokio::spawn(async move {
         crate::http::serve::serve("portal", listener, app, options.tls, limits, async move {

@@ -9,6 +9,12 @@
 //! | `unbind_connections_open` | gauge | `listener` |
 //! | `unbind_connections_max` | gauge | `listener` |
 //! | `unbind_connection_cap_waits_total` | counter | `listener` |
+//! | `unbind_tls_certificate_expiry_seconds` | gauge | `listener` |
+//! | `unbind_tls_reloads_total` | counter | `listener`, `result` |
+//!
+//! The last two are the listeners' TLS identities (`crate::tls::LiveTls`): when the certificate
+//! served now expires (Unix seconds, to alert on), and each re-read of its files, `applied` or
+//! `rejected` (the running one kept).
 
 use std::{
     io,
@@ -36,15 +42,24 @@ struct ListenerLabels {
     listener: &'static str,
 }
 
-/// The connection metrics of one registry, shared by its listeners; cheap to clone.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadLabels {
+    listener: &'static str,
+    result: &'static str,
+}
+
+/// The listeners' metrics of one registry (connections, TLS identity), shared by its
+/// listeners; cheap to clone.
 #[derive(Clone, Default)]
-pub struct ConnectionMetrics {
+pub struct ListenerMetrics {
     open: Family<ListenerLabels, Gauge>,
     max: Family<ListenerLabels, Gauge>,
     waits: Family<ListenerLabels, Counter>,
+    certificate_expiry: Family<ListenerLabels, Gauge>,
+    tls_reloads: Family<ReloadLabels, Counter>,
 }
 
-impl ConnectionMetrics {
+impl ListenerMetrics {
     /// Declares the families in `metrics`' registry (once per registry).
     pub fn register(metrics: &Metrics) -> Self {
         let m = Self::default();
@@ -63,7 +78,31 @@ impl ConnectionMetrics {
             "Connections that waited in the backlog because the listener was at its cap",
             m.waits.clone(),
         );
+        metrics.register(
+            "tls_certificate_expiry_seconds",
+            "When the certificate each listener serves expires (seconds since the Unix epoch)",
+            m.certificate_expiry.clone(),
+        );
+        metrics.register(
+            "tls_reloads",
+            "Re-reads of a listener's TLS files: applied, or rejected (the running identity kept)",
+            m.tls_reloads.clone(),
+        );
         m
+    }
+
+    /// The certificate `listener` serves now expires at `not_after` (Unix seconds).
+    pub fn certificate_expires(&self, listener: &'static str, not_after: i64) {
+        self.certificate_expiry
+            .get_or_create(&ListenerLabels { listener })
+            .set(not_after);
+    }
+
+    /// A re-read of `listener`'s TLS files, `applied` or `rejected`.
+    pub fn tls_reload(&self, listener: &'static str, result: &'static str) {
+        self.tls_reloads
+            .get_or_create(&ReloadLabels { listener, result })
+            .inc();
     }
 }
 
@@ -79,7 +118,7 @@ pub struct ConnectionCap {
 
 impl ConnectionCap {
     /// A cap of `max` (at least 1) connections for the listener `name`.
-    pub fn new(name: &'static str, max: usize, metrics: &ConnectionMetrics) -> Self {
+    pub fn new(name: &'static str, max: usize, metrics: &ListenerMetrics) -> Self {
         let max = max.max(1);
         let labels = ListenerLabels { listener: name };
         metrics

@@ -14,7 +14,7 @@ use crate::{
     audit::{AuditLog, AuditMetrics},
     clock::Clock,
     config::Config,
-    connections::ConnectionMetrics,
+    connections::ListenerMetrics,
     fanout::{Catalog, FanOut, FanoutMetrics, LookupCache},
     metrics::Metrics,
     push::{Pusher, worker::PushWorker},
@@ -40,7 +40,7 @@ pub struct Gateway {
     pub pusher: Pusher,
     pub metrics: Metrics,
     /// The connection caps' metrics, shared by the gRPC and HTTP listeners.
-    pub connections: ConnectionMetrics,
+    pub connections: ListenerMetrics,
     /// The store answered the last readiness check (and the gateway is not shutting down).
     ready: AtomicBool,
 }
@@ -118,7 +118,7 @@ impl Gateway {
             Arc::clone(&catalog),
         );
         Ok(Arc::new(Self {
-            connections: ConnectionMetrics::register(&metrics),
+            connections: ListenerMetrics::register(&metrics),
             metrics,
             ready: AtomicBool::new(true),
             pusher,

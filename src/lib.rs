@@ -34,8 +34,9 @@
 //! - `connections`: the connection cap every listener (gRPC, HTTP API, portal) shares;
 //! - `shutdown`: the signals that stop it; `reload`: the catalog re-read on SIGHUP or change;
 //! - `metrics`: the one Prometheus registry, shared label types, encoding;
-//! - `tls`: rustls settings in and out; `pki`: the development PKI (`certs`, the test kit);
-//!   `telemetry`: logging set-up; `proto`: generated code.
+//! - `tls`: rustls settings in and out (the listeners' identities re-read on change); `pki`: the
+//!   development PKI (`certs`, the test kit); `telemetry`: logging set-up; `proto`: generated
+//!   code.
 //!
 //! Around it
 //! - `portal`: the reference web portal a person meets, a client of the gateway's API;

@@ -12,7 +12,10 @@ use std::{
 
 use tokio::task::JoinHandle;
 
-use crate::{config::Config, fanout::CatalogChange, gateway::Gateway};
+use crate::{
+    config::Config, connections::ListenerMetrics, fanout::CatalogChange, gateway::Gateway,
+    tls::LiveTls,
+};
 
 /// What a reload did.
 #[derive(Debug)]
@@ -143,6 +146,44 @@ pub fn watch<F: PartialEq + Send + 'static>(
             changed(by_signal);
         }
     })
+}
+
+/// Serves `tls`'s files again on SIGHUP and whenever they change (checked every `interval`;
+/// zero: SIGHUP only), until the task is aborted; files that do not make an identity valid now
+/// are rejected, logged with the reason, and the running identity is kept. `metrics` learns
+/// when the certificate served expires, and each re-read's result.
+pub fn watch_tls(
+    tls: Arc<LiveTls>,
+    interval: Duration,
+    metrics: ListenerMetrics,
+) -> JoinHandle<()> {
+    let listener = tls.listener();
+    metrics.certificate_expires(listener, tls.not_after());
+    let files = Arc::clone(&tls);
+    watch(
+        interval,
+        move || files.fingerprint(),
+        move |by_signal| match tls.reload() {
+            Ok(not_after) => {
+                metrics.certificate_expires(listener, not_after);
+                metrics.tls_reload(listener, "applied");
+                tracing::info!(
+                    listener,
+                    by_signal,
+                    expires = %chrono::DateTime::from_timestamp(not_after, 0).unwrap_or_default(),
+                    "TLS identity re-read: new connections are served with it"
+                );
+            }
+            Err(e) => {
+                metrics.tls_reload(listener, "rejected");
+                tracing::error!(
+                    listener,
+                    reason = %format!("{e:#}"),
+                    "TLS files rejected; the running identity is kept"
+                );
+            }
+        },
+    )
 }
 
 /// Top-level sections that differ between the running config and a new one, outside the parts a

@@ -29,6 +29,7 @@ use crate::{
         FILE_DESCRIPTOR_SET, account_gateway_server::AccountGatewayServer,
         carrier_push_server::CarrierPushServer, number_status_server::NumberStatusServer,
     },
+    tls::LiveTls,
 };
 
 /// How long shutdown waits for the audit writer to store what it still holds.
@@ -260,17 +261,22 @@ pub async fn serve(
         apps = gateway.catalog.snapshot().all().len(),
         "gateway serving"
     );
-    let mut builder = Server::builder();
-    match &gateway.config.tls {
-        // A connection that opens and never finishes its handshake is closed; a peer that stops
-        // answering HTTP/2 pings is too.
-        Some(tls) => {
-            builder = builder.tls_config(
-                crate::tls::server_config(tls)?.timeout(gateway.config.limits.handshake_timeout),
-            )?
+    // The TLS identity is ours rather than tonic's, so a renewed certificate or client CA is
+    // served without a restart (re-read on SIGHUP and when the files change).
+    let tls = match &gateway.config.tls {
+        Some(tls) => Some(Arc::new(LiveTls::grpc(tls)?)),
+        None => {
+            tracing::warn!("DEVELOPMENT MODE: serving plain-text gRPC without TLS");
+            None
         }
-        None => tracing::warn!("DEVELOPMENT MODE: serving plain-text gRPC without TLS"),
-    }
+    };
+    let tls_watch = tls.as_ref().map(|tls| {
+        crate::reload::watch_tls(
+            Arc::clone(tls),
+            gateway.config.reload.watch_interval,
+            gateway.connections.clone(),
+        )
+    });
     // Shutting down: say so to health checkers first, then drain.
     let (drain_started, drain_begun) = oneshot::channel::<()>();
     let draining = {
@@ -298,7 +304,8 @@ pub async fn serve(
             std::future::pending::<()>().await;
         }
     };
-    let result = builder
+    // A peer that stops answering HTTP/2 pings is closed.
+    let router = Server::builder()
         .max_concurrent_streams(gateway.config.limits.max_streams_per_connection)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
@@ -322,8 +329,17 @@ pub async fn serve(
         .add_service(
             NumberStatusServer::new(PushService::new(Arc::clone(&gateway), edge))
                 .max_decoding_message_size(max_request),
-        )
-        .serve_with_incoming_shutdown(incoming, draining);
+        );
+    let result: std::pin::Pin<
+        Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>,
+    > = match tls {
+        // A connection that opens and never finishes its handshake is closed.
+        Some(tls) => Box::pin(router.serve_with_incoming_shutdown(
+            crate::tls::handshakes(incoming, tls, gateway.config.limits.handshake_timeout),
+            draining,
+        )),
+        None => Box::pin(router.serve_with_incoming_shutdown(incoming, draining)),
+    };
     let result = tokio::select! {
         result = result => result,
         () = drain_expired => {
@@ -336,6 +352,9 @@ pub async fn serve(
     };
     housekeeping.abort();
     reseal.abort();
+    if let Some(watch) = tls_watch {
+        watch.abort();
+    }
     readiness.abort();
     let _ = stop_admin.send(());
     if let Some(http) = http {

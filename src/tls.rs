@@ -1,14 +1,29 @@
-//! TLS settings from config files: the listener's identity and the CA that verifies tenants'
-//! client certificates, and the gateway's client side towards adapters and the registry (its own
-//! client certificate, the CA to trust, the server name to expect). rustls, through tonic.
+//! TLS settings from files: the listeners' identities, re-read when they change (`LiveTls`:
+//! the gRPC listener with the CA that verifies tenants' client certificates, the HTTP API and
+//! the portal), and the gateway's client side towards adapters and the registry (its own client
+//! certificate, the CA to trust, the server name to expect, through tonic). rustls throughout.
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    path::Path,
+    path::{Path, PathBuf},
+    sync::{Arc, RwLock},
+    time::Duration,
 };
 
+use futures::{Stream, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+
 use anyhow::Context;
-use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+use tokio_rustls::{
+    TlsAcceptor,
+    rustls::{
+        self, RootCertStore,
+        pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
+        server::WebPkiClientVerifier,
+    },
+    server::TlsStream,
+};
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 use crate::config::{OutboundTlsConfig, TlsConfig};
 
@@ -16,14 +31,239 @@ fn read(path: &Path, what: &str) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("{what}: cannot read {}", path.display()))
 }
 
-/// The listener's TLS: its certificate, and (mTLS) the CA tenants' certificates must chain to.
-pub fn server_config(tls: &TlsConfig) -> anyhow::Result<ServerTlsConfig> {
-    let identity = Identity::from_pem(read(&tls.cert, "tls.cert")?, read(&tls.key, "tls.key")?);
-    let mut config = ServerTlsConfig::new().identity(identity);
-    if let Some(ca) = &tls.client_ca {
-        config = config.client_ca_root(Certificate::from_pem(read(ca, "tls.client_ca")?));
+/// The files of a listener's TLS, and the names its user knows them by (`tls.cert`,
+/// `--tls-cert`), for errors.
+struct TlsFiles {
+    cert: (PathBuf, &'static str),
+    key: (PathBuf, &'static str),
+    /// Tenants' client certificates must chain to this CA (mTLS), when given.
+    client_ca: Option<(PathBuf, &'static str)>,
+    alpn: &'static [u8],
+}
+
+/// What one reading of the files gave.
+struct Loaded {
+    config: Arc<rustls::ServerConfig>,
+    /// The leaf certificate's `notAfter`, in seconds since the Unix epoch.
+    not_after: i64,
+}
+
+/// A listener's TLS identity, read from its files at start and again by `reload` (on SIGHUP or
+/// a change: the reload module's `watch_tls`), so a renewed certificate (or a new client CA) is
+/// served without a restart. A new connection's handshake uses the identity read last; connections
+/// already open keep theirs. Files that do not make an identity valid now are rejected and the
+/// running identity is kept.
+pub struct LiveTls {
+    listener: &'static str,
+    files: TlsFiles,
+    current: RwLock<Loaded>,
+}
+
+impl LiveTls {
+    /// The gateway's gRPC listener: HTTP/2, and client certificates checked against
+    /// `tls.client_ca` when set.
+    pub fn grpc(tls: &TlsConfig) -> anyhow::Result<Self> {
+        Self::load(
+            "grpc",
+            TlsFiles {
+                cert: (tls.cert.clone(), "tls.cert"),
+                key: (tls.key.clone(), "tls.key"),
+                client_ca: tls.client_ca.clone().map(|ca| (ca, "tls.client_ca")),
+                alpn: b"h2",
+            },
+        )
     }
-    Ok(config)
+
+    /// An HTTP/1.1 listener (`listener` names it in logs and metrics) serving the PEM chain
+    /// `cert` with the key `key`; `flags` name them as the user knows them (`("tls.cert",
+    /// "tls.key")`, `("--tls-cert", "--tls-key")`).
+    pub fn http(
+        listener: &'static str,
+        cert: &Path,
+        key: &Path,
+        flags: (&'static str, &'static str),
+    ) -> anyhow::Result<Self> {
+        Self::load(
+            listener,
+            TlsFiles {
+                cert: (cert.to_path_buf(), flags.0),
+                key: (key.to_path_buf(), flags.1),
+                client_ca: None,
+                alpn: b"http/1.1",
+            },
+        )
+    }
+
+    fn load(listener: &'static str, files: TlsFiles) -> anyhow::Result<Self> {
+        let loaded = files.read()?;
+        Ok(Self {
+            listener,
+            files,
+            current: RwLock::new(loaded),
+        })
+    }
+
+    /// The listener's name.
+    pub fn listener(&self) -> &'static str {
+        self.listener
+    }
+
+    /// The acceptor for the next handshake: the identity read last.
+    pub fn acceptor(&self) -> TlsAcceptor {
+        TlsAcceptor::from(Arc::clone(
+            &self
+                .current
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .config,
+        ))
+    }
+
+    /// When the certificate served now expires, in seconds since the Unix epoch.
+    pub fn not_after(&self) -> i64 {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .not_after
+    }
+
+    /// The files' contents (what a change is seen by; never printed).
+    pub fn fingerprint(&self) -> Vec<Option<Vec<u8>>> {
+        self.files.paths().map(|p| std::fs::read(p).ok()).collect()
+    }
+
+    /// Reads the files again and serves what they hold from the next handshake on; on an error
+    /// (a file missing, a key that is not the certificate's, a certificate not valid now) the
+    /// running identity is kept. Returns the new certificate's `notAfter`.
+    pub fn reload(&self) -> anyhow::Result<i64> {
+        let loaded = self.files.read()?;
+        let not_after = loaded.not_after;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = loaded;
+        Ok(not_after)
+    }
+}
+
+impl TlsFiles {
+    fn paths(&self) -> impl Iterator<Item = &Path> {
+        [&self.cert.0, &self.key.0]
+            .into_iter()
+            .chain(self.client_ca.as_ref().map(|(p, _)| p))
+            .map(PathBuf::as_path)
+    }
+
+    fn read(&self) -> anyhow::Result<Loaded> {
+        let (cert_path, cert_flag) = (&self.cert.0, self.cert.1);
+        let (key_path, key_flag) = (&self.key.0, self.key.1);
+        let certs = pem_certificates(cert_path, cert_flag)?;
+        let not_after = valid_until(&certs[0], cert_path, cert_flag)?;
+        let key = PrivateKeyDer::from_pem_file(key_path).with_context(|| {
+            format!(
+                "{key_flag}: cannot read a PEM private key from {}",
+                key_path.display()
+            )
+        })?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
+            .with_safe_default_protocol_versions()?;
+        let builder = match &self.client_ca {
+            Some((ca_path, ca_flag)) => {
+                let mut roots = RootCertStore::empty();
+                for ca in pem_certificates(ca_path, ca_flag)? {
+                    roots.add(ca).with_context(|| {
+                        format!("{ca_flag}: {} holds an unusable CA", ca_path.display())
+                    })?;
+                }
+                builder.with_client_cert_verifier(
+                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                        .build()
+                        .with_context(|| format!("{ca_flag}: {}", ca_path.display()))?,
+                )
+            }
+            None => builder.with_no_client_auth(),
+        };
+        // rustls checks that the key is the certificate's.
+        let mut config = builder
+            .with_single_cert(certs, key)
+            .with_context(|| format!("{cert_flag} and {key_flag} do not make a TLS identity"))?;
+        config.alpn_protocols = vec![self.alpn.to_vec()];
+        Ok(Loaded {
+            config: Arc::new(config),
+            not_after,
+        })
+    }
+}
+
+/// `incoming`'s connections after their TLS handshake, with the identity `tls` holds when each
+/// connection arrives. Each handshake runs on a task of its own (a slow one holds up no other)
+/// and gets at most `limit`; one that fails or stalls is closed. tonic reads a tenant's
+/// certificate from the stream this yields (`Request::peer_certs`) as from its own TLS.
+pub fn handshakes<S, IO>(
+    incoming: S,
+    tls: Arc<LiveTls>,
+    limit: Duration,
+) -> impl Stream<Item = std::io::Result<TlsStream<IO>>> + Send + 'static
+where
+    S: Stream<Item = std::io::Result<IO>> + Send + 'static,
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (done, ready) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        let mut incoming = std::pin::pin!(incoming);
+        loop {
+            // The server dropped the stream (it is stopping): stop accepting, which closes the
+            // listening socket.
+            let next = tokio::select! {
+                next = incoming.next() => next,
+                () = done.closed() => break,
+            };
+            let io = match next {
+                None => break,
+                // Accept errors are logged where they happen.
+                Some(Err(_)) => continue,
+                Some(Ok(io)) => io,
+            };
+            let acceptor = tls.acceptor();
+            let done = done.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(limit, acceptor.accept(io)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = done.send(Ok(stream)).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(?limit, "TLS handshake not done in time: closed"),
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(ready)
+}
+
+/// The certificates of a PEM file, at least one.
+fn pem_certificates(path: &Path, flag: &str) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .with_context(|| format!("{flag}: cannot read {}", path.display()))?;
+    anyhow::ensure!(
+        !certs.is_empty(),
+        "{flag}: {} holds no PEM certificate",
+        path.display()
+    );
+    Ok(certs)
+}
+
+/// The leaf's `notAfter` (seconds since the Unix epoch), if it is valid now.
+fn valid_until(leaf: &CertificateDer<'_>, path: &Path, flag: &str) -> anyhow::Result<i64> {
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf)
+        .map_err(|e| anyhow::anyhow!("{flag}: {} does not parse: {e}", path.display()))?;
+    let validity = cert.validity();
+    anyhow::ensure!(
+        validity.is_valid(),
+        "{flag}: the certificate in {} is not valid now (valid from {} to {})",
+        path.display(),
+        validity.not_before,
+        validity.not_after
+    );
+    Ok(validity.not_after.timestamp())
 }
 
 /// The client TLS for one outbound endpoint (`https://` only): trust `ca_override` or the

@@ -1016,6 +1016,79 @@ async fn portal_process(args: &[&str]) -> (tokio::process::Child, Result<String,
     }
 }
 
+/// The portal's HTTPS certificate is read again when its files change and on SIGHUP (which
+/// does not stop it): a renewed certificate is served from the next connection on, without a
+/// restart. On main the files were read once, at start.
+#[tokio::test]
+async fn the_portal_serves_a_renewed_certificate_without_a_restart() {
+    let (old_dir, new_dir, live) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let old = unbind_gateway::pki::generate(old_dir.path(), &[], &[], 30, false).unwrap();
+    let new = unbind_gateway::pki::generate(new_dir.path(), &[], &[], 30, false).unwrap();
+    let (cert, key) = (
+        live.path().join("portal.pem"),
+        live.path().join("portal.key"),
+    );
+    std::fs::copy(&old.portal.cert, &cert).unwrap();
+    std::fs::copy(&old.portal.key, &key).unwrap();
+    let (mut child, url) = portal_process(&[
+        "--gateway",
+        "http://127.0.0.1:9",
+        "--listen",
+        "127.0.0.1:0",
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ])
+    .await;
+    let addr: SocketAddr = url
+        .unwrap()
+        .strip_prefix("https://")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let (trusts_old, trusts_new) = (
+        https::Client::tls(addr, &old.ca.cert),
+        https::Client::tls(addr, &new.ca.cert),
+    );
+    assert!(trusts_old.handshakes().await);
+    assert!(!trusts_new.handshakes().await);
+    // SIGHUP re-reads the files; it does not stop the portal.
+    let pid = child.id().unwrap().to_string();
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(trusts_old.handshakes().await, "SIGHUP stopped the portal");
+    // The renewed certificate (here from another CA, to tell them apart).
+    std::fs::copy(&new.portal.cert, &cert).unwrap();
+    std::fs::copy(&new.portal.key, &key).unwrap();
+    let mut renewed = false;
+    for _ in 0..100 {
+        if trusts_new.handshakes().await {
+            renewed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        renewed,
+        "the renewed certificate was not served within 10 s"
+    );
+    assert!(!trusts_old.handshakes().await);
+    let page = trusts_new
+        .request("GET", "/", &[("accept-language", "en")], None)
+        .await;
+    assert_eq!(page.status, 200);
+    let _ = child.kill().await;
+}
+
 #[tokio::test]
 async fn the_portal_serves_https_with_its_own_certificate_and_refuses_plain_http_off_loopback() {
     let dir = tempfile::tempdir().unwrap();

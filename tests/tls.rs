@@ -422,3 +422,140 @@ async fn query_speaks_mutual_tls_with_a_tenant_certificate() {
     assert!(!all.contains(PHONE_BARE), "{all}");
     h.stop().await;
 }
+
+/// A channel to `addr` trusting `pki`'s CA, with its tenant `tenant`'s certificate.
+async fn channel_with(
+    addr: std::net::SocketAddr,
+    pki: &DevPki,
+    tenant: &str,
+) -> Result<Channel, tonic::transport::Error> {
+    let files = &pki.tenants.iter().find(|t| t.name == tenant).unwrap().files;
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(std::fs::read(&pki.ca.cert).unwrap()))
+        .domain_name("localhost")
+        .identity(Identity::from_pem(
+            std::fs::read(&files.cert).unwrap(),
+            std::fs::read(&files.key).unwrap(),
+        ));
+    Endpoint::from_shared(format!("https://{addr}"))?
+        .tls_config(tls)?
+        .connect()
+        .await
+}
+
+/// `ListApps` over a new connection to `addr` with `pki`'s CA and tenant.
+async fn lists_apps(addr: std::net::SocketAddr, pki: &DevPki) -> bool {
+    match channel_with(addr, pki, "portal-r").await {
+        Ok(channel) => AccountGatewayClient::new(channel)
+            .list_apps(ListAppsRequest {})
+            .await
+            .is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// The gateway's certificate and client CA are re-read when their files change, without a
+/// restart: new connections get the new identity (and tenants of the new CA are let in, those of
+/// the old one no longer), a connection already open goes on, and files that do not make an
+/// identity (a key that is not the certificate's) are rejected with the running one kept. On
+/// main the files were read once, at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_certificate_and_client_ca_are_served_without_a_restart() {
+    let tenants = [("portal-r".to_owned(), Role::Portal)];
+    let (old_dir, new_dir, live) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let old = generate(old_dir.path(), &tenants, &[], 30, false).unwrap();
+    let new = generate(new_dir.path(), &tenants, &[], 30, false).unwrap();
+    let (cert, key, ca) = (
+        live.path().join("gateway.pem"),
+        live.path().join("gateway.key"),
+        live.path().join("ca.pem"),
+    );
+    let install = |pki: &DevPki| {
+        std::fs::copy(&pki.gateway.cert, &cert).unwrap();
+        std::fs::copy(&pki.gateway.key, &key).unwrap();
+        std::fs::copy(&pki.ca.cert, &ca).unwrap();
+    };
+    install(&old);
+    let mut h = Harness::start(Options {
+        apps: 1,
+        ..Options::default()
+    })
+    .await;
+    let c = &mut h.stack.config;
+    c.tls = Some(TlsConfig {
+        cert: cert.clone(),
+        key: key.clone(),
+        client_ca: Some(ca.clone()),
+    });
+    c.tenants = vec![TenantConfig {
+        name: "portal-r".into(),
+        role: Role::Portal,
+        requests_per_second: 1000.0,
+        burst: 1000,
+        max_code_failures_per_hour: None,
+        wrong_codes_alert_per_hour: 1000,
+        per_visitor: None,
+    }];
+    c.reload.watch_interval = Duration::from_millis(100);
+    h.restart_gateway().await;
+    let running = h.stack.gateway.as_ref().unwrap();
+    let addr = running.addr;
+    let gateway = std::sync::Arc::clone(&running.gateway);
+    let mut open = AccountGatewayClient::new(channel_with(addr, &old, "portal-r").await.unwrap());
+    open.list_apps(ListAppsRequest {}).await.unwrap();
+    assert!(
+        !lists_apps(addr, &new).await,
+        "the new CA was trusted before it was installed"
+    );
+    let expiry = gateway.metrics.encode();
+    assert!(
+        expiry.contains("unbind_tls_certificate_expiry_seconds{listener=\"grpc\"}"),
+        "{expiry}"
+    );
+
+    // A key that is not the certificate's: rejected, the running identity kept.
+    std::fs::copy(&new.gateway.key, &key).unwrap();
+    let rejected = "unbind_tls_reloads_total{listener=\"grpc\",result=\"rejected\"}";
+    let mut seen = false;
+    for _ in 0..100 {
+        if gateway.metrics.encode().contains(rejected) {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(seen, "the mismatched key was not rejected");
+    assert!(
+        lists_apps(addr, &old).await,
+        "the running identity was not kept"
+    );
+
+    // The renewed identity and CA: new connections get them, the open one goes on.
+    install(&new);
+    let mut renewed = false;
+    for _ in 0..100 {
+        if lists_apps(addr, &new).await {
+            renewed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(renewed, "the new certificate was not served within 10 s");
+    assert!(
+        !lists_apps(addr, &old).await,
+        "a tenant of the old CA was let in after the CA changed"
+    );
+    open.list_apps(ListAppsRequest {})
+        .await
+        .expect("a connection opened before the change goes on");
+    let metrics = gateway.metrics.encode();
+    assert!(
+        metrics.contains("unbind_tls_reloads_total{listener=\"grpc\",result=\"applied\"}"),
+        "{metrics}"
+    );
+    h.stop().await;
+}

@@ -31,7 +31,9 @@ pub struct PortalArgs {
     /// terminates TLS.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
-    /// The portal's own certificate chain for browsers (PEM), to serve HTTPS.
+    /// The portal's own certificate chain for browsers (PEM), to serve HTTPS. It and its key
+    /// are read again when they change (checked every 2 s) and on SIGHUP, so a renewed
+    /// certificate is served without a restart.
     #[arg(long, value_name = "FILE", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
     /// The private key of --tls-cert (PEM).
@@ -57,11 +59,12 @@ pub struct PortalArgs {
 /// Runs the portal until a shutdown signal.
 pub async fn run(args: PortalArgs) -> anyhow::Result<()> {
     let tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => Some(crate::http::serve::tls_acceptor(
+        (Some(cert), Some(key)) => Some(std::sync::Arc::new(crate::tls::LiveTls::http(
+            "portal",
             cert,
             key,
             ("--tls-cert", "--tls-key"),
-        )?),
+        )?)),
         _ => None,
     };
     anyhow::ensure!(

@@ -21,9 +21,8 @@ use prometheus_client::{
     metrics::{counter::Counter, family::Family},
 };
 use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
 
-use crate::{api::edge::Edge, config::TlsConfig, gateway::Gateway};
+use crate::{api::edge::Edge, gateway::Gateway, tls::LiveTls};
 
 pub use auth::TokenVerifier;
 
@@ -54,7 +53,7 @@ pub struct Prepared {
     listener: TcpListener,
     max_connections: usize,
     tokens: Option<Arc<TokenVerifier>>,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Arc<LiveTls>>,
 }
 
 impl Prepared {
@@ -71,7 +70,13 @@ impl Prepared {
             .as_ref()
             .map(|auth| TokenVerifier::new(auth, clock).map(Arc::new))
             .transpose()?;
-        let tls = config.tls.as_ref().map(acceptor).transpose()?;
+        // The `[tls]` certificate, HTTP/1.1 by ALPN, no client certificate asked.
+        let tls = config
+            .tls
+            .as_ref()
+            .map(|tls| LiveTls::http("http-api", &tls.cert, &tls.key, ("tls.cert", "tls.key")))
+            .transpose()?
+            .map(Arc::new);
         let listener = TcpListener::bind(http.listen).await.with_context(|| {
             format!(
                 "http.listen: cannot listen on {}: is another process using it?",
@@ -102,11 +107,6 @@ pub fn check_files(config: &crate::config::Config) -> anyhow::Result<Vec<String>
         auth.jwks_file.display(),
         keys.len()
     )])
-}
-
-/// The rustls server side for the HTTP listener: the `[tls]` certificate, HTTP/1.1 by ALPN.
-fn acceptor(tls: &TlsConfig) -> anyhow::Result<TlsAcceptor> {
-    serve::tls_acceptor(&tls.cert, &tls.key, ("tls.cert", "tls.key"))
 }
 
 /// The routes: the one operation, and CAMARA-shaped answers for everything else.
@@ -160,6 +160,13 @@ pub async fn serve(
     let reload = tokens
         .as_ref()
         .map(|t| t.spawn_reload(gateway.config.reload.watch_interval));
+    let tls_reload = tls.as_ref().map(|tls| {
+        crate::reload::watch_tls(
+            Arc::clone(tls),
+            gateway.config.reload.watch_interval,
+            gateway.connections.clone(),
+        )
+    });
     let router = router(api);
     tracing::info!(
         addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
@@ -180,7 +187,7 @@ pub async fn serve(
         metrics: gateway.connections.clone(),
     };
     serve::serve("http-api", listener, router, tls, limits, shutdown).await;
-    if let Some(reload) = reload {
+    for reload in reload.into_iter().chain(tls_reload) {
         reload.abort();
     }
     Ok(())

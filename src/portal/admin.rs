@@ -31,7 +31,7 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-use crate::{connections::ConnectionMetrics, metrics::Metrics};
+use crate::{connections::ListenerMetrics, metrics::Metrics};
 
 /// How long `/readyz` waits for the gateway's health answer.
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -56,7 +56,7 @@ pub struct PortalMetrics {
     gateway_errors: Family<RpcLabels, Counter>,
     visits: Gauge,
     /// The caps of the portal's listener and of this endpoint.
-    pub(super) connections: ConnectionMetrics,
+    pub(super) connections: ListenerMetrics,
 }
 
 impl PortalMetrics {
@@ -72,7 +72,7 @@ impl PortalMetrics {
             "Gateway calls from the portal that failed, by RPC and gRPC code",
             m.gateway_errors.clone(),
         );
-        m.connections = ConnectionMetrics::register(&m.registry);
+        m.connections = ListenerMetrics::register(&m.registry);
         m.registry.register(
             "portal_visits",
             "Visits the portal remembers",

@@ -46,6 +46,8 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const STOP_GRACE: Duration = Duration::from_secs(5);
 /// Longest a browser may take over the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the HTTPS certificate's files are checked for a change (SIGHUP re-reads them too).
+pub const TLS_WATCH_INTERVAL: Duration = Duration::from_secs(2);
 
 /// What a portal needs.
 pub struct PortalOptions {
@@ -55,10 +57,10 @@ pub struct PortalOptions {
     pub gateway: tonic::transport::Channel,
     /// Where dates are written for.
     pub time_zone: Tz,
-    /// Serve HTTPS with this identity (`--tls-cert`, `--tls-key`;
-    /// [`crate::http::serve::tls_acceptor`]); `None`: plain HTTP, which browsers accept the
-    /// portal's `Secure` cookies over on localhost only.
-    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Serve HTTPS with this identity (`--tls-cert`, `--tls-key`: [`crate::tls::LiveTls::http`],
+    /// re-read on SIGHUP and when its files change); `None`: plain HTTP, which browsers accept
+    /// the portal's `Secure` cookies over on localhost only.
+    pub tls: Option<Arc<crate::tls::LiveTls>>,
     /// Connections open at once ([`crate::http::serve::Limits::max_connections`]).
     pub max_connections: usize,
     /// Where to serve the admin endpoint ([`admin`]: metrics, `/healthz`, `/readyz`), if at
@@ -138,8 +140,12 @@ pub async fn start(options: PortalOptions, listener: TcpListener) -> anyhow::Res
         handshake: HANDSHAKE_TIMEOUT,
         drain: STOP_GRACE,
         max_connections: options.max_connections,
-        metrics: connections,
+        metrics: connections.clone(),
     };
+    let tls_watch = options
+        .tls
+        .as_ref()
+        .map(|tls| crate::reload::watch_tls(Arc::clone(tls), TLS_WATCH_INTERVAL, connections));
     let task = tokio::spawn(async move {
         crate::http::serve::serve("portal", listener, app, options.tls, limits, async move {
             let _ = stopped.await;
@@ -148,6 +154,9 @@ pub async fn start(options: PortalOptions, listener: TcpListener) -> anyhow::Res
             let _ = closing.send(true);
         })
         .await;
+        if let Some(watch) = tls_watch {
+            watch.abort();
+        }
         if let Some(admin) = admin_task {
             let _ = admin.await;
         }

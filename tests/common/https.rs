@@ -70,6 +70,18 @@ impl Client {
         }
     }
 
+    /// Whether a TLS handshake with the server succeeds (its certificate chains to the CA this
+    /// client trusts and names `localhost`).
+    pub async fn handshakes(&self) -> bool {
+        let Some(tls) = &self.tls else { return false };
+        let Ok(tcp) = tokio::net::TcpStream::connect(self.addr).await else {
+            return false;
+        };
+        tls.connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+            .is_ok()
+    }
+
     /// Sends one request; `body` `None` sends none.
     pub async fn request(
         &self,

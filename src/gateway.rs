@@ -117,7 +117,7 @@ impl Gateway {
             clock.clone(),
             Arc::clone(&catalog),
         );
-        Ok(Arc::new(Self {
+        let gateway = Arc::new(Self {
             connections: ListenerMetrics::register(&metrics),
             metrics,
             ready: AtomicBool::new(true),
@@ -132,7 +132,20 @@ impl Gateway {
             catalog,
             fanout,
             unbinder,
-        }))
+        });
+        gateway.note_outbound_expiry(&gateway.config);
+        Ok(gateway)
+    }
+
+    /// Tells the metrics when the gateway's client certificate (`config`'s `outbound_tls.cert`)
+    /// expires: `unbind_tls_certificate_expiry_seconds{listener="outbound"}`.
+    pub fn note_outbound_expiry(&self, config: &Config) {
+        let Some(cert) = config.outbound_tls.as_ref().and_then(|o| o.cert.as_deref()) else {
+            return;
+        };
+        if let Ok(not_after) = crate::tls::certificate_not_after(cert, "outbound_tls.cert") {
+            self.connections.certificate_expires("outbound", not_after);
+        }
     }
 
     /// Whether the store answered the last readiness check.

@@ -3,6 +3,11 @@
 //! `[retry]`) takes effect at once, without a restart; look-ups in flight finish with the catalog
 //! they started with. A file that does not parse or validate is rejected with the reason logged,
 //! and the running catalog is kept. Changes to other settings are logged as needing a restart.
+//!
+//! The gateway's client-side TLS files (`outbound_tls`, the apps' `tls_ca`) are watched too: when
+//! their contents change (a renewed client certificate), the apps they serve are rebuilt and the
+//! registry reconnects, so new connections present the new certificate. The listeners' own TLS
+//! files are watched by `watch_tls`.
 
 use std::{
     path::{Path, PathBuf},
@@ -13,8 +18,11 @@ use std::{
 use tokio::task::JoinHandle;
 
 use crate::{
-    config::Config, connections::ListenerMetrics, fanout::CatalogChange, gateway::Gateway,
-    tls::LiveTls,
+    config::Config,
+    connections::ListenerMetrics,
+    fanout::CatalogChange,
+    gateway::Gateway,
+    tls::{LiveTls, files_digest},
 };
 
 /// What a reload did.
@@ -33,6 +41,8 @@ pub struct Reloader {
     /// Adjustments the command line made to the file's settings (e.g. `--database-url`), applied
     /// to every re-read so they are not mistaken for changes.
     adjust: Box<dyn Fn(&mut Config) + Send + Sync>,
+    /// What the registry client's TLS files held when its connection was made.
+    registry_tls: std::sync::Mutex<[u8; 32]>,
 }
 
 impl Reloader {
@@ -41,10 +51,12 @@ impl Reloader {
         path: PathBuf,
         adjust: impl Fn(&mut Config) + Send + Sync + 'static,
     ) -> Self {
+        let registry_tls = files_digest(&registry_files(&gateway.config, &gateway.config));
         Self {
             gateway,
             path,
             adjust: Box::new(adjust),
+            registry_tls: std::sync::Mutex::new(registry_tls),
         }
     }
 
@@ -63,6 +75,13 @@ impl Reloader {
                 return Reloaded::Rejected(reason);
             }
         };
+        // Renewed client-side TLS files are checked before any app or the registry gets them.
+        if let Err(e) = config.check_outbound_files() {
+            let reason = format!("{e:#}");
+            tracing::error!(reason = %reason, "config reload rejected; the running catalog is kept");
+            metrics.catalog_reload("rejected");
+            return Reloaded::Rejected(reason);
+        }
         let change = match self.gateway.catalog.reload(&config) {
             Ok(change) => change,
             Err(e) => {
@@ -72,6 +91,8 @@ impl Reloader {
                 return Reloaded::Rejected(reason);
             }
         };
+        self.renew_registry_tls(&config);
+        self.gateway.note_outbound_expiry(&config);
         let restart = needs_restart(&self.gateway.config, &config);
         if !restart.is_empty() {
             tracing::warn!(
@@ -98,13 +119,45 @@ impl Reloader {
         Reloaded::Applied(change)
     }
 
-    /// Reloads on SIGHUP and when the file changes (checked every `interval`; zero: SIGHUP only),
-    /// until the task is aborted.
+    /// Reconnects the registry when its TLS files hold something else than when it connected.
+    fn renew_registry_tls(&self, config: &Config) {
+        let running = &self.gateway.config;
+        let now = files_digest(&registry_files(running, config));
+        let mut seen = self.registry_tls.lock().unwrap_or_else(|p| p.into_inner());
+        if *seen == now {
+            return;
+        }
+        let renewed = crate::tls::client_config(
+            &running.registry.endpoint,
+            config.outbound_tls.as_ref(),
+            None,
+            running.registry.tls_server_name.as_deref(),
+        )
+        .and_then(|tls| self.gateway.registry.replace_tls(tls));
+        match renewed {
+            Ok(()) => {
+                *seen = now;
+                tracing::info!("registry: TLS files changed; new connections present them");
+            }
+            Err(e) => tracing::error!(
+                reason = %format!("{e:#}"),
+                "registry: renewed TLS files rejected; the running connection is kept"
+            ),
+        }
+    }
+
+    /// Reloads on SIGHUP and when the file, or a TLS file of the gateway's client side, changes
+    /// (checked every `interval`; zero: SIGHUP only), until the task is aborted.
     pub fn spawn(self, interval: Duration) -> JoinHandle<()> {
         let path = self.path.clone();
+        let gateway = Arc::clone(&self.gateway);
         watch(
             interval,
-            move || fingerprint(&path),
+            move || {
+                let mut tls = gateway.catalog.tls_files();
+                tls.extend(registry_files(&gateway.config, &gateway.config));
+                (fingerprint(&path), files_digest(&tls))
+            },
             move |by_signal| {
                 if by_signal {
                     tracing::info!("SIGHUP: reloading the config");
@@ -146,6 +199,16 @@ pub fn watch<F: PartialEq + Send + 'static>(
             changed(by_signal);
         }
     })
+}
+
+/// The files the registry client's TLS reads: the running registry endpoint, with `config`'s
+/// `outbound_tls`.
+fn registry_files(running: &Config, config: &Config) -> Vec<PathBuf> {
+    crate::tls::client_files(
+        &running.registry.endpoint,
+        config.outbound_tls.as_ref(),
+        None,
+    )
 }
 
 /// Serves `tls`'s files again on SIGHUP and whenever they change (checked every `interval`;

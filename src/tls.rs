@@ -266,6 +266,50 @@ fn valid_until(leaf: &CertificateDer<'_>, path: &Path, flag: &str) -> anyhow::Re
     Ok(validity.not_after.timestamp())
 }
 
+/// The files the client TLS of an outbound endpoint reads ([`client_config`]): the CA it trusts
+/// (`ca_override` or `outbound_tls.ca`) and the gateway's client certificate and key. None for a
+/// plain `http://` endpoint.
+pub fn client_files(
+    endpoint: &str,
+    outbound: Option<&OutboundTlsConfig>,
+    ca_override: Option<&Path>,
+) -> Vec<PathBuf> {
+    if !endpoint.starts_with("https://") {
+        return Vec::new();
+    }
+    let ca = ca_override.or(outbound.map(|o| o.ca.as_path()));
+    ca.into_iter()
+        .chain(outbound.and_then(|o| o.cert.as_deref()))
+        .chain(outbound.and_then(|o| o.key.as_deref()))
+        .map(Path::to_path_buf)
+        .collect()
+}
+
+/// A digest of what `paths` hold now (a file that cannot be read counts as such): what tells
+/// that TLS files changed without keeping, or ever printing, a key.
+pub fn files_digest<'a>(paths: impl IntoIterator<Item = &'a PathBuf>) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut digest = Sha256::new();
+    for path in paths {
+        digest.update(path.as_os_str().as_encoded_bytes());
+        match std::fs::read(path) {
+            Ok(bytes) => {
+                digest.update((bytes.len() as u64).to_le_bytes());
+                digest.update(&bytes);
+            }
+            Err(_) => digest.update(u64::MAX.to_le_bytes()),
+        }
+    }
+    digest.finalize().into()
+}
+
+/// When the first certificate in the PEM file `path` expires, in seconds since the Unix epoch;
+/// an error if it is not valid now. `flag` names the file as the user knows it.
+pub fn certificate_not_after(path: &Path, flag: &str) -> anyhow::Result<i64> {
+    let certs = pem_certificates(path, flag)?;
+    valid_until(&certs[0], path, flag)
+}
+
 /// The client TLS for one outbound endpoint (`https://` only): trust `ca_override` or the
 /// configured CA, present the gateway's client certificate, expect `server_name` if given.
 pub fn client_config(

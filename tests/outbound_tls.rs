@@ -349,3 +349,66 @@ async fn the_gateway_presents_its_certificate_and_verifies_adapters_and_the_regi
 
     world.stop().await;
 }
+
+/// The gateway's client certificate is read again when its files change: the apps' entries are
+/// rebuilt and the registry reconnects, so a renewed certificate is presented without a
+/// restart. Here the first one installed is another CA's (refused like an expired one); once
+/// the right one is written over it, verification and every app answer. Before, the files were
+/// read at start only and the gateway needed a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_client_certificate_is_presented_without_a_restart() {
+    let world = World::start().await;
+    let live = world.dir.path().join("live");
+    std::fs::create_dir_all(&live).unwrap();
+    let (cert, key) = (
+        live.join("gateway-client.pem"),
+        live.join("gateway-client.key"),
+    );
+    let install = |pki: &DevPki| {
+        std::fs::copy(&pki.gateway_client.cert, &cert).unwrap();
+        std::fs::copy(&pki.gateway_client.key, &key).unwrap();
+    };
+    install(&world.other_pki);
+    let mut config = world.config("renewal");
+    let outbound = config.outbound_tls.as_mut().unwrap();
+    outbound.cert = Some(cert.clone());
+    outbound.key = Some(key.clone());
+    let path = world.dir.path().join("renewal.toml");
+    std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
+    let (gateway, mut client) = start_gateway(config).await;
+    let watcher = unbind_gateway::reload::Reloader::new(
+        std::sync::Arc::clone(&gateway.gateway),
+        path,
+        |_| {},
+    )
+    .spawn(std::time::Duration::from_millis(100));
+    let start = StartVerificationRequest {
+        phone_number: PHONE.into(),
+        id_last_six: ID_LAST_SIX.into(),
+    };
+    let err = client.start_verification(start.clone()).await.unwrap_err();
+    assert_error(&err, Code::Unavailable, "SERVICE_UNAVAILABLE");
+    let metrics = gateway.gateway.metrics.encode();
+    let expiry = "unbind_tls_certificate_expiry_seconds{listener=\"outbound\"}";
+    assert!(metrics.contains(expiry), "{metrics}");
+
+    install(&world.pki);
+    let mut renewed = false;
+    for _ in 0..100 {
+        if client.start_verification(start.clone()).await.is_ok() {
+            renewed = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        renewed,
+        "the registry did not get the renewed certificate within 10 s"
+    );
+    let token = world.session(&mut client).await;
+    let answer = list(&mut client, &token).await;
+    assert_eq!(states(&answer), expected(&world, &[]), "{answer:?}");
+    watcher.abort();
+    gateway.stop().await.unwrap();
+    world.stop().await;
+}

@@ -47,25 +47,7 @@ impl Config {
                 checked.push(format!("tls.client_ca {}", ca.display()));
             }
         }
-        if let Some(out) = &self.outbound_tls {
-            certificates(&out.ca, "outbound_tls.ca")?;
-            checked.push(format!("outbound_tls.ca {}", out.ca.display()));
-            if let (Some(cert_path), Some(key)) = (&out.cert, &out.key) {
-                let cert = certificates(cert_path, "outbound_tls.cert")?;
-                key_matches(key, "outbound_tls.key", &cert[0], cert_path)?;
-                checked.push(format!(
-                    "outbound_tls.cert {} and outbound_tls.key {}",
-                    cert_path.display(),
-                    key.display()
-                ));
-            }
-        }
-        for (i, app) in self.apps.iter().enumerate() {
-            if let Some(ca) = &app.tls_ca {
-                certificates(ca, &format!("apps[{i}].tls_ca"))?;
-                checked.push(format!("apps[{i}].tls_ca {}", ca.display()));
-            }
-        }
+        checked.extend(self.check_outbound_files()?);
         if let Some(path) = crate::store::sqlite_path(&self.store.url) {
             let dir = path
                 .parent()
@@ -84,6 +66,35 @@ impl Config {
                     "`store.url`: the SQLite file's directory {} cannot be made",
                     dir.display()
                 ),
+            }
+        }
+        Ok(checked)
+    }
+}
+
+impl Config {
+    /// Checks the files of the gateway's client side (`outbound_tls`, the apps' `tls_ca`): each
+    /// parses, the key is the certificate's, no certificate has expired. Also what a reload
+    /// checks before the apps and the registry are given renewed files. One line per file.
+    pub fn check_outbound_files(&self) -> anyhow::Result<Vec<String>> {
+        let mut checked = Vec::new();
+        if let Some(out) = &self.outbound_tls {
+            certificates(&out.ca, "outbound_tls.ca")?;
+            checked.push(format!("outbound_tls.ca {}", out.ca.display()));
+            if let (Some(cert_path), Some(key)) = (&out.cert, &out.key) {
+                let cert = certificates(cert_path, "outbound_tls.cert")?;
+                key_matches(key, "outbound_tls.key", &cert[0], cert_path)?;
+                checked.push(format!(
+                    "outbound_tls.cert {} and outbound_tls.key {}",
+                    cert_path.display(),
+                    key.display()
+                ));
+            }
+        }
+        for (i, app) in self.apps.iter().enumerate() {
+            if let Some(ca) = &app.tls_ca {
+                certificates(ca, &format!("apps[{i}].tls_ca"))?;
+                checked.push(format!("apps[{i}].tls_ca {}", ca.display()));
             }
         }
         Ok(checked)

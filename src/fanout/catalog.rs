@@ -29,7 +29,7 @@ use crate::{
     config::{AppConfig, AppDefaults, BreakerConfig, Config, OutboundTlsConfig, RetryConfig},
     domain::AppId,
     proto::app_info::Health,
-    tls::client_config,
+    tls::{client_config, client_files, files_digest},
 };
 
 /// Everything an app's entry is built from; an entry is kept across a reload only if this is
@@ -41,6 +41,21 @@ struct Settings {
     breaker: BreakerConfig,
     retry: RetryConfig,
     outbound_tls: Option<OutboundTlsConfig>,
+    /// What the app's TLS files (the CA it trusts, the gateway's client certificate and key)
+    /// held when the entry was built: a renewed certificate rebuilds the entry, so new
+    /// connections present it.
+    tls_files: [u8; 32],
+}
+
+impl Settings {
+    /// The files the app's client TLS reads.
+    fn tls_paths(&self) -> Vec<std::path::PathBuf> {
+        client_files(
+            &self.app.endpoint,
+            self.outbound_tls.as_ref(),
+            self.app.tls_ca.as_deref(),
+        )
+    }
 }
 
 /// One integrated app.
@@ -214,6 +229,15 @@ impl Catalog {
         self.snapshot().get(id).cloned()
     }
 
+    /// Every TLS file the apps' clients read (to watch for a renewal).
+    pub fn tls_files(&self) -> std::collections::BTreeSet<std::path::PathBuf> {
+        self.snapshot()
+            .all()
+            .iter()
+            .flat_map(|app| app.settings.tls_paths())
+            .collect()
+    }
+
     /// Replaces the apps with those of `config`, keeping the entries of unchanged apps. On error
     /// the catalog is left as it was.
     pub fn reload(&self, config: &Config) -> anyhow::Result<CatalogChange> {
@@ -242,6 +266,11 @@ fn build(
                 .retry_for(app)
                 .with_context(|| format!("apps[{position}].retry"))?,
             outbound_tls: config.outbound_tls.clone(),
+            tls_files: files_digest(&client_files(
+                &app.endpoint,
+                config.outbound_tls.as_ref(),
+                app.tls_ca.as_deref(),
+            )),
         };
         let previous = old.and_then(|o| o.get(&app.id));
         match previous {

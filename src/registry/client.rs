@@ -1,7 +1,11 @@
 //! The gateway's client for the carrier's `SubscriberRegistry`: one long-lived HTTP/2 channel,
 //! a timeout on every call.
 
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{Arc, RwLock},
+    time::Duration,
+};
 
 use chrono::{DateTime, Utc};
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
@@ -46,7 +50,9 @@ fn is_transient(status: &tonic::Status) -> bool {
 /// A registry client. Cheap to clone.
 #[derive(Clone)]
 pub struct RegistryClient {
-    inner: SubscriberRegistryClient<Channel>,
+    /// Shared by every clone, so a renewed client certificate (`replace_tls`) reaches them all.
+    inner: Arc<RwLock<SubscriberRegistryClient<Channel>>>,
+    endpoint: String,
     timeout: Duration,
 }
 
@@ -67,6 +73,18 @@ impl RegistryClient {
         timeout: Duration,
         tls: Option<ClientTlsConfig>,
     ) -> anyhow::Result<Self> {
+        Ok(Self {
+            inner: Arc::new(RwLock::new(Self::connect(endpoint, timeout, tls)?)),
+            endpoint: endpoint.to_owned(),
+            timeout,
+        })
+    }
+
+    fn connect(
+        endpoint: &str,
+        timeout: Duration,
+        tls: Option<ClientTlsConfig>,
+    ) -> anyhow::Result<SubscriberRegistryClient<Channel>> {
         let mut channel = Endpoint::from_shared(endpoint.to_owned())?;
         if let Some(tls) = tls {
             channel = channel.tls_config(tls)?;
@@ -76,10 +94,19 @@ impl RegistryClient {
             .connect_timeout(timeout)
             .tcp_nodelay(true)
             .connect_lazy();
-        Ok(Self {
-            inner: SubscriberRegistryClient::new(channel),
-            timeout,
-        })
+        Ok(SubscriberRegistryClient::new(channel))
+    }
+
+    /// Calls from now on go through a new connection with `tls` (a renewed client certificate
+    /// or CA); calls in flight finish on the old one.
+    pub fn replace_tls(&self, tls: Option<ClientTlsConfig>) -> anyhow::Result<()> {
+        let client = Self::connect(&self.endpoint, self.timeout, tls)?;
+        *self.inner.write().unwrap_or_else(|p| p.into_inner()) = client;
+        Ok(())
+    }
+
+    fn client(&self) -> SubscriberRegistryClient<Channel> {
+        self.inner.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// How long a call may take.
@@ -99,7 +126,7 @@ impl RegistryClient {
             id_last_six: id.expose().to_owned(),
         });
         request.set_timeout(self.timeout);
-        let answer = match self.inner.clone().verify_subscriber(request).await {
+        let answer = match self.client().verify_subscriber(request).await {
             Ok(answer) => answer.into_inner(),
             Err(status) if is_transient(&status) => {
                 return Err(RegistryError {
@@ -138,8 +165,7 @@ impl RegistryClient {
             params,
         });
         request.set_timeout(self.timeout);
-        self.inner
-            .clone()
+        self.client()
             .send_sms(request)
             .await
             .map_err(|s| RegistryError { code: s.code() })?;

@@ -1167,6 +1167,20 @@ async fn the_portal_serves_https_with_its_own_certificate_and_refuses_plain_http
     ])
     .await;
     assert!(url.unwrap().starts_with("http://0.0.0.0:"));
+    // With no TLS files to re-read, SIGHUP still does not end it.
+    let pid = behind.id().unwrap().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        behind.try_wait().unwrap().is_none(),
+        "SIGHUP ended a plain-HTTP portal"
+    );
     let _ = behind.kill().await;
 
     // A certificate file that is not one is named.

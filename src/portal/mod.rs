@@ -142,10 +142,16 @@ pub async fn start(options: PortalOptions, listener: TcpListener) -> anyhow::Res
         max_connections: options.max_connections,
         metrics: connections.clone(),
     };
-    let tls_watch = options
-        .tls
-        .as_ref()
-        .map(|tls| crate::reload::watch_tls(Arc::clone(tls), TLS_WATCH_INTERVAL, connections));
+    // SIGHUP re-reads the HTTPS files; without them it is taken and logged rather than left
+    // to its default action, which would end the process (logrotate and operators send it).
+    let watch = match &options.tls {
+        Some(tls) => crate::reload::watch_tls(Arc::clone(tls), TLS_WATCH_INTERVAL, connections),
+        None => crate::reload::watch(
+            Duration::ZERO,
+            || (),
+            |_| tracing::info!("SIGHUP: the portal serves plain HTTP, no TLS files to re-read"),
+        ),
+    };
     let task = tokio::spawn(async move {
         crate::http::serve::serve("portal", listener, app, options.tls, limits, async move {
             let _ = stopped.await;
@@ -154,9 +160,7 @@ pub async fn start(options: PortalOptions, listener: TcpListener) -> anyhow::Res
             let _ = closing.send(true);
         })
         .await;
-        if let Some(watch) = tls_watch {
-            watch.abort();
-        }
+        watch.abort();
         if let Some(admin) = admin_task {
             let _ = admin.await;
         }

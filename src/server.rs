@@ -253,7 +253,9 @@ pub async fn serve(
             "grpc",
             gateway.config.limits.max_connections,
             &gateway.connections,
-        ),
+        )
+        .with_max_per_ip(Some(gateway.config.limits.max_connections_per_ip)),
+        |stream: &tokio::net::TcpStream| stream.peer_addr().ok().map(|a| a.ip()),
     );
     tracing::info!(
         %addr,

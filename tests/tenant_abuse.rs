@@ -121,6 +121,16 @@ impl Rig {
 
     /// A channel to the replica at `addr`, with `tenant`'s certificate.
     async fn channel_to(&self, addr: std::net::SocketAddr, tenant: &str) -> Channel {
+        self.channel_from(addr, tenant, None).await
+    }
+
+    /// A channel to `addr` with `tenant`'s certificate, from the local address `local`.
+    async fn channel_from(
+        &self,
+        addr: std::net::SocketAddr,
+        tenant: &str,
+        local: Option<std::net::IpAddr>,
+    ) -> Channel {
         let files = &self
             .pki
             .tenants
@@ -141,6 +151,7 @@ impl Rig {
             .unwrap()
             .tls_config(tls)
             .unwrap()
+            .local_address(local)
             .connect()
             .await
             .unwrap()
@@ -812,6 +823,41 @@ async fn at_its_connection_cap_the_gateway_takes_the_next_connection_when_one_cl
             .expect("the waiting connection was served once a place was free")
     };
     assert!(!answered.unwrap().into_inner().apps.is_empty());
+    rig.h.stop().await;
+}
+
+/// One client address cannot hold every place: past `limits.max_connections_per_ip` its next
+/// connection is closed as soon as it is accepted, while another address is served and the
+/// cap's own wait is untouched. On main one source could hold them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_address_cannot_hold_every_connection() {
+    use tokio::io::AsyncReadExt;
+    let mut rig = Rig::start().await;
+    rig.h.stack.config.limits.max_connections_per_ip = 2;
+    rig.h.restart_gateway().await;
+    let running = rig.h.stack.gateway.as_ref().unwrap();
+    let addr = running.addr;
+    let gateway = std::sync::Arc::clone(&running.gateway);
+    // Two connections from 127.0.0.1 that never start their handshake hold its share.
+    let _idle_one = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let _idle_two = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // A third from the same address is closed at once (well before the handshake limit).
+    let mut third = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(5), third.read(&mut buf))
+        .await
+        .expect("the connection over its address's share was left open");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    let metrics = gateway.metrics.encode();
+    assert!(
+        metrics.contains("unbind_connections_refused_total{listener=\"grpc\"} 1"),
+        "{metrics}"
+    );
+    // Another address (127.0.0.2, on loopback too) is served meanwhile, as a tenant.
+    let other = "127.0.0.2".parse().unwrap();
+    let mut client =
+        AccountGatewayClient::new(rig.channel_from(addr, "portal-a", Some(other)).await);
+    client.list_apps(ListAppsRequest {}).await.unwrap();
     rig.h.stop().await;
 }
 

@@ -47,6 +47,11 @@ pub struct PortalArgs {
     /// closes itself after 10 s).
     #[arg(long, default_value_t = DEFAULT_MAX_CONNECTIONS, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
+    /// Connections open at once from one client address (an IPv6 /64); one more is closed as
+    /// soon as it is accepted. None unless given: many people on a mobile network share one
+    /// address (carrier-grade NAT), so set it only as high as that allows.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections_per_ip: Option<u32>,
     /// Where the admin endpoint listens (plain HTTP: `/metrics`, `/healthz`, and `/readyz`,
     /// which is 503 while the gateway does not answer); a private address. None unless given.
     #[arg(long, value_name = "ADDR")]
@@ -96,6 +101,9 @@ pub async fn run(args: PortalArgs) -> anyhow::Result<()> {
             time_zone: args.time_zone,
             tls,
             max_connections: usize::try_from(args.max_connections).unwrap_or(usize::MAX),
+            max_connections_per_ip: args
+                .max_connections_per_ip
+                .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
             admin,
         },
         listener,

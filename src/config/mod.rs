@@ -367,6 +367,10 @@ pub struct LimitsConfig {
     /// gRPC connections open at once; at the cap a new connection is not accepted (it waits in
     /// the kernel's backlog) until one closes.
     pub max_connections: usize,
+    /// Connections open at once from one client address (an IPv6 /64), on the gRPC listener and
+    /// the HTTP API: one more is closed as soon as it is accepted, so one source cannot hold
+    /// every place. Partners behind one NAT share it.
+    pub max_connections_per_ip: usize,
     /// On shutdown, how long in-flight requests get to finish before their connections are cut.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
@@ -814,6 +818,7 @@ impl Default for LimitsConfig {
             handshake_timeout: Duration::from_secs(10),
             max_streams_per_connection: 256,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_ip: 256,
             drain_timeout: Duration::from_secs(30),
         }
     }
@@ -1055,8 +1060,10 @@ impl Config {
         if self.limits.max_in_flight_per_tenant == 0 {
             bail!("`limits.max_in_flight_per_tenant` must be at least 1");
         }
-        if self.limits.max_connections == 0 {
-            bail!("`limits.max_connections` must be at least 1");
+        if self.limits.max_connections == 0 || self.limits.max_connections_per_ip == 0 {
+            bail!(
+                "`limits.max_connections` and `limits.max_connections_per_ip` must be at least 1"
+            );
         }
         check_nonzero(self.limits.body_timeout, "limits.body_timeout")?;
         check_nonzero(self.limits.handshake_timeout, "limits.handshake_timeout")?;
@@ -1707,6 +1714,11 @@ mod tests {
             ("in flight 0", |c| c.limits.max_in_flight = 0, false),
             ("connections 0", |c| c.limits.max_connections = 0, false),
             ("connections 1", |c| c.limits.max_connections = 1, true),
+            (
+                "connections per ip 0",
+                |c| c.limits.max_connections_per_ip = 0,
+                false,
+            ),
             (
                 "streams 0",
                 |c| c.limits.max_streams_per_connection = 0,

@@ -184,6 +184,7 @@ pub async fn serve(
         handshake: gateway.config.limits.handshake_timeout,
         drain: gateway.config.limits.drain_timeout,
         max_connections,
+        max_connections_per_ip: Some(gateway.config.limits.max_connections_per_ip),
         metrics: gateway.connections.clone(),
     };
     serve::serve("http-api", listener, router, tls, limits, shutdown).await;

@@ -27,6 +27,8 @@ pub struct Limits {
     pub drain: Duration,
     /// Connections open at once (at least 1).
     pub max_connections: usize,
+    /// Connections open at once from one client address; `None`: no such cap.
+    pub max_connections_per_ip: Option<usize>,
     /// Where the connection cap is reported.
     pub metrics: ListenerMetrics,
 }
@@ -46,15 +48,16 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let mut cap = ConnectionCap::new(name, limits.max_connections, &limits.metrics);
+    let mut cap = ConnectionCap::new(name, limits.max_connections, &limits.metrics)
+        .with_max_per_ip(limits.max_connections_per_ip);
     tokio::pin!(shutdown);
     loop {
         // A place first: at the cap, the next connection waits in the backlog until one closes.
-        let place = tokio::select! {
+        let mut place = tokio::select! {
             () = &mut shutdown => break,
             place = cap.place() => place,
         };
-        let (stream, _peer) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -66,6 +69,10 @@ pub async fn serve(
                 }
             },
         };
+        if !cap.admit(&mut place, Some(peer.ip())) {
+            // Its address has its share open: closed at once.
+            continue;
+        }
         let _ = stream.set_nodelay(true);
         let service = hyper_util::service::TowerToHyperService::new(router.clone());
         let watcher = graceful.watcher();

@@ -137,6 +137,7 @@ pub(super) async fn serve(
         handshake: READY_TIMEOUT,
         drain: READY_TIMEOUT,
         max_connections: 64,
+        max_connections_per_ip: None,
         metrics: connections,
     };
     crate::http::serve::serve("portal-admin", listener, router, None, limits, shutdown).await;

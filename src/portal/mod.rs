@@ -63,6 +63,9 @@ pub struct PortalOptions {
     pub tls: Option<Arc<crate::tls::LiveTls>>,
     /// Connections open at once ([`crate::http::serve::Limits::max_connections`]).
     pub max_connections: usize,
+    /// Connections open at once from one client address; `None` (the default): no such cap,
+    /// since many people on a mobile network share one address (carrier-grade NAT).
+    pub max_connections_per_ip: Option<usize>,
     /// Where to serve the admin endpoint ([`admin`]: metrics, `/healthz`, `/readyz`), if at
     /// all: a private address, never the browsers' one.
     pub admin: Option<TcpListener>,
@@ -140,6 +143,7 @@ pub async fn start(options: PortalOptions, listener: TcpListener) -> anyhow::Res
         handshake: HANDSHAKE_TIMEOUT,
         drain: STOP_GRACE,
         max_connections: options.max_connections,
+        max_connections_per_ip: options.max_connections_per_ip,
         metrics: connections.clone(),
     };
     // SIGHUP re-reads the HTTPS files; without them it is taken and logged rather than left

@@ -274,6 +274,7 @@ impl Stack {
                 time_zone,
                 tls: None,
                 max_connections: crate::http::serve::DEFAULT_MAX_CONNECTIONS,
+                max_connections_per_ip: None,
                 admin: None,
             },
             listener,

@@ -18,10 +18,13 @@
 //! | `unbind_connections_refused_total` | counter | `listener` (over the address's share) |
 //! | `unbind_tls_certificate_expiry_seconds` | gauge | `listener` |
 //! | `unbind_tls_reloads_total` | counter | `listener`, `result` |
+//! | `unbind_tls_handshake_failures_total` | counter | `listener`, `reason` |
 //!
-//! The last two are the listeners' TLS identities (`crate::tls::LiveTls`): when the certificate
-//! served now expires (Unix seconds, to alert on), and each re-read of its files, `applied` or
-//! `rejected` (the running one kept).
+//! The last three are about the listeners' TLS (`LiveTls` in the tls module): when the
+//! certificate served now expires (Unix seconds, to alert on); each re-read of its files,
+//! `applied` or `rejected` (the running one kept); and the handshakes that failed, by a closed
+//! set of reasons (`handshake_failure` in the tls module), so a partner whose certificate expired
+//! or is not signed by the client CA shows here, not only in its own errors.
 
 use std::{
     collections::HashMap,
@@ -67,6 +70,13 @@ pub struct ListenerMetrics {
     refused: Family<ListenerLabels, Counter>,
     certificate_expiry: Family<ListenerLabels, Gauge>,
     tls_reloads: Family<ReloadLabels, Counter>,
+    handshake_failures: Family<ReasonLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    listener: &'static str,
+    reason: &'static str,
 }
 
 impl ListenerMetrics {
@@ -103,7 +113,19 @@ impl ListenerMetrics {
             "Re-reads of a listener's TLS files: applied, or rejected (the running identity kept)",
             m.tls_reloads.clone(),
         );
+        metrics.register(
+            "tls_handshake_failures",
+            "TLS handshakes that failed or timed out, by listener and reason",
+            m.handshake_failures.clone(),
+        );
         m
+    }
+
+    /// A TLS handshake on `listener` that failed for `reason` (a closed set).
+    pub fn handshake_failed(&self, listener: &'static str, reason: &'static str) {
+        self.handshake_failures
+            .get_or_create(&ReasonLabels { listener, reason })
+            .inc();
     }
 
     /// The certificate `listener` serves now expires at `not_after` (Unix seconds).

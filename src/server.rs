@@ -337,7 +337,12 @@ pub async fn serve(
     > = match tls {
         // A connection that opens and never finishes its handshake is closed.
         Some(tls) => Box::pin(router.serve_with_incoming_shutdown(
-            crate::tls::handshakes(incoming, tls, gateway.config.limits.handshake_timeout),
+            crate::tls::handshakes(
+                incoming,
+                tls,
+                gateway.config.limits.handshake_timeout,
+                gateway.connections.clone(),
+            ),
             draining,
         )),
         None => Box::pin(router.serve_with_incoming_shutdown(incoming, draining)),

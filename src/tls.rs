@@ -25,7 +25,10 @@ use tokio_rustls::{
 };
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
-use crate::config::{OutboundTlsConfig, TlsConfig};
+use crate::{
+    config::{OutboundTlsConfig, TlsConfig},
+    connections::ListenerMetrics,
+};
 
 fn read(path: &Path, what: &str) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("{what}: cannot read {}", path.display()))
@@ -201,6 +204,7 @@ pub fn handshakes<S, IO>(
     incoming: S,
     tls: Arc<LiveTls>,
     limit: Duration,
+    metrics: ListenerMetrics,
 ) -> impl Stream<Item = std::io::Result<TlsStream<IO>>> + Send + 'static
 where
     S: Stream<Item = std::io::Result<IO>> + Send + 'static,
@@ -224,18 +228,44 @@ where
             };
             let acceptor = tls.acceptor();
             let done = done.clone();
+            let (listener, metrics) = (tls.listener(), metrics.clone());
             tokio::spawn(async move {
                 match tokio::time::timeout(limit, acceptor.accept(io)).await {
                     Ok(Ok(stream)) => {
                         let _ = done.send(Ok(stream)).await;
                     }
-                    Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
-                    Err(_) => tracing::debug!(?limit, "TLS handshake not done in time: closed"),
+                    Ok(Err(e)) => {
+                        metrics.handshake_failed(listener, handshake_failure(&e));
+                        tracing::debug!(error = %e, "TLS handshake failed");
+                    }
+                    Err(_) => {
+                        metrics.handshake_failed(listener, "timeout");
+                        tracing::debug!(?limit, "TLS handshake not done in time: closed");
+                    }
                 }
             });
         }
     });
     tokio_stream::wrappers::ReceiverStream::new(ready)
+}
+
+/// Why a handshake failed, as a closed set (a metric label): `no_client_certificate`,
+/// `client_certificate_expired`, `client_certificate_refused` (not signed by the client CA,
+/// revoked, not for a client, ...), `incompatible` (no common protocol version, cipher or ALPN),
+/// `not_tls` (the first bytes were not a TLS record: plain text on a TLS port), `other` (the
+/// peer closed or reset mid-handshake, and the rest).
+pub fn handshake_failure(e: &std::io::Error) -> &'static str {
+    use rustls::{CertificateError, Error};
+    match e.get_ref().and_then(|inner| inner.downcast_ref::<Error>()) {
+        Some(Error::NoCertificatesPresented) => "no_client_certificate",
+        Some(Error::InvalidCertificate(
+            CertificateError::Expired | CertificateError::ExpiredContext { .. },
+        )) => "client_certificate_expired",
+        Some(Error::InvalidCertificate(_)) => "client_certificate_refused",
+        Some(Error::PeerIncompatible(_) | Error::NoApplicationProtocol) => "incompatible",
+        Some(Error::InvalidMessage(_) | Error::InappropriateMessage { .. }) => "not_tls",
+        _ => "other",
+    }
 }
 
 /// The certificates of a PEM file, at least one.

@@ -559,3 +559,104 @@ async fn a_renewed_certificate_and_client_ca_are_served_without_a_restart() {
     );
     h.stop().await;
 }
+
+/// Failed handshakes are counted by a closed set of reasons, so an operator sees a partner whose
+/// certificate is missing or from the wrong CA, plain text sent to the TLS port, and connections
+/// that never finish: `unbind_tls_handshake_failures_total{listener,reason}`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_handshakes_are_counted_by_reason() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    fn shorter_handshakes(c: &mut unbind_gateway::config::Config) {
+        secure(c);
+        c.limits.handshake_timeout = Duration::from_secs(1);
+    }
+    let h = Harness::start(Options {
+        apps: 1,
+        tweak: shorter_handshakes,
+        backend_tls: backends(),
+        ..Options::default()
+    })
+    .await;
+    let running = h.stack.gateway.as_ref().unwrap();
+    let addr = running.addr;
+    // No client certificate.
+    let refused = match client(&h, None).await {
+        Err(_) => true,
+        Ok(mut c) => c.list_apps(ListAppsRequest {}).await.is_err(),
+    };
+    assert!(refused);
+    // A certificate another CA signed (the client trusts the gateway's CA).
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = generate(
+        other_dir.path(),
+        &[("portal-b".to_owned(), Role::Portal)],
+        &[],
+        30,
+        false,
+    )
+    .unwrap();
+    let files = &other.tenants[0].files;
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(
+            std::fs::read(&pki().ca.cert).unwrap(),
+        ))
+        .domain_name("localhost")
+        .identity(Identity::from_pem(
+            std::fs::read(&files.cert).unwrap(),
+            std::fs::read(&files.key).unwrap(),
+        ));
+    let foreign = async {
+        let channel = Endpoint::from_shared(format!("https://{addr}"))?
+            .tls_config(tls)?
+            .connect()
+            .await?;
+        AccountGatewayClient::new(channel)
+            .list_apps(ListAppsRequest {})
+            .await
+            .map_err(|e| Box::new(e) as Box<dyn std::error::Error>)?;
+        Ok::<_, Box<dyn std::error::Error>>(())
+    };
+    assert!(
+        foreign.await.is_err(),
+        "another CA's certificate was let in"
+    );
+    // Plain text on the TLS port.
+    let mut plain = tokio::net::TcpStream::connect(addr).await.unwrap();
+    plain
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let _ = tokio::time::timeout(Duration::from_secs(5), plain.read(&mut buf)).await;
+    // A connection that never starts its handshake (closed after 1 s).
+    let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(10), silent.read(&mut buf)).await;
+
+    let expected = [
+        "no_client_certificate",
+        "client_certificate_refused",
+        "not_tls",
+        "timeout",
+    ];
+    let mut metrics = String::new();
+    for _ in 0..50 {
+        metrics = running.gateway.metrics.encode();
+        if expected.iter().all(|reason| {
+            metrics.contains(&format!(
+                "unbind_tls_handshake_failures_total{{listener=\"grpc\",reason=\"{reason}\"}}"
+            ))
+        }) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for reason in expected {
+        assert!(
+            metrics.contains(&format!(
+                "unbind_tls_handshake_failures_total{{listener=\"grpc\",reason=\"{reason}\"}}"
+            )),
+            "{reason} not counted:\n{metrics}"
+        );
+    }
+    h.stop().await;
+}

@@ -78,6 +78,7 @@ pub async fn serve(
         let watcher = graceful.watcher();
         // The identity read last (a renewed certificate is served from the next connection on).
         let tls = tls.as_ref().map(|t| t.acceptor());
+        let metrics = limits.metrics.clone();
         tokio::spawn(async move {
             // Held until the connection ends, however it ends.
             let _place = place;
@@ -89,11 +90,18 @@ pub async fn serve(
             };
             let result = match tls {
                 Some(tls) => {
-                    let Ok(Ok(stream)) =
-                        tokio::time::timeout(limits.handshake, tls.accept(stream)).await
-                    else {
-                        return;
-                    };
+                    let stream =
+                        match tokio::time::timeout(limits.handshake, tls.accept(stream)).await {
+                            Ok(Ok(stream)) => stream,
+                            Ok(Err(e)) => {
+                                metrics.handshake_failed(name, crate::tls::handshake_failure(&e));
+                                return;
+                            }
+                            Err(_) => {
+                                metrics.handshake_failed(name, "timeout");
+                                return;
+                            }
+                        };
                     watcher
                         .watch(builder.serve_connection(TokioIo::new(stream), service))
                         .await

@@ -130,9 +130,10 @@ impl LiveTls {
             .not_after
     }
 
-    /// The files' contents (what a change is seen by; never printed).
-    pub fn fingerprint(&self) -> Vec<Option<Vec<u8>>> {
-        self.files.paths().map(|p| std::fs::read(p).ok()).collect()
+    /// A digest of the files' contents: what a change is seen by (no copy of the key is kept).
+    pub fn fingerprint(&self) -> [u8; 32] {
+        let paths: Vec<PathBuf> = self.files.paths().map(Path::to_path_buf).collect();
+        files_digest(&paths)
     }
 
     /// Reads the files again and serves what they hold from the next handshake on; on an error

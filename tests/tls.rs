@@ -638,23 +638,22 @@ async fn failed_handshakes_are_counted_by_reason() {
         "not_tls",
         "timeout",
     ];
+    let counted = |metrics: &str, reason: &str| {
+        metrics.contains(&format!(
+            "unbind_tls_handshake_failures_total{{listener=\"grpc\",reason=\"{reason}\"}}"
+        ))
+    };
     let mut metrics = String::new();
     for _ in 0..50 {
         metrics = running.gateway.metrics.encode();
-        if expected.iter().all(|reason| {
-            metrics.contains(&format!(
-                "unbind_tls_handshake_failures_total{{listener=\"grpc\",reason=\"{reason}\"}}"
-            ))
-        }) {
+        if expected.iter().all(|reason| counted(&metrics, reason)) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     for reason in expected {
         assert!(
-            metrics.contains(&format!(
-                "unbind_tls_handshake_failures_total{{listener=\"grpc\",reason=\"{reason}\"}}"
-            )),
+            counted(&metrics, reason),
             "{reason} not counted:\n{metrics}"
         );
     }

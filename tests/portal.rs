@@ -691,16 +691,11 @@ async fn a_gateway_that_cannot_be_reached_is_told_in_words() {
     drop(closed);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let portal = unbind_gateway::portal::start(
-        unbind_gateway::portal::PortalOptions {
-            gateway: tonic::transport::Endpoint::from_shared(gateway)
+        unbind_gateway::portal::PortalOptions::new(
+            tonic::transport::Endpoint::from_shared(gateway)
                 .unwrap()
                 .connect_lazy(),
-            time_zone: "Asia/Shanghai".parse().unwrap(),
-            tls: None,
-            max_connections: unbind_gateway::http::serve::DEFAULT_MAX_CONNECTIONS,
-            max_connections_per_ip: None,
-            admin: None,
-        },
+        ),
         listener,
     )
     .await
@@ -835,9 +830,9 @@ async fn over_mutual_tls_as_a_portal_tenant() {
     let files = &pki.tenants[0].files;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let portal = unbind_gateway::portal::start(
-        unbind_gateway::portal::PortalOptions {
-            // As `unbind-gateway portal --gateway URL --ca --cert --key` builds it.
-            gateway: unbind_gateway::cli::support::endpoint::endpoint_with_tls(
+        // As `unbind-gateway portal --gateway URL --ca --cert --key` builds it.
+        unbind_gateway::portal::PortalOptions::new(
+            unbind_gateway::cli::support::endpoint::endpoint_with_tls(
                 &gateway,
                 &unbind_gateway::cli::tls_args::ClientTlsArgs {
                     ca: Some(pki.ca.cert.clone()),
@@ -849,12 +844,7 @@ async fn over_mutual_tls_as_a_portal_tenant() {
             )
             .unwrap()
             .connect_lazy(),
-            time_zone: "Asia/Shanghai".parse().unwrap(),
-            tls: None,
-            max_connections: unbind_gateway::http::serve::DEFAULT_MAX_CONNECTIONS,
-            max_connections_per_ip: None,
-            admin: None,
-        },
+        ),
         listener,
     )
     .await
@@ -1201,12 +1191,10 @@ async fn at_its_connection_cap_the_portal_takes_the_next_connection_when_one_clo
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let portal = unbind_gateway::portal::start(
         unbind_gateway::portal::PortalOptions {
-            gateway: tonic::transport::Endpoint::from_static("http://127.0.0.1:9").connect_lazy(),
-            time_zone: "Asia/Shanghai".parse().unwrap(),
-            tls: None,
             max_connections: 2,
-            max_connections_per_ip: None,
-            admin: None,
+            ..unbind_gateway::portal::PortalOptions::new(
+                tonic::transport::Endpoint::from_static("http://127.0.0.1:9").connect_lazy(),
+            )
         },
         listener,
     )
@@ -1247,14 +1235,12 @@ async fn the_admin_endpoint_counts_pages_and_gateway_errors_and_says_whether_the
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let portal = unbind_gateway::portal::start(
         unbind_gateway::portal::PortalOptions {
-            gateway: tonic::transport::Endpoint::from_shared(stack.endpoint())
-                .unwrap()
-                .connect_lazy(),
-            time_zone: "Asia/Shanghai".parse().unwrap(),
-            tls: None,
-            max_connections: unbind_gateway::http::serve::DEFAULT_MAX_CONNECTIONS,
-            max_connections_per_ip: None,
             admin: Some(admin_listener),
+            ..unbind_gateway::portal::PortalOptions::new(
+                tonic::transport::Endpoint::from_shared(stack.endpoint())
+                    .unwrap()
+                    .connect_lazy(),
+            )
         },
         listener,
     )

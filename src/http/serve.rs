@@ -12,8 +12,10 @@ use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
-pub use crate::connections::ListenerMetrics;
-use crate::{connections::ConnectionCap, tls::LiveTls};
+use crate::{
+    connections::{ConnectionCap, ListenerMetrics},
+    tls::LiveTls,
+};
 
 /// Longest a client may take to send a request's head.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);

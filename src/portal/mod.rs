@@ -71,6 +71,25 @@ pub struct PortalOptions {
     pub admin: Option<TcpListener>,
 }
 
+impl PortalOptions {
+    /// A portal of `gateway` as `unbind-gateway portal` starts one without other flags: dates
+    /// in [`DEFAULT_TIME_ZONE`], plain HTTP, 4096 connections, no per-address cap, no admin
+    /// endpoint. Change the rest with struct update syntax.
+    pub fn new(gateway: tonic::transport::Channel) -> Self {
+        Self {
+            gateway,
+            // The constant names a zone chrono-tz knows (tested by the CLI's default).
+            time_zone: DEFAULT_TIME_ZONE
+                .parse()
+                .unwrap_or(chrono_tz::Asia::Shanghai),
+            tls: None,
+            max_connections: crate::http::serve::DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_ip: None,
+            admin: None,
+        }
+    }
+}
+
 /// A running portal.
 pub struct RunningPortal {
     pub addr: SocketAddr,

@@ -264,19 +264,12 @@ impl Stack {
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen} for the portal"))?;
-        let time_zone = crate::portal::parse_time_zone(crate::portal::DEFAULT_TIME_ZONE)
-            .map_err(anyhow::Error::msg)?;
         let portal = crate::portal::start(
-            crate::portal::PortalOptions {
-                gateway: tonic::transport::Endpoint::from_shared(self.endpoint())?
+            crate::portal::PortalOptions::new(
+                tonic::transport::Endpoint::from_shared(self.endpoint())?
                     .connect_timeout(crate::portal::CONNECT_TIMEOUT)
                     .connect_lazy(),
-                time_zone,
-                tls: None,
-                max_connections: crate::http::serve::DEFAULT_MAX_CONNECTIONS,
-                max_connections_per_ip: None,
-                admin: None,
-            },
+            ),
             listener,
         )
         .await?;

@@ -126,7 +126,9 @@ fn announce_development(config: &Config) {
         "DEVELOPMENT MODE: TLS without tls.client_ca: no caller is identified, every caller is \
          treated as the carrier, with no rate limits"
     );
-    eprintln!("{}", DEVELOPMENT_TLS_BOX);
+    // Not `eprintln!`, which panics, ending the gateway, when stderr is closed.
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr().lock(), "{DEVELOPMENT_TLS_BOX}");
 }
 
 /// The stderr notice of [`announce_development`].

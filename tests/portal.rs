@@ -1185,6 +1185,60 @@ async fn the_portal_serves_https_with_its_own_certificate_and_refuses_plain_http
     assert!(half.unwrap_err().contains("--tls-key"));
 }
 
+/// A portal whose stdout is closed (a log collector gone, the output piped into `head`) keeps
+/// serving: on main its banner's `println!` panicked and ended it. The read end is closed before
+/// the portal prints anything, so the test does not depend on timing.
+#[tokio::test]
+async fn a_closed_stdout_does_not_end_the_portal() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_unbind-gateway"))
+        .args(["portal", "--gateway", "http://127.0.0.1:9", "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the portal ended ({status}) when its stdout was closed");
+        }
+        if let Ok(mut conn) = tokio::net::TcpStream::connect(addr).await {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            conn.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                .await
+                .unwrap();
+            let mut answer = Vec::new();
+            let _ =
+                tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut answer)).await;
+            if answer.starts_with(b"HTTP/1.1 200") {
+                break;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the portal did not serve within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The banner comes right after the listener serves: still alive well after it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the portal ended when its stdout was closed"
+    );
+    let _ = child.kill().await;
+}
+
 #[tokio::test]
 async fn at_its_connection_cap_the_portal_takes_the_next_connection_when_one_closes() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

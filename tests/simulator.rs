@@ -769,3 +769,95 @@ async fn the_test_account_is_one_nobody_asked_to_unbind_yet() {
     assert_eq!(next, expected);
     sim.shutdown().await;
 }
+
+/// Starts `unbind-gateway ARGS` with its stdout closed before it prints anything (a log
+/// collector gone, the output piped into `head`), waits until `port` takes connections, and
+/// panics if the process ends then or in the half second after, when its banner is printed.
+async fn serves_with_stdout_closed(args: &[&str], port: u16) {
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_unbind-gateway"))
+        .args(args)
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the binary starts");
+    drop(child.stdout.take());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let ended = |status| panic!("`{}` ended ({status}) when its stdout was closed", args[0]);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            ended(status);
+        }
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "`{}` did not serve in 30 s",
+            args[0]
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    if let Some(status) = child.try_wait().unwrap() {
+        ended(status);
+    }
+    let _ = child.kill().await;
+}
+
+/// A free loopback port (bound, then released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The development services keep serving when nobody reads their stdout any more: on main the
+/// banner's `println!` panicked and ended them.
+#[tokio::test]
+async fn simulated_apps_and_registry_keep_serving_with_stdout_closed() {
+    let port = free_port();
+    serves_with_stdout_closed(
+        &[
+            "simulate-apps",
+            "--apps",
+            "1",
+            "--latency",
+            "0s",
+            "--base-port",
+            &port.to_string(),
+        ],
+        port,
+    )
+    .await;
+
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let subscribers = dir.path().join("subscribers.toml");
+    std::fs::write(
+        &subscribers,
+        "[[subscribers]]\nphone_number = \"+8613800138000\"\nid_last_six = \"12345X\"\n\
+         holder_since = \"2024-03-01\"\n",
+    )
+    .unwrap();
+    let port = free_port();
+    serves_with_stdout_closed(
+        &[
+            "registry",
+            "--subscribers",
+            subscribers.to_str().unwrap(),
+            "--sms-file",
+            dir.path().join("sms.jsonl").to_str().unwrap(),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ],
+        port,
+    )
+    .await;
+}

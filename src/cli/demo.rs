@@ -8,6 +8,7 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use anyhow::Context;
 
+use crate::cli::say;
 use crate::shutdown;
 use crate::testkit::stack::{Stack, StackOptions};
 
@@ -105,7 +106,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .and_then(|g| g.admin_addr)
         .map(|a| format!("http://{a}/metrics"))
         .unwrap_or_default();
-    println!(
+    say!(
         "{}",
         banner(
             &portal,

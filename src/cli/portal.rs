@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use chrono_tz::Tz;
 
+use crate::cli::say;
 use crate::cli::support::endpoint::{endpoint_with_tls, normalise_endpoint};
 use crate::cli::tls_args::ClientTlsArgs;
 use crate::portal::{self, PortalOptions, parse_time_zone};
@@ -109,21 +110,21 @@ pub async fn run(args: PortalArgs) -> anyhow::Result<()> {
         listener,
     )
     .await?;
-    println!("unbind-gateway portal is running");
-    println!("  open           {}", running.url());
-    println!(
+    say!("unbind-gateway portal is running");
+    say!("  open           {}", running.url());
+    say!(
         "  gateway        {} ({})",
         args.gateway,
         args.tls.describe()
     );
-    println!("  time zone      {}", args.time_zone);
+    say!("  time zone      {}", args.time_zone);
     if let Some(admin) = running.admin_addr {
-        println!("  admin          http://{admin}/metrics  (also /healthz, /readyz)");
+        say!("  admin          http://{admin}/metrics  (also /healthz, /readyz)");
     }
     if args.behind_tls_proxy {
-        println!("  note           plain HTTP, for the proxy in front that terminates TLS");
+        say!("  note           plain HTTP, for the proxy in front that terminates TLS");
     }
-    println!("Press Ctrl-C to stop.");
+    say!("Press Ctrl-C to stop.");
     shutdown::shutdown_signal().await;
     running.stop().await
 }

@@ -14,8 +14,8 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
-use crate::cli::plural;
 use crate::cli::tls_args::ServerTlsArgs;
+use crate::cli::{plural, say};
 use crate::testkit::simulated_registry::{
     SimulatedRegistry, SimulatedRegistryOptions, SmsTemplates, load_subscribers,
 };
@@ -81,7 +81,7 @@ pub async fn run(args: RegistryArgs) -> anyhow::Result<()> {
         (true, false) => "TLS",
         (true, true) => "mutual TLS: callers need a certificate signed by --tls-client-ca",
     };
-    println!(
+    say!(
         "Subscriber registry (a development stand-in for the carrier's) serving {} from {}\n  \
          endpoint   {} ({security})\n  \
          SMS        appended to {}\n\
@@ -94,6 +94,6 @@ pub async fn run(args: RegistryArgs) -> anyhow::Result<()> {
     );
     crate::shutdown::shutdown_signal().await;
     registry.shutdown().await;
-    println!("Subscriber registry stopped.");
+    say!("Subscriber registry stopped.");
     Ok(())
 }

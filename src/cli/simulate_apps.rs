@@ -17,6 +17,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tonic::transport::ServerTlsConfig;
 
+use crate::cli::say;
 use crate::cli::tls_args::ServerTlsArgs;
 
 use crate::domain::E164;
@@ -136,9 +137,9 @@ pub async fn run(args: SimulateAppsArgs) -> anyhow::Result<()> {
             tokio::fs::write(path, catalog)
                 .await
                 .with_context(|| format!("writing the app catalog to {}", path.display()))?;
-            println!("App catalog written to {}", path.display());
+            say!("App catalog written to {}", path.display());
         }
-        None => println!("{catalog}"),
+        None => say!("{catalog}"),
     }
 
     if let Some(phone) = &args.print_test_account {
@@ -148,7 +149,7 @@ pub async fn run(args: SimulateAppsArgs) -> anyhow::Result<()> {
             (true, true) => TestTls::Mutual,
         };
         for line in test_account_lines(&simulator, phone, args.app.as_deref(), tls) {
-            println!("{line}");
+            say!("{line}");
         }
     }
 
@@ -158,15 +159,15 @@ pub async fn run(args: SimulateAppsArgs) -> anyhow::Result<()> {
         .map(|addr| addr.port())
         .collect();
     match (ports.iter().min(), ports.iter().max()) {
-        (Some(low), Some(high)) => println!(
+        (Some(low), Some(high)) => say!(
             "Serving {} simulated apps on {} ports {low}-{high}. Ctrl-C to stop.",
             apps.len(),
             args.bind
         ),
-        _ => println!("No apps to simulate (--apps 0). Ctrl-C to stop."),
+        _ => say!("No apps to simulate (--apps 0). Ctrl-C to stop."),
     }
     if serves_tls {
-        println!(
+        say!(
             "TLS{}: give the gateway `[outbound_tls]` with the CA that signed --tls-cert{}.",
             if client_certificates {
                 ", client certificates required"
@@ -182,7 +183,7 @@ pub async fn run(args: SimulateAppsArgs) -> anyhow::Result<()> {
     }
 
     wait_for_stop_signal().await?;
-    println!("Stopping the simulated apps…");
+    say!("Stopping the simulated apps…");
     simulator.shutdown().await;
     Ok(())
 }

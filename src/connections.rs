@@ -135,6 +135,12 @@ impl ListenerMetrics {
             .set(not_after);
     }
 
+    /// `listener` no longer has a certificate (one taken out of the config): its expiry is no
+    /// longer reported.
+    pub fn certificate_gone(&self, listener: &'static str) {
+        self.certificate_expiry.remove(&ListenerLabels { listener });
+    }
+
     /// A re-read of `listener`'s TLS files, `applied` or `rejected`.
     pub fn tls_reload(&self, listener: &'static str, result: &'static str) {
         self.tls_reloads

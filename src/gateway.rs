@@ -141,6 +141,7 @@ impl Gateway {
     /// expires: `unbind_tls_certificate_expiry_seconds{listener="outbound"}`.
     pub fn note_outbound_expiry(&self, config: &Config) {
         let Some(cert) = config.outbound_tls.as_ref().and_then(|o| o.cert.as_deref()) else {
+            self.connections.certificate_gone("outbound");
             return;
         };
         if let Ok(not_after) = crate::tls::certificate_not_after(cert, "outbound_tls.cert") {

@@ -375,10 +375,11 @@ async fn a_renewed_client_certificate_is_presented_without_a_restart() {
     outbound.key = Some(key.clone());
     let path = world.dir.path().join("renewal.toml");
     std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
+    let mut without_certificate = config.clone();
     let (gateway, mut client) = start_gateway(config).await;
     let watcher = unbind_gateway::reload::Reloader::new(
         std::sync::Arc::clone(&gateway.gateway),
-        path,
+        path.clone(),
         |_| {},
     )
     .spawn(std::time::Duration::from_millis(100));
@@ -408,6 +409,25 @@ async fn a_renewed_client_certificate_is_presented_without_a_restart() {
     let token = world.session(&mut client).await;
     let answer = list(&mut client, &token).await;
     assert_eq!(states(&answer), expected(&world, &[]), "{answer:?}");
+
+    // The client certificate taken out of the config: its expiry is no longer reported, where
+    // the last value stayed until a restart (and an alert on it would fire for a certificate
+    // nothing presents).
+    let outbound = without_certificate.outbound_tls.as_mut().unwrap();
+    (outbound.cert, outbound.key) = (None, None);
+    std::fs::write(&path, toml::to_string(&without_certificate).unwrap()).unwrap();
+    let mut gone = false;
+    for _ in 0..100 {
+        if !gateway.gateway.metrics.encode().contains(expiry) {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        gone,
+        "the outbound certificate's expiry was still reported after 10 s"
+    );
     watcher.abort();
     gateway.stop().await.unwrap();
     world.stop().await;

@@ -19,13 +19,16 @@
 //! - `check`: the recycled-number check over HTTP (the CAMARA API, keep-alive connections, an
 //!   ES256 access token verified on every request) next to `CheckNumberRecycled` over gRPC and
 //!   the raw RPC, closed loops of 8: requests/s and gateway CPU per request;
+//! - `mtls`: mutual TLS (the caller a carrier tenant identified by its certificate) next to plain
+//!   text, two gateways alternated phase by phase: the raw RPC, cached look-ups, and new
+//!   connections (TCP, handshake, one health check, closed) per second, with gateway CPU each;
 //! - `push`: a carrier push of 1,000,000 numbers (1,000 messages of 1,000) to a gateway with 16
 //!   apps, streamed by this process while it starts a verification every 250 ms: the time until
 //!   the push is answered, the gateway's RSS before and at its peak, and how the verifications
 //!   fared (answered, failed, slowest).
 //!
 //! `cargo bench --bench load` (options: `-- --runs 5 --apps 16,200,1000 --seconds 4 --quick
-//! --only rpc,cached,uncached,saturation,stragglers,memory,check,push --calls-per-second 2000`).
+//! --only rpc,cached,uncached,saturation,stragglers,memory,check,mtls,push --calls-per-second 2000`).
 //! `--quick` runs every scenario once, briefly, in under a minute.
 //!
 //! To measure another build of the gateway side by side (an A/B run), set `UNBIND_GATEWAY_BIN`
@@ -51,7 +54,10 @@ use std::{
 use common::{arg, arg_value, flag, median};
 use futures::{FutureExt, future::BoxFuture};
 use hdrhistogram::Histogram;
-use tonic::{Request, transport::Channel};
+use tonic::{
+    Request,
+    transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
+};
 use unbind_gateway::{
     clock::Clock,
     config::{AdminConfig, AppConfig},
@@ -64,7 +70,7 @@ use unbind_gateway::{
     security::Keys,
     testkit::simulated_apps::accounts_for,
     testkit::simulated_registry::{SimulatedRegistry, SimulatedRegistryOptions, write_subscribers},
-    testkit::stack::{demo_config, demo_subscribers, numbered_subscribers, verified_session_at},
+    testkit::stack::{demo_config, demo_subscribers, numbered_subscribers, verified_session_over},
 };
 
 /// Distinct numbers the load rotates over.
@@ -297,6 +303,8 @@ struct World {
     registry: SimulatedRegistry,
     gateway: Child,
     endpoint: String,
+    /// How callers reach the gateway when it serves mutual TLS: the CA and a tenant's identity.
+    client_tls: Option<ClientTlsConfig>,
     sms_file: PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -362,14 +370,16 @@ fn free_port() -> u16 {
 impl World {
     /// `apps` simulated apps answering after 20 ms, `stall_rate` of their calls never answered.
     async fn start(apps: usize, stall_rate: f64) -> anyhow::Result<Self> {
-        Self::start_with(apps, stall_rate, |_, _| Ok(())).await
+        Self::start_with(apps, stall_rate, None, |_, _| Ok(())).await
     }
 
     /// As [`World::start`], the gateway's config adjusted by `tweak` (given the world's
-    /// directory).
+    /// directory); with `client_tls`, callers reach it over TLS with that (`tweak` must give
+    /// the gateway its `[tls]`).
     async fn start_with(
         apps: usize,
         stall_rate: f64,
+        client_tls: Option<ClientTlsConfig>,
         tweak: impl FnOnce(&mut unbind_gateway::config::Config, &std::path::Path) -> anyhow::Result<()>,
     ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
@@ -423,7 +433,15 @@ impl World {
             catalog,
             registry,
             gateway,
-            endpoint: format!("http://{listen}"),
+            endpoint: format!(
+                "{}://{listen}",
+                if client_tls.is_some() {
+                    "https"
+                } else {
+                    "http"
+                }
+            ),
+            client_tls,
             sms_file,
             _dir: dir,
         };
@@ -441,7 +459,7 @@ impl World {
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok(channel) = Channel::from_shared(self.endpoint.clone())?.connect().await {
+            if let Ok(channel) = self.channel().await {
                 let status = HealthClient::new(channel)
                     .check(HealthCheckRequest::default())
                     .await
@@ -456,9 +474,16 @@ impl World {
     }
 
     async fn channel(&self) -> anyhow::Result<Channel> {
-        Ok(Channel::from_shared(self.endpoint.clone())?
-            .connect()
-            .await?)
+        Ok(self.endpoint()?.connect().await?)
+    }
+
+    /// The gateway's endpoint, with the TLS a caller needs.
+    fn endpoint(&self) -> anyhow::Result<Endpoint> {
+        let endpoint = Channel::from_shared(self.endpoint.clone())?;
+        Ok(match &self.client_tls {
+            Some(tls) => endpoint.tls_config(tls.clone())?,
+            None => endpoint,
+        })
     }
 
     /// Sessions for [`NUMBERS`] different numbers: look-ups rotate over them, so concurrent
@@ -475,7 +500,7 @@ impl World {
     }
 
     async fn session(&self, phone: &str, id_last_six: &str) -> anyhow::Result<String> {
-        verified_session_at(&self.endpoint, &self.sms_file, phone, id_last_six).await
+        verified_session_over(self.channel().await?, &self.sms_file, phone, id_last_six).await
     }
 
     fn peak_rss_mb(&self) -> f64 {
@@ -502,6 +527,27 @@ fn health_call(channel: Channel) -> Call {
         let mut client = HealthClient::new(channel.clone());
         async move {
             client
+                .check(HealthCheckRequest::default())
+                .await
+                .map(|_| ())
+                .map_err(|s| code_name(&s))
+        }
+        .boxed()
+    })
+}
+
+/// A new connection each call: TCP, the TLS handshake when `endpoint` has TLS, HTTP/2's
+/// preface and one health check; the connection is closed when the call ends.
+fn connect_call(endpoint: Endpoint) -> Call {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    Arc::new(move || {
+        let endpoint = endpoint.clone();
+        async move {
+            let channel = endpoint
+                .connect()
+                .await
+                .map_err(|_| "ConnectFailed".to_owned())?;
+            HealthClient::new(channel)
                 .check(HealthCheckRequest::default())
                 .await
                 .map(|_| ())
@@ -1031,12 +1077,122 @@ async fn push(numbers: usize, o: &Options, table: &mut Table) -> anyhow::Result<
     Ok(())
 }
 
+/// Mutual TLS, as carriers and portals reach the gateway in production, next to plain text in
+/// the same run: two gateways with `apps` apps each, one serving TLS with client certificates
+/// (the caller a carrier tenant, identified by its certificate), alternated phase by phase: the
+/// raw RPC, cached look-ups (each answer ~40 KB for 200 apps, encrypted), and new connections
+/// (TCP, handshake, one health check, closed).
+async fn mtls(apps: usize, o: &Options, table: &mut Table) -> anyhow::Result<()> {
+    use unbind_gateway::config::{Role, TenantConfig, TlsConfig};
+    let pki_dir = tempfile::tempdir()?;
+    let tenant = "bench-carrier";
+    let pki = unbind_gateway::pki::generate(
+        pki_dir.path(),
+        &[(tenant.to_owned(), Role::Carrier)],
+        &[],
+        30,
+        false,
+    )?;
+    let files = &pki.tenants[0].files;
+    let client_tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(std::fs::read(&pki.ca.cert)?))
+        .identity(Identity::from_pem(
+            std::fs::read(&files.cert)?,
+            std::fs::read(&files.key)?,
+        ))
+        .domain_name("localhost");
+    let plain = World::start(apps, 0.0).await?;
+    let tls = World::start_with(apps, 0.0, Some(client_tls), |config, _| {
+        config.tls = Some(TlsConfig {
+            cert: pki.gateway.cert.clone(),
+            key: pki.gateway.key.clone(),
+            client_ca: Some(pki.ca.cert.clone()),
+        });
+        // Its rate limit far above the load.
+        config.tenants.push(TenantConfig {
+            name: tenant.into(),
+            role: Role::Carrier,
+            requests_per_second: 1e6,
+            burst: 1_000_000,
+            max_code_failures_per_hour: None,
+            wrong_codes_alert_per_hour: 1000,
+            per_visitor: None,
+        });
+        Ok(())
+    })
+    .await?;
+    let d = o.duration();
+    let deadline = Duration::from_secs(5);
+    let mut sides = Vec::new();
+    for (name, world) in [("plain", &plain), ("mTLS", &tls)] {
+        let token = world.sessions().await?;
+        let channel = world.channel().await?;
+        // Warm-up: every number's answers in the cache.
+        let warm = lookup_call(channel.clone(), Arc::clone(&token), false, deadline, true);
+        for _ in 0..NUMBERS {
+            warm()
+                .await
+                .map_err(|e| anyhow::anyhow!("{name} warm-up: {e}"))?;
+        }
+        sides.push((name, world, token, channel));
+    }
+    println!("--- mutual TLS next to plain text, {apps} apps ---");
+    for run in 1..=o.runs {
+        for (name, world, token, channel) in &sides {
+            let pid = world.pid();
+            let cpu = |r: &Recorder| r.cpu_per_request().unwrap_or(0.0) * 1e6;
+            let rpc = measured(pid, closed_loop(8, d, health_call(channel.clone()))).await;
+            println!("run {run} {}", rpc.line(&format!("{name}: raw RPC")));
+            let cached = measured(
+                pid,
+                closed_loop(
+                    8,
+                    d,
+                    lookup_call(channel.clone(), Arc::clone(token), false, deadline, true),
+                ),
+            )
+            .await;
+            println!(
+                "run {run} {}",
+                cached.line(&format!("{name}: cached look-up"))
+            );
+            let connect = measured(pid, closed_loop(8, d, connect_call(world.endpoint()?))).await;
+            println!(
+                "run {run} {}",
+                connect.line(&format!("{name}: new connection"))
+            );
+            table.add(format!("{apps:>4} apps {name} rpc cpu µs"), cpu(&rpc));
+            table.add(format!("{apps:>4} apps {name} cached cpu µs"), cpu(&cached));
+            table.add(format!("{apps:>4} apps {name} cached/s"), cached.rate());
+            table.add(
+                format!("{apps:>4} apps {name} cached p50 ms"),
+                cached.ms(0.5),
+            );
+            table.add(
+                format!("{apps:>4} apps {name} cached cpu / rpc cpu"),
+                cpu(&cached) / cpu(&rpc),
+            );
+            table.add(
+                format!("{apps:>4} apps {name} connections/s"),
+                connect.rate(),
+            );
+            table.add(
+                format!("{apps:>4} apps {name} connection cpu µs"),
+                cpu(&connect),
+            );
+        }
+    }
+    plain.stop().await;
+    tls.stop().await;
+    Ok(())
+}
+
 /// The recycled-number check over HTTP and gRPC, and the raw RPC, alternated in each run.
 async fn check(o: &Options, table: &mut Table) -> anyhow::Result<()> {
     let issuer = https::Issuer::new("bench");
     let http_port = free_port();
     let jwks = https::Issuer::jwks(&[&issuer]);
-    let world = World::start_with(16, 0.0, |config, dir| {
+    let world = World::start_with(16, 0.0, None, |config, dir| {
         let jwks_file = dir.join("jwks.json");
         std::fs::write(&jwks_file, &jwks)?;
         // The token's client: a tenant of role `app`, its rate limit far above the load (gRPC
@@ -1150,6 +1306,11 @@ async fn main() -> anyhow::Result<()> {
     }
     if o.wants("check") {
         check(&o, &mut table).await?;
+    }
+    if o.wants("mtls") {
+        for &n in &apps {
+            mtls(n, &o, &mut table).await?;
+        }
     }
     if o.wants("push") {
         push(if o.quick { 100_000 } else { 1_000_000 }, &o, &mut table).await?;

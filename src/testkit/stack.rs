@@ -336,7 +336,20 @@ pub async fn verified_session_at(
     phone: &str,
     id_last_six: &str,
 ) -> anyhow::Result<String> {
-    let mut client = AccountGatewayClient::connect(endpoint.to_owned()).await?;
+    let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())?
+        .connect()
+        .await?;
+    verified_session_over(channel, sms_file, phone, id_last_six).await
+}
+
+/// [`verified_session_at`] over a channel already made (one with a tenant's TLS identity, say).
+pub async fn verified_session_over(
+    channel: tonic::transport::Channel,
+    sms_file: &std::path::Path,
+    phone: &str,
+    id_last_six: &str,
+) -> anyhow::Result<String> {
+    let mut client = AccountGatewayClient::new(channel);
     let before = codes_in_sms_file(sms_file, phone).len();
     let verification_id = client
         .start_verification(StartVerificationRequest {

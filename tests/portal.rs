@@ -1185,11 +1185,11 @@ async fn the_portal_serves_https_with_its_own_certificate_and_refuses_plain_http
     assert!(half.unwrap_err().contains("--tls-key"));
 }
 
-/// A portal whose stdout is closed (a log collector gone, the output piped into `head`) keeps
-/// serving: on main its banner's `println!` panicked and ended it. The read end is closed before
+/// A portal whose stdout and stderr are closed (a log collector gone, the output piped into
+/// `head`) keeps serving: on main its banner's `println!` panicked and ended it. The read end is closed before
 /// the portal prints anything, so the test does not depend on timing.
 #[tokio::test]
-async fn a_closed_stdout_does_not_end_the_portal() {
+async fn closed_stdout_and_stderr_do_not_end_the_portal() {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -1201,16 +1201,16 @@ async fn a_closed_stdout_does_not_end_the_portal() {
         .env("NO_COLOR", "1")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    drop(child.stdout.take());
+    drop((child.stdout.take(), child.stderr.take()));
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         if let Some(status) = child.try_wait().unwrap() {
-            panic!("the portal ended ({status}) when its stdout was closed");
+            panic!("the portal ended ({status}) when its output was closed");
         }
         if let Ok(mut conn) = tokio::net::TcpStream::connect(addr).await {
             use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -1234,7 +1234,7 @@ async fn a_closed_stdout_does_not_end_the_portal() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
         child.try_wait().unwrap().is_none(),
-        "the portal ended when its stdout was closed"
+        "the portal ended when its output was closed"
     );
     let _ = child.kill().await;
 }

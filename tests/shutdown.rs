@@ -77,6 +77,34 @@ async fn sigterm_finishes_requests_and_releases_tickets_on_postgres() {
     shutdown_and_recover("postgres", Some(url)).await;
 }
 
+/// A gateway whose stdout and stderr are closed (its log collector gone) keeps serving, and
+/// still stops cleanly on SIGTERM: every log line is lost, nothing else. This held before too
+/// (the logger drops a line it cannot write); it guards what the portal and the development
+/// services got wrong, a `println!` that panics on a closed stdout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_whose_output_is_closed_keeps_serving_and_stops_cleanly() {
+    let mut world = World::start(WorldOptions {
+        apps: 4,
+        behaviour: Behaviour::default(),
+        subscribers: demo_subscribers(),
+        store_url: None,
+        secret: SECRET,
+        tweak: |_| {},
+    })
+    .await;
+    let mut gateway = world.start_gateway_unheard().await;
+    let subscriber = &world.subscribers[0];
+    let token = world.verified_session(&gateway, subscriber).await;
+    let listed = look_up(&mut gateway.client(), &token, &[])
+        .await
+        .expect("ListLinkedAccounts");
+    assert!(listed.complete, "{:?}", listed.app_results);
+    gateway.sigterm();
+    let status = gateway.wait_for_exit(EXIT_DEADLINE).await;
+    assert!(status.success(), "{status}");
+    world.stop().await;
+}
+
 /// The groups of apps holding tickets, by how their calls are timed against the shutdown.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Group {

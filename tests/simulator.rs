@@ -770,7 +770,7 @@ async fn the_test_account_is_one_nobody_asked_to_unbind_yet() {
     sim.shutdown().await;
 }
 
-/// Starts `unbind-gateway ARGS` with its stdout closed before it prints anything (a log
+/// Starts `unbind-gateway ARGS` with its stdout and stderr closed before it writes anything (a log
 /// collector gone, the output piped into `head`), waits until `port` takes connections, and
 /// panics if the process ends then or in the half second after, when its banner is printed.
 async fn serves_with_stdout_closed(args: &[&str], port: u16) {
@@ -779,13 +779,13 @@ async fn serves_with_stdout_closed(args: &[&str], port: u16) {
         .env("NO_COLOR", "1")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .expect("the binary starts");
-    drop(child.stdout.take());
+    drop((child.stdout.take(), child.stderr.take()));
     let deadline = Instant::now() + Duration::from_secs(30);
-    let ended = |status| panic!("`{}` ended ({status}) when its stdout was closed", args[0]);
+    let ended = |status| panic!("`{}` ended ({status}) when its output was closed", args[0]);
     loop {
         if let Some(status) = child.try_wait().unwrap() {
             ended(status);
@@ -819,10 +819,10 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// The development services keep serving when nobody reads their stdout any more: on main the
+/// The development services keep serving when nobody reads their stdout or stderr any more: on main the
 /// banner's `println!` panicked and ended them.
 #[tokio::test]
-async fn simulated_apps_and_registry_keep_serving_with_stdout_closed() {
+async fn simulated_apps_and_registry_keep_serving_with_their_output_closed() {
     let port = free_port();
     serves_with_stdout_closed(
         &[

@@ -109,6 +109,16 @@ impl World {
 
     /// Starts a gateway process on the world's store and waits until it answers.
     pub async fn start_gateway(&mut self) -> GatewayProcess {
+        self.spawn_gateway(true).await
+    }
+
+    /// [`World::start_gateway`] with the process's stdout and stderr closed before it writes
+    /// anything (a log collector gone): its log file stays empty.
+    pub async fn start_gateway_unheard(&mut self) -> GatewayProcess {
+        self.spawn_gateway(false).await
+    }
+
+    async fn spawn_gateway(&mut self, heard: bool) -> GatewayProcess {
         self.starts += 1;
         // A port nobody holds right now; each process gets its own, so a dead process's sockets
         // never stand in the way of the next.
@@ -124,7 +134,7 @@ impl World {
         let text = toml::to_string(&self.config(addr)).expect("the config serializes");
         std::fs::write(&config, text).expect("the config file");
         let log = self.dir.path().join(format!("gateway-{}.log", self.starts));
-        let child = Command::new(env!("CARGO_BIN_EXE_unbind-gateway"))
+        let mut child = Command::new(env!("CARGO_BIN_EXE_unbind-gateway"))
             .arg("serve")
             .arg("--config")
             .arg(&config)
@@ -134,10 +144,17 @@ impl World {
             // Plain text: the log is searched, and printed when a test fails.
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(File::create(&log).expect("the log file"))
+            .stdout(if heard { Stdio::null() } else { Stdio::piped() })
+            .stderr(if heard {
+                Stdio::from(File::create(&log).expect("the log file"))
+            } else {
+                File::create(&log).expect("the log file");
+                Stdio::piped()
+            })
             .spawn()
             .expect("the gateway process starts");
+        // Closed before the process has got as far as writing.
+        drop((child.stdout.take(), child.stderr.take()));
         let mut process = GatewayProcess {
             child,
             addr,

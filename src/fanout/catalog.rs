@@ -255,6 +255,9 @@ fn build(
 ) -> anyhow::Result<(CatalogSnapshot, CatalogChange)> {
     let mut change = CatalogChange::default();
     let mut apps = Vec::with_capacity(config.apps.len());
+    // Most apps use the same files (the gateway's client certificate and CA): each set is read
+    // once per build, not once per app.
+    let mut digests: HashMap<Vec<std::path::PathBuf>, [u8; 32]> = HashMap::new();
     for (position, app) in config.apps.iter().enumerate() {
         let settings = Settings {
             app: app.clone(),
@@ -266,11 +269,13 @@ fn build(
                 .retry_for(app)
                 .with_context(|| format!("apps[{position}].retry"))?,
             outbound_tls: config.outbound_tls.clone(),
-            tls_files: files_digest(&client_files(
-                &app.endpoint,
-                config.outbound_tls.as_ref(),
-                app.tls_ca.as_deref(),
-            )),
+            tls_files: *digests
+                .entry(client_files(
+                    &app.endpoint,
+                    config.outbound_tls.as_ref(),
+                    app.tls_ca.as_deref(),
+                ))
+                .or_insert_with_key(|files| files_digest(files)),
         };
         let previous = old.and_then(|o| o.get(&app.id));
         match previous {

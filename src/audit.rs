@@ -147,9 +147,14 @@ impl AuditMetrics {
 
 impl AuditLog {
     /// Starts the writer.
-    pub fn start(store: Store, clock: Clock, metrics: AuditMetrics) -> Self {
+    pub fn start(
+        store: Store,
+        clock: Clock,
+        metrics: AuditMetrics,
+        critical: &crate::critical::CriticalTasks,
+    ) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(write(store, rx, metrics.clone()));
+        critical.spawn_finite("audit writer", write(store, rx, metrics.clone()));
         Self { tx, clock, metrics }
     }
 

@@ -10,6 +10,7 @@ use std::sync::{
 
 use anyhow::Context;
 
+use crate::critical::CriticalTasks;
 use crate::{
     audit::{AuditLog, AuditMetrics},
     clock::Clock,
@@ -41,6 +42,8 @@ pub struct Gateway {
     pub metrics: Metrics,
     /// The connection caps' metrics, shared by the gRPC and HTTP listeners.
     pub connections: ListenerMetrics,
+    /// Its long-lived tasks: one that ends unexpectedly stops the gateway ([`crate::critical`]).
+    pub critical: CriticalTasks,
     /// The store answered the last readiness check (and the gateway is not shutting down).
     ready: AtomicBool,
 }
@@ -79,10 +82,12 @@ impl Gateway {
         )
         .context("registry.endpoint")?;
         let metrics = Metrics::new();
+        let critical = CriticalTasks::new();
         let audit = AuditLog::start(
             store.clone(),
             clock.clone(),
             AuditMetrics::register(&metrics),
+            &critical,
         );
         let verifier = Verifier::new(
             store.clone(),
@@ -119,6 +124,7 @@ impl Gateway {
         );
         let gateway = Arc::new(Self {
             connections: ListenerMetrics::register(&metrics),
+            critical,
             metrics,
             ready: AtomicBool::new(true),
             pusher,
@@ -169,6 +175,7 @@ impl Gateway {
             config: self.config.unbind.clone(),
             wake: Arc::clone(&self.pusher.wake),
             owner: random_id("pusher"),
+            critical: self.critical.clone(),
         }
     }
 
@@ -180,11 +187,16 @@ impl Gateway {
             clock: self.clock.clone(),
             catalog: Arc::clone(&self.catalog),
             cache: Arc::clone(self.fanout.cache()),
-            notifier: OutcomeNotifier::start(self.registry.clone(), self.config.unbind.sms_window),
+            notifier: OutcomeNotifier::start(
+                self.registry.clone(),
+                self.config.unbind.sms_window,
+                &self.critical,
+            ),
             config: self.config.unbind.clone(),
             wake: Arc::clone(&self.unbinder.wake),
             metrics: self.unbinder.metrics().clone(),
             owner: random_id("worker"),
+            critical: self.critical.clone(),
         }
     }
 }

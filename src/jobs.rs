@@ -23,7 +23,7 @@ use tokio::{
     task::JoinSet,
 };
 
-use crate::{backoff::Backoff, clock::Clock, config::UnbindConfig};
+use crate::{backoff::Backoff, clock::Clock, config::UnbindConfig, critical::CriticalTasks};
 
 /// Most outcomes recorded in one store transaction.
 const MAX_BATCH: usize = 512;
@@ -35,6 +35,8 @@ pub trait Jobs: Send + Sync + 'static {
 
     /// What the jobs are, in log lines.
     const KIND: &'static str;
+    /// The task writing their outcomes, as [`crate::critical`] names it.
+    const RECORDER: &'static str;
 
     /// Claims up to `limit` due jobs under `lease` until `lease_until`.
     fn claim(
@@ -105,14 +107,24 @@ pub async fn run<J: Jobs>(
     settings: LoopSettings,
     wake: Arc<Notify>,
     mut shutdown: watch::Receiver<bool>,
+    critical: CriticalTasks,
 ) {
     let permits = Arc::new(Semaphore::new(settings.concurrency));
     let (done_tx, done_rx) = mpsc::channel(settings.concurrency.max(16));
-    let recorder = tokio::spawn(record(Arc::clone(&jobs), done_rx));
+    let recorder = critical.spawn_finite(J::RECORDER, record(Arc::clone(&jobs), done_rx));
     let mut tasks = JoinSet::new();
     let mut claims: u64 = 0;
     tracing::info!(owner = %settings.owner, kind = J::KIND, "worker started");
     while !*shutdown.borrow() {
+        // Without its recorder an outcome is never written and each job would be attempted
+        // again whenever its lease ran out: claim no more (the gateway is stopping for it).
+        if recorder.is_finished() {
+            tracing::error!(
+                kind = J::KIND,
+                "the recorder has stopped: claiming no more jobs"
+            );
+            break;
+        }
         while tasks.try_join_next().is_some() {}
         let free = permits.available_permits();
         claims += 1;
@@ -197,12 +209,37 @@ mod tests {
         leases: Mutex<Vec<String>>,
         recorded: Mutex<Vec<(u32, u32)>>,
         released: Mutex<Vec<String>>,
+        /// Recording panics (a defect no input should reach).
+        record_panics: bool,
+    }
+
+    impl Numbers {
+        fn new(n: u32, record_panics: bool) -> Arc<Self> {
+            Arc::new(Numbers {
+                due: Mutex::new((0..n).collect()),
+                leases: Mutex::default(),
+                recorded: Mutex::default(),
+                released: Mutex::default(),
+                record_panics,
+            })
+        }
+    }
+
+    fn settings() -> LoopSettings {
+        LoopSettings {
+            owner: "w1".into(),
+            concurrency: 8,
+            lease: Duration::from_secs(30),
+            poll_interval: Duration::from_millis(50),
+            shutdown_grace: Duration::from_secs(1),
+        }
     }
 
     impl Jobs for Numbers {
         type Job = u32;
         type Outcome = u32;
         const KIND: &'static str = "numbers";
+        const RECORDER: &'static str = "numbers recorder";
 
         async fn claim(&self, lease: &str, _: i64, _: i64, limit: usize) -> sqlx::Result<Vec<u32>> {
             let mut due = self.due.lock().unwrap();
@@ -219,6 +256,7 @@ mod tests {
         }
 
         async fn record(&self, done: &[Done<u32, u32>]) {
+            assert!(!self.record_panics, "recording failed");
             let mut recorded = self.recorded.lock().unwrap();
             recorded.extend(done.iter().map(|d| (d.job, d.outcome)));
         }
@@ -231,26 +269,15 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn every_claimed_job_is_attempted_recorded_and_the_leases_released() {
-        let jobs = Arc::new(Numbers {
-            due: Mutex::new((0..50).collect()),
-            leases: Mutex::default(),
-            recorded: Mutex::default(),
-            released: Mutex::default(),
-        });
+        let jobs = Numbers::new(50, false);
         let (stop, shutdown) = watch::channel(false);
-        let settings = LoopSettings {
-            owner: "w1".into(),
-            concurrency: 8,
-            lease: Duration::from_secs(30),
-            poll_interval: Duration::from_millis(50),
-            shutdown_grace: Duration::from_secs(1),
-        };
         let running = tokio::spawn(run(
             Arc::clone(&jobs),
             Clock::system(),
-            settings,
+            settings(),
             Arc::new(Notify::new()),
             shutdown,
+            CriticalTasks::new(),
         ));
         tokio::time::sleep(Duration::from_secs(2)).await;
         stop.send(true).unwrap();
@@ -266,6 +293,36 @@ mod tests {
         assert_eq!(unique, leases);
         assert!(leases.iter().all(|l| l.starts_with("w1/")));
         assert_eq!(*jobs.released.lock().unwrap(), ["w1"]);
+    }
+
+    /// A recorder that dies (here a panic) stops the loop claiming: otherwise every job would
+    /// be attempted and never recorded, again each time its lease ran out. The loop ends by
+    /// itself, releases its leases, and the failure is the gateway's to act on (it stops).
+    #[tokio::test(start_paused = true)]
+    async fn without_its_recorder_the_loop_claims_no_more_and_the_failure_is_named() {
+        let jobs = Numbers::new(500, true);
+        let critical = CriticalTasks::new();
+        let (_stop, shutdown) = watch::channel(false);
+        let running = tokio::spawn(run(
+            Arc::clone(&jobs),
+            Clock::system(),
+            settings(),
+            Arc::new(Notify::new()),
+            shutdown,
+            critical.clone(),
+        ));
+        tokio::time::timeout(Duration::from_secs(10), running)
+            .await
+            .expect("the loop ended by itself")
+            .unwrap();
+        assert!(jobs.recorded.lock().unwrap().is_empty());
+        let left = jobs.due.lock().unwrap().len();
+        assert!(left > 400, "it went on claiming: {left} of 500 left");
+        assert_eq!(*jobs.released.lock().unwrap(), ["w1"]);
+        assert_eq!(
+            critical.failure().map(|f| f.to_string()).as_deref(),
+            Some("the gateway's numbers recorder panicked")
+        );
     }
 
     #[test]

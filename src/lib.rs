@@ -30,7 +30,8 @@
 //!   tokens checked against a JWKS file; it shares the check with gRPC (`api::number_status`);
 //! - `server`: composes the tonic server around the state (services, layers, health, reflection)
 //!   and drains it on shutdown;
-//! - `background`: readiness and housekeeping, beside the server;
+//! - `background`: readiness and housekeeping, beside the server; `critical`: the long-lived
+//!   tasks (workers, recorders, audit writer, accept loop), one ending unexpectedly stops it;
 //! - `connections`: the connection cap every listener (gRPC, HTTP API, portal) shares;
 //! - `shutdown`: the signals that stop it; `reload`: the catalog re-read on SIGHUP or change;
 //! - `metrics`: the one Prometheus registry, shared label types, encoding;
@@ -56,6 +57,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod connections;
+pub mod critical;
 pub mod domain;
 pub mod fanout;
 pub mod gateway;

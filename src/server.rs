@@ -194,15 +194,19 @@ pub async fn serve(
     let (health, health_service) = tonic_health::server::health_reporter();
     // Store and catalog are built: every service is ready.
     crate::background::set_health(&health, true).await;
-    let readiness = tokio::spawn(crate::background::readiness(
-        Arc::clone(&gateway),
-        health.clone(),
-    ));
+    let critical = gateway.critical.clone();
+    let readiness = critical.spawn(
+        "readiness check",
+        crate::background::readiness(Arc::clone(&gateway), health.clone()),
+    );
     let (stop_admin, admin_stopped) = oneshot::channel::<()>();
     let admin = admin.map(|listener| {
-        tokio::spawn(crate::admin::serve(Arc::clone(&gateway), listener, async {
-            let _ = admin_stopped.await;
-        }))
+        critical.spawn(
+            "admin endpoint",
+            crate::admin::serve(Arc::clone(&gateway), listener, async {
+                let _ = admin_stopped.await;
+            }),
+        )
     });
     let reflection = reflection_builder().build_v1()?;
     let reflection_v1alpha = reflection_builder().build_v1alpha()?;
@@ -225,21 +229,32 @@ pub async fn serve(
             .max_decoding_message_size(max_request);
     let (stop_http, http_stopped) = oneshot::channel::<()>();
     let http = http.map(|prepared| {
-        tokio::spawn(crate::http::serve(
-            Arc::clone(&gateway),
-            edge.clone(),
-            prepared,
-            async {
+        critical.spawn(
+            "HTTP API",
+            crate::http::serve(Arc::clone(&gateway), edge.clone(), prepared, async {
                 let _ = http_stopped.await;
-            },
-        ))
+            }),
+        )
     });
-    let housekeeping = tokio::spawn(crate::background::housekeeping(Arc::clone(&gateway)));
-    let reseal = tokio::spawn(crate::background::reseal(Arc::clone(&gateway)));
+    let housekeeping = critical.spawn(
+        "housekeeping",
+        crate::background::housekeeping(Arc::clone(&gateway)),
+    );
+    // Runs once, to the end of the rewrite.
+    let reseal = critical.spawn_finite(
+        "re-sealing",
+        crate::background::reseal(Arc::clone(&gateway)),
+    );
     let (stop_worker, worker_stopped) = tokio::sync::watch::channel(false);
     let worker = gateway.config.unbind.worker.then(|| {
-        let push = tokio::spawn(Arc::new(gateway.push_worker()).run(worker_stopped.clone()));
-        let tickets = tokio::spawn(Arc::new(gateway.worker()).run(worker_stopped));
+        let push = critical.spawn(
+            "push worker",
+            Arc::new(gateway.push_worker()).run(worker_stopped.clone()),
+        );
+        let tickets = critical.spawn(
+            "ticket worker",
+            Arc::new(gateway.worker()).run(worker_stopped),
+        );
         (tickets, push)
     });
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
@@ -287,8 +302,15 @@ pub async fn serve(
         let health = health.clone();
         let gateway = Arc::clone(&gateway);
         let readiness = readiness.abort_handle();
+        let critical = critical.clone();
         async move {
-            shutdown.await;
+            // A signal, or a critical task that ended (logged where it ended): either way the
+            // gateway drains and stops; `serve` then returns the failure.
+            tokio::select! {
+                () = shutdown => {}
+                _ = critical.failed() => {}
+            }
+            critical.stopping();
             // The HTTP API stops taking connections too, and drains on its own.
             let _ = stop_http.send(());
             // Not ready from here on, whatever the store does: `/readyz` and health agree.
@@ -344,6 +366,7 @@ pub async fn serve(
                 tls,
                 gateway.config.limits.handshake_timeout,
                 gateway.connections.clone(),
+                &critical,
             ),
             draining,
         )),
@@ -395,6 +418,11 @@ pub async fn serve(
             limit = ?AUDIT_FLUSH_LIMIT,
             "audit records still queued at shutdown could not be stored"
         );
+    }
+    if let Some(failure) = critical.failure() {
+        tracing::error!(%failure, "gateway stopped: it cannot run without that task");
+        result?;
+        anyhow::bail!("{failure}: the gateway stopped, to be restarted whole (see the log)");
     }
     tracing::info!("gateway stopped");
     Ok(result?)

@@ -199,20 +199,22 @@ impl TlsFiles {
 
 /// `incoming`'s connections after their TLS handshake, with the identity `tls` holds when each
 /// connection arrives. Each handshake runs on a task of its own (a slow one holds up no other)
-/// and gets at most `limit`; one that fails or stalls is closed. tonic reads a tenant's
+/// and gets at most `limit`; one that fails or stalls is closed. The accept loop is one of
+/// `critical`'s tasks. tonic reads a tenant's
 /// certificate from the stream this yields (`Request::peer_certs`) as from its own TLS.
 pub fn handshakes<S, IO>(
     incoming: S,
     tls: Arc<LiveTls>,
     limit: Duration,
     metrics: ListenerMetrics,
-) -> impl Stream<Item = std::io::Result<TlsStream<IO>>> + Send + 'static
+    critical: &crate::critical::CriticalTasks,
+) -> impl Stream<Item = std::io::Result<TlsStream<IO>>> + Send + use<S, IO>
 where
     S: Stream<Item = std::io::Result<IO>> + Send + 'static,
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (done, ready) = tokio::sync::mpsc::channel(64);
-    tokio::spawn(async move {
+    critical.spawn("TLS accept loop", async move {
         let mut incoming = std::pin::pin!(incoming);
         loop {
             // The server dropped the stream (it is stopping): stop accepting, which closes the

@@ -545,3 +545,53 @@ async fn shutdown_turns_health_to_not_serving_and_a_watch_cannot_hold_it_open() 
         .expect("the gateway stopped despite an open watch")
         .unwrap();
 }
+
+/// One of the gateway's long-lived tasks (the ticket recorder, the audit writer, the accept loop,
+/// ...) ending while it serves stops the gateway: health turns NOT_SERVING, readiness fails, it
+/// drains, and `serve` ends with an error naming the task, so whatever runs it restarts it whole.
+/// Before, the process went on without that part (a dead recorder meant tickets sent and never
+/// recorded). The failure is injected through the same spawner the gateway's tasks use.
+#[tokio::test]
+async fn a_critical_task_that_dies_stops_the_gateway_and_is_named() {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    let h = Harness::start(Options {
+        tweak: short_drain,
+        ..Options::default()
+    })
+    .await;
+    let mut watch = HealthClient::new(channel(&h).await)
+        .watch(HealthCheckRequest {
+            service: "unbind.v1.AccountGateway".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = watch.message().await.unwrap().unwrap();
+    assert_eq!(first.status, ServingStatus::Serving as i32);
+    let admin = admin_addr(&h);
+    assert_eq!(http_get(admin, "/readyz").await.0, 200);
+
+    // Not awaited: the gateway notices by itself.
+    drop(
+        gateway(&h)
+            .critical
+            .spawn("injected task", async { panic!("an injected defect") }),
+    );
+    let next = tokio::time::timeout(Duration::from_secs(10), watch.message())
+        .await
+        .expect("health changed")
+        .unwrap()
+        .unwrap();
+    assert_eq!(next.status, ServingStatus::NotServing as i32);
+    assert_eq!(http_get(admin, "/readyz").await.0, 503);
+    let stopped = tokio::time::timeout(Duration::from_secs(20), h.stack.stop())
+        .await
+        .expect("the gateway stopped");
+    let error = format!("{:#}", stopped.unwrap_err());
+    assert!(
+        error.contains("the gateway's injected task panicked"),
+        "{error}"
+    );
+}

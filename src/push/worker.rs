@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use tokio::sync::{Notify, watch};
 
+use crate::critical::CriticalTasks;
 use crate::{
     clock::{Clock, timestamp_from_ms},
     config::UnbindConfig,
@@ -29,6 +30,7 @@ pub struct PushWorker {
     pub(crate) config: UnbindConfig,
     pub(crate) wake: Arc<Notify>,
     pub(crate) owner: String,
+    pub(crate) critical: CriticalTasks,
 }
 
 impl PushWorker {
@@ -36,7 +38,8 @@ impl PushWorker {
     pub async fn run(self: Arc<Self>, shutdown: watch::Receiver<bool>) {
         let settings = LoopSettings::from_config(&self.owner, CONCURRENCY, &self.config);
         let (clock, wake) = (self.clock.clone(), Arc::clone(&self.wake));
-        jobs::run(self, clock, settings, wake, shutdown).await;
+        let critical = self.critical.clone();
+        jobs::run(self, clock, settings, wake, shutdown, critical).await;
     }
 }
 
@@ -44,6 +47,7 @@ impl Jobs for PushWorker {
     type Job = Delivery;
     type Outcome = DeliveryState;
     const KIND: &'static str = "push deliveries";
+    const RECORDER: &'static str = "push recorder";
 
     async fn claim(
         &self,

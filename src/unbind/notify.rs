@@ -38,9 +38,13 @@ pub struct OutcomeNotifier {
 
 impl OutcomeNotifier {
     /// Starts the batching task; outcomes of one number within `window` share one SMS.
-    pub fn start(registry: RegistryClient, window: Duration) -> Self {
+    pub fn start(
+        registry: RegistryClient,
+        window: Duration,
+        critical: &crate::critical::CriticalTasks,
+    ) -> Self {
         let (tx, rx) = mpsc::channel(10_000);
-        tokio::spawn(run(registry, window, rx));
+        critical.spawn_finite("outcome notifier", run(registry, window, rx));
         Self { tx }
     }
 

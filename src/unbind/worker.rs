@@ -14,6 +14,7 @@ use std::sync::Arc;
 use tokio::sync::{Notify, watch};
 use tonic::Code;
 
+use crate::critical::CriticalTasks;
 use crate::{
     clock::Clock,
     config::UnbindConfig,
@@ -44,6 +45,8 @@ pub struct Worker {
     pub(crate) metrics: super::metrics::TicketMetrics,
     /// This worker's lease-owner name, unique per process.
     pub(crate) owner: String,
+    /// Spawns its recorder.
+    pub(crate) critical: CriticalTasks,
 }
 
 /// What one attempt decided.
@@ -67,7 +70,8 @@ impl Worker {
         let settings =
             LoopSettings::from_config(&self.owner, self.config.worker_concurrency, &self.config);
         let (clock, wake) = (self.clock.clone(), Arc::clone(&self.wake));
-        jobs::run(self, clock, settings, wake, shutdown).await;
+        let critical = self.critical.clone();
+        jobs::run(self, clock, settings, wake, shutdown, critical).await;
     }
 }
 
@@ -75,6 +79,7 @@ impl Jobs for Worker {
     type Job = TicketRow;
     type Outcome = Decision;
     const KIND: &'static str = "tickets";
+    const RECORDER: &'static str = "ticket recorder";
 
     async fn claim(
         &self,

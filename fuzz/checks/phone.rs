@@ -3,7 +3,7 @@
 
 use unbind_gateway::domain::E164;
 
-/// `E164::parse` on the input as text: an accepted number is in E.164 form, parses to itself,
+/// `E164::parse` and `E164::is_valid_but_not_mobile` on the input as text: an accepted number is in E.164 form, parses to itself,
 /// and no printed form (`masked`, `masked_international`, `Display`, `Debug`) shows the whole
 /// national number, any 8 consecutive digits of it, or fewer than four stars.
 ///
@@ -11,9 +11,13 @@ use unbind_gateway::domain::E164;
 /// still reach the checks behind the parser.
 pub fn check(data: &[u8]) -> bool {
     let input = String::from_utf8_lossy(data);
+    // The landline check (what `CheckNumberRecycled` says of a number `parse` refused) takes
+    // any text too, and no number is both a mobile one and not.
+    let not_mobile = E164::is_valid_but_not_mobile(&input);
     let Ok(phone) = E164::parse(&input) else {
         return false;
     };
+    assert!(!not_mobile, "{input:?} is both a mobile number and not");
     let e164 = phone.expose();
     assert!(e164.starts_with('+'), "{e164:?}");
     assert!(e164[1..].bytes().all(|b| b.is_ascii_digit()), "{e164:?}");

@@ -25,24 +25,32 @@ pub struct E164 {
 #[error("not a valid mobile phone number")]
 pub struct InvalidPhoneNumber;
 
+/// `input`'s digits, and whether it began with '+', when it is digits with spaces or dashes
+/// between them and at most one leading '+' (surrounding white space ignored), of a sane length.
+fn digits_of(input: &str) -> Option<(bool, String)> {
+    let input = input.trim();
+    if input.is_empty() || input.len() > MAX_INPUT_LEN {
+        return None;
+    }
+    let (plus, body) = match input.strip_prefix('+') {
+        Some(body) => (true, body),
+        None => (false, input),
+    };
+    if !body
+        .chars()
+        .all(|c| c.is_ascii_digit() || matches!(c, ' ' | '-'))
+    {
+        return None;
+    }
+    Some((plus, body.chars().filter(char::is_ascii_digit).collect()))
+}
+
 impl E164 {
     /// Parses user input: E.164 (`+8613800138000`), or a bare 11-digit Chinese mobile number.
     /// Spaces and dashes between digits are accepted.
     pub fn parse(input: &str) -> Result<Self, InvalidPhoneNumber> {
-        let input = input.trim();
-        if input.is_empty() || input.len() > MAX_INPUT_LEN {
-            return Err(InvalidPhoneNumber);
-        }
-        // Digits, with spaces or dashes between them, and at most one leading '+'.
-        let body = input.strip_prefix('+').unwrap_or(input);
-        if !body
-            .chars()
-            .all(|c| c.is_ascii_digit() || matches!(c, ' ' | '-'))
-        {
-            return Err(InvalidPhoneNumber);
-        }
-        let digits: String = input.chars().filter(char::is_ascii_digit).collect();
-        let candidate = if input.starts_with('+') {
+        let (plus, digits) = digits_of(input).ok_or(InvalidPhoneNumber)?;
+        let candidate = if plus {
             format!("+{digits}")
         } else if digits.len() == 11 && digits.starts_with('1') {
             format!("+86{digits}")
@@ -68,11 +76,11 @@ impl E164 {
     /// Whether `input` is a valid phone number that is not a mobile one (a landline, toll-free,
     /// ...): a number a person may hold, but no app binds to it and no SMS reaches it.
     pub fn is_valid_but_not_mobile(input: &str) -> bool {
-        let input = input.trim();
-        if input.is_empty() || input.len() > MAX_INPUT_LEN || !input.starts_with('+') {
+        // The library sees only what `parse` would give it: '+' and digits.
+        let Some((true, digits)) = digits_of(input) else {
             return false;
-        }
-        let Ok(number) = phonenumber::parse(None, input) else {
+        };
+        let Ok(number) = phonenumber::parse(None, format!("+{digits}")) else {
             return false;
         };
         phonenumber::is_valid(&number)

@@ -225,6 +225,22 @@ mod tests {
         }
     }
 
+    /// The loop over `jobs` on its own task: 8 at once, a 30 s lease, 50 ms polls, 1 s grace.
+    fn spawn_run(
+        jobs: &Arc<Numbers>,
+        shutdown: watch::Receiver<bool>,
+        critical: CriticalTasks,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(run(
+            Arc::clone(jobs),
+            Clock::system(),
+            settings(),
+            Arc::new(Notify::new()),
+            shutdown,
+            critical,
+        ))
+    }
+
     fn settings() -> LoopSettings {
         LoopSettings {
             owner: "w1".into(),
@@ -271,14 +287,7 @@ mod tests {
     async fn every_claimed_job_is_attempted_recorded_and_the_leases_released() {
         let jobs = Numbers::new(50, false);
         let (stop, shutdown) = watch::channel(false);
-        let running = tokio::spawn(run(
-            Arc::clone(&jobs),
-            Clock::system(),
-            settings(),
-            Arc::new(Notify::new()),
-            shutdown,
-            CriticalTasks::new(),
-        ));
+        let running = spawn_run(&jobs, shutdown, CriticalTasks::new());
         tokio::time::sleep(Duration::from_secs(2)).await;
         stop.send(true).unwrap();
         running.await.unwrap();
@@ -303,14 +312,7 @@ mod tests {
         let jobs = Numbers::new(500, true);
         let critical = CriticalTasks::new();
         let (_stop, shutdown) = watch::channel(false);
-        let running = tokio::spawn(run(
-            Arc::clone(&jobs),
-            Clock::system(),
-            settings(),
-            Arc::new(Notify::new()),
-            shutdown,
-            critical.clone(),
-        ));
+        let running = spawn_run(&jobs, shutdown, critical.clone());
         tokio::time::timeout(Duration::from_secs(10), running)
             .await
             .expect("the loop ended by itself")

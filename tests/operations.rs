@@ -512,8 +512,13 @@ fn short_drain(config: &mut Config) {
     config.limits.drain_timeout = Duration::from_secs(2);
 }
 
-#[tokio::test]
-async fn shutdown_turns_health_to_not_serving_and_a_watch_cannot_hold_it_open() {
+/// A gateway with the admin endpoint and a 2 s drain, serving and ready, and a health `Watch` of
+/// its `AccountGateway` that has heard `SERVING`; the admin address.
+async fn watching_health() -> (
+    Harness,
+    tonic::Streaming<tonic_health::pb::HealthCheckResponse>,
+    std::net::SocketAddr,
+) {
     use tonic_health::pb::{
         HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
     };
@@ -533,6 +538,13 @@ async fn shutdown_turns_health_to_not_serving_and_a_watch_cannot_hold_it_open() 
     assert_eq!(first.status, ServingStatus::Serving as i32);
     let admin = admin_addr(&h);
     assert_eq!(http_get(admin, "/readyz").await.0, 200);
+    (h, watch, admin)
+}
+
+#[tokio::test]
+async fn shutdown_turns_health_to_not_serving_and_a_watch_cannot_hold_it_open() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let (h, mut watch, admin) = watching_health().await;
     let stopping = tokio::spawn(h.stop());
     // The watcher hears NOT_SERVING before the connection goes.
     let next = watch.message().await.unwrap().unwrap();
@@ -553,25 +565,8 @@ async fn shutdown_turns_health_to_not_serving_and_a_watch_cannot_hold_it_open() 
 /// recorded). The failure is injected through the same spawner the gateway's tasks use.
 #[tokio::test]
 async fn a_critical_task_that_dies_stops_the_gateway_and_is_named() {
-    use tonic_health::pb::{
-        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
-    };
-    let h = Harness::start(Options {
-        tweak: short_drain,
-        ..Options::default()
-    })
-    .await;
-    let mut watch = HealthClient::new(channel(&h).await)
-        .watch(HealthCheckRequest {
-            service: "unbind.v1.AccountGateway".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let first = watch.message().await.unwrap().unwrap();
-    assert_eq!(first.status, ServingStatus::Serving as i32);
-    let admin = admin_addr(&h);
-    assert_eq!(http_get(admin, "/readyz").await.0, 200);
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let (h, mut watch, admin) = watching_health().await;
 
     // Not awaited: the gateway notices by itself.
     drop(
